@@ -1,0 +1,231 @@
+//! The plugin contract: the [`Provider`] trait a kind's instances implement, the [`Kind`] trait
+//! a kind implements once, and the [`Registration`] each kind submits to the registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{OutboundMessage, Receipt, SendError};
+
+/// One configured provider instance, able to send messages. Object-safe: the service holds
+/// `Arc<dyn Provider>`.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Sends one message. The caller enforces the attempt's timeout; implementations need not.
+    async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError>;
+}
+
+/// What a factory knows about the provider it builds besides the kind's own settings.
+#[derive(Debug, Clone)]
+pub struct BuildContext<'a> {
+    /// The provider's name in routes.toml.
+    pub name: &'a str,
+    /// The resolved per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// A problem with a kind's settings, found by the kind itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingIssue {
+    /// The offending setting (top-level field name), or `None` for the settings as a whole.
+    pub field: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl SettingIssue {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        SettingIssue { field: Some(field.to_owned()), message: message.into(), help: None }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// A kind could not build a provider from the settings it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid settings: {}", .issues.iter().map(|i| i.message.as_str()).collect::<Vec<_>>().join("; "))]
+pub struct SettingsError {
+    pub issues: Vec<SettingIssue>,
+}
+
+/// One setting of a kind, for `switchboard providers` and the docs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SettingDoc {
+    pub name: String,
+    /// A short type name: `u64`, `string`, `boolean`, …
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub required: bool,
+    /// The default as JSON, when the setting has one.
+    pub default: Option<Value>,
+    /// The field's doc comment.
+    pub doc: String,
+}
+
+/// A provider kind. Implement it in the kind's own file, next to its settings struct, then
+/// register it there with `inventory::submit! { Registration::of::<MyKind>() }`.
+pub trait Kind: 'static {
+    /// The name operators write as `kind = "…"`: `[a-z][a-z0-9_]*`.
+    const NAME: &'static str;
+    /// Channels this kind can serve.
+    const CHANNELS: &'static [&'static str];
+    /// One line for `switchboard providers`.
+    const DESCRIPTION: &'static str;
+    /// The kind's own settings: a serde struct with `deny_unknown_fields` whose doc comments
+    /// document each setting.
+    type Settings: DeserializeOwned + schemars::JsonSchema;
+
+    /// Checks what serde cannot (ranges, combinations). Empty when the settings are valid.
+    fn validate(_settings: &Self::Settings) -> Vec<SettingIssue> {
+        Vec::new()
+    }
+
+    /// Builds an instance from settings that passed [`Kind::validate`].
+    fn build(settings: Self::Settings, context: &BuildContext<'_>) -> Arc<dyn Provider>;
+}
+
+/// A kind's entry in the registry.
+pub struct Registration {
+    pub kind: &'static str,
+    pub channels: &'static [&'static str],
+    pub description: &'static str,
+    settings: fn() -> Vec<SettingDoc>,
+    parse_and_check: fn(Value) -> Vec<SettingIssue>,
+    build: fn(Value, &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError>,
+}
+
+inventory::collect!(Registration);
+
+impl Registration {
+    pub const fn of<K: Kind>() -> Registration {
+        Registration {
+            kind: K::NAME,
+            channels: K::CHANNELS,
+            description: K::DESCRIPTION,
+            settings: settings_doc::<K::Settings>,
+            parse_and_check: parse_and_check::<K>,
+            build: build::<K>,
+        }
+    }
+
+    /// The kind's settings, in declaration order.
+    pub fn settings(&self) -> Vec<SettingDoc> {
+        (self.settings)()
+    }
+
+    /// Validates the kind's settings (given as a JSON object) without building anything.
+    pub fn check(&self, settings: Value) -> Vec<SettingIssue> {
+        (self.parse_and_check)(settings)
+    }
+
+    /// Builds a provider instance.
+    pub fn build(
+        &self,
+        settings: Value,
+        context: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Provider>, SettingsError> {
+        (self.build)(settings, context)
+    }
+
+    pub fn serves(&self, channel: &str) -> bool {
+        self.channels.contains(&channel)
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("kind", &self.kind)
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every registered kind, sorted by name (inventory's own order is unspecified).
+pub fn registry() -> Vec<&'static Registration> {
+    let mut kinds: Vec<_> = inventory::iter::<Registration>.into_iter().collect();
+    kinds.sort_by_key(|r| r.kind);
+    kinds
+}
+
+/// The registered kind with this name.
+pub fn find(kind: &str) -> Option<&'static Registration> {
+    inventory::iter::<Registration>.into_iter().find(|r| r.kind == kind)
+}
+
+fn parse<K: Kind>(settings: Value) -> Result<K::Settings, Vec<SettingIssue>> {
+    let parsed: K::Settings = serde_path_to_error::deserialize(settings).map_err(|error| {
+        let path = error.path().to_string();
+        let field = (path != ".").then(|| path.split('.').next().unwrap_or_default().to_owned());
+        vec![SettingIssue { field, message: error.inner().to_string(), help: None }]
+    })?;
+    let issues = K::validate(&parsed);
+    if issues.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(issues)
+    }
+}
+
+fn parse_and_check<K: Kind>(settings: Value) -> Vec<SettingIssue> {
+    parse::<K>(settings).err().unwrap_or_default()
+}
+
+fn build<K: Kind>(
+    settings: Value,
+    context: &BuildContext<'_>,
+) -> Result<Arc<dyn Provider>, SettingsError> {
+    let settings = parse::<K>(settings).map_err(|issues| SettingsError { issues })?;
+    Ok(K::build(settings, context))
+}
+
+fn settings_doc<S: schemars::JsonSchema>() -> Vec<SettingDoc> {
+    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<S>();
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, property)| SettingDoc {
+            name: name.clone(),
+            type_name: type_name(property),
+            required: required.contains(&name.as_str()),
+            default: property.get("default").cloned(),
+            doc: property.get("description").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// `uint64` → `u64`, `["string","null"]` → `string?`, plain JSON types as they are.
+fn type_name(property: &Value) -> String {
+    let base = match property.get("format").and_then(Value::as_str) {
+        Some(format) => format.replace("uint", "u").replace("int", "i").replace("double", "f64"),
+        None => match property.get("type") {
+            Some(Value::String(name)) => name.clone(),
+            Some(Value::Array(names)) => names
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|name| *name != "null")
+                .collect::<Vec<_>>()
+                .join(" | "),
+            _ => "any".to_owned(),
+        },
+    };
+    let nullable = matches!(property.get("type"), Some(Value::Array(names)) if names.iter().any(|n| n == "null"));
+    if nullable {
+        format!("{base}?")
+    } else {
+        base
+    }
+}
