@@ -31,6 +31,7 @@ impl Channel {
 
     /// The channels every Switchboard build knows, whatever kinds are linked in.
     pub const BUILT_IN: [Channel; 3] = [Channel::SMS, Channel::MMS, Channel::EMAIL];
+    pub const BUILT_IN_NAMES: [&'static str; 3] = ["sms", "mms", "email"];
 
     /// A channel from its name: `[a-z][a-z0-9_]*`, at most 32 characters.
     pub fn new(name: &str) -> Result<Channel, ChannelNameError> {

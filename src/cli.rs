@@ -1,0 +1,186 @@
+//! The command line: argument parsing (clap) and the mapping of outcomes to exit codes.
+//!
+//! Exit codes: 0 success (config valid, warnings allowed), 1 config invalid, 2 could not run
+//! (missing or unreadable file, bad arguments).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use switchboard_providers::{registry, SettingDoc};
+
+use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROUTE_SPECS};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "Routes outbound messages to providers chosen from routes.toml")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a routes.toml and report every problem with its position.
+    Validate(ValidateArgs),
+    /// List the registered provider kinds, their channels and settings.
+    Providers {
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", default_value = "routes.toml")]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+const EXIT_INVALID: u8 = 1;
+const EXIT_CANNOT_RUN: u8 = 2;
+
+/// Parses the process arguments and runs the command.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // clap prints usage errors (exit 2) and --help/--version (exit 0) itself.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_CANNOT_RUN));
+        }
+    };
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Providers { format } => providers(format),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let loaded = match config::load_file(&args.config, &Environment::from_process()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let output = match args.format {
+        Format::Json => {
+            let report = Report::new(&loaded.source, &loaded.diagnostics);
+            serde_json::to_string_pretty(&report).map(|s| s + "\n").unwrap_or_default()
+        }
+        Format::Human => {
+            let mut out: String = loaded.diagnostics.iter().map(|d| render_human(&loaded.source, d) + "\n").collect();
+            let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+            let summary = match &loaded.config {
+                Some(config) => format!(
+                    "{}: valid ({}, {}), {}\n",
+                    loaded.source.name,
+                    plural(config.providers.len(), "provider"),
+                    plural(config.routes.len(), "route"),
+                    plural(loaded.warnings(), "warning"),
+                ),
+                None => format!(
+                    "{}: invalid: {}, {}\n",
+                    loaded.source.name,
+                    plural(loaded.errors(), "error"),
+                    plural(loaded.warnings(), "warning")
+                ),
+            };
+            out.push_str(&summary);
+            out
+        }
+    };
+    print_out(&output);
+    if loaded.errors() > 0 {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `switchboard providers --format json`.
+#[derive(Debug, Serialize)]
+pub struct Catalog {
+    pub kinds: Vec<KindEntry>,
+    /// Settings every provider has, whatever its kind.
+    pub common_settings: Vec<SettingDoc>,
+    /// Settings of routes (also allowed in `[defaults]`).
+    pub route_settings: Vec<SettingDoc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KindEntry {
+    pub name: &'static str,
+    pub channels: &'static [&'static str],
+    pub description: &'static str,
+    pub settings: Vec<SettingDoc>,
+}
+
+pub fn catalog() -> Catalog {
+    let doc = |spec: &config::Spec| SettingDoc {
+        name: spec.key.to_owned(),
+        type_name: match spec.key {
+            "strategy" => "string".to_owned(),
+            "rate_limit.per_second" => "number".to_owned(),
+            _ => "integer".to_owned(),
+        },
+        required: false,
+        default: spec.default.map(|d| d.parse::<i64>().map_or_else(|_| serde_json::Value::from(d), serde_json::Value::from)),
+        doc: spec.doc.to_owned(),
+    };
+    Catalog {
+        kinds: registry()
+            .into_iter()
+            .map(|r| KindEntry { name: r.kind, channels: r.channels, description: r.description, settings: r.settings() })
+            .collect(),
+        common_settings: PROVIDER_SPECS.iter().map(doc).collect(),
+        route_settings: ROUTE_SPECS.iter().map(doc).collect(),
+    }
+}
+
+fn providers(format: Format) -> ExitCode {
+    let catalog = catalog();
+    let output = match format {
+        Format::Json => serde_json::to_string_pretty(&catalog).map(|s| s + "\n").unwrap_or_default(),
+        Format::Human => {
+            let mut out = String::new();
+            let settings_table = |out: &mut String, settings: &[SettingDoc]| {
+                for s in settings {
+                    let default = s.default.as_ref().map_or_else(
+                        || if s.required { "required".to_owned() } else { "-".to_owned() },
+                        |d| format!("default {d}"),
+                    );
+                    out.push_str(&format!("    {:<28} {:<8} {:<16} {}\n", s.name, s.type_name, default, s.doc));
+                }
+            };
+            for kind in &catalog.kinds {
+                out.push_str(&format!("{}: {}\n  channels: {}\n  settings:\n", kind.name, kind.description, kind.channels.join(", ")));
+                settings_table(&mut out, &kind.settings);
+                out.push('\n');
+            }
+            out.push_str("common provider settings (any kind; also in [kinds.<kind>] and [defaults]):\n");
+            settings_table(&mut out, &catalog.common_settings);
+            out.push_str("\nroute settings (in [routes.<channel>] and [defaults]):\n");
+            settings_table(&mut out, &catalog.route_settings);
+            out
+        }
+    };
+    print_out(&output);
+    ExitCode::SUCCESS
+}
+
+/// Writes to stdout, ignoring a closed pipe (`switchboard providers | head`).
+fn print_out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}

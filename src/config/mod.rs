@@ -1,0 +1,104 @@
+//! Loading routes.toml: read → parse with spans → merge environment overrides (figment) →
+//! validate and resolve every setting → diagnostics with positions, or a resolved config.
+
+pub mod diagnostic;
+pub mod resolved;
+mod settings;
+mod snapshot;
+mod source;
+mod suggest;
+mod tree;
+mod validate;
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::{render_human, Code, Diagnostic, Origin, Report, Severity, SourceFile};
+pub use resolved::ResolvedConfig;
+pub use settings::{Spec, PROVIDER_SPECS, ROUTE_SPECS};
+pub use snapshot::{BuildError, ProviderHandle, Route, Snapshot};
+pub use source::{Environment, ENV_PREFIX};
+
+/// The outcome of reading a config: its diagnostics, and the resolved config when there was
+/// no error.
+#[derive(Debug)]
+pub struct Loaded {
+    pub source: SourceFile,
+    /// Sorted by position: file positions first, then environment variables.
+    pub diagnostics: Vec<Diagnostic>,
+    pub config: Option<ResolvedConfig>,
+    /// Short content hash of the file, naming this version of the config.
+    pub version: String,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+/// The config could not be read at all (as opposed to read and found invalid).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("config file {path} not found")]
+    NotFound { path: String },
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable { path: String, source: std::io::Error },
+}
+
+/// Reads and validates the file at `path`.
+pub fn load_file(path: &Path, env: &Environment) -> Result<Loaded, LoadError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: shown.clone() },
+        _ => LoadError::Unreadable { path: shown.clone(), source },
+    })?;
+    Ok(load_bytes(&shown, &bytes, env))
+}
+
+/// Validates config text; `name` is how diagnostics name the file.
+pub fn load_bytes(name: &str, bytes: &[u8], env: &Environment) -> Loaded {
+    let version = content_version(bytes);
+    let (source, mut diagnostics) = match std::str::from_utf8(bytes) {
+        Ok(text) => (SourceFile::new(name, text), Vec::new()),
+        Err(error) => {
+            let at = error.valid_up_to();
+            let source = SourceFile::new(name, String::from_utf8_lossy(bytes));
+            let diagnostic = Diagnostic::error(Code::Encoding, Origin::File(at..at + 1), "the file is not valid UTF-8")
+                .with_help(Some("save routes.toml as UTF-8".into()));
+            return Loaded { source, diagnostics: vec![diagnostic], config: None, version };
+        }
+    };
+    let (root, read_diagnostics) = source::read(&source, env);
+    diagnostics.extend(read_diagnostics);
+    let mut config = None;
+    if let Some(root) = root {
+        let resolved = validate::validate(&root, &mut diagnostics);
+        if diagnostics.iter().all(|d| d.severity != Severity::Error) {
+            config = resolved;
+        }
+    }
+    diagnostics.sort_by(|a, b| (&a.origin_key(), a.severity, &a.message).cmp(&(&b.origin_key(), b.severity, &b.message)));
+    diagnostics.dedup();
+    Loaded { source, diagnostics, config, version }
+}
+
+/// The first 12 hex digits of the SHA-256 of the file's bytes.
+pub fn content_version(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Diagnostic {
+    fn origin_key(&self) -> (u8, usize, String) {
+        match &self.origin {
+            Origin::File(span) => (0, span.start, String::new()),
+            Origin::Env(var) => (1, 0, var.clone()),
+        }
+    }
+}

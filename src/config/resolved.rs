@@ -1,0 +1,163 @@
+//! The validated, fully resolved configuration: every setting of every provider and route
+//! computed once, with where each value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use switchboard_providers::{Channel, Registration};
+
+/// Where a resolved setting's value came from, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "layer", content = "name", rename_all = "snake_case")]
+pub enum SettingSource {
+    /// `[providers.NAME]`
+    Provider(String),
+    /// `[kinds.KIND]`
+    Kind(String),
+    /// `[routes.CHANNEL]`
+    Route(String),
+    /// `[defaults]`
+    Defaults,
+    /// A `SWITCHBOARD_…` environment variable.
+    Env(String),
+    /// Switchboard's own default.
+    BuiltIn,
+}
+
+impl fmt::Display for SettingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingSource::Provider(name) => write!(f, "providers.{name}"),
+            SettingSource::Kind(kind) => write!(f, "kinds.{kind}"),
+            SettingSource::Route(channel) => write!(f, "routes.{channel}"),
+            SettingSource::Defaults => f.write_str("defaults"),
+            SettingSource::Env(var) => write!(f, "environment variable {var}"),
+            SettingSource::BuiltIn => f.write_str("built-in default"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    #[serde(rename = "initial_backoff_ms", serialize_with = "as_ms")]
+    pub initial_backoff: Duration,
+    #[serde(rename = "max_backoff_ms", serialize_with = "as_ms")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    #[serde(rename = "open_ms", serialize_with = "as_ms")]
+    pub open: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// The settings every provider has, whatever its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProviderSettings {
+    #[serde(rename = "timeout_ms", serialize_with = "as_ms")]
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    /// `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+fn as_ms<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(duration.as_millis())
+}
+
+/// One `[providers.NAME]`, resolved.
+#[derive(Clone, Serialize)]
+pub struct ResolvedProvider {
+    pub name: String,
+    #[serde(serialize_with = "kind_name")]
+    pub kind: &'static Registration,
+    pub channels: Vec<Channel>,
+    pub settings: ProviderSettings,
+    /// The kind's own settings as given to its factory. May hold secrets: never print it; use
+    /// [`ResolvedProvider::kind_settings_redacted`].
+    #[serde(skip)]
+    pub kind_settings: serde_json::Value,
+    /// Kind settings whose value came from a `${VAR}` reference.
+    #[serde(skip)]
+    pub secret_settings: Vec<String>,
+    /// Where each common setting (dotted key) came from.
+    pub sources: BTreeMap<&'static str, SettingSource>,
+}
+
+fn kind_name<S: serde::Serializer>(kind: &&'static Registration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.kind)
+}
+
+impl ResolvedProvider {
+    /// The kind settings with every value that came from `${VAR}` replaced by `"<redacted>"`.
+    pub fn kind_settings_redacted(&self) -> serde_json::Value {
+        let mut shown = self.kind_settings.clone();
+        if let Some(object) = shown.as_object_mut() {
+            for key in &self.secret_settings {
+                if let Some(value) = object.get_mut(key) {
+                    *value = serde_json::Value::String("<redacted>".into());
+                }
+            }
+        }
+        shown
+    }
+}
+
+impl fmt::Debug for ResolvedProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolvedProvider")
+            .field("name", &self.name)
+            .field("kind", &self.kind.kind)
+            .field("channels", &self.channels)
+            .field("settings", &self.settings)
+            .field("kind_settings", &self.kind_settings_redacted())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Providers in route order; the next one when one fails.
+    Failover,
+}
+
+impl Strategy {
+    pub const NAMES: [&'static str; 1] = ["failover"];
+
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        match name {
+            "failover" => Some(Strategy::Failover),
+            _ => None,
+        }
+    }
+}
+
+/// One `[routes.CHANNEL]`, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedRoute {
+    pub channel: Channel,
+    /// Provider names in failover order.
+    pub providers: Vec<String>,
+    pub strategy: Strategy,
+    pub max_attempts: u32,
+    pub sources: BTreeMap<&'static str, SettingSource>,
+}
+
+/// A config that passed validation: providers sorted by name, routes by channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedConfig {
+    pub providers: Vec<ResolvedProvider>,
+    pub routes: Vec<ResolvedRoute>,
+}

@@ -1,0 +1,339 @@
+//! The common settings: their specs (type, range, built-in default), reading them from one
+//! layer (`[defaults]`, `[kinds.K]`, `[providers.X]`, `[routes.C]`) and resolving them through
+//! the layers, most specific first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::diagnostic::{Code, Diagnostic, Origin};
+use super::resolved::{
+    BreakerPolicy, ProviderSettings, RateLimit, ResolvedRoute, RetryPolicy, SettingSource,
+    Strategy,
+};
+use super::suggest::did_you_mean;
+use super::tree::{Entry, Node, Table, Value};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    /// An integer in `min..=max`.
+    Int { min: i64, max: i64 },
+    /// A number (integer or float) above zero.
+    Positive,
+    /// One of [`Strategy::NAMES`].
+    Strategy,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Dotted key, e.g. `breaker.open_ms`.
+    pub key: &'static str,
+    pub ty: Ty,
+    /// The built-in default, as text for docs; `None`: absent unless set.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+const U32: i64 = u32::MAX as i64;
+const MS_MAX: i64 = 365 * 24 * 3600 * 1000; // a year: anything longer is a typo
+
+/// Settings of every provider; `[defaults]` and `[kinds.K]` may set them too.
+pub const PROVIDER_SPECS: &[Spec] = &[
+    Spec { key: "timeout_ms", ty: Ty::Int { min: 1, max: MS_MAX }, default: Some("10000"), doc: "Per-attempt timeout, in milliseconds." },
+    Spec { key: "retry.initial_backoff_ms", ty: Ty::Int { min: 0, max: MS_MAX }, default: Some("200"), doc: "First backoff between retry rounds (exponential, full jitter)." },
+    Spec { key: "retry.max_backoff_ms", ty: Ty::Int { min: 0, max: MS_MAX }, default: Some("30000"), doc: "Cap of the backoff; at least initial_backoff_ms." },
+    Spec { key: "breaker.failure_threshold", ty: Ty::Int { min: 1, max: U32 }, default: Some("5"), doc: "Consecutive counted failures that open the breaker." },
+    Spec { key: "breaker.open_ms", ty: Ty::Int { min: 1, max: MS_MAX }, default: Some("30000"), doc: "How long an open breaker stays open before probing." },
+    Spec { key: "breaker.half_open_probes", ty: Ty::Int { min: 1, max: U32 }, default: Some("1"), doc: "Probes let through while half-open." },
+    Spec { key: "rate_limit.per_second", ty: Ty::Positive, default: None, doc: "Sends per second (token bucket); absent: unlimited." },
+    Spec { key: "rate_limit.burst", ty: Ty::Int { min: 1, max: U32 }, default: None, doc: "Bucket size; default: per_second rounded up." },
+];
+
+/// Settings of routes; `[defaults]` may set them too. Never on a provider or kind.
+pub const ROUTE_SPECS: &[Spec] = &[
+    Spec { key: "max_attempts", ty: Ty::Int { min: 1, max: 1000 }, default: Some("3"), doc: "Attempts per message in total, across the route's providers." },
+    Spec { key: "strategy", ty: Ty::Strategy, default: Some("failover"), doc: "How providers are picked: `failover` (route order)." },
+];
+
+const GROUPS: &[&str] = &["retry", "breaker", "rate_limit"];
+
+/// A checked value of a setting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked {
+    Int(i64),
+    Number(f64),
+    Strategy(Strategy),
+}
+
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub value: Checked,
+    pub origin: Origin,
+    pub source: SettingSource,
+}
+
+/// Which table a layer is, deciding what it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Defaults,
+    Kind,
+    Provider,
+    Route,
+}
+
+/// The common settings one table sets, checked.
+#[derive(Debug, Default)]
+pub struct Layer {
+    pub settings: HashMap<&'static str, Setting>,
+}
+
+/// Reads the common settings of `table` into a [`Layer`] and returns the entries it does not
+/// know, for the caller (provider-only keys, kind settings, unknown keys).
+pub fn read_layer<'t>(
+    table: &'t Table,
+    kind: LayerKind,
+    source: &SettingSource,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Layer, Vec<&'t Entry>) {
+    let mut layer = Layer::default();
+    let mut rest = Vec::new();
+    for entry in &table.entries {
+        if GROUPS.contains(&entry.key.as_str()) {
+            if kind == LayerKind::Route {
+                diagnostics.push(provider_setting_on_route(entry));
+                continue;
+            }
+            let Some(group) = entry.node.as_table() else {
+                diagnostics.push(wrong_type(&entry.key, &entry.node, "a table"));
+                continue;
+            };
+            for sub in &group.entries {
+                let dotted = format!("{}.{}", entry.key, sub.key);
+                match PROVIDER_SPECS.iter().find(|s| s.key == dotted) {
+                    Some(spec) => check_into(spec, sub, source, &mut layer, diagnostics),
+                    None => {
+                        let known = PROVIDER_SPECS.iter().filter_map(|s| s.key.strip_prefix(&format!("{}.", entry.key)));
+                        diagnostics.push(
+                            Diagnostic::error(Code::UnknownKey, sub.key_origin.clone(), format!("unknown key `{dotted}`"))
+                                .with_help(did_you_mean(&sub.key, known)),
+                        );
+                    }
+                }
+            }
+        } else if let Some(spec) = PROVIDER_SPECS.iter().find(|s| s.key == entry.key) {
+            if kind == LayerKind::Route {
+                diagnostics.push(provider_setting_on_route(entry));
+            } else {
+                check_into(spec, entry, source, &mut layer, diagnostics);
+            }
+        } else if let Some(spec) = ROUTE_SPECS.iter().find(|s| s.key == entry.key) {
+            if matches!(kind, LayerKind::Kind | LayerKind::Provider) {
+                diagnostics.push(
+                    Diagnostic::error(
+                        Code::RouteOnlySetting,
+                        entry.key_origin.clone(),
+                        format!("`{}` is a route setting and cannot be set on a {}", entry.key, if kind == LayerKind::Kind { "kind" } else { "provider" }),
+                    )
+                    .with_help(Some(format!("set `{}` in [routes.<channel>] or [defaults]", spec.key))),
+                );
+            } else {
+                check_into(spec, entry, source, &mut layer, diagnostics);
+            }
+        } else {
+            rest.push(entry);
+        }
+    }
+    (layer, rest)
+}
+
+fn provider_setting_on_route(entry: &Entry) -> Diagnostic {
+    Diagnostic::error(
+        Code::UnknownKey,
+        entry.key_origin.clone(),
+        format!("`{}` is a provider setting, not a route setting", entry.key),
+    )
+    .with_help(Some("set it in [providers.<name>], [kinds.<kind>] or [defaults]".into()))
+}
+
+pub fn wrong_type(key: &str, node: &Node, expected: &str) -> Diagnostic {
+    Diagnostic::error(
+        Code::WrongType,
+        node.origin.clone(),
+        format!("`{key}` must be {expected}, found {}", node.type_name()),
+    )
+}
+
+fn check_into(spec: &Spec, entry: &Entry, source: &SettingSource, layer: &mut Layer, diagnostics: &mut Vec<Diagnostic>) {
+    let node = &entry.node;
+    let value = match (spec.ty, &node.value) {
+        (Ty::Int { min, max }, Value::Int(n)) => {
+            if *n < min || *n > max {
+                let bound = if *n < min {
+                    if min == 1 { "greater than 0".to_owned() } else { format!("at least {min}") }
+                } else {
+                    format!("at most {max}")
+                };
+                diagnostics.push(Diagnostic::error(
+                    Code::OutOfRange,
+                    node.origin.clone(),
+                    format!("`{}` must be {bound}, got {}", spec.key, node.shown()),
+                ));
+                return;
+            }
+            Checked::Int(*n)
+        }
+        (Ty::Int { .. }, _) => {
+            diagnostics.push(wrong_type(spec.key, node, "an integer"));
+            return;
+        }
+        (Ty::Positive, Value::Int(_) | Value::Float(_)) => {
+            let n = match node.value {
+                Value::Int(i) => i as f64,
+                Value::Float(f) => f,
+                _ => 0.0,
+            };
+            if !(n > 0.0 && n.is_finite()) {
+                diagnostics.push(Diagnostic::error(
+                    Code::OutOfRange,
+                    node.origin.clone(),
+                    format!("`{}` must be a number greater than 0, got {}", spec.key, node.shown()),
+                ));
+                return;
+            }
+            Checked::Number(n)
+        }
+        (Ty::Positive, _) => {
+            diagnostics.push(wrong_type(spec.key, node, "a number"));
+            return;
+        }
+        (Ty::Strategy, Value::Str(name)) => match Strategy::from_name(name) {
+            Some(strategy) => Checked::Strategy(strategy),
+            None => {
+                diagnostics.push(
+                    Diagnostic::error(
+                        Code::UnknownStrategy,
+                        node.origin.clone(),
+                        format!("unknown strategy {}", node.shown()),
+                    )
+                    .with_help(did_you_mean(name, Strategy::NAMES.iter().copied()).or_else(|| Some(format!("strategies: {}", Strategy::NAMES.join(", "))))),
+                );
+                return;
+            }
+        },
+        (Ty::Strategy, _) => {
+            diagnostics.push(wrong_type(spec.key, node, "a string"));
+            return;
+        }
+    };
+    let source = match &node.origin {
+        Origin::Env(var) => SettingSource::Env(var.clone()),
+        Origin::File(_) => source.clone(),
+    };
+    layer.settings.insert(spec.key, Setting { value, origin: node.origin.clone(), source });
+}
+
+/// Looks a setting up through the layers, most specific first.
+struct Lookup<'a> {
+    layers: &'a [&'a Layer],
+    sources: BTreeMap<&'static str, SettingSource>,
+}
+
+impl<'a> Lookup<'a> {
+    fn find(&mut self, key: &'static str) -> Option<&'a Setting> {
+        let found = self.layers.iter().find_map(|layer| layer.settings.get(key));
+        self.sources.insert(key, found.map_or(SettingSource::BuiltIn, |s| s.source.clone()));
+        found
+    }
+
+    fn int(&mut self, key: &'static str, default: i64) -> i64 {
+        match self.find(key).map(|s| &s.value) {
+            Some(Checked::Int(n)) => *n,
+            _ => default,
+        }
+    }
+
+    fn ms(&mut self, key: &'static str, default: i64) -> Duration {
+        Duration::from_millis(u64::try_from(self.int(key, default)).unwrap_or(0))
+    }
+
+    fn u32(&mut self, key: &'static str, default: u32) -> u32 {
+        u32::try_from(self.int(key, i64::from(default))).unwrap_or(default)
+    }
+}
+
+/// Resolves a provider's common settings from its layers (provider, kind, defaults).
+pub fn resolve_provider(
+    layers: &[&Layer],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (ProviderSettings, BTreeMap<&'static str, SettingSource>) {
+    let mut lookup = Lookup { layers, sources: BTreeMap::new() };
+    let retry = RetryPolicy {
+        initial_backoff: lookup.ms("retry.initial_backoff_ms", 200),
+        max_backoff: lookup.ms("retry.max_backoff_ms", 30_000),
+    };
+    if retry.max_backoff < retry.initial_backoff {
+        let culprit = lookup.find("retry.max_backoff_ms").or_else(|| lookup.find("retry.initial_backoff_ms"));
+        if let Some(setting) = culprit {
+            diagnostics.push(Diagnostic::error(
+                Code::OutOfRange,
+                setting.origin.clone(),
+                format!(
+                    "retry.max_backoff_ms ({} ms) is below retry.initial_backoff_ms ({} ms)",
+                    retry.max_backoff.as_millis(),
+                    retry.initial_backoff.as_millis()
+                ),
+            ));
+        }
+    }
+    let breaker = BreakerPolicy {
+        failure_threshold: lookup.u32("breaker.failure_threshold", 5),
+        open: lookup.ms("breaker.open_ms", 30_000),
+        half_open_probes: lookup.u32("breaker.half_open_probes", 1),
+    };
+    let per_second = match lookup.find("rate_limit.per_second").map(|s| &s.value) {
+        Some(Checked::Number(n)) => Some(*n),
+        _ => None,
+    };
+    let burst = lookup.find("rate_limit.burst");
+    let rate_limit = match (per_second, burst) {
+        (Some(per_second), Some(Setting { value: Checked::Int(b), .. })) => {
+            Some(RateLimit { per_second, burst: u32::try_from(*b).unwrap_or(u32::MAX) })
+        }
+        (Some(per_second), _) => Some(RateLimit { per_second, burst: per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32 }),
+        (None, Some(setting)) => {
+            diagnostics.push(Diagnostic::warning(
+                Code::NoEffect,
+                setting.origin.clone(),
+                "`rate_limit.burst` has no effect without `rate_limit.per_second`",
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let settings = ProviderSettings { timeout: lookup.ms("timeout_ms", 10_000), retry, breaker, rate_limit };
+    (settings, lookup.sources)
+}
+
+/// Resolves a route's settings from its layers (route, defaults).
+pub fn resolve_route(
+    layers: &[&Layer],
+    channel: switchboard_providers::Channel,
+    providers: Vec<String>,
+) -> ResolvedRoute {
+    let mut lookup = Lookup { layers, sources: BTreeMap::new() };
+    let strategy = match lookup.find("strategy").map(|s| &s.value) {
+        Some(Checked::Strategy(strategy)) => *strategy,
+        _ => Strategy::Failover,
+    };
+    let max_attempts = lookup.u32("max_attempts", 3);
+    ResolvedRoute { channel, providers, strategy, max_attempts, sources: lookup.sources }
+}
+
+/// Every key a provider table may hold besides its kind's own settings.
+pub fn provider_keys() -> impl Iterator<Item = &'static str> {
+    ["kind", "channels"].into_iter().chain(GROUPS.iter().copied()).chain(PROVIDER_SPECS.iter().filter(|s| !s.key.contains('.')).map(|s| s.key))
+}
+
+/// Every key `[defaults]` may hold.
+pub fn defaults_keys() -> impl Iterator<Item = &'static str> {
+    GROUPS.iter().copied().chain(PROVIDER_SPECS.iter().chain(ROUTE_SPECS).filter(|s| !s.key.contains('.')).map(|s| s.key))
+}
