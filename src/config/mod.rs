@@ -75,10 +75,19 @@ pub fn load_bytes(name: &str, bytes: &[u8], env: &Environment) -> Loaded {
         }
     };
     let (root, read_diagnostics) = source::read(&source, env);
+    // A value whose `${VAR}` could not be expanded is reported once, not again by every check
+    // that then trips over the unexpanded text.
+    let unexpanded: Vec<Origin> = read_diagnostics
+        .iter()
+        .filter(|d| matches!(d.code, Code::MissingEnv | Code::BadInterpolation))
+        .map(|d| d.origin.clone())
+        .collect();
     diagnostics.extend(read_diagnostics);
     let mut config = None;
     if let Some(root) = root {
-        let resolved = validate::validate(&root, &mut diagnostics);
+        let mut found = Vec::new();
+        let resolved = validate::validate(&root, &mut found);
+        diagnostics.extend(found.into_iter().filter(|d| !unexpanded.contains(&d.origin)));
         if diagnostics.iter().all(|d| d.severity != Severity::Error) {
             config = resolved;
         }
@@ -102,3 +111,6 @@ impl Diagnostic {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

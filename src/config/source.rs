@@ -44,7 +44,8 @@ pub fn read(source: &SourceFile, env: &Environment) -> (Option<Node>, Vec<Diagno
             .iter()
             .map(|error| {
                 let span = error.span().unwrap_or(0..0);
-                Diagnostic::error(Code::Syntax, Origin::File(span), syntax_message(error.message()))
+                let at = source.text.get(span.clone()).unwrap_or_default();
+                Diagnostic::error(Code::Syntax, Origin::File(span), syntax_message(error.message(), at))
             })
             .collect();
         return (None, diagnostics);
@@ -87,9 +88,13 @@ pub fn read(source: &SourceFile, env: &Environment) -> (Option<Node>, Vec<Diagno
     (Some(root), diagnostics)
 }
 
-/// The toml crate says "invalid X" or "expected Y"; keep its words, trimmed to one line.
-fn syntax_message(message: &str) -> String {
+/// The toml crate says "invalid X" or "expected Y"; keep its words, trimmed to one line, and
+/// name the key it means when it does not.
+fn syntax_message(message: &str, at: &str) -> String {
     let first = message.lines().next().unwrap_or("invalid TOML").trim();
+    if first == "duplicate key" && !at.is_empty() && !at.contains('\n') {
+        return format!("TOML syntax: duplicate key `{at}`: a key or table may be defined only once");
+    }
     format!("TOML syntax: {first}")
 }
 
@@ -267,7 +272,7 @@ fn num_value(n: Num) -> Value {
     match n {
         Num::F32(f) => Value::Float(f64::from(f)),
         Num::F64(f) => Value::Float(f),
-        other => match other.to_i128().and_then(|i| i64::try_from(i).ok()) {
+        other => match other.to_i128().or_else(|| other.to_u128().and_then(|u| i128::try_from(u).ok())).and_then(|i| i64::try_from(i).ok()) {
             Some(i) => Value::Int(i),
             None => Value::Float(other.to_f64().unwrap_or(f64::NAN)),
         },

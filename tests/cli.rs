@@ -1,0 +1,161 @@
+//! The `switchboard` binary's commands, exit codes and output, end to end.
+
+mod common;
+
+use common::{fixtures, json, repo_root, stderr, stdout, switchboard};
+
+fn temp_config(text: &str) -> tempfile::TempDir {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("tempdir: {error}"),
+    };
+    if let Err(error) = std::fs::write(dir.path().join("routes.toml"), text) {
+        panic!("write config: {error}");
+    }
+    dir
+}
+
+const VALID: &str = r#"
+[providers.sms-main]
+kind = "mock"
+channels = ["sms", "mms"]
+
+[providers.email-main]
+kind = "mock"
+channels = ["email"]
+
+[routes.sms]
+providers = ["sms-main"]
+[routes.mms]
+providers = ["sms-main"]
+[routes.email]
+providers = ["email-main"]
+"#;
+
+#[test]
+fn repo_config_validates_clean() {
+    let output = switchboard(&repo_root(), &["validate", "--format", "json"], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report = json(&output);
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["warnings"], 0, "{report}");
+
+    let human = switchboard(&repo_root(), &["validate"], &[]);
+    assert_eq!(human.status.code(), Some(0));
+    assert!(stdout(&human).starts_with("routes.toml: valid ("), "{}", stdout(&human));
+}
+
+#[test]
+fn providers_lists_exactly_the_built_in_kinds() {
+    let output = switchboard(&repo_root(), &["providers", "--format", "json"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let catalog = json(&output);
+    let kinds: Vec<&str> = catalog["kinds"]
+        .as_array()
+        .map(|ks| ks.iter().filter_map(|k| k["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["mock"]);
+    let mock = &catalog["kinds"][0];
+    assert_eq!(mock["channels"], serde_json::json!(["sms", "mms", "email"]));
+    let settings: Vec<&str> = mock["settings"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(settings, ["error_pct", "latency_ms", "rate_limited_pct", "seed", "timeout_pct"]);
+    for setting in mock["settings"].as_array().into_iter().flatten() {
+        assert!(setting["doc"].as_str().is_some_and(|d| !d.is_empty()), "{setting}");
+        assert!(setting["type"].is_string(), "{setting}");
+        assert_eq!(setting["default"], 0, "{setting}");
+    }
+    let common: Vec<&str> = catalog["common_settings"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(common.contains(&"timeout_ms") && common.contains(&"breaker.open_ms"), "{common:?}");
+
+    let human = stdout(&switchboard(&repo_root(), &["providers"], &[]));
+    assert!(human.starts_with("mock: "), "{human}");
+    assert!(human.contains("latency_ms"), "{human}");
+}
+
+/// Exit code 2, a one-line reason on stderr, nothing on stdout.
+fn check_cannot_run(args: &[&str], env: &[(&str, &str)], reason: &str) {
+    let output = switchboard(&repo_root(), args, env);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+    assert!(stderr(&output).contains(reason), "{args:?}: {}", stderr(&output));
+    assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+}
+
+#[test]
+fn exit_code_2_when_validation_cannot_run() {
+    check_cannot_run(&["validate", "--config", "no/such/routes.toml"], &[], "not found");
+    check_cannot_run(&["validate", "--config", "tests"], &[], "cannot read config file tests");
+    check_cannot_run(&["validate", "--format", "xml"], &[], "invalid value 'xml'");
+    check_cannot_run(&["validate", "--bogus"], &[], "unexpected argument '--bogus'");
+    check_cannot_run(&["frobnicate"], &[], "unrecognized subcommand");
+    check_cannot_run(&["validate"], &[("SWITCHBOARD_CONFIG", "missing.toml")], "missing.toml not found");
+}
+
+#[test]
+fn config_path_comes_from_flag_then_env_then_default() {
+    let dir = temp_config(VALID);
+    let other = dir.path().join("other.toml");
+    if let Err(error) = std::fs::write(&other, "[providers]\nx = 1\n") {
+        panic!("{error}");
+    }
+    assert_eq!(switchboard(dir.path(), &["validate"], &[]).status.code(), Some(0));
+    assert_eq!(switchboard(dir.path(), &["validate"], &[("SWITCHBOARD_CONFIG", "other.toml")]).status.code(), Some(1));
+    let flag_wins = switchboard(dir.path(), &["validate", "--config", "routes.toml"], &[("SWITCHBOARD_CONFIG", "other.toml")]);
+    assert_eq!(flag_wins.status.code(), Some(0));
+}
+
+#[test]
+fn environment_overrides_reach_the_right_provider() {
+    let dir = temp_config(VALID);
+    // `SMS_MAIN` names provider `sms-main`; a bad value is reported against the variable.
+    let output = switchboard(
+        dir.path(),
+        &["validate", "--format", "json"],
+        &[("SWITCHBOARD_PROVIDERS__SMS_MAIN__BREAKER__FAILURE_THRESHOLD", "0")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let d = &json(&output)["diagnostics"][0];
+    assert_eq!(d["code"], "out-of-range");
+    assert_eq!(d["env"], "SWITCHBOARD_PROVIDERS__SMS_MAIN__BREAKER__FAILURE_THRESHOLD");
+    assert_eq!(d["line"], serde_json::Value::Null);
+
+    // Variables without `__` are the service's own settings, not config keys.
+    let ok = switchboard(dir.path(), &["validate"], &[("SWITCHBOARD_LISTEN", "x"), ("SWITCHBOARD_LOG_FORMAT", "json")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+
+    let typo = switchboard(dir.path(), &["validate", "--format", "json"], &[("SWITCHBOARD_DEFAULT__TIMEOUT_MS", "5")]);
+    assert_eq!(typo.status.code(), Some(1));
+    let d = &json(&typo)["diagnostics"][0];
+    assert_eq!((d["code"].as_str(), d["help"].as_str()), (Some("unknown-key"), Some("did you mean `defaults`?")));
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let marker = "MARKER-hunter2-secret";
+    let dir = temp_config((VALID.replace(
+        "[providers.email-main]\nkind = \"mock\"",
+        "[providers.email-main]\nkind = \"mock\"\nseed = \"${EMAIL_SEED}\"",
+    ) + "\n[defaults]\nstrategy = \"${STRATEGY}\"\n").as_str());
+    let env = [("EMAIL_SEED", marker), ("STRATEGY", marker)];
+    for format in ["human", "json"] {
+        let output = switchboard(dir.path(), &["validate", "--format", format], &env);
+        assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+        let all = stdout(&output) + &stderr(&output);
+        assert!(!all.contains("hunter2"), "{format}: secret printed:\n{all}");
+        assert!(all.contains("invalid-setting") && all.contains("unknown-strategy"), "{all}");
+    }
+}
+
+#[test]
+fn warnings_alone_exit_0() {
+    let config = fixtures().join("configs/44-warnings-only.toml");
+    let output = switchboard(&repo_root(), &["validate", "--config", &config.to_string_lossy()], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("warning[unused-provider]"));
+}
