@@ -14,7 +14,11 @@ use switchboard_providers::{registry, SettingDoc};
 use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROUTE_SPECS};
 
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version, about = "Routes outbound messages to providers chosen from routes.toml")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Routes outbound messages to providers chosen from routes.toml"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -79,7 +83,8 @@ fn validate(args: &ValidateArgs) -> ExitCode {
             serde_json::to_string_pretty(&report).map(|s| s + "\n").unwrap_or_default()
         }
         Format::Human => {
-            let mut out: String = loaded.diagnostics.iter().map(|d| render_human(&loaded.source, d) + "\n").collect();
+            let mut out: String =
+                loaded.diagnostics.iter().map(|d| render_human(&loaded.source, d) + "\n").collect();
             let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
             let summary = match &loaded.config {
                 Some(config) => format!(
@@ -135,13 +140,20 @@ pub fn catalog() -> Catalog {
             _ => "integer".to_owned(),
         },
         required: false,
-        default: spec.default.map(|d| d.parse::<i64>().map_or_else(|_| serde_json::Value::from(d), serde_json::Value::from)),
+        default: spec
+            .default
+            .map(|d| d.parse::<i64>().map_or_else(|_| serde_json::Value::from(d), serde_json::Value::from)),
         doc: spec.doc.to_owned(),
     };
     Catalog {
         kinds: registry()
             .into_iter()
-            .map(|r| KindEntry { name: r.kind, channels: r.channels, description: r.description, settings: r.settings() })
+            .map(|r| KindEntry {
+                name: r.kind,
+                channels: r.channels,
+                description: r.description,
+                settings: r.settings(),
+            })
             .collect(),
         common_settings: PROVIDER_SPECS.iter().map(doc).collect(),
         route_settings: ROUTE_SPECS.iter().map(doc).collect(),
@@ -160,11 +172,19 @@ fn providers(format: Format) -> ExitCode {
                         || if s.required { "required".to_owned() } else { "-".to_owned() },
                         |d| format!("default {d}"),
                     );
-                    out.push_str(&format!("    {:<28} {:<8} {:<16} {}\n", s.name, s.type_name, default, s.doc));
+                    out.push_str(&format!(
+                        "    {:<28} {:<8} {:<16} {}\n",
+                        s.name, s.type_name, default, s.doc
+                    ));
                 }
             };
             for kind in &catalog.kinds {
-                out.push_str(&format!("{}: {}\n  channels: {}\n  settings:\n", kind.name, kind.description, kind.channels.join(", ")));
+                out.push_str(&format!(
+                    "{}: {}\n  channels: {}\n  settings:\n",
+                    kind.name,
+                    kind.description,
+                    kind.channels.join(", ")
+                ));
                 settings_table(&mut out, &kind.settings);
                 out.push('\n');
             }

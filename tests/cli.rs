@@ -105,8 +105,15 @@ fn config_path_comes_from_flag_then_env_then_default() {
         panic!("{error}");
     }
     assert_eq!(switchboard(dir.path(), &["validate"], &[]).status.code(), Some(0));
-    assert_eq!(switchboard(dir.path(), &["validate"], &[("SWITCHBOARD_CONFIG", "other.toml")]).status.code(), Some(1));
-    let flag_wins = switchboard(dir.path(), &["validate", "--config", "routes.toml"], &[("SWITCHBOARD_CONFIG", "other.toml")]);
+    assert_eq!(
+        switchboard(dir.path(), &["validate"], &[("SWITCHBOARD_CONFIG", "other.toml")]).status.code(),
+        Some(1)
+    );
+    let flag_wins = switchboard(
+        dir.path(),
+        &["validate", "--config", "routes.toml"],
+        &[("SWITCHBOARD_CONFIG", "other.toml")],
+    );
     assert_eq!(flag_wins.status.code(), Some(0));
 }
 
@@ -126,22 +133,36 @@ fn environment_overrides_reach_the_right_provider() {
     assert_eq!(d["line"], serde_json::Value::Null);
 
     // Variables without `__` are the service's own settings, not config keys.
-    let ok = switchboard(dir.path(), &["validate"], &[("SWITCHBOARD_LISTEN", "x"), ("SWITCHBOARD_LOG_FORMAT", "json")]);
+    let ok = switchboard(
+        dir.path(),
+        &["validate"],
+        &[("SWITCHBOARD_LISTEN", "x"), ("SWITCHBOARD_LOG_FORMAT", "json")],
+    );
     assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
 
-    let typo = switchboard(dir.path(), &["validate", "--format", "json"], &[("SWITCHBOARD_DEFAULT__TIMEOUT_MS", "5")]);
+    let typo = switchboard(
+        dir.path(),
+        &["validate", "--format", "json"],
+        &[("SWITCHBOARD_DEFAULT__TIMEOUT_MS", "5")],
+    );
     assert_eq!(typo.status.code(), Some(1));
     let d = &json(&typo)["diagnostics"][0];
-    assert_eq!((d["code"].as_str(), d["help"].as_str()), (Some("unknown-key"), Some("did you mean `defaults`?")));
+    assert_eq!(
+        (d["code"].as_str(), d["help"].as_str()),
+        (Some("unknown-key"), Some("did you mean `defaults`?"))
+    );
 }
 
 #[test]
 fn secrets_are_never_printed() {
     let marker = "MARKER-hunter2-secret";
-    let dir = temp_config((VALID.replace(
-        "[providers.email-main]\nkind = \"mock\"",
-        "[providers.email-main]\nkind = \"mock\"\nseed = \"${EMAIL_SEED}\"",
-    ) + "\n[defaults]\nstrategy = \"${STRATEGY}\"\n").as_str());
+    let dir = temp_config(
+        (VALID.replace(
+            "[providers.email-main]\nkind = \"mock\"",
+            "[providers.email-main]\nkind = \"mock\"\nseed = \"${EMAIL_SEED}\"",
+        ) + "\n[defaults]\nstrategy = \"${STRATEGY}\"\n")
+            .as_str(),
+    );
     let env = [("EMAIL_SEED", marker), ("STRATEGY", marker)];
     for format in ["human", "json"] {
         let output = switchboard(dir.path(), &["validate", "--format", format], &env);

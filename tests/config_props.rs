@@ -9,7 +9,7 @@ use switchboard::config::{load_bytes, Environment, Severity};
 use switchboard_providers as _;
 
 fn config(cases: u32) -> Config {
-    Config { cases, rng_seed: RngSeed::Fixed(0x5b0a_2d), failure_persistence: None, ..Config::default() }
+    Config { cases, rng_seed: RngSeed::Fixed(0x005b_0a2d), failure_persistence: None, ..Config::default() }
 }
 
 /// The verdict is consistent: a resolved config exactly when there is no error, and every
@@ -29,11 +29,39 @@ fn verdict_is_consistent(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 const KEYS: &[&str] = &[
-    "defaults", "kinds", "providers", "routes", "mock", "kind", "channels", "sms", "mms", "email",
-    "push", "p1", "p2", "timeout_ms", "max_attempts", "strategy", "retry", "breaker", "rate_limit",
-    "initial_backoff_ms", "max_backoff_ms", "failure_threshold", "open_ms", "half_open_probes",
-    "per_second", "burst", "seed", "error_pct", "rate_limited_pct", "timeout_pct", "latency_ms",
-    "Bad Name", "x",
+    "defaults",
+    "kinds",
+    "providers",
+    "routes",
+    "mock",
+    "kind",
+    "channels",
+    "sms",
+    "mms",
+    "email",
+    "push",
+    "p1",
+    "p2",
+    "timeout_ms",
+    "max_attempts",
+    "strategy",
+    "retry",
+    "breaker",
+    "rate_limit",
+    "initial_backoff_ms",
+    "max_backoff_ms",
+    "failure_threshold",
+    "open_ms",
+    "half_open_probes",
+    "per_second",
+    "burst",
+    "seed",
+    "error_pct",
+    "rate_limited_pct",
+    "timeout_pct",
+    "latency_ms",
+    "Bad Name",
+    "x",
 ];
 
 fn key() -> impl Strategy<Value = String> {
@@ -47,7 +75,8 @@ fn scalar() -> impl Strategy<Value = String> {
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
         any::<bool>().prop_map(|b| b.to_string()),
         prop::sample::select(KEYS).prop_map(|k| format!("{k:?}")),
-        prop::sample::select(&["\"${SET}\"", "\"${UNSET}\"", "\"${\"", "\"$${X}\"", "\"failover\""][..]).prop_map(str::to_owned),
+        prop::sample::select(&["\"${SET}\"", "\"${UNSET}\"", "\"${\"", "\"$${X}\"", "\"failover\""][..])
+            .prop_map(str::to_owned),
     ]
 }
 
@@ -63,7 +92,8 @@ fn value() -> impl Strategy<Value = String> {
 /// Tables with dotted headers and key/value lines, drawn from config-like names so that the
 /// validator's deeper checks are reached, not only "unknown key".
 fn toml_document() -> impl Strategy<Value = String> {
-    let line = (prop::collection::vec(key(), 1..3), value()).prop_map(|(path, v)| format!("{} = {v}", path.join(".")));
+    let line = (prop::collection::vec(key(), 1..3), value())
+        .prop_map(|(path, v)| format!("{} = {v}", path.join(".")));
     let table = (prop::collection::vec(key(), 1..4), prop::collection::vec(line, 0..6))
         .prop_map(|(header, lines)| format!("[{}]\n{}\n", header.join("."), lines.join("\n")));
     prop::collection::vec(table, 0..8)
@@ -101,4 +131,3 @@ proptest! {
         }
     }
 }
-

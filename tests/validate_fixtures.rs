@@ -51,8 +51,14 @@ fn check(fixture: &Fixture, dir: &Path) -> Result<(), String> {
         .map(|ds| {
             ds.iter()
                 .map(|d| match (d["line"].as_u64(), d["column"].as_u64()) {
-                    (Some(line), Some(column)) => format!("{} {line}:{column}", d["code"].as_str().unwrap_or("?")),
-                    _ => format!("{} env:{}", d["code"].as_str().unwrap_or("?"), d["env"].as_str().unwrap_or("?")),
+                    (Some(line), Some(column)) => {
+                        format!("{} {line}:{column}", d["code"].as_str().unwrap_or("?"))
+                    }
+                    _ => format!(
+                        "{} env:{}",
+                        d["code"].as_str().unwrap_or("?"),
+                        d["env"].as_str().unwrap_or("?")
+                    ),
                 })
                 .collect()
         })
@@ -79,7 +85,11 @@ fn check(fixture: &Fixture, dir: &Path) -> Result<(), String> {
     }
     let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
     if human != golden {
-        return Err(format!("{}: human output differs from {}:\n{human}", fixture.name, golden_path.display()));
+        return Err(format!(
+            "{}: human output differs from {}:\n{human}",
+            fixture.name,
+            golden_path.display()
+        ));
     }
     Ok(())
 }

@@ -14,8 +14,7 @@ mod registry;
 pub use channel::{Channel, ChannelNameError};
 pub use message::{mask_recipient, ErrorClass, OutboundMessage, Receipt, SendError};
 pub use registry::{
-    find, registry, BuildContext, Kind, Provider, Registration, SettingDoc, SettingIssue,
-    SettingsError,
+    find, registry, BuildContext, Kind, Provider, Registration, SettingDoc, SettingIssue, SettingsError,
 };
 
 // Built-in kinds: one file each, registered from inside the file.

@@ -158,7 +158,10 @@ mod tests {
             (SendError::Timeout, ErrorClass::Ambiguous),
             (SendError::Ambiguous { code: "503".into(), reason: String::new() }, ErrorClass::Ambiguous),
             (SendError::Rejected { code: "400".into(), reason: String::new() }, ErrorClass::Rejected),
-            (SendError::Misconfigured { code: "401".into(), reason: String::new() }, ErrorClass::Misconfigured),
+            (
+                SendError::Misconfigured { code: "401".into(), reason: String::new() },
+                ErrorClass::Misconfigured,
+            ),
         ];
         for (error, class) in cases {
             assert_eq!(error.class(), class, "{error:?}");

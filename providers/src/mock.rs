@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, SendError, SettingIssue,
-};
+use crate::{BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, SendError, SettingIssue};
 
 /// Settings of a `mock` provider. Outcome percentages are drawn per send; whatever they leave
 /// over is the share of successful sends.
@@ -122,10 +120,9 @@ impl Provider for MockProvider {
                 provider_message_id: Some(format!("mock-{:x}-{n}", self.settings.seed)),
                 latency: started.elapsed(),
             }),
-            Outcome::Error => Err(SendError::Ambiguous {
-                code: "500".into(),
-                reason: "mock provider error".into(),
-            }),
+            Outcome::Error => {
+                Err(SendError::Ambiguous { code: "500".into(), reason: "mock provider error".into() })
+            }
             Outcome::RateLimited => Err(SendError::RateLimited { retry_after: None }),
             Outcome::Timeout => {
                 tokio::time::sleep(self.timeout).await;
@@ -167,10 +164,7 @@ mod tests {
         check(json!({"seed": 42, "error_pct": 10, "latency_ms": 5}), &[]);
         check(json!({"error_pct": 60, "rate_limited_pct": 40}), &[]);
         check(json!({"error_pct": 101}), &["`error_pct` must be between 0 and 100, got 101"]);
-        check(
-            json!({"error_pct": 60, "timeout_pct": 50}),
-            &["outcome percentages add up to 110, over 100"],
-        );
+        check(json!({"error_pct": 60, "timeout_pct": 50}), &["outcome percentages add up to 110, over 100"]);
         check(json!({"error_pct": -1}), &["invalid value: integer `-1`, expected u32"]);
         check(json!({"seed": "x"}), &["invalid type: string \"x\", expected u64"]);
     }
@@ -193,10 +187,16 @@ mod tests {
 
     #[test]
     fn percentages_are_honoured() {
-        let settings = MockSettings { seed: 1, error_pct: 25, rate_limited_pct: 25, timeout_pct: 10, latency_ms: 0 };
+        let settings =
+            MockSettings { seed: 1, error_pct: 25, rate_limited_pct: 25, timeout_pct: 10, latency_ms: 0 };
         let drawn = outcomes(&settings, 10_000);
         let share = |o: Outcome| drawn.iter().filter(|d| **d == o).count() as f64 / 100.0;
-        for (outcome, pct) in [(Outcome::Error, 25.0), (Outcome::RateLimited, 25.0), (Outcome::Timeout, 10.0), (Outcome::Sent, 40.0)] {
+        for (outcome, pct) in [
+            (Outcome::Error, 25.0),
+            (Outcome::RateLimited, 25.0),
+            (Outcome::Timeout, 10.0),
+            (Outcome::Sent, 40.0),
+        ] {
             assert!((share(outcome) - pct).abs() < 2.0, "{outcome:?}: {} vs {pct}", share(outcome));
         }
     }

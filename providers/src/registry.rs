@@ -90,6 +90,9 @@ pub trait Kind: 'static {
     fn build(settings: Self::Settings, context: &BuildContext<'_>) -> Arc<dyn Provider>;
 }
 
+/// A kind's type-erased factory.
+type BuildFn = fn(Value, &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError>;
+
 /// A kind's entry in the registry.
 pub struct Registration {
     pub kind: &'static str,
@@ -97,7 +100,7 @@ pub struct Registration {
     pub description: &'static str,
     settings: fn() -> Vec<SettingDoc>,
     parse_and_check: fn(Value) -> Vec<SettingIssue>,
-    build: fn(Value, &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError>,
+    build: BuildFn,
 }
 
 inventory::collect!(Registration);
@@ -177,10 +180,7 @@ fn parse_and_check<K: Kind>(settings: Value) -> Vec<SettingIssue> {
     parse::<K>(settings).err().unwrap_or_default()
 }
 
-fn build<K: Kind>(
-    settings: Value,
-    context: &BuildContext<'_>,
-) -> Result<Arc<dyn Provider>, SettingsError> {
+fn build<K: Kind>(settings: Value, context: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
     let settings = parse::<K>(settings).map_err(|issues| SettingsError { issues })?;
     Ok(K::build(settings, context))
 }
@@ -222,7 +222,8 @@ fn type_name(property: &Value) -> String {
             _ => "any".to_owned(),
         },
     };
-    let nullable = matches!(property.get("type"), Some(Value::Array(names)) if names.iter().any(|n| n == "null"));
+    let nullable =
+        matches!(property.get("type"), Some(Value::Array(names)) if names.iter().any(|n| n == "null"));
     if nullable {
         format!("{base}?")
     } else {

@@ -115,9 +115,7 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
         let text = text.into();
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         SourceFile { name: name.into(), text, line_starts }
     }
 
@@ -247,8 +245,12 @@ mod tests {
     #[test]
     fn human_rendering() {
         let source = SourceFile::new("routes.toml", "[defaults]\ntimout_ms = 5\n");
-        let diagnostic = Diagnostic::error(Code::UnknownKey, Origin::File(11..20), "unknown key `timout_ms` in [defaults]")
-            .with_help(Some("did you mean `timeout_ms`?".into()));
+        let diagnostic = Diagnostic::error(
+            Code::UnknownKey,
+            Origin::File(11..20),
+            "unknown key `timout_ms` in [defaults]",
+        )
+        .with_help(Some("did you mean `timeout_ms`?".into()));
         let expected = "error[unknown-key]: unknown key `timout_ms` in [defaults]
  --> routes.toml:2:1
   |

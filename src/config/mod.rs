@@ -69,8 +69,9 @@ pub fn load_bytes(name: &str, bytes: &[u8], env: &Environment) -> Loaded {
         Err(error) => {
             let at = error.valid_up_to();
             let source = SourceFile::new(name, String::from_utf8_lossy(bytes));
-            let diagnostic = Diagnostic::error(Code::Encoding, Origin::File(at..at + 1), "the file is not valid UTF-8")
-                .with_help(Some("save routes.toml as UTF-8".into()));
+            let diagnostic =
+                Diagnostic::error(Code::Encoding, Origin::File(at..at + 1), "the file is not valid UTF-8")
+                    .with_help(Some("save routes.toml as UTF-8".into()));
             return Loaded { source, diagnostics: vec![diagnostic], config: None, version };
         }
     };
@@ -92,7 +93,9 @@ pub fn load_bytes(name: &str, bytes: &[u8], env: &Environment) -> Loaded {
             config = resolved;
         }
     }
-    diagnostics.sort_by(|a, b| (&a.origin_key(), a.severity, &a.message).cmp(&(&b.origin_key(), b.severity, &b.message)));
+    diagnostics.sort_by(|a, b| {
+        (&a.origin_key(), a.severity, &a.message).cmp(&(&b.origin_key(), b.severity, &b.message))
+    });
     diagnostics.dedup();
     Loaded { source, diagnostics, config, version }
 }

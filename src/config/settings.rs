@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use super::diagnostic::{Code, Diagnostic, Origin};
 use super::resolved::{
-    BreakerPolicy, ProviderSettings, RateLimit, ResolvedRoute, RetryPolicy, SettingSource,
-    Strategy,
+    BreakerPolicy, ProviderSettings, RateLimit, ResolvedRoute, RetryPolicy, SettingSource, Strategy,
 };
 use super::suggest::did_you_mean;
 use super::tree::{Entry, Node, Table, Value};
@@ -38,20 +37,70 @@ const MS_MAX: i64 = 365 * 24 * 3600 * 1000; // a year: anything longer is a typo
 
 /// Settings of every provider; `[defaults]` and `[kinds.K]` may set them too.
 pub const PROVIDER_SPECS: &[Spec] = &[
-    Spec { key: "timeout_ms", ty: Ty::Int { min: 1, max: MS_MAX }, default: Some("10000"), doc: "Per-attempt timeout, in milliseconds." },
-    Spec { key: "retry.initial_backoff_ms", ty: Ty::Int { min: 0, max: MS_MAX }, default: Some("200"), doc: "First backoff between retry rounds (exponential, full jitter)." },
-    Spec { key: "retry.max_backoff_ms", ty: Ty::Int { min: 0, max: MS_MAX }, default: Some("30000"), doc: "Cap of the backoff; at least initial_backoff_ms." },
-    Spec { key: "breaker.failure_threshold", ty: Ty::Int { min: 1, max: U32 }, default: Some("5"), doc: "Consecutive counted failures that open the breaker." },
-    Spec { key: "breaker.open_ms", ty: Ty::Int { min: 1, max: MS_MAX }, default: Some("30000"), doc: "How long an open breaker stays open before probing." },
-    Spec { key: "breaker.half_open_probes", ty: Ty::Int { min: 1, max: U32 }, default: Some("1"), doc: "Probes let through while half-open." },
-    Spec { key: "rate_limit.per_second", ty: Ty::Positive, default: None, doc: "Sends per second (token bucket); absent: unlimited." },
-    Spec { key: "rate_limit.burst", ty: Ty::Int { min: 1, max: U32 }, default: None, doc: "Bucket size; default: per_second rounded up." },
+    Spec {
+        key: "timeout_ms",
+        ty: Ty::Int { min: 1, max: MS_MAX },
+        default: Some("10000"),
+        doc: "Per-attempt timeout, in milliseconds.",
+    },
+    Spec {
+        key: "retry.initial_backoff_ms",
+        ty: Ty::Int { min: 0, max: MS_MAX },
+        default: Some("200"),
+        doc: "First backoff between retry rounds (exponential, full jitter).",
+    },
+    Spec {
+        key: "retry.max_backoff_ms",
+        ty: Ty::Int { min: 0, max: MS_MAX },
+        default: Some("30000"),
+        doc: "Cap of the backoff; at least initial_backoff_ms.",
+    },
+    Spec {
+        key: "breaker.failure_threshold",
+        ty: Ty::Int { min: 1, max: U32 },
+        default: Some("5"),
+        doc: "Consecutive counted failures that open the breaker.",
+    },
+    Spec {
+        key: "breaker.open_ms",
+        ty: Ty::Int { min: 1, max: MS_MAX },
+        default: Some("30000"),
+        doc: "How long an open breaker stays open before probing.",
+    },
+    Spec {
+        key: "breaker.half_open_probes",
+        ty: Ty::Int { min: 1, max: U32 },
+        default: Some("1"),
+        doc: "Probes let through while half-open.",
+    },
+    Spec {
+        key: "rate_limit.per_second",
+        ty: Ty::Positive,
+        default: None,
+        doc: "Sends per second (token bucket); absent: unlimited.",
+    },
+    Spec {
+        key: "rate_limit.burst",
+        ty: Ty::Int { min: 1, max: U32 },
+        default: None,
+        doc: "Bucket size; default: per_second rounded up.",
+    },
 ];
 
 /// Settings of routes; `[defaults]` may set them too. Never on a provider or kind.
 pub const ROUTE_SPECS: &[Spec] = &[
-    Spec { key: "max_attempts", ty: Ty::Int { min: 1, max: 1000 }, default: Some("3"), doc: "Attempts per message in total, across the route's providers." },
-    Spec { key: "strategy", ty: Ty::Strategy, default: Some("failover"), doc: "How providers are picked: `failover` (route order)." },
+    Spec {
+        key: "max_attempts",
+        ty: Ty::Int { min: 1, max: 1000 },
+        default: Some("3"),
+        doc: "Attempts per message in total, across the route's providers.",
+    },
+    Spec {
+        key: "strategy",
+        ty: Ty::Strategy,
+        default: Some("failover"),
+        doc: "How providers are picked: `failover` (route order).",
+    },
 ];
 
 const GROUPS: &[&str] = &["retry", "breaker", "rate_limit"];
@@ -111,10 +160,16 @@ pub fn read_layer<'t>(
                 match PROVIDER_SPECS.iter().find(|s| s.key == dotted) {
                     Some(spec) => check_into(spec, sub, source, &mut layer, diagnostics),
                     None => {
-                        let known = PROVIDER_SPECS.iter().filter_map(|s| s.key.strip_prefix(&format!("{}.", entry.key)));
+                        let known = PROVIDER_SPECS
+                            .iter()
+                            .filter_map(|s| s.key.strip_prefix(&format!("{}.", entry.key)));
                         diagnostics.push(
-                            Diagnostic::error(Code::UnknownKey, sub.key_origin.clone(), format!("unknown key `{dotted}`"))
-                                .with_help(did_you_mean(&sub.key, known)),
+                            Diagnostic::error(
+                                Code::UnknownKey,
+                                sub.key_origin.clone(),
+                                format!("unknown key `{dotted}`"),
+                            )
+                            .with_help(did_you_mean(&sub.key, known)),
                         );
                     }
                 }
@@ -131,7 +186,11 @@ pub fn read_layer<'t>(
                     Diagnostic::error(
                         Code::RouteOnlySetting,
                         entry.key_origin.clone(),
-                        format!("`{}` is a route setting and cannot be set on a {}", entry.key, if kind == LayerKind::Kind { "kind" } else { "provider" }),
+                        format!(
+                            "`{}` is a route setting and cannot be set on a {}",
+                            entry.key,
+                            if kind == LayerKind::Kind { "kind" } else { "provider" }
+                        ),
                     )
                     .with_help(Some(format!("set `{}` in [routes.<channel>] or [defaults]", spec.key))),
                 );
@@ -162,13 +221,23 @@ pub fn wrong_type(key: &str, node: &Node, expected: &str) -> Diagnostic {
     )
 }
 
-fn check_into(spec: &Spec, entry: &Entry, source: &SettingSource, layer: &mut Layer, diagnostics: &mut Vec<Diagnostic>) {
+fn check_into(
+    spec: &Spec,
+    entry: &Entry,
+    source: &SettingSource,
+    layer: &mut Layer,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let node = &entry.node;
     let value = match (spec.ty, &node.value) {
         (Ty::Int { min, max }, Value::Int(n)) => {
             if *n < min || *n > max {
                 let bound = if *n < min {
-                    if min == 1 { "greater than 0".to_owned() } else { format!("at least {min}") }
+                    if min == 1 {
+                        "greater than 0".to_owned()
+                    } else {
+                        format!("at least {min}")
+                    }
                 } else {
                     format!("at most {max}")
                 };
@@ -214,7 +283,10 @@ fn check_into(spec: &Spec, entry: &Entry, source: &SettingSource, layer: &mut La
                         node.origin.clone(),
                         format!("unknown strategy {}", node.shown()),
                     )
-                    .with_help(did_you_mean(name, Strategy::NAMES.iter().copied()).or_else(|| Some(format!("strategies: {}", Strategy::NAMES.join(", "))))),
+                    .with_help(
+                        did_you_mean(name, Strategy::NAMES.iter().copied())
+                            .or_else(|| Some(format!("strategies: {}", Strategy::NAMES.join(", ")))),
+                    ),
                 );
                 return;
             }
@@ -298,7 +370,9 @@ pub fn resolve_provider(
         (Some(per_second), Some(Setting { value: Checked::Int(b), .. })) => {
             Some(RateLimit { per_second, burst: u32::try_from(*b).unwrap_or(u32::MAX) })
         }
-        (Some(per_second), _) => Some(RateLimit { per_second, burst: per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32 }),
+        (Some(per_second), _) => {
+            Some(RateLimit { per_second, burst: per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32 })
+        }
         (None, Some(setting)) => {
             diagnostics.push(Diagnostic::warning(
                 Code::NoEffect,
@@ -330,10 +404,16 @@ pub fn resolve_route(
 
 /// Every key a provider table may hold besides its kind's own settings.
 pub fn provider_keys() -> impl Iterator<Item = &'static str> {
-    ["kind", "channels"].into_iter().chain(GROUPS.iter().copied()).chain(PROVIDER_SPECS.iter().filter(|s| !s.key.contains('.')).map(|s| s.key))
+    ["kind", "channels"]
+        .into_iter()
+        .chain(GROUPS.iter().copied())
+        .chain(PROVIDER_SPECS.iter().filter(|s| !s.key.contains('.')).map(|s| s.key))
 }
 
 /// Every key `[defaults]` may hold.
 pub fn defaults_keys() -> impl Iterator<Item = &'static str> {
-    GROUPS.iter().copied().chain(PROVIDER_SPECS.iter().chain(ROUTE_SPECS).filter(|s| !s.key.contains('.')).map(|s| s.key))
+    GROUPS
+        .iter()
+        .copied()
+        .chain(PROVIDER_SPECS.iter().chain(ROUTE_SPECS).filter(|s| !s.key.contains('.')).map(|s| s.key))
 }

@@ -24,7 +24,11 @@ pub struct Environment {
 impl Environment {
     /// The process environment (variables that are not valid UTF-8 are skipped).
     pub fn from_process() -> Self {
-        Environment { vars: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect() }
+        Environment {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
@@ -67,11 +71,16 @@ pub fn read(source: &SourceFile, env: &Environment) -> (Option<Node>, Vec<Diagno
         }
         match env_path(rest, &provider_names) {
             Some(path) => figment = figment.merge(EnvLayer { var: var.clone(), path, value: value.clone() }),
-            None => diagnostics.push(Diagnostic::error(
-                Code::UnknownKey,
-                Origin::Env(var.clone()),
-                format!("environment variable {var} does not name a config key"),
-            ).with_help(Some("use SWITCHBOARD_<TABLE>__<KEY>__…, e.g. SWITCHBOARD_DEFAULTS__TIMEOUT_MS".into()))),
+            None => diagnostics.push(
+                Diagnostic::error(
+                    Code::UnknownKey,
+                    Origin::Env(var.clone()),
+                    format!("environment variable {var} does not name a config key"),
+                )
+                .with_help(Some(
+                    "use SWITCHBOARD_<TABLE>__<KEY>__…, e.g. SWITCHBOARD_DEFAULTS__TIMEOUT_MS".into(),
+                )),
+            ),
         }
     }
 
@@ -272,7 +281,11 @@ fn num_value(n: Num) -> Value {
     match n {
         Num::F32(f) => Value::Float(f64::from(f)),
         Num::F64(f) => Value::Float(f),
-        other => match other.to_i128().or_else(|| other.to_u128().and_then(|u| i128::try_from(u).ok())).and_then(|i| i64::try_from(i).ok()) {
+        other => match other
+            .to_i128()
+            .or_else(|| other.to_u128().and_then(|u| i128::try_from(u).ok()))
+            .and_then(|i| i64::try_from(i).ok())
+        {
             Some(i) => Value::Int(i),
             None => Value::Float(other.to_f64().unwrap_or(f64::NAN)),
         },
@@ -280,7 +293,12 @@ fn num_value(n: Num) -> Value {
 }
 
 /// Replaces `${VAR}` in every string with the variable's value (`$${` is a literal `${`).
-fn interpolate(node: &mut Node, env: &Environment, path: &mut Vec<String>, diagnostics: &mut Vec<Diagnostic>) {
+fn interpolate(
+    node: &mut Node,
+    env: &Environment,
+    path: &mut Vec<String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     match &mut node.value {
         Value::Str(text) if text.contains('$') => match expand(text, env) {
             Ok((expanded, substituted)) => {
@@ -401,7 +419,10 @@ mod tests {
     fn env_paths() {
         check_env_path("DEFAULTS__TIMEOUT_MS", Some("defaults.timeout_ms"));
         check_env_path("PROVIDERS__SMS_PRIMARY__TIMEOUT_MS", Some("providers.sms-primary.timeout_ms"));
-        check_env_path("PROVIDERS__EMAIL_MAIN__BREAKER__OPEN_MS", Some("providers.email_main.breaker.open_ms"));
+        check_env_path(
+            "PROVIDERS__EMAIL_MAIN__BREAKER__OPEN_MS",
+            Some("providers.email_main.breaker.open_ms"),
+        );
         check_env_path("PROVIDERS__NEW_ONE__KIND", Some("providers.new_one.kind"));
         check_env_path("ROUTES__SMS__MAX_ATTEMPTS", Some("routes.sms.max_attempts"));
         check_env_path("DEFAULTS____X", None);

@@ -40,8 +40,20 @@ fn each_layer_of_fallback() {
     use SettingSource::*;
     check(P, &[], "timeout_ms", json!(10000), BuiltIn);
     check(&format!("[defaults]\ntimeout_ms = 700\n{P}"), &[], "timeout_ms", json!(700), Defaults);
-    check(&format!("[defaults]\ntimeout_ms = 700\n[kinds.mock]\ntimeout_ms = 600\n{P}"), &[], "timeout_ms", json!(600), Kind("mock".into()));
-    check(&format!("[defaults]\ntimeout_ms = 700\n[kinds.mock]\ntimeout_ms = 600\n{P}timeout_ms = 500\n"), &[], "timeout_ms", json!(500), Provider("p".into()));
+    check(
+        &format!("[defaults]\ntimeout_ms = 700\n[kinds.mock]\ntimeout_ms = 600\n{P}"),
+        &[],
+        "timeout_ms",
+        json!(600),
+        Kind("mock".into()),
+    );
+    check(
+        &format!("[defaults]\ntimeout_ms = 700\n[kinds.mock]\ntimeout_ms = 600\n{P}timeout_ms = 500\n"),
+        &[],
+        "timeout_ms",
+        json!(500),
+        Provider("p".into()),
+    );
     check(
         &format!("{P}timeout_ms = 500\n"),
         &[("SWITCHBOARD_PROVIDERS__P__TIMEOUT_MS", "400")],
@@ -49,7 +61,13 @@ fn each_layer_of_fallback() {
         json!(400),
         Env("SWITCHBOARD_PROVIDERS__P__TIMEOUT_MS".into()),
     );
-    check(P, &[("SWITCHBOARD_DEFAULTS__TIMEOUT_MS", "300")], "timeout_ms", json!(300), Env("SWITCHBOARD_DEFAULTS__TIMEOUT_MS".into()));
+    check(
+        P,
+        &[("SWITCHBOARD_DEFAULTS__TIMEOUT_MS", "300")],
+        "timeout_ms",
+        json!(300),
+        Env("SWITCHBOARD_DEFAULTS__TIMEOUT_MS".into()),
+    );
 }
 
 #[test]
@@ -68,8 +86,20 @@ fn rate_limit_is_unlimited_unless_set_and_burst_follows_the_rate() {
     use serde_json::json;
     use SettingSource::*;
     check(P, &[], "rate_limit.per_second", json!(null), BuiltIn);
-    check(&format!("[defaults]\nrate_limit.per_second = 2.5\n{P}"), &[], "rate_limit.burst", json!(3), BuiltIn);
-    check(&format!("[defaults]\nrate_limit.per_second = 50\n{P}rate_limit.burst = 10\n"), &[], "rate_limit.per_second", json!(50.0), Defaults);
+    check(
+        &format!("[defaults]\nrate_limit.per_second = 2.5\n{P}"),
+        &[],
+        "rate_limit.burst",
+        json!(3),
+        BuiltIn,
+    );
+    check(
+        &format!("[defaults]\nrate_limit.per_second = 50\n{P}rate_limit.burst = 10\n"),
+        &[],
+        "rate_limit.per_second",
+        json!(50.0),
+        Defaults,
+    );
 }
 
 /// Checks the route settings of channel `sms`.
@@ -88,7 +118,12 @@ fn route_settings_fall_back_to_defaults_only() {
     use SettingSource::*;
     check_route("[routes.sms]\nproviders = [\"p\"]\n", &[], 3, BuiltIn);
     check_route("[defaults]\nmax_attempts = 4\n[routes.sms]\nproviders = [\"p\"]\n", &[], 4, Defaults);
-    check_route("[defaults]\nmax_attempts = 4\n[routes.sms]\nproviders = [\"p\"]\nmax_attempts = 5\n", &[], 5, Route("sms".into()));
+    check_route(
+        "[defaults]\nmax_attempts = 4\n[routes.sms]\nproviders = [\"p\"]\nmax_attempts = 5\n",
+        &[],
+        5,
+        Route("sms".into()),
+    );
     check_route(
         "[routes.sms]\nproviders = [\"p\"]\n",
         &[("SWITCHBOARD_ROUTES__SMS__MAX_ATTEMPTS", "7")],
@@ -128,7 +163,8 @@ fn snapshot_routes_by_channel() {
         Ok(snapshot) => snapshot,
         Err(error) => panic!("{error}"),
     };
-    let route = snapshot.route("sms").map(|r| r.providers.iter().map(|p| p.config.name.clone()).collect::<Vec<_>>());
+    let route =
+        snapshot.route("sms").map(|r| r.providers.iter().map(|p| p.config.name.clone()).collect::<Vec<_>>());
     assert_eq!(route, Some(vec!["p".to_owned()]));
     assert!(snapshot.route("push").is_none());
 }

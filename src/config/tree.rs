@@ -36,10 +36,7 @@ pub struct Entry {
 
 impl Table {
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|entry| entry.key.as_str().cmp(key))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|entry| entry.key.as_str().cmp(key)).ok().map(|i| &self.entries[i])
     }
 }
 
@@ -93,9 +90,9 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::Bool(b) => J::Bool(*b),
             Value::Array(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Table(table) => J::Object(
-                table.entries.iter().map(|e| (e.key.clone(), e.node.to_json())).collect(),
-            ),
+            Value::Table(table) => {
+                J::Object(table.entries.iter().map(|e| (e.key.clone(), e.node.to_json())).collect())
+            }
         }
     }
 }

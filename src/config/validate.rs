@@ -47,13 +47,21 @@ pub fn validate(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Resolv
     for entry in &root_table.entries {
         if !TOP_LEVEL.contains(&entry.key.as_str()) {
             diagnostics.push(
-                Diagnostic::error(Code::UnknownKey, entry.key_origin.clone(), format!("unknown top-level key `{}`", entry.key))
-                    .with_help(did_you_mean(&entry.key, TOP_LEVEL.iter().copied()).or_else(|| Some(format!("the top-level tables are {}", TOP_LEVEL.join(", "))))),
+                Diagnostic::error(
+                    Code::UnknownKey,
+                    entry.key_origin.clone(),
+                    format!("unknown top-level key `{}`", entry.key),
+                )
+                .with_help(
+                    did_you_mean(&entry.key, TOP_LEVEL.iter().copied())
+                        .or_else(|| Some(format!("the top-level tables are {}", TOP_LEVEL.join(", ")))),
+                ),
             );
         }
     }
 
-    let (defaults, rest) = read_layer(defaults_table, LayerKind::Defaults, &SettingSource::Defaults, diagnostics);
+    let (defaults, rest) =
+        read_layer(defaults_table, LayerKind::Defaults, &SettingSource::Defaults, diagnostics);
     for entry in rest {
         diagnostics.push(unknown_key(entry, "[defaults]", settings::defaults_keys()));
     }
@@ -68,7 +76,9 @@ pub fn validate(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Resolv
 
     let mut kinds: HashMap<&'static str, KindLayer<'_>> = HashMap::new();
     for entry in &kinds_table.entries {
-        let Some(registration) = find_kind(&entry.key, entry.key_origin.clone(), "", diagnostics) else { continue };
+        let Some(registration) = find_kind(&entry.key, entry.key_origin.clone(), "", diagnostics) else {
+            continue;
+        };
         let Some(table) = entry.node.as_table() else {
             diagnostics.push(wrong_type(&format!("kinds.{}", entry.key), &entry.node, "a table"));
             continue;
@@ -110,7 +120,7 @@ pub fn validate(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Resolv
     let used: HashSet<&str> = routes_table
         .entries
         .iter()
-        .filter_map(|e| Some(e.node.as_table()?.get("providers")?))
+        .filter_map(|e| e.node.as_table()?.get("providers"))
         .flat_map(|list| match &list.node.value {
             Value::Array(items) => items.iter().filter_map(Node::as_str).collect(),
             _ => Vec::new(),
@@ -131,12 +141,16 @@ fn count_errors(diagnostics: &[Diagnostic]) -> usize {
 }
 
 fn unknown_key<'a>(entry: &Entry, table: &str, known: impl IntoIterator<Item = &'a str>) -> Diagnostic {
-    Diagnostic::error(Code::UnknownKey, entry.key_origin.clone(), format!("unknown key `{}` in {table}", entry.key))
-        .with_help(did_you_mean(&entry.key, known))
+    Diagnostic::error(
+        Code::UnknownKey,
+        entry.key_origin.clone(),
+        format!("unknown key `{}` in {table}", entry.key),
+    )
+    .with_help(did_you_mean(&entry.key, known))
 }
 
 /// A kind's own setting names and the common keys, for did-you-mean.
-fn known_keys<'a>(fields: &'a [String], common: impl Iterator<Item = &'static str>) -> Vec<&'a str> {
+fn known_keys(fields: &[String], common: impl Iterator<Item = &'static str>) -> Vec<&str> {
     let mut known: Vec<&str> = fields.iter().map(String::as_str).collect();
     for key in common {
         known.push(key);
@@ -144,13 +158,22 @@ fn known_keys<'a>(fields: &'a [String], common: impl Iterator<Item = &'static st
     known
 }
 
-fn find_kind(name: &str, origin: Origin, context: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<&'static Registration> {
+fn find_kind(
+    name: &str,
+    origin: Origin,
+    context: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<&'static Registration> {
     if let Some(registration) = switchboard_providers::find(name) {
         return Some(registration);
     }
     let names: Vec<&str> = registry().iter().map(|r| r.kind).collect();
-    let help = did_you_mean(name, names.iter().copied()).unwrap_or_else(|| format!("registered kinds: {}", names.join(", ")));
-    diagnostics.push(Diagnostic::error(Code::UnknownKind, origin, format!("unknown provider kind `{name}`{context}")).with_help(Some(help)));
+    let help = did_you_mean(name, names.iter().copied())
+        .unwrap_or_else(|| format!("registered kinds: {}", names.join(", ")));
+    diagnostics.push(
+        Diagnostic::error(Code::UnknownKind, origin, format!("unknown provider kind `{name}`{context}"))
+            .with_help(Some(help)),
+    );
     None
 }
 
@@ -173,15 +196,26 @@ fn suggested_name(name: &str) -> String {
 }
 
 /// Checks a `channels` list against what the kind serves; returns the valid ones.
-fn check_channels(entry: &Entry, registration: &Registration, diagnostics: &mut Vec<Diagnostic>) -> Option<Vec<Channel>> {
+fn check_channels(
+    entry: &Entry,
+    registration: &Registration,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Vec<Channel>> {
     let Value::Array(items) = &entry.node.value else {
         diagnostics.push(wrong_type("channels", &entry.node, "an array of channel names"));
         return None;
     };
     if items.is_empty() {
         diagnostics.push(
-            Diagnostic::error(Code::EmptyList, entry.node.origin.clone(), "`channels` is empty: the provider would serve nothing")
-                .with_help(Some(format!("remove `channels` to serve everything kind `{}` serves", registration.kind))),
+            Diagnostic::error(
+                Code::EmptyList,
+                entry.node.origin.clone(),
+                "`channels` is empty: the provider would serve nothing",
+            )
+            .with_help(Some(format!(
+                "remove `channels` to serve everything kind `{}` serves",
+                registration.kind
+            ))),
         );
         return None;
     }
@@ -196,20 +230,35 @@ fn check_channels(entry: &Entry, registration: &Registration, diagnostics: &mut 
         if !registration.serves(name) {
             let served = registration.channels.join(", ");
             diagnostics.push(
-                Diagnostic::error(Code::UnsupportedChannel, item.origin.clone(), format!("kind `{}` does not serve channel {}", registration.kind, item.shown()))
-                    .with_help(did_you_mean(name, registration.channels.iter().copied()).or(Some(format!("kind `{}` serves {served}", registration.kind)))),
+                Diagnostic::error(
+                    Code::UnsupportedChannel,
+                    item.origin.clone(),
+                    format!("kind `{}` does not serve channel {}", registration.kind, item.shown()),
+                )
+                .with_help(
+                    did_you_mean(name, registration.channels.iter().copied())
+                        .or(Some(format!("kind `{}` serves {served}", registration.kind))),
+                ),
             );
             ok = false;
             continue;
         }
         match Channel::new(name) {
             Ok(channel) if channels.contains(&channel) => {
-                diagnostics.push(Diagnostic::error(Code::DuplicateEntry, item.origin.clone(), format!("channel `{name}` is listed twice")));
+                diagnostics.push(Diagnostic::error(
+                    Code::DuplicateEntry,
+                    item.origin.clone(),
+                    format!("channel `{name}` is listed twice"),
+                ));
                 ok = false;
             }
             Ok(channel) => channels.push(channel),
             Err(error) => {
-                diagnostics.push(Diagnostic::error(Code::UnsupportedChannel, item.origin.clone(), error.to_string()));
+                diagnostics.push(Diagnostic::error(
+                    Code::UnsupportedChannel,
+                    item.origin.clone(),
+                    error.to_string(),
+                ));
                 ok = false;
             }
         }
@@ -235,19 +284,29 @@ fn validate_provider(
         diagnostics.push(wrong_type(&format!("providers.{name}"), &entry.node, "a table"));
         return None;
     };
-    let (layer, rest) = read_layer(table, LayerKind::Provider, &SettingSource::Provider(name.clone()), diagnostics);
+    let (layer, rest) =
+        read_layer(table, LayerKind::Provider, &SettingSource::Provider(name.clone()), diagnostics);
 
     let registration = match table.get("kind") {
         None => {
             let kinds: Vec<&str> = registry().iter().map(|r| r.kind).collect();
             diagnostics.push(
-                Diagnostic::error(Code::MissingKind, entry.key_origin.clone(), format!("provider `{name}` has no `kind`"))
-                    .with_help(Some(format!("add `kind = \"…\"`; registered kinds: {}", kinds.join(", ")))),
+                Diagnostic::error(
+                    Code::MissingKind,
+                    entry.key_origin.clone(),
+                    format!("provider `{name}` has no `kind`"),
+                )
+                .with_help(Some(format!("add `kind = \"…\"`; registered kinds: {}", kinds.join(", ")))),
             );
             None
         }
         Some(kind) => match kind.node.as_str() {
-            Some(kind_name) => find_kind(kind_name, kind.node.origin.clone(), &format!(" for provider `{name}`"), diagnostics),
+            Some(kind_name) => find_kind(
+                kind_name,
+                kind.node.origin.clone(),
+                &format!(" for provider `{name}`"),
+                diagnostics,
+            ),
             None => {
                 diagnostics.push(wrong_type("kind", &kind.node, "a string"));
                 None
@@ -280,7 +339,8 @@ fn validate_provider(
         Some(item) => check_channels(item, registration, diagnostics),
         None => None,
     };
-    let channels = checked.unwrap_or_else(|| registration.channels.iter().filter_map(|c| Channel::new(c).ok()).collect());
+    let channels = checked
+        .unwrap_or_else(|| registration.channels.iter().filter_map(|c| Channel::new(c).ok()).collect());
 
     let mut layers = vec![&layer];
     if let Some(kind_layer) = kind_layer {
@@ -289,8 +349,17 @@ fn validate_provider(
     layers.push(defaults);
     let (settings, sources) = settings::resolve_provider(&layers, diagnostics);
 
-    let (kind_settings, secret_settings) = merge_kind_settings(entry, registration, kind_layer, &own_settings, diagnostics);
-    Some(ResolvedProvider { name: name.clone(), kind: registration, channels, settings, kind_settings, secret_settings, sources })
+    let (kind_settings, secret_settings) =
+        merge_kind_settings(entry, registration, kind_layer, &own_settings, diagnostics);
+    Some(ResolvedProvider {
+        name: name.clone(),
+        kind: registration,
+        channels,
+        settings,
+        kind_settings,
+        secret_settings,
+        sources,
+    })
 }
 
 /// Merges the kind's own settings (`[kinds.K]`, then the provider's) and lets the kind check
@@ -310,19 +379,31 @@ fn merge_kind_settings(
     for item in own {
         merged.insert(&item.key, item);
     }
-    let json = serde_json::Value::Object(merged.iter().map(|(k, e)| ((*k).to_owned(), e.node.to_json())).collect());
-    let secrets: Vec<String> = merged.iter().filter(|(_, e)| e.node.secret).map(|(k, _)| (*k).to_owned()).collect();
+    let json =
+        serde_json::Value::Object(merged.iter().map(|(k, e)| ((*k).to_owned(), e.node.to_json())).collect());
+    let secrets: Vec<String> =
+        merged.iter().filter(|(_, e)| e.node.secret).map(|(k, _)| (*k).to_owned()).collect();
     for issue in registration.check(json.clone()) {
         let at = issue.field.as_deref().and_then(|f| merged.get(f));
         let from_kind_table = at.is_some_and(|e| !own.iter().any(|o| std::ptr::eq(*o, *e)));
         let origin = at.map_or_else(|| provider.key_origin.clone(), |e| e.node.origin.clone());
         let message = if at.is_some_and(|e| e.node.secret) {
-            format!("invalid `{}` (value from an environment variable, not shown)", issue.field.as_deref().unwrap_or_default())
+            format!(
+                "invalid `{}` (value from an environment variable, not shown)",
+                issue.field.as_deref().unwrap_or_default()
+            )
         } else {
             issue.message
         };
-        let context = if from_kind_table { format!("kind `{}`", registration.kind) } else { format!("provider `{}`", provider.key) };
-        diagnostics.push(Diagnostic::error(Code::InvalidSetting, origin, format!("{context}: {message}")).with_help(issue.help));
+        let context = if from_kind_table {
+            format!("kind `{}`", registration.kind)
+        } else {
+            format!("provider `{}`", provider.key)
+        };
+        diagnostics.push(
+            Diagnostic::error(Code::InvalidSetting, origin, format!("{context}: {message}"))
+                .with_help(issue.help),
+        );
     }
     (json, secrets)
 }
@@ -347,9 +428,17 @@ fn validate_route(
     let channel = match Channel::new(channel_name) {
         Ok(channel) if known.contains(channel_name.as_str()) => Some(channel),
         _ => {
-            let help = did_you_mean(channel_name, known.iter().copied())
-                .unwrap_or_else(|| format!("known channels: {}", known.iter().copied().collect::<Vec<_>>().join(", ")));
-            diagnostics.push(Diagnostic::error(Code::UnknownChannel, entry.key_origin.clone(), format!("route for unknown channel `{channel_name}`")).with_help(Some(help)));
+            let help = did_you_mean(channel_name, known.iter().copied()).unwrap_or_else(|| {
+                format!("known channels: {}", known.iter().copied().collect::<Vec<_>>().join(", "))
+            });
+            diagnostics.push(
+                Diagnostic::error(
+                    Code::UnknownChannel,
+                    entry.key_origin.clone(),
+                    format!("route for unknown channel `{channel_name}`"),
+                )
+                .with_help(Some(help)),
+            );
             None
         }
     };
@@ -370,8 +459,12 @@ fn validate_route(
     }
     let Some(list) = list else {
         diagnostics.push(
-            Diagnostic::error(Code::MissingKey, entry.key_origin.clone(), format!("route `{channel_name}` has no `providers` list"))
-                .with_help(Some("add `providers = [\"…\"]`, in failover order".into())),
+            Diagnostic::error(
+                Code::MissingKey,
+                entry.key_origin.clone(),
+                format!("route `{channel_name}` has no `providers` list"),
+            )
+            .with_help(Some("add `providers = [\"…\"]`, in failover order".into())),
         );
         return None;
     };
@@ -380,7 +473,11 @@ fn validate_route(
         return None;
     };
     if items.is_empty() {
-        diagnostics.push(Diagnostic::error(Code::EmptyList, list.node.origin.clone(), format!("route `{channel_name}` lists no providers")));
+        diagnostics.push(Diagnostic::error(
+            Code::EmptyList,
+            list.node.origin.clone(),
+            format!("route `{channel_name}` lists no providers"),
+        ));
         return None;
     }
     let mut names: Vec<String> = Vec::with_capacity(items.len());
@@ -393,14 +490,25 @@ fn validate_route(
             continue;
         };
         if !seen.insert(name) {
-            diagnostics.push(Diagnostic::error(Code::DuplicateEntry, item.origin.clone(), format!("provider `{name}` is listed twice in route `{channel_name}`")));
+            diagnostics.push(Diagnostic::error(
+                Code::DuplicateEntry,
+                item.origin.clone(),
+                format!("provider `{name}` is listed twice in route `{channel_name}`"),
+            ));
             ok = false;
             continue;
         }
         if !defined.contains(&name) && !providers.contains_key(name) {
             diagnostics.push(
-                Diagnostic::error(Code::UnknownProvider, item.origin.clone(), format!("route `{channel_name}` names undefined provider {}", item.shown()))
-                    .with_help(did_you_mean(name, defined.iter().copied()).or_else(|| Some(format!("define it with [providers.{name}]")))),
+                Diagnostic::error(
+                    Code::UnknownProvider,
+                    item.origin.clone(),
+                    format!("route `{channel_name}` names undefined provider {}", item.shown()),
+                )
+                .with_help(
+                    did_you_mean(name, defined.iter().copied())
+                        .or_else(|| Some(format!("define it with [providers.{name}]"))),
+                ),
             );
             ok = false;
             continue;
@@ -413,8 +521,12 @@ fn validate_route(
                     format!("kind `{}` serves {}", provider.kind.kind, provider.kind.channels.join(", "))
                 };
                 diagnostics.push(
-                    Diagnostic::error(Code::ChannelMismatch, item.origin.clone(), format!("provider `{name}` does not serve channel `{channel_name}`"))
-                        .with_help(Some(help)),
+                    Diagnostic::error(
+                        Code::ChannelMismatch,
+                        item.origin.clone(),
+                        format!("provider `{name}` does not serve channel `{channel_name}`"),
+                    )
+                    .with_help(Some(help)),
                 );
                 ok = false;
             }
@@ -428,20 +540,33 @@ fn validate_route(
 fn warn_unused(providers: &Table, used: &HashSet<&str>, diagnostics: &mut Vec<Diagnostic>) {
     for entry in &providers.entries {
         if !used.contains(entry.key.as_str()) {
-            diagnostics.push(Diagnostic::warning(Code::UnusedProvider, entry.key_origin.clone(), format!("provider `{}` is used by no route", entry.key)));
+            diagnostics.push(Diagnostic::warning(
+                Code::UnusedProvider,
+                entry.key_origin.clone(),
+                format!("provider `{}` is used by no route", entry.key),
+            ));
         }
     }
 }
 
-fn warn_unrouted(root: &Table, providers: &[ResolvedProvider], routes: &Table, diagnostics: &mut Vec<Diagnostic>) {
+fn warn_unrouted(
+    root: &Table,
+    providers: &[ResolvedProvider],
+    routes: &Table,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let mut channels: BTreeSet<&str> = Channel::BUILT_IN_NAMES.into_iter().collect();
     channels.extend(providers.iter().flat_map(|p| p.channels.iter().map(Channel::as_str)));
     let origin = root.get("routes").map_or(Origin::File(0..0), |e| e.key_origin.clone());
     for channel in channels {
         if routes.get(channel).is_none() {
             diagnostics.push(
-                Diagnostic::warning(Code::UnroutedChannel, origin.clone(), format!("channel `{channel}` has no route: its messages will be refused with `no_route`"))
-                    .with_help(Some(format!("add [routes.{channel}] with a `providers` list"))),
+                Diagnostic::warning(
+                    Code::UnroutedChannel,
+                    origin.clone(),
+                    format!("channel `{channel}` has no route: its messages will be refused with `no_route`"),
+                )
+                .with_help(Some(format!("add [routes.{channel}] with a `providers` list"))),
             );
         }
     }
