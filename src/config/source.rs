@@ -230,11 +230,17 @@ impl Provider for EnvLayer {
     }
 }
 
+/// A value set by a variable points at the variable; a table the file defines points at the
+/// file even when variables add keys to it.
 fn origin_of(value: &FValue, path: &[String], figment: &Figment, spans: &SpanIndex) -> Origin {
+    let file_span = spans.value(path);
+    if let (FValue::Dict(..), Some(span)) = (value, &file_span) {
+        return Origin::File(span.clone());
+    }
     if let Some(Source::Custom(var)) = figment.get_metadata(value.tag()).and_then(|m| m.source.as_ref()) {
         return Origin::Env(var.clone());
     }
-    Origin::File(spans.value(path).unwrap_or(0..0))
+    Origin::File(file_span.unwrap_or(0..0))
 }
 
 fn to_node(value: &FValue, path: &mut Vec<String>, figment: &Figment, spans: &SpanIndex) -> Node {
@@ -263,10 +269,9 @@ fn to_node(value: &FValue, path: &mut Vec<String>, figment: &Figment, spans: &Sp
                 .map(|(key, item)| {
                     path.push(key.clone());
                     let node = to_node(item, path, figment, spans);
-                    let key_origin = match (&node.origin, spans.key(path)) {
-                        (Origin::Env(var), _) => Origin::Env(var.clone()),
-                        (_, Some(span)) => Origin::File(span),
-                        (origin, None) => origin.clone(),
+                    let key_origin = match (spans.key(path), &node.origin) {
+                        (Some(span), _) => Origin::File(span),
+                        (None, origin) => origin.clone(),
                     };
                     path.pop();
                     Entry { key: key.clone(), key_origin, node }
