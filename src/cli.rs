@@ -12,6 +12,8 @@ use serde::Serialize;
 use switchboard_providers::{registry, SettingDoc};
 
 use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROUTE_SPECS};
+use crate::dispatch::DispatchConfig;
+use crate::serve::{ServeError, ServeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: the HTTP API and the dispatch workers.
+    Serve(ServeArgs),
     /// Check a routes.toml and report every problem with its position.
     Validate(ValidateArgs),
     /// List the registered provider kinds, their channels and settings.
@@ -33,6 +37,31 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", default_value = "routes.toml")]
+    pub config: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Messages that may wait for a worker before sends are refused with 503 queue_full.
+    #[arg(long, env = "SWITCHBOARD_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+    /// Messages dispatched concurrently.
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub workers: u32,
+    /// How long in-flight work may take to finish on shutdown (e.g. `10s`, `500ms`).
+    #[arg(long, env = "SWITCHBOARD_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace_period: std::time::Duration,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Finished messages the in-memory store keeps for status queries (oldest forgotten first).
+    #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 100_000)]
+    pub memory_retention: usize,
 }
 
 #[derive(Debug, Args)]
@@ -64,8 +93,46 @@ pub fn run() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
         Command::Providers { format } => providers(format),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let format = std::env::var("SWITCHBOARD_LOG_FORMAT").ok();
+    let filter = std::env::var("RUST_LOG").ok();
+    if let Err(error) = crate::logging::init(format.as_deref(), filter.as_deref()) {
+        eprintln!("switchboard: {error}");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchboard: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let options = ServeOptions {
+        config: args.config,
+        listen: args.listen,
+        dispatch: DispatchConfig {
+            queue_capacity: args.queue_capacity as usize,
+            workers: args.workers as usize,
+        },
+        grace_period: args.grace_period,
+        body_limit: args.max_body_bytes,
+        memory_retention: args.memory_retention,
+    };
+    match runtime.block_on(crate::serve::serve(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            match error {
+                ServeError::Invalid { .. } => ExitCode::from(EXIT_INVALID),
+                _ => ExitCode::from(EXIT_CANNOT_RUN),
+            }
+        }
     }
 }
 

@@ -4,6 +4,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod dispatch;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod serve;
+pub mod store;
 
 // Keep the built-in provider kinds' registrations linked into everything that uses this crate.
 use switchboard_providers as _;

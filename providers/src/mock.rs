@@ -24,6 +24,10 @@ pub struct MockSettings {
     pub rate_limited_pct: u32,
     /// Percentage (0–100) of sends that hang until the attempt's timeout.
     pub timeout_pct: u32,
+    /// Percentage (0–100) of sends refused with a 400 (rejected: never retried).
+    pub rejected_pct: u32,
+    /// Retry-After sent with each 429, in milliseconds; absent: no Retry-After.
+    pub retry_after_ms: Option<u64>,
     /// Delay before every answer, in milliseconds.
     pub latency_ms: u64,
 }
@@ -42,6 +46,7 @@ impl Kind for MockKind {
             ("error_pct", settings.error_pct),
             ("rate_limited_pct", settings.rate_limited_pct),
             ("timeout_pct", settings.timeout_pct),
+            ("rejected_pct", settings.rejected_pct),
         ];
         let mut issues: Vec<SettingIssue> = pcts
             .iter()
@@ -55,8 +60,9 @@ impl Kind for MockKind {
             // Point at the last percentage set: it is the one that tips the sum over.
             let (last, _) = pcts.iter().rev().find(|(_, pct)| *pct > 0).unwrap_or(&pcts[0]);
             issues.push(
-                SettingIssue::new(last, format!("outcome percentages add up to {sum}, over 100"))
-                    .with_help("error_pct + rate_limited_pct + timeout_pct must be at most 100"),
+                SettingIssue::new(last, format!("outcome percentages add up to {sum}, over 100")).with_help(
+                    "error_pct + rate_limited_pct + timeout_pct + rejected_pct must be at most 100",
+                ),
             );
         }
         issues
@@ -86,16 +92,20 @@ impl MockProvider {
         let n = self.draws.fetch_add(1, Ordering::Relaxed);
         let roll = (splitmix64(self.settings.seed, n) % 100) as u32;
         let s = &self.settings;
-        let outcome = if roll < s.error_pct {
-            Outcome::Error
-        } else if roll < s.error_pct + s.rate_limited_pct {
-            Outcome::RateLimited
-        } else if roll < s.error_pct + s.rate_limited_pct + s.timeout_pct {
-            Outcome::Timeout
-        } else {
-            Outcome::Sent
-        };
-        (n, outcome)
+        let bands = [
+            (s.error_pct, Outcome::Error),
+            (s.rate_limited_pct, Outcome::RateLimited),
+            (s.timeout_pct, Outcome::Timeout),
+            (s.rejected_pct, Outcome::Rejected),
+        ];
+        let mut upper = 0;
+        for (pct, outcome) in bands {
+            upper += pct;
+            if roll < upper {
+                return (n, outcome);
+            }
+        }
+        (n, Outcome::Sent)
     }
 }
 
@@ -105,6 +115,7 @@ enum Outcome {
     Error,
     RateLimited,
     Timeout,
+    Rejected,
 }
 
 #[async_trait]
@@ -123,7 +134,13 @@ impl Provider for MockProvider {
             Outcome::Error => {
                 Err(SendError::Ambiguous { code: "500".into(), reason: "mock provider error".into() })
             }
-            Outcome::RateLimited => Err(SendError::RateLimited { retry_after: None }),
+            Outcome::RateLimited => Err(SendError::RateLimited {
+                retry_after: self.settings.retry_after_ms.map(Duration::from_millis),
+            }),
+            Outcome::Rejected => Err(SendError::Rejected {
+                code: "400".into(),
+                reason: "mock provider rejected the message".into(),
+            }),
             Outcome::Timeout => {
                 tokio::time::sleep(self.timeout).await;
                 Err(SendError::Timeout)
@@ -187,15 +204,22 @@ mod tests {
 
     #[test]
     fn percentages_are_honoured() {
-        let settings =
-            MockSettings { seed: 1, error_pct: 25, rate_limited_pct: 25, timeout_pct: 10, latency_ms: 0 };
+        let settings = MockSettings {
+            seed: 1,
+            error_pct: 25,
+            rate_limited_pct: 25,
+            timeout_pct: 10,
+            rejected_pct: 5,
+            ..Default::default()
+        };
         let drawn = outcomes(&settings, 10_000);
         let share = |o: Outcome| drawn.iter().filter(|d| **d == o).count() as f64 / 100.0;
         for (outcome, pct) in [
             (Outcome::Error, 25.0),
             (Outcome::RateLimited, 25.0),
             (Outcome::Timeout, 10.0),
-            (Outcome::Sent, 40.0),
+            (Outcome::Rejected, 5.0),
+            (Outcome::Sent, 35.0),
         ] {
             assert!((share(outcome) - pct).abs() < 2.0, "{outcome:?}: {} vs {pct}", share(outcome));
         }
@@ -227,8 +251,24 @@ mod tests {
         let Some(mock) = find("mock") else { panic!("mock kind not registered") };
         let docs = mock.settings();
         let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["error_pct", "latency_ms", "rate_limited_pct", "seed", "timeout_pct"]);
+        assert_eq!(
+            names,
+            [
+                "error_pct",
+                "latency_ms",
+                "rate_limited_pct",
+                "rejected_pct",
+                "retry_after_ms",
+                "seed",
+                "timeout_pct"
+            ]
+        );
         assert!(docs.iter().all(|d| !d.doc.is_empty() && !d.required));
+        let retry_after = docs.iter().find(|d| d.name == "retry_after_ms");
+        assert_eq!(
+            retry_after.map(|d| (d.type_name.as_str(), d.default.clone())),
+            Some(("u64?", Some(json!(null))))
+        );
         let seed = docs.iter().find(|d| d.name == "seed");
         assert_eq!(seed.map(|d| (d.type_name.as_str(), d.default.clone())), Some(("u64", Some(json!(0)))));
     }

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use switchboard_providers::{BuildContext, Channel, Provider, SettingsError};
 
 use super::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
+use crate::health::ProviderHealth;
 
-/// One configured provider and its instance.
+/// One configured provider, its instance and its live health (breaker, rate limit, pause).
 pub struct ProviderHandle {
     pub config: ResolvedProvider,
     pub instance: Arc<dyn Provider>,
+    pub health: ProviderHealth,
 }
 
 impl std::fmt::Debug for ProviderHandle {
@@ -53,7 +55,8 @@ impl Snapshot {
                 .kind
                 .build(provider.kind_settings.clone(), &context)
                 .map_err(|source| BuildError::Provider { provider: provider.name.clone(), source })?;
-            let handle = Arc::new(ProviderHandle { config: provider, instance });
+            let health = ProviderHealth::new(&provider.settings);
+            let handle = Arc::new(ProviderHandle { config: provider, instance, health });
             by_name.insert(handle.config.name.clone(), Arc::clone(&handle));
             providers.push(handle);
         }

@@ -1,0 +1,376 @@
+//! Dispatch: a bounded queue of accepted messages drained by a pool of concurrent workers. Each
+//! message is routed when it is picked up, from the snapshot current at that moment, and tried
+//! on its route's providers in failover order, within its route's `max_attempts`.
+
+mod backoff;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use switchboard_providers::{mask_recipient, OutboundMessage, SendError};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{ProviderHandle, Snapshot};
+use crate::health::{BreakerState, Verdict};
+use crate::metrics::Metrics;
+use crate::store::{Attempt, Failure, Final, MessageStore, NewMessage, Outcome, Status, StoreError};
+
+/// How long a provider that answered 429 without Retry-After is left alone.
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+/// How soon to look again when every half-open probe slot is taken.
+const PROBE_RECHECK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchConfig {
+    /// Messages that may wait for a worker; beyond it, sends are refused with `queue_full`.
+    pub queue_capacity: usize,
+    /// Messages dispatched at once.
+    pub workers: usize,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("channel `{0}` has no route in the active config")]
+    NoRoute(String),
+    #[error("the dispatch queue is full")]
+    QueueFull,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A message on its way through the queue, with what its earlier rounds learned.
+struct Job {
+    message: Arc<OutboundMessage>,
+    attempts: u32,
+    round: u32,
+    last_error: Option<(String, SendError)>,
+}
+
+struct Shared {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    store: Arc<dyn MessageStore>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Job>,
+    /// Jobs waiting out a backoff, a pause or an open breaker.
+    scheduled: AtomicUsize,
+}
+
+/// The handle the HTTP layer submits to.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// The running worker pool, to stop on shutdown.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    receiver: JoinHandle<mpsc::Receiver<Job>>,
+    slots: Arc<Semaphore>,
+    workers: u32,
+    shared: Arc<Shared>,
+}
+
+impl Dispatcher {
+    pub fn start(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        store: Arc<dyn MessageStore>,
+        metrics: Arc<Metrics>,
+        config: DispatchConfig,
+    ) -> (Dispatcher, Workers) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let shared = Arc::new(Shared { snapshot, store, metrics, tx, scheduled: AtomicUsize::new(0) });
+        let workers = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
+        let slots = Arc::new(Semaphore::new(workers as usize));
+        let (stop, stopped) = watch::channel(false);
+        let receiver = tokio::spawn(receive(Arc::clone(&shared), rx, Arc::clone(&slots), stopped));
+        (Dispatcher { shared: Arc::clone(&shared) }, Workers { stop, receiver, slots, workers, shared })
+    }
+
+    /// Accepts a message: checks its channel has a route, takes a queue slot, stores it, queues
+    /// it. Nothing is stored unless all of that succeeds.
+    pub async fn submit(&self, message: NewMessage) -> Result<(), SubmitError> {
+        let shared = &self.shared;
+        let channel = message.channel.clone();
+        if shared.snapshot.load().route(channel.as_str()).is_none() {
+            shared.metrics.routing_error(channel.as_str(), "no_route");
+            return Err(SubmitError::NoRoute(channel.to_string()));
+        }
+        let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
+        let outbound = OutboundMessage {
+            id: message.id.clone(),
+            channel: message.channel.clone(),
+            from: message.from.clone(),
+            to: message.to.clone(),
+            subject: message.subject.clone(),
+            body: message.body.clone(),
+            attachments: message.attachments.clone(),
+            tags: message.tags.clone(),
+        };
+        shared.store.insert(message).await?;
+        slot.send(Job { message: Arc::new(outbound), attempts: 0, round: 0, last_error: None });
+        shared.metrics.accepted(channel.as_str());
+        Ok(())
+    }
+
+    /// Messages waiting: in the queue or scheduled for a retry.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.depth()
+    }
+}
+
+impl Shared {
+    fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity() + self.scheduled.load(Ordering::Relaxed)
+    }
+}
+
+impl Workers {
+    /// Stops taking messages, waits up to `grace` for dispatches in flight, and returns how
+    /// many messages were still waiting.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        let _ = self.stop.send(true);
+        let queued = match self.receiver.await {
+            Ok(rx) => rx.len(),
+            Err(_) => 0,
+        };
+        let in_flight = self.workers as usize - self.slots.available_permits();
+        let finished = tokio::time::timeout(grace, self.slots.acquire_many(self.workers)).await;
+        let unfinished =
+            if finished.is_ok() { 0 } else { self.workers as usize - self.slots.available_permits() };
+        tracing::debug!(in_flight, unfinished, "dispatch workers stopped");
+        queued + self.shared.scheduled.load(Ordering::Relaxed) + unfinished
+    }
+}
+
+/// Takes jobs off the queue while a worker slot is free, one task per job.
+async fn receive(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Job>,
+    slots: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) -> mpsc::Receiver<Job> {
+    loop {
+        let slot = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot { Ok(slot) => slot, Err(_) => break },
+        };
+        let job = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            job = rx.recv() => match job { Some(job) => job, None => break },
+        };
+        tokio::spawn(work(Arc::clone(&shared), job, slot));
+    }
+    rx
+}
+
+async fn work(shared: Arc<Shared>, job: Job, slot: OwnedSemaphorePermit) {
+    dispatch(&shared, job).await;
+    drop(slot);
+}
+
+/// What one round over the route's providers came to.
+enum Round {
+    Done,
+    /// Try again after this long.
+    Retry(Duration),
+}
+
+async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
+    let id = job.message.id.clone();
+    if job.round == 0 {
+        log_store_error(&id, shared.store.mark_sending(&id).await);
+    }
+    match round(shared, &mut job).await {
+        Round::Done => {}
+        Round::Retry(delay) => {
+            job.round += 1;
+            shared.scheduled.fetch_add(1, Ordering::Relaxed);
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                // Waits for queue space: an accepted message is never dropped for a full queue.
+                let requeued = shared.tx.send(job).await;
+                shared.scheduled.fetch_sub(1, Ordering::Relaxed);
+                if requeued.is_err() {
+                    tracing::warn!(message_id = %id, "service stopping: a scheduled retry was not requeued");
+                }
+            });
+        }
+    }
+}
+
+async fn round(shared: &Shared, job: &mut Job) -> Round {
+    let snapshot = shared.snapshot.load_full();
+    let channel = job.message.channel.clone();
+    let Some(route) = snapshot.route(channel.as_str()) else {
+        shared.metrics.routing_error(channel.as_str(), "no_route");
+        let failure = Failure {
+            code: "no_route".into(),
+            message: format!("channel `{channel}` has no route in the active config"),
+        };
+        finish(shared, job, Final::Failed { provider: None, failure }).await;
+        return Round::Done;
+    };
+    let max_attempts = route.config.max_attempts;
+    let mut next_available: Option<Instant> = None;
+    let mut attempted = false;
+    for handle in &route.providers {
+        if job.attempts >= max_attempts {
+            break;
+        }
+        let now = Instant::now();
+        if let Some(until) = handle.health.pause.paused_until(now) {
+            next_available = earliest(next_available, until);
+            continue;
+        }
+        let Some(permit) = handle.health.breaker.try_acquire(now) else {
+            let until = handle.health.breaker.open_until(now).unwrap_or(now + PROBE_RECHECK);
+            next_available = earliest(next_available, until);
+            continue;
+        };
+        if let Some(bucket) = &handle.health.bucket {
+            let wait = bucket.reserve(now);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        attempted = true;
+        job.attempts += 1;
+        let result = attempt(shared, handle, job).await;
+        let verdict = match &result {
+            Ok(_) => Verdict::Success,
+            Err(SendError::RateLimited { .. } | SendError::Rejected { .. }) => Verdict::Neutral,
+            Err(_) => Verdict::Failure,
+        };
+        if let Some(state) = handle.health.breaker.record(permit, verdict, Instant::now()) {
+            breaker_changed(shared, handle, state);
+        }
+        let provider = handle.config.name.clone();
+        match result {
+            Ok(provider_message_id) => {
+                finish(shared, job, Final::Sent { provider, provider_message_id }).await;
+                return Round::Done;
+            }
+            Err(error @ SendError::Rejected { .. }) => {
+                let failure = Failure { code: "rejected".into(), message: error.to_string() };
+                finish(shared, job, Final::Failed { provider: Some(provider), failure }).await;
+                return Round::Done;
+            }
+            Err(error) => {
+                if let SendError::RateLimited { retry_after } = &error {
+                    let until = Instant::now() + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
+                    handle.health.pause.pause_until(until);
+                    next_available = earliest(next_available, until);
+                }
+                job.last_error = Some((provider, error));
+            }
+        }
+    }
+    if job.attempts >= max_attempts {
+        let (provider, message) = match &job.last_error {
+            Some((provider, error)) => (
+                Some(provider.clone()),
+                format!("gave up after {} attempts; last error: {error}", job.attempts),
+            ),
+            None => (None, format!("gave up after {} attempts", job.attempts)),
+        };
+        let failure = Failure { code: "attempts_exhausted".into(), message };
+        finish(shared, job, Final::Failed { provider, failure }).await;
+        return Round::Done;
+    }
+    let now = Instant::now();
+    let wait_for_provider = next_available.map(|until| until.saturating_duration_since(now));
+    let delay = if attempted {
+        let policy = route.providers.first().map(|p| p.config.settings.retry).unwrap_or(
+            crate::config::resolved::RetryPolicy {
+                initial_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(30),
+            },
+        );
+        backoff::delay(&policy, job.round + 1, backoff::jitter())
+    } else {
+        // Every provider is paused or open: come back when the first one is usable again.
+        wait_for_provider.unwrap_or(PROBE_RECHECK)
+    };
+    Round::Retry(delay.max(Duration::from_millis(1)))
+}
+
+fn earliest(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
+    Some(current.map_or(candidate, |c| c.min(candidate)))
+}
+
+/// One attempt: send within the provider's timeout, then record it everywhere.
+async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<Option<String>, SendError> {
+    let message = &job.message;
+    let started = Instant::now();
+    let result =
+        match tokio::time::timeout(handle.config.settings.timeout, handle.instance.send(message)).await {
+            Ok(result) => result.map(|receipt| receipt.provider_message_id),
+            Err(_) => Err(SendError::Timeout),
+        };
+    let latency = started.elapsed();
+    let error = result.as_ref().err();
+    let outcome = Outcome::of(&error.map_or(Ok(()), Err));
+    let provider = handle.config.name.as_str();
+    let channel = message.channel.as_str();
+    shared.metrics.attempt(provider, channel, outcome, latency);
+    let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    match error {
+        None => {
+            tracing::debug!(message_id = %message.id, channel, provider, attempt = job.attempts, outcome = outcome.as_str(), latency_ms, to = %mask_recipient(&message.to), "dispatch attempt")
+        }
+        Some(error) => {
+            tracing::info!(message_id = %message.id, channel, provider, attempt = job.attempts, outcome = outcome.as_str(), latency_ms, to = %mask_recipient(&message.to), error = %error, "dispatch attempt failed")
+        }
+    }
+    let record = Attempt {
+        provider: provider.to_owned(),
+        outcome,
+        error_class: error.map(SendError::class),
+        error_code: error.and_then(|e| e.code().map(str::to_owned)),
+        error_message: error.map(ToString::to_string),
+        latency_ms,
+        time: SystemTime::now(),
+    };
+    log_store_error(&message.id, shared.store.record_attempt(&message.id, record).await);
+    result
+}
+
+async fn finish(shared: &Shared, job: &Job, outcome: Final) {
+    let message = &job.message;
+    let status = match &outcome {
+        Final::Sent { .. } => Status::Sent,
+        Final::Failed { .. } => Status::Failed,
+    };
+    match &outcome {
+        Final::Sent { provider, .. } => {
+            tracing::debug!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_str(), attempts = job.attempts, "message sent");
+        }
+        Final::Failed { provider, failure } => {
+            tracing::warn!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_deref().unwrap_or("-"), attempts = job.attempts, reason = failure.code.as_str(), error = failure.message.as_str(), "message failed");
+        }
+    }
+    shared.metrics.completed(message.channel.as_str(), status);
+    log_store_error(&message.id, shared.store.finish(&message.id, outcome).await);
+}
+
+fn breaker_changed(shared: &Shared, handle: &ProviderHandle, state: BreakerState) {
+    let provider = handle.config.name.as_str();
+    shared.metrics.breaker_transition(provider, state);
+    match state {
+        BreakerState::Open => tracing::warn!(provider, "circuit breaker opened"),
+        _ => tracing::info!(provider, state = state.as_str(), "circuit breaker changed"),
+    }
+}
+
+fn log_store_error(id: &str, result: Result<(), StoreError>) {
+    if let Err(error) = result {
+        tracing::error!(message_id = id, error = %error, "could not record dispatch progress");
+    }
+}

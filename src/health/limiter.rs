@@ -1,0 +1,94 @@
+//! Rate limiting toward a provider: a token bucket (`rate_limit`) and the pause a 429's
+//! Retry-After asks for.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::resolved::RateLimit;
+
+/// A token bucket whose reservations never fail: each returns when its token is due, so callers
+/// wait instead of dropping.
+#[derive(Debug)]
+pub struct TokenBucket {
+    limit: RateLimit,
+    /// (tokens available, as of when). Tokens go negative when reserved ahead.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(limit: RateLimit) -> Self {
+        TokenBucket { limit, state: Mutex::new((f64::from(limit.burst), Instant::now())) }
+    }
+
+    /// Takes one token; returns how long to wait before using it (zero if available now).
+    pub fn reserve(&self, now: Instant) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tokens, since) = *state;
+        let refilled = (tokens + now.saturating_duration_since(since).as_secs_f64() * self.limit.per_second)
+            .min(f64::from(self.limit.burst));
+        let left = refilled - 1.0;
+        *state = (left, now.max(since));
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / self.limit.per_second)
+        }
+    }
+}
+
+/// A provider paused until a given instant (by a 429).
+#[derive(Debug, Default)]
+pub struct Pause {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Pause {
+    /// Pauses until `until`, unless already paused for longer.
+    pub fn pause_until(&self, until: Instant) {
+        let mut current = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.is_none_or(|c| c < until) {
+            *current = Some(until);
+        }
+    }
+
+    /// When the pause ends, if it has not yet.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let current = *self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.filter(|until| *until > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(per_second: f64, burst: u32, at_ms: &[u64], expected_wait_ms: &[u64]) {
+        let bucket = TokenBucket::new(RateLimit { per_second, burst });
+        let start = Instant::now();
+        let waits: Vec<u64> = at_ms
+            .iter()
+            .map(|ms| bucket.reserve(start + Duration::from_millis(*ms)).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, expected_wait_ms);
+    }
+
+    #[test]
+    fn bucket() {
+        // Burst of 2 at 10/s: two free, then one every 100 ms, queued ahead.
+        check(10.0, 2, &[0, 0, 0, 0], &[0, 0, 100, 200]);
+        // Refills over time, never above the burst.
+        check(10.0, 2, &[0, 0, 1000, 1000, 1000], &[0, 0, 0, 0, 100]);
+        check(1000.0, 1, &[0, 1, 2], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn pause_keeps_the_longest() {
+        let pause = Pause::default();
+        let now = Instant::now();
+        assert_eq!(pause.paused_until(now), None);
+        pause.pause_until(now + Duration::from_secs(2));
+        pause.pause_until(now + Duration::from_secs(1));
+        assert_eq!(pause.paused_until(now), Some(now + Duration::from_secs(2)));
+        assert_eq!(pause.paused_until(now + Duration::from_secs(3)), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! API errors: `{"error":{"code","message","field"?}}` with the matching status. The only place
+//! where failures become HTTP statuses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::dispatch::SubmitError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    InvalidJson(String),
+    InvalidField { field: String, message: String },
+    UnsupportedMediaType,
+    PayloadTooLarge { limit: usize },
+    NotFound,
+    MethodNotAllowed,
+    NoRoute { channel: String },
+    QueueFull,
+    StoreUnavailable,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_NO_ROUTE: &str = "30";
+const RETRY_AFTER_BUSY: &str = "1";
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiError::InvalidField { field: field.to_owned(), message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoRoute { .. } | ApiError::QueueFull | ApiError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NoRoute { .. } => "no_route",
+            ApiError::QueueFull => "queue_full",
+            ApiError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}"),
+            ApiError::InvalidField { message, .. } => message.clone(),
+            ApiError::UnsupportedMediaType => {
+                "send the body as JSON with `Content-Type: application/json`".into()
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                format!("the body is larger than the limit of {limit} bytes")
+            }
+            ApiError::NotFound => "not found".into(),
+            ApiError::MethodNotAllowed => "method not allowed on this path".into(),
+            ApiError::NoRoute { channel } => format!("channel `{channel}` has no route in the active config"),
+            ApiError::QueueFull => "the dispatch queue is full; retry later".into(),
+            ApiError::StoreUnavailable => {
+                "the message store is unavailable; the message was not accepted".into()
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::NoRoute(channel) => ApiError::NoRoute { channel },
+            SubmitError::QueueFull => ApiError::QueueFull,
+            SubmitError::Store(error) => {
+                tracing::error!(error = %error, "message not accepted: store unavailable");
+                ApiError::StoreUnavailable
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let field = match &self {
+            ApiError::InvalidField { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = Body { error: Detail { code: self.code(), message: self.message(), field } };
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let retry_after = match self {
+            ApiError::NoRoute { .. } => Some(RETRY_AFTER_NO_ROUTE),
+            ApiError::QueueFull | ApiError::StoreUnavailable => Some(RETRY_AFTER_BUSY),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}

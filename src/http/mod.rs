@@ -1,0 +1,209 @@
+//! The HTTP API (contract: specs/http-api.md): send endpoints, message status, health, metrics
+//! and the admin view of the active routing snapshot.
+
+mod error;
+mod payload;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::json;
+use switchboard_providers::{registry, Channel};
+
+pub use error::ApiError;
+pub use payload::{is_email, is_http_url, is_phone, Endpoint, Parsed};
+
+use crate::config::Snapshot;
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::store::{MessageStore, NewMessage};
+
+/// What every handler shares.
+pub struct AppState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub dispatcher: Dispatcher,
+    pub store: Arc<dyn MessageStore>,
+    pub metrics: Arc<Metrics>,
+    /// False once shutdown has begun.
+    pub ready: AtomicBool,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/messages/sms", post(legacy_sms))
+        .route("/api/messages/email", post(legacy_email))
+        .route("/v1/messages", post(native))
+        .route("/v1/messages/{id}", get(get_message))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/routes", get(admin_routes))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    id: &'a str,
+    status: &'static str,
+    channel: &'a str,
+}
+
+async fn legacy_sms(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    send(&state, Endpoint::LegacySms, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn legacy_email(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    send(&state, Endpoint::LegacyEmail, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn native(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    send(&state, Endpoint::Native, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn send(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = read_body(body, headers, state.body_limit).await?;
+    let parsed = payload::parse(endpoint, &bytes, is_known_channel)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let channel = parsed.channel.clone();
+    let message = NewMessage {
+        id: id.clone(),
+        channel: parsed.channel,
+        from: parsed.from,
+        to: parsed.to,
+        subject: parsed.subject,
+        body: parsed.body,
+        attachments: parsed.attachments,
+        tags: parsed.tags,
+    };
+    state.dispatcher.submit(message).await?;
+    let mut response =
+        (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: channel.as_str() }))
+            .into_response();
+    if endpoint == Endpoint::Native {
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::InvalidJson(format!("could not read the body: {error}"))),
+    }
+}
+
+fn is_known_channel(name: &str) -> bool {
+    Channel::BUILT_IN_NAMES.contains(&name) || registry().iter().any(|kind| kind.serves(name))
+}
+
+async fn get_message(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else { return ApiError::NotFound.into_response() };
+    match state.store.get(&id).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => ApiError::NotFound.into_response(),
+        Err(error) => {
+            tracing::error!(error = %error, "could not read a message");
+            ApiError::StoreUnavailable.into_response()
+        }
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        Json(json!({"status": "ready", "config_version": state.snapshot.load().version})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.set_queue_depth(state.dispatcher.queue_depth());
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let snapshot = state.snapshot.load();
+    let now = Instant::now();
+    let routes: Vec<_> = snapshot
+        .routes()
+        .iter()
+        .map(|route| {
+            json!({
+                "channel": route.config.channel,
+                "strategy": route.config.strategy,
+                "max_attempts": route.config.max_attempts,
+                "providers": route.config.providers,
+                "sources": route.config.sources,
+            })
+        })
+        .collect();
+    let providers: Vec<_> = snapshot
+        .providers()
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.config.name,
+                "kind": p.config.kind.kind,
+                "channels": p.config.channels,
+                "settings": p.config.settings,
+                "kind_settings": p.config.kind_settings_redacted(),
+                "sources": p.config.sources,
+                "breaker": p.health.breaker.state(now),
+                "paused": p.health.pause.paused_until(now).is_some(),
+            })
+        })
+        .collect();
+    Json(json!({"version": snapshot.version, "routes": routes, "providers": providers}))
+}

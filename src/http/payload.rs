@@ -1,0 +1,436 @@
+//! Request bodies of the send endpoints: parsed strictly (wrong types are rejected, unknown fields
+//! ignored) and validated field by field, each problem naming its field.
+
+use serde::Deserialize;
+use switchboard_providers::Channel;
+
+use super::error::ApiError;
+
+/// The most characters an SMS body may have (ten concatenated segments).
+pub const SMS_MAX_CHARS: usize = 1600;
+const MAX_ATTACHMENTS: usize = 10;
+const MAX_URL_LEN: usize = 2048;
+const MAX_TAGS: usize = 20;
+const MAX_TAG_LEN: usize = 64;
+const MAX_SUBJECT_CHARS: usize = 998;
+
+/// A validated message, ready to be given an id and accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub channel: Channel,
+    pub from: String,
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub attachments: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/messages/sms`
+    LegacySms,
+    /// `POST /api/messages/email`
+    LegacyEmail,
+    /// `POST /v1/messages`
+    Native,
+}
+
+#[derive(Deserialize)]
+struct LegacySms {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    body: Option<String>,
+    attachments: Option<Vec<String>>,
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LegacyEmail {
+    from: Option<String>,
+    to: Option<String>,
+    subject: Option<String>,
+    body: Option<String>,
+    attachments: Option<Vec<String>>,
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Native {
+    channel: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    subject: Option<String>,
+    body: Option<String>,
+    attachments: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
+
+/// Parses and validates a body for `endpoint`; `is_known_channel` says whether a channel name
+/// is served by any registered provider kind.
+pub fn parse(
+    endpoint: Endpoint,
+    body: &[u8],
+    is_known_channel: impl Fn(&str) -> bool,
+) -> Result<Parsed, ApiError> {
+    let parsed = match endpoint {
+        Endpoint::LegacySms => {
+            let p: LegacySms = from_json(body)?;
+            check_timestamp(p.timestamp.as_deref())?;
+            let channel = match p.kind.as_deref() {
+                None | Some("sms") => Channel::SMS,
+                Some("mms") => Channel::MMS,
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        "type",
+                        format!("`type` must be \"sms\" or \"mms\", got {other:?}"),
+                    ))
+                }
+            };
+            Parsed {
+                channel,
+                from: required("from", p.from)?,
+                to: required("to", p.to)?,
+                subject: None,
+                body: required("body", p.body)?,
+                attachments: p.attachments.unwrap_or_default(),
+                tags: Vec::new(),
+            }
+        }
+        Endpoint::LegacyEmail => {
+            let p: LegacyEmail = from_json(body)?;
+            check_timestamp(p.timestamp.as_deref())?;
+            Parsed {
+                channel: Channel::EMAIL,
+                from: required("from", p.from)?,
+                to: required("to", p.to)?,
+                subject: p.subject,
+                body: required("body", p.body)?,
+                attachments: p.attachments.unwrap_or_default(),
+                tags: Vec::new(),
+            }
+        }
+        Endpoint::Native => {
+            let p: Native = from_json(body)?;
+            let name = required("channel", p.channel)?;
+            let channel = match Channel::new(&name) {
+                Ok(channel) if is_known_channel(channel.as_str()) => channel,
+                _ => return Err(ApiError::invalid("channel", format!("unknown channel {name:?}"))),
+            };
+            Parsed {
+                channel,
+                from: required("from", p.from)?,
+                to: required("to", p.to)?,
+                subject: p.subject,
+                body: required("body", p.body)?,
+                attachments: p.attachments.unwrap_or_default(),
+                tags: p.tags.unwrap_or_default(),
+            }
+        }
+    };
+    validate(&parsed)?;
+    Ok(parsed)
+}
+
+fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path != "." => {
+                let field = path.split(['.', '[']).next().unwrap_or_default().to_owned();
+                let detail = inner.to_string();
+                let detail = detail.split(" at line ").next().unwrap_or_default();
+                ApiError::InvalidField { message: format!("`{field}`: {detail}"), field }
+            }
+            serde_json::error::Category::Data => {
+                ApiError::InvalidJson("the body must be a JSON object".into())
+            }
+            _ => ApiError::InvalidJson(inner.to_string()),
+        }
+    })?;
+    deserializer.end().map_err(|error| ApiError::InvalidJson(error.to_string()))?;
+    Ok(value)
+}
+
+fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    value.ok_or_else(|| ApiError::invalid(field, format!("`{field}` is required")))
+}
+
+fn check_timestamp(timestamp: Option<&str>) -> Result<(), ApiError> {
+    match timestamp {
+        Some(t) if humantime::parse_rfc3339_weak(t).is_err() => Err(ApiError::invalid(
+            "timestamp",
+            format!("`timestamp` must be an RFC 3339 date-time, got {t:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate(p: &Parsed) -> Result<(), ApiError> {
+    for (field, value) in [("from", Some(&p.from)), ("to", Some(&p.to)), ("subject", p.subject.as_ref())] {
+        if value.is_some_and(|v| v.contains(['\r', '\n'])) {
+            return Err(ApiError::invalid(field, format!("`{field}` must not contain line breaks")));
+        }
+    }
+    match p.channel.as_str() {
+        "sms" | "mms" => {
+            check_phone("from", &p.from)?;
+            check_phone("to", &p.to)?;
+        }
+        "email" => {
+            check_email("from", &p.from)?;
+            check_email("to", &p.to)?;
+        }
+        _ => {
+            for (field, value) in [("from", &p.from), ("to", &p.to)] {
+                if value.trim().is_empty() {
+                    return Err(ApiError::invalid(field, format!("`{field}` must not be empty")));
+                }
+            }
+        }
+    }
+    if p.body.trim().is_empty() {
+        return Err(ApiError::invalid("body", "`body` must not be empty"));
+    }
+    if p.channel == Channel::SMS && p.body.chars().count() > SMS_MAX_CHARS {
+        return Err(ApiError::invalid(
+            "body",
+            format!("an SMS body may have at most {SMS_MAX_CHARS} characters"),
+        ));
+    }
+    if let Some(subject) = &p.subject {
+        if subject.chars().count() > MAX_SUBJECT_CHARS {
+            return Err(ApiError::invalid(
+                "subject",
+                format!("`subject` may have at most {MAX_SUBJECT_CHARS} characters"),
+            ));
+        }
+    }
+    if p.channel == Channel::MMS && p.attachments.is_empty() {
+        return Err(ApiError::invalid("attachments", "an MMS needs at least one attachment"));
+    }
+    if p.channel == Channel::SMS && !p.attachments.is_empty() {
+        return Err(ApiError::invalid(
+            "attachments",
+            "an SMS cannot carry attachments: send it as type \"mms\"",
+        ));
+    }
+    if p.attachments.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::invalid("attachments", format!("at most {MAX_ATTACHMENTS} attachments")));
+    }
+    for (i, url) in p.attachments.iter().enumerate() {
+        if !is_http_url(url) {
+            return Err(ApiError::invalid("attachments", format!("attachment {i} is not an http(s) URL")));
+        }
+    }
+    if p.tags.len() > MAX_TAGS {
+        return Err(ApiError::invalid("tags", format!("at most {MAX_TAGS} tags")));
+    }
+    for tag in &p.tags {
+        if tag.is_empty() || tag.chars().count() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "tags",
+                format!("tags are 1 to {MAX_TAG_LEN} printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// E.164 (`+` and 2–15 digits) or a short code (3–8 digits).
+pub fn is_phone(value: &str) -> bool {
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match value.strip_prefix('+') {
+        Some(digits) => all_digits(digits) && (2..=15).contains(&digits.len()),
+        None => all_digits(value) && (3..=8).contains(&value.len()),
+    }
+}
+
+fn check_phone(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_phone(value) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("`{field}` must be an E.164 number (+ and 2 to 15 digits) or a short code"),
+        ))
+    }
+}
+
+/// A plain address `local@domain.tld`: no display name, no spaces or control characters.
+pub fn is_email(value: &str) -> bool {
+    let Some((local, domain)) = value.rsplit_once('@') else { return false };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && domain.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    local_ok && domain_ok && value.len() <= 254
+}
+
+fn check_email(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_email(value) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, format!("`{field}` must be an email address like name@example.com")))
+    }
+}
+
+/// `http://` or `https://`, a host, no whitespace or control characters.
+pub fn is_http_url(value: &str) -> bool {
+    let lower = value.get(..8).unwrap_or(value).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &value[8..]
+    } else if lower.starts_with("http://") {
+        &value[7..]
+    } else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit('@').next().unwrap_or_default();
+    value.len() <= MAX_URL_LEN
+        && !host.is_empty()
+        && !host.starts_with(':')
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(validator: fn(&str) -> bool, cases: &[(&str, bool)]) {
+        for (input, expected) in cases {
+            assert_eq!(validator(input), *expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn phones() {
+        check(
+            is_phone,
+            &[
+                ("+12016661234", true),
+                ("+44", true),
+                ("+123456789012345", true),
+                ("+1234567890123456", false),
+                ("+1", false),
+                ("12345", true),
+                ("12", false),
+                ("123456789", false),
+                ("+1 201 666 1234", false),
+                ("", false),
+                ("+", false),
+                ("+1201666123a", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn emails() {
+        check(
+            is_email,
+            &[
+                ("contact@gmail.com", true),
+                ("first.last+tag@mail.example.co.uk", true),
+                ("user@localhost", false),
+                ("@gmail.com", false),
+                ("a@b", false),
+                ("a b@c.com", false),
+                ("a@b..com", false),
+                ("a@-b.com", false),
+                ("Name <a@b.com>", false),
+                (".a@b.com", false),
+                ("a@b.com\r\nBcc: x@y.com", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn urls() {
+        check(
+            is_http_url,
+            &[
+                ("https://example.com/a.png", true),
+                ("HTTP://example.com", true),
+                ("http://127.0.0.1:8080/x?y#z", true),
+                ("ftp://example.com/a", false),
+                ("https://", false),
+                ("https:///path", false),
+                ("https://exa mple.com", false),
+                ("javascript:alert(1)", false),
+                ("", false),
+            ],
+        );
+    }
+
+    fn check_body(endpoint: Endpoint, body: &str, expected: Result<(), (&str, Option<&str>)>) {
+        let got = parse(endpoint, body.as_bytes(), |c| ["sms", "mms", "email"].contains(&c))
+            .map(|_| ())
+            .map_err(|e| match e {
+                ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
+                other => (other.code(), None),
+            });
+        let expected = expected.map_err(|(code, field)| (code, field.map(str::to_owned)));
+        assert_eq!(got, expected, "{body}");
+    }
+
+    #[test]
+    fn bodies() {
+        use Endpoint::*;
+        let sms = r#"{"from":"+12016661234","to":"+18045551234","type":"sms","body":"Hello","attachments":null,"timestamp":"2024-11-01T14:00:00Z"}"#;
+        check_body(LegacySms, sms, Ok(()));
+        check_body(LegacySms, &sms.replace("\"Hello\"", "\"\""), Err(("invalid_field", Some("body"))));
+        check_body(LegacySms, &sms.replace("\"sms\"", "\"fax\""), Err(("invalid_field", Some("type"))));
+        check_body(
+            LegacySms,
+            &sms.replace("\"sms\"", "\"mms\""),
+            Err(("invalid_field", Some("attachments"))),
+        );
+        check_body(
+            LegacySms,
+            &sms.replace("2024-11-01T14:00:00Z", "yesterday"),
+            Err(("invalid_field", Some("timestamp"))),
+        );
+        check_body(LegacySms, &sms.replace("\"Hello\"", "5"), Err(("invalid_field", Some("body"))));
+        check_body(LegacySms, &sms.replace("\"sms\",", "\"sms\",\"extra\":{\"x\":1},"), Ok(()));
+        check_body(LegacySms, "[1]", Err(("invalid_json", None)));
+        check_body(LegacySms, "{", Err(("invalid_json", None)));
+        check_body(LegacySms, &format!("{sms} x"), Err(("invalid_json", None)));
+        let email = r#"{"from":"user@usehatchapp.com","to":"contact@gmail.com","body":"<b>hi</b>","attachments":[],"timestamp":"2024-11-01T14:00:00Z"}"#;
+        check_body(LegacyEmail, email, Ok(()));
+        check_body(
+            LegacyEmail,
+            &email.replace("contact@gmail.com", "contact"),
+            Err(("invalid_field", Some("to"))),
+        );
+        let native =
+            r#"{"channel":"email","from":"a@b.com","to":"c@d.com","subject":"Hi","body":"x","tags":["otp"]}"#;
+        check_body(Native, native, Ok(()));
+        check_body(
+            Native,
+            &native.replace("\"Hi\"", "\"Hi\\r\\nBcc: e@f.com\""),
+            Err(("invalid_field", Some("subject"))),
+        );
+        check_body(
+            Native,
+            &native.replace("\"email\"", "\"pager\""),
+            Err(("invalid_field", Some("channel"))),
+        );
+        check_body(Native, &native.replace("[\"otp\"]", "[\"\"]"), Err(("invalid_field", Some("tags"))));
+    }
+}

@@ -1,0 +1,231 @@
+//! The service's Prometheus metrics (names are a contract: see specs/http-api.md).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::health::BreakerState;
+use crate::store::{Outcome, Status};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompletedLabels {
+    channel: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    provider: String,
+    channel: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    provider: String,
+    to: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoutingErrorLabels {
+    channel: String,
+    reason: String,
+}
+
+type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 1 ms … ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<ChannelLabels, Counter>,
+    completed: Family<CompletedLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    duration: HistogramFamily,
+    breaker_state: Family<ProviderLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    routing_errors: Family<RoutingErrorLabels, Counter>,
+    queue_depth: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let accepted = Family::default();
+        let completed = Family::default();
+        let attempts = Family::default();
+        let duration = HistogramFamily::new_with_constructor(duration_histogram);
+        let breaker_state = Family::default();
+        let breaker_transitions = Family::default();
+        let routing_errors = Family::default();
+        let queue_depth = Gauge::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "switchboard_messages_accepted",
+            "Messages accepted (answered 202)",
+            accepted.clone(),
+        );
+        registry.register(
+            "switchboard_messages_completed",
+            "Messages that reached sent or failed",
+            completed.clone(),
+        );
+        registry.register(
+            "switchboard_dispatch_attempts",
+            "Attempts to hand a message to a provider",
+            attempts.clone(),
+        );
+        registry.register(
+            "switchboard_dispatch_duration_seconds",
+            "Duration of provider attempts",
+            duration.clone(),
+        );
+        registry.register(
+            "switchboard_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "switchboard_breaker_transitions",
+            "Circuit breaker state changes",
+            breaker_transitions.clone(),
+        );
+        registry.register(
+            "switchboard_routing_errors",
+            "Messages that could not be routed",
+            routing_errors.clone(),
+        );
+        registry.register(
+            "switchboard_queue_depth",
+            "Messages waiting for dispatch (queued or scheduled for retry)",
+            queue_depth.clone(),
+        );
+        Metrics {
+            registry,
+            accepted,
+            completed,
+            attempts,
+            duration,
+            breaker_state,
+            breaker_transitions,
+            routing_errors,
+            queue_depth,
+        }
+    }
+
+    pub fn accepted(&self, channel: &str) {
+        self.accepted.get_or_create(&ChannelLabels { channel: channel.to_owned() }).inc();
+    }
+
+    pub fn completed(&self, channel: &str, status: Status) {
+        self.completed
+            .get_or_create(&CompletedLabels {
+                channel: channel.to_owned(),
+                status: status.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn attempt(&self, provider: &str, channel: &str, outcome: Outcome, latency: Duration) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                provider: provider.to_owned(),
+                channel: channel.to_owned(),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&ProviderLabels { provider: provider.to_owned() })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn breaker_state(&self, provider: &str, state: BreakerState) {
+        self.breaker_state
+            .get_or_create(&ProviderLabels { provider: provider.to_owned() })
+            .set(state.gauge());
+    }
+
+    pub fn breaker_transition(&self, provider: &str, to: BreakerState) {
+        self.breaker_state(provider, to);
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels { provider: provider.to_owned(), to: to.as_str().to_owned() })
+            .inc();
+    }
+
+    pub fn routing_error(&self, channel: &str, reason: &str) {
+        self.routing_errors
+            .get_or_create(&RoutingErrorLabels { channel: channel.to_owned(), reason: reason.to_owned() })
+            .inc();
+    }
+
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels() {
+        let metrics = Metrics::new();
+        metrics.accepted("sms");
+        metrics.completed("sms", Status::Sent);
+        metrics.attempt("p1", "sms", Outcome::RateLimited, Duration::from_millis(3));
+        metrics.breaker_transition("p1", BreakerState::Open);
+        metrics.routing_error("push", "no_route");
+        metrics.set_queue_depth(7);
+        let text = metrics.render();
+        for line in [
+            "switchboard_messages_accepted_total{channel=\"sms\"} 1",
+            "switchboard_messages_completed_total{channel=\"sms\",status=\"sent\"} 1",
+            "switchboard_dispatch_attempts_total{provider=\"p1\",channel=\"sms\",outcome=\"rate_limited\"} 1",
+            "switchboard_dispatch_duration_seconds_count{provider=\"p1\"} 1",
+            "switchboard_breaker_state{provider=\"p1\"} 2",
+            "switchboard_breaker_transitions_total{provider=\"p1\",to=\"open\"} 1",
+            "switchboard_routing_errors_total{channel=\"push\",reason=\"no_route\"} 1",
+            "switchboard_queue_depth 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `switchboard serve`: load and validate the config, build the snapshot, start the dispatch
+//! workers and the HTTP server; on SIGTERM/SIGINT stop accepting, let dispatches in flight
+//! finish within the grace period, and report what was still queued.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, render_human, Environment, Severity, Snapshot};
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, MessageStore};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: PathBuf,
+    pub listen: String,
+    pub dispatch: DispatchConfig,
+    pub grace_period: Duration,
+    pub body_limit: usize,
+    pub memory_retention: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Load(#[from] config::LoadError),
+    /// The config has errors; the diagnostics were printed.
+    #[error("{path}: invalid: {errors} error(s); not starting")]
+    Invalid { path: String, errors: usize },
+    #[error("cannot build the providers: {0}")]
+    Build(#[from] config::BuildError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Server(std::io::Error),
+}
+
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let loaded = config::load_file(&options.config, &Environment::from_process())?;
+    for diagnostic in &loaded.diagnostics {
+        match diagnostic.severity {
+            Severity::Error => eprintln!("{}", render_human(&loaded.source, diagnostic)),
+            Severity::Warning => {
+                let located = config::diagnostic::locate(&loaded.source, diagnostic);
+                tracing::warn!(
+                    code = located.code,
+                    line = located.line,
+                    column = located.column,
+                    "config: {}",
+                    located.message
+                );
+            }
+        }
+    }
+    let Some(resolved) = loaded.config else {
+        return Err(ServeError::Invalid { path: loaded.source.name.clone(), errors: loaded.errors() });
+    };
+    let snapshot = Snapshot::build(resolved, loaded.version.clone())?;
+    tracing::info!(
+        version = %snapshot.version,
+        providers = snapshot.providers().len(),
+        routes = snapshot.routes().len(),
+        "config {} loaded",
+        loaded.source.name
+    );
+    let metrics = Arc::new(Metrics::new());
+    for provider in snapshot.providers() {
+        metrics.breaker_state(&provider.config.name, crate::health::BreakerState::Closed);
+    }
+    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(options.memory_retention));
+    tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
+
+    let (dispatcher, workers) =
+        Dispatcher::start(Arc::clone(&snapshot), Arc::clone(&store), Arc::clone(&metrics), options.dispatch);
+    let state = Arc::new(AppState {
+        snapshot,
+        dispatcher: dispatcher.clone(),
+        store,
+        metrics,
+        ready: AtomicBool::new(true),
+        body_limit: options.body_limit,
+    });
+
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .map_err(|source| ServeError::Listen { address: options.listen.clone(), source })?;
+    let address: SocketAddr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { address: options.listen.clone(), source })?;
+    tracing::info!(%address, "listening on http://{address}");
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    });
+    let server = std::future::IntoFuture::into_future(server);
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(ServeError::Server)?,
+        _ = stopping_rx => {
+            state.ready.store(false, Ordering::Relaxed);
+            tracing::info!(grace_period = ?options.grace_period, "shutting down: no longer accepting requests");
+            // Requests already being answered get the grace period too.
+            match tokio::time::timeout(options.grace_period, &mut server).await {
+                Ok(result) => result.map_err(ServeError::Server)?,
+                Err(_) => tracing::warn!("open HTTP connections did not finish within the grace period"),
+            }
+        }
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    let remaining = workers.shutdown(options.grace_period).await;
+    if remaining > 0 {
+        tracing::warn!(
+            queued = remaining,
+            "stopped with {remaining} messages still queued (memory store: they are lost)"
+        );
+    } else {
+        tracing::info!(queued = 0, "stopped with no message left queued");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

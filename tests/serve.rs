@@ -1,0 +1,386 @@
+//! `switchboard serve` end to end: a real server on an ephemeral port, driven over HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn client() -> Client {
+    match Client::builder().timeout(Duration::from_secs(30)).build() {
+        Ok(client) => client,
+        Err(error) => panic!("client: {error}"),
+    }
+}
+
+/// POSTs JSON; returns status, headers and the parsed body.
+fn post(server: &Server, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = match client().post(server.url(path)).json(body).send() {
+        Ok(response) => response,
+        Err(error) => panic!("POST {path}: {error}"),
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.json().unwrap_or(Value::Null))
+}
+
+fn get(server: &Server, path: &str) -> (u16, String) {
+    match client().get(server.url(path)).send() {
+        Ok(response) => (response.status().as_u16(), response.text().unwrap_or_default()),
+        Err(error) => panic!("GET {path}: {error}"),
+    }
+}
+
+fn sms(to: &str) -> Value {
+    json!({"from": "+12016661234", "to": to, "type": "sms", "body": "Hello", "attachments": null, "timestamp": "2024-11-01T14:00:00Z"})
+}
+
+fn email() -> Value {
+    json!({"from": "user@usehatchapp.com", "to": "contact@gmail.com", "body": "<b>hi</b>", "attachments": [], "timestamp": "2024-11-01T14:00:00Z"})
+}
+
+/// Sends and returns the message id, asserting 202.
+fn send(server: &Server, path: &str, body: &Value) -> String {
+    let (status, _, answer) = post(server, path, body);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    answer["id"].as_str().map(str::to_owned).unwrap_or_default()
+}
+
+/// Polls until the message is sent or failed (the deadline only guards against a hang).
+fn wait_final(server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get(server, &format!("/v1/messages/{id}"));
+        assert_eq!(status, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if view["status"] == "sent" || view["status"] == "failed" {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "message {id} never finished: {view}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn outcomes(view: &Value) -> Vec<(String, String)> {
+    view["attempts"]
+        .as_array()
+        .map(|attempts| {
+            attempts
+                .iter()
+                .map(|a| {
+                    (
+                        a["provider"].as_str().unwrap_or("").to_owned(),
+                        a["outcome"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+}
+
+/// Fast retries so tests do not wait out production backoffs.
+const FAST: &str = "[defaults]\nretry.initial_backoff_ms = 1\nretry.max_backoff_ms = 5\n";
+
+fn config(providers: &str, routes: &str) -> String {
+    format!("{FAST}\n{providers}\n{routes}")
+}
+
+#[test]
+fn sms_and_email_go_to_their_own_providers() {
+    let server = Server::start(
+        &config(
+            "[providers.sms-p]\nkind = \"mock\"\nchannels = [\"sms\"]\n[providers.email-p]\nkind = \"mock\"\nchannels = [\"email\"]\n",
+            "[routes.sms]\nproviders = [\"sms-p\"]\n[routes.email]\nproviders = [\"email-p\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    let sms_id = send(&server, "/api/messages/sms", &sms("+18045551234"));
+    let email_id = send(&server, "/api/messages/email", &email());
+    let sms_view = wait_final(&server, &sms_id);
+    let email_view = wait_final(&server, &email_id);
+    assert_eq!((sms_view["status"].as_str(), sms_view["provider"].as_str()), (Some("sent"), Some("sms-p")));
+    assert_eq!(
+        (email_view["status"].as_str(), email_view["provider"].as_str()),
+        (Some("sent"), Some("email-p"))
+    );
+    assert_eq!(sms_view["channel"], "sms");
+    assert_eq!(email_view["channel"], "email");
+    assert!(sms_view["provider_message_id"].as_str().is_some_and(|id| id.starts_with("mock-")));
+
+    // The native API answers with a Location to poll.
+    let (status, headers, answer) = post(
+        &server,
+        "/v1/messages",
+        &json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "x", "tags": ["otp"]}),
+    );
+    assert_eq!(status, 202);
+    let id = answer["id"].as_str().unwrap_or_default();
+    let location = headers.get("location").and_then(|v| v.to_str().ok());
+    assert_eq!(location, Some(format!("/v1/messages/{id}").as_str()));
+    assert_eq!(wait_final(&server, id)["tags"], json!(["otp"]));
+    assert_eq!(get(&server, "/v1/messages/00000000-0000-0000-0000-000000000000").0, 404);
+}
+
+/// Sends 10 sms and 10 email one at a time; returns each message's final status and attempts.
+fn seeded_run() -> Vec<(String, Vec<(String, String)>)> {
+    let server = Server::start(
+        &config(
+            "[providers.sms-a]\nkind = \"mock\"\nchannels = [\"sms\"]\nseed = 11\nerror_pct = 40\n\
+             [providers.sms-b]\nkind = \"mock\"\nchannels = [\"sms\"]\nseed = 12\nerror_pct = 30\n\
+             [providers.email-a]\nkind = \"mock\"\nchannels = [\"email\"]\nseed = 21\nerror_pct = 50\nrejected_pct = 10\n",
+            "[routes.sms]\nproviders = [\"sms-a\", \"sms-b\"]\n[routes.email]\nproviders = [\"email-a\"]\nmax_attempts = 2\n",
+        ),
+        &[],
+        &[],
+    );
+    let mut results = Vec::new();
+    for i in 0..10 {
+        for (path, body) in
+            [("/api/messages/sms", sms(&format!("+1804555{i:04}"))), ("/api/messages/email", email())]
+        {
+            let view = wait_final(&server, &send(&server, path, &body));
+            results.push((view["status"].as_str().unwrap_or("").to_owned(), outcomes(&view)));
+        }
+    }
+    results
+}
+
+#[test]
+fn the_same_seeds_give_the_same_outcomes() {
+    let first = seeded_run();
+    assert_eq!(first, seeded_run());
+    // Not a trivial stream: both endings and several outcomes occur.
+    let statuses: std::collections::HashSet<&str> = first.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(statuses.len(), 2, "{first:?}");
+    let kinds: std::collections::HashSet<&str> =
+        first.iter().flat_map(|(_, o)| o.iter().map(|(_, k)| k.as_str())).collect();
+    assert!(kinds.contains("error") && kinds.contains("success"), "{kinds:?}");
+}
+
+#[test]
+fn a_failing_sms_provider_opens_only_its_own_breaker() {
+    let server = Server::start(
+        &config(
+            "[providers.sms-bad]\nkind = \"mock\"\nchannels = [\"sms\"]\nerror_pct = 100\nbreaker.failure_threshold = 2\nbreaker.open_ms = 60000\n\
+             [providers.email-p]\nkind = \"mock\"\nchannels = [\"email\"]\nbreaker.failure_threshold = 2\n",
+            "[routes.sms]\nproviders = [\"sms-bad\"]\nmax_attempts = 1\n[routes.email]\nproviders = [\"email-p\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    for _ in 0..2 {
+        let view = wait_final(&server, &send(&server, "/api/messages/sms", &sms("+18045551234")));
+        assert_eq!(view["status"], "failed");
+    }
+    // The breaker is open now: the next sms waits for it, with no attempt made.
+    let waiting = send(&server, "/api/messages/sms", &sms("+18045551234"));
+    for _ in 0..3 {
+        let view = wait_final(&server, &send(&server, "/api/messages/email", &email()));
+        assert_eq!((view["status"].as_str(), view["provider"].as_str()), (Some("sent"), Some("email-p")));
+    }
+    let (_, admin) = get(&server, "/admin/routes");
+    let admin: Value = serde_json::from_str(&admin).unwrap_or(Value::Null);
+    let breaker = |name: &str| {
+        admin["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .map(|p| p["breaker"].clone())
+    };
+    assert_eq!(breaker("sms-bad"), Some(json!("open")));
+    assert_eq!(breaker("email-p"), Some(json!("closed")));
+    let (_, metrics) = get(&server, "/metrics");
+    assert!(metrics.contains("switchboard_breaker_state{provider=\"sms-bad\"} 2"), "{metrics}");
+    assert!(metrics.contains("switchboard_breaker_state{provider=\"email-p\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_breaker_transitions_total{provider=\"sms-bad\",to=\"open\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "switchboard_dispatch_attempts_total{provider=\"sms-bad\",channel=\"sms\",outcome=\"error\"} 2"
+        ),
+        "{metrics}"
+    );
+    let (_, view) = get(&server, &format!("/v1/messages/{waiting}"));
+    let view: Value = serde_json::from_str(&view).unwrap_or(Value::Null);
+    assert_eq!(
+        (view["status"].as_str(), view["attempts"].as_array().map(Vec::len)),
+        (Some("sending"), Some(0)),
+        "{view}"
+    );
+}
+
+#[test]
+fn failover_to_the_backup_when_the_primary_fails() {
+    let server = Server::start(
+        &config(
+            "[providers.primary]\nkind = \"mock\"\nerror_pct = 100\n[providers.backup]\nkind = \"mock\"\n",
+            "[routes.sms]\nproviders = [\"primary\", \"backup\"]\n[routes.mms]\nproviders = [\"primary\", \"backup\"]\n[routes.email]\nproviders = [\"backup\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    for _ in 0..3 {
+        let view = wait_final(&server, &send(&server, "/api/messages/sms", &sms("+18045551234")));
+        assert_eq!((view["status"].as_str(), view["provider"].as_str()), (Some("sent"), Some("backup")));
+        assert_eq!(outcomes(&view), pairs(&[("primary", "error"), ("backup", "success")]));
+        assert_eq!(view["attempts"][0]["error_class"], "ambiguous");
+        assert_eq!(view["attempts"][0]["error_code"], "500");
+    }
+}
+
+#[test]
+fn a_429_pauses_the_provider_for_its_retry_after() {
+    // Seed 0 at 50 % draws 429, 429, then success.
+    let server = Server::start(
+        &config(
+            "[providers.limited]\nkind = \"mock\"\nseed = 0\nrate_limited_pct = 50\nretry_after_ms = 400\n",
+            "[routes.sms]\nproviders = [\"limited\"]\nmax_attempts = 5\n",
+        ),
+        &[],
+        &[],
+    );
+    let view = wait_final(&server, &send(&server, "/api/messages/sms", &sms("+18045551234")));
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(
+        outcomes(&view),
+        pairs(&[("limited", "rate_limited"), ("limited", "rate_limited"), ("limited", "success")])
+    );
+    let times: Vec<Duration> = view["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["time"].as_str())
+        .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .collect();
+    assert_eq!(times.len(), 3);
+    for pair in times.windows(2) {
+        // Recorded when each attempt ended; the next may start no sooner than Retry-After.
+        assert!(pair[1] - pair[0] >= Duration::from_millis(399), "retried after {:?}", pair[1] - pair[0]);
+    }
+}
+
+#[test]
+fn timeouts_fail_over_then_give_up() {
+    let server = Server::start(
+        &config(
+            "[providers.slow]\nkind = \"mock\"\ntimeout_pct = 100\ntimeout_ms = 50\n",
+            "[routes.sms]\nproviders = [\"slow\"]\nmax_attempts = 2\n",
+        ),
+        &[],
+        &[],
+    );
+    let view = wait_final(&server, &send(&server, "/api/messages/sms", &sms("+18045551234")));
+    assert_eq!(view["status"], "failed");
+    assert_eq!(outcomes(&view), pairs(&[("slow", "timeout"), ("slow", "timeout")]));
+    assert_eq!(view["attempts"][0]["error_class"], "ambiguous");
+    assert_eq!(view["error"]["code"], "attempts_exhausted");
+}
+
+#[test]
+fn a_rejection_fails_at_once_without_failover() {
+    let server = Server::start(
+        &config(
+            "[providers.strict]\nkind = \"mock\"\nrejected_pct = 100\n[providers.backup]\nkind = \"mock\"\n",
+            "[routes.sms]\nproviders = [\"strict\", \"backup\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    let view = wait_final(&server, &send(&server, "/api/messages/sms", &sms("+18045551234")));
+    assert_eq!(view["status"], "failed");
+    assert_eq!(outcomes(&view), pairs(&[("strict", "rejected")]));
+    assert_eq!(
+        (view["error"]["code"].as_str(), view["provider"].as_str()),
+        (Some("rejected"), Some("strict"))
+    );
+    assert_eq!(view["attempts"][0]["error_class"], "rejected");
+}
+
+#[test]
+fn a_channel_without_a_route_is_refused_with_no_route() {
+    let server = Server::start(
+        &config("[providers.p]\nkind = \"mock\"\n", "[routes.sms]\nproviders = [\"p\"]\n"),
+        &[],
+        &[],
+    );
+    let (status, headers, body) = post(&server, "/api/messages/email", &email());
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "no_route");
+    assert!(headers.get("retry-after").is_some());
+    let (_, metrics) = get(&server, "/metrics");
+    assert!(
+        metrics.contains("switchboard_routing_errors_total{channel=\"email\",reason=\"no_route\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("switchboard_messages_accepted_total{channel=\"email\"}"), "{metrics}");
+}
+
+#[test]
+fn the_service_refuses_an_invalid_config() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("{error}"),
+    };
+    let _ = std::fs::write(dir.path().join("routes.toml"), "[providers.p]\nkind = \"mokc\"\n");
+    let output = common::switchboard(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = common::stderr(&output);
+    assert!(stderr.contains("error[unknown-kind]") && stderr.contains("routes.toml:2:8"), "{stderr}");
+    let missing = common::switchboard(dir.path(), &["serve", "--config", "nope.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_dispatches() {
+    let mut server = Server::start(
+        &config(
+            "[providers.slowish]\nkind = \"mock\"\nlatency_ms = 300\n",
+            "[routes.sms]\nproviders = [\"slowish\"]\n",
+        ),
+        &["--grace-period", "5s"],
+        &[],
+    );
+    for _ in 0..3 {
+        send(&server, "/api/messages/sms", &sms("+18045551234"));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(server.terminate(), Some(0), "{}", server.logs());
+    let logs = server.logs();
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(logs.contains("stopped with no message left queued"), "{logs}");
+    assert_eq!(logs.matches("message failed").count(), 0, "{logs}");
+}
+
+#[test]
+fn logs_mask_recipients_and_never_show_bodies() {
+    let server = Server::start(
+        &config(
+            "[providers.flaky]\nkind = \"mock\"\nerror_pct = 100\n",
+            "[routes.sms]\nproviders = [\"flaky\"]\nmax_attempts = 1\n",
+        ),
+        &[],
+        &[("SWITCHBOARD_LOG_FORMAT", "json"), ("RUST_LOG", "debug")],
+    );
+    let body =
+        json!({"from": "+12016661234", "to": "+18045559876", "type": "sms", "body": "TOP-SECRET-BODY"});
+    wait_final(&server, &send(&server, "/api/messages/sms", &body));
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = server.logs();
+    assert!(!logs.contains("TOP-SECRET-BODY") && !logs.contains("+18045559876"), "{logs}");
+    let attempt = logs.lines().find(|l| l.contains("dispatch attempt failed")).unwrap_or_default();
+    let event: Value = serde_json::from_str(attempt).unwrap_or(Value::Null);
+    for field in ["message_id", "channel", "provider", "attempt", "outcome", "latency_ms"] {
+        assert!(!event[field].is_null(), "{field} missing in {attempt}");
+    }
+    assert_eq!(event["to"], "+1804****876");
+}
