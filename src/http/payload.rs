@@ -139,9 +139,15 @@ fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
+        // The top-level field the error is in; none when the body itself is not an object.
+        let field = path
+            .split(['.', '['])
+            .next()
+            .filter(|f| !f.is_empty() && *f != "?")
+            .unwrap_or_default()
+            .to_owned();
         match inner.classify() {
-            serde_json::error::Category::Data if path != "." => {
-                let field = path.split(['.', '[']).next().unwrap_or_default().to_owned();
+            serde_json::error::Category::Data if !field.is_empty() => {
                 let detail = inner.to_string();
                 let detail = detail.split(" at line ").next().unwrap_or_default();
                 ApiError::InvalidField { message: format!("`{field}`: {detail}"), field }
