@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
     /// Finished messages the in-memory store keeps for status queries (oldest forgotten first).
-    #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 100_000)]
+    #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 20_000)]
     pub memory_retention: usize,
 }
 

@@ -62,11 +62,24 @@ fn providers_lists_exactly_the_built_in_kinds() {
         .as_array()
         .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(settings, ["error_pct", "latency_ms", "rate_limited_pct", "seed", "timeout_pct"]);
+    assert_eq!(
+        settings,
+        [
+            "error_pct",
+            "latency_ms",
+            "rate_limited_pct",
+            "rejected_pct",
+            "retry_after_ms",
+            "seed",
+            "timeout_pct"
+        ]
+    );
     for setting in mock["settings"].as_array().into_iter().flatten() {
         assert!(setting["doc"].as_str().is_some_and(|d| !d.is_empty()), "{setting}");
         assert!(setting["type"].is_string(), "{setting}");
-        assert_eq!(setting["default"], 0, "{setting}");
+        let expected =
+            if setting["name"] == "retry_after_ms" { serde_json::Value::Null } else { serde_json::json!(0) };
+        assert_eq!(setting["default"], expected, "{setting}");
     }
     let common: Vec<&str> = catalog["common_settings"]
         .as_array()

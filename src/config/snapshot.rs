@@ -12,6 +12,8 @@ use crate::health::ProviderHealth;
 /// One configured provider, its instance and its live health (breaker, rate limit, pause).
 pub struct ProviderHandle {
     pub config: ResolvedProvider,
+    /// The provider's name, shared by every attempt record and metric that names it.
+    pub label: Arc<str>,
     pub instance: Arc<dyn Provider>,
     pub health: ProviderHealth,
 }
@@ -56,7 +58,8 @@ impl Snapshot {
                 .build(provider.kind_settings.clone(), &context)
                 .map_err(|source| BuildError::Provider { provider: provider.name.clone(), source })?;
             let health = ProviderHealth::new(&provider.settings);
-            let handle = Arc::new(ProviderHandle { config: provider, instance, health });
+            let label = Arc::from(provider.name.as_str());
+            let handle = Arc::new(ProviderHandle { config: provider, label, instance, health });
             by_name.insert(handle.config.name.clone(), Arc::clone(&handle));
             providers.push(handle);
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ProviderHandle, Snapshot};
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
-use crate::store::{Attempt, Failure, Final, MessageStore, NewMessage, Outcome, Status, StoreError};
+use crate::store::{Attempt, Failure, Final, MessageStore, Outcome, Status, StoreError};
 
 /// How long a provider that answered 429 without Retry-After is left alone.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
@@ -47,7 +47,7 @@ struct Job {
     message: Arc<OutboundMessage>,
     attempts: u32,
     round: u32,
-    last_error: Option<(String, SendError)>,
+    last_error: Option<(Arc<str>, SendError)>,
 }
 
 struct Shared {
@@ -92,27 +92,17 @@ impl Dispatcher {
 
     /// Accepts a message: checks its channel has a route, takes a queue slot, stores it, queues
     /// it. Nothing is stored unless all of that succeeds.
-    pub async fn submit(&self, message: NewMessage) -> Result<(), SubmitError> {
+    pub async fn submit(&self, message: OutboundMessage) -> Result<(), SubmitError> {
         let shared = &self.shared;
-        let channel = message.channel.clone();
-        if shared.snapshot.load().route(channel.as_str()).is_none() {
-            shared.metrics.routing_error(channel.as_str(), "no_route");
-            return Err(SubmitError::NoRoute(channel.to_string()));
+        let channel = message.channel.as_str();
+        if shared.snapshot.load().route(channel).is_none() {
+            shared.metrics.routing_error(channel, "no_route");
+            return Err(SubmitError::NoRoute(channel.to_owned()));
         }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
-        let outbound = OutboundMessage {
-            id: message.id.clone(),
-            channel: message.channel.clone(),
-            from: message.from.clone(),
-            to: message.to.clone(),
-            subject: message.subject.clone(),
-            body: message.body.clone(),
-            attachments: message.attachments.clone(),
-            tags: message.tags.clone(),
-        };
-        shared.store.insert(message).await?;
-        slot.send(Job { message: Arc::new(outbound), attempts: 0, round: 0, last_error: None });
-        shared.metrics.accepted(channel.as_str());
+        shared.store.insert(&message).await?;
+        shared.metrics.accepted(channel);
+        slot.send(Job { message: Arc::new(message), attempts: 0, round: 0, last_error: None });
         Ok(())
     }
 
@@ -182,9 +172,8 @@ enum Round {
 }
 
 async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
-    let id = job.message.id.clone();
     if job.round == 0 {
-        log_store_error(&id, shared.store.mark_sending(&id).await);
+        log_store_error(&job.message.id, shared.store.mark_sending(&job.message.id).await);
     }
     match round(shared, &mut job).await {
         Round::Done => {}
@@ -197,7 +186,8 @@ async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
                 // Waits for queue space: an accepted message is never dropped for a full queue.
                 let requeued = shared.tx.send(job).await;
                 shared.scheduled.fetch_sub(1, Ordering::Relaxed);
-                if requeued.is_err() {
+                if let Err(unsent) = requeued {
+                    let id = &unsent.0.message.id;
                     tracing::warn!(message_id = %id, "service stopping: a scheduled retry was not requeued");
                 }
             });
@@ -251,7 +241,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         if let Some(state) = handle.health.breaker.record(permit, verdict, Instant::now()) {
             breaker_changed(shared, handle, state);
         }
-        let provider = handle.config.name.clone();
+        let provider = Arc::clone(&handle.label);
         match result {
             Ok(provider_message_id) => {
                 finish(shared, job, Final::Sent { provider, provider_message_id }).await;
@@ -317,7 +307,7 @@ async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<
     let latency = started.elapsed();
     let error = result.as_ref().err();
     let outcome = Outcome::of(&error.map_or(Ok(()), Err));
-    let provider = handle.config.name.as_str();
+    let provider = &*handle.label;
     let channel = message.channel.as_str();
     shared.metrics.attempt(provider, channel, outcome, latency);
     let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
@@ -330,7 +320,7 @@ async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<
         }
     }
     let record = Attempt {
-        provider: provider.to_owned(),
+        provider: Arc::clone(&handle.label),
         outcome,
         error_class: error.map(SendError::class),
         error_code: error.and_then(|e| e.code().map(str::to_owned)),
@@ -350,7 +340,7 @@ async fn finish(shared: &Shared, job: &Job, outcome: Final) {
     };
     match &outcome {
         Final::Sent { provider, .. } => {
-            tracing::debug!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_str(), attempts = job.attempts, "message sent");
+            tracing::debug!(message_id = %message.id, channel = message.channel.as_str(), provider = &**provider, attempts = job.attempts, "message sent");
         }
         Final::Failed { provider, failure } => {
             tracing::warn!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_deref().unwrap_or("-"), attempts = job.attempts, reason = failure.code.as_str(), error = failure.message.as_str(), "message failed");

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +26,8 @@ pub use payload::{is_email, is_http_url, is_phone, Endpoint, Parsed};
 use crate::config::Snapshot;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::store::{MessageStore, NewMessage};
+use crate::store::MessageStore;
+use switchboard_providers::OutboundMessage;
 
 /// What every handler shares.
 pub struct AppState {
@@ -62,32 +63,29 @@ struct Accepted<'a> {
     channel: &'a str,
 }
 
-async fn legacy_sms(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    send(&state, Endpoint::LegacySms, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn legacy_sms(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    send(&state, Endpoint::LegacySms, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn legacy_email(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    send(&state, Endpoint::LegacyEmail, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn legacy_email(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    send(&state, Endpoint::LegacyEmail, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn native(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    send(&state, Endpoint::Native, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn native(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    send(&state, Endpoint::Native, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn send(
-    state: &AppState,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if !is_json(headers) {
+async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<Response, ApiError> {
+    // Taking the request apart avoids copying its headers.
+    let (parts, body) = request.into_parts();
+    if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes = read_body(body, headers, state.body_limit).await?;
+    let bytes = read_body(body, &parts.headers, state.body_limit).await?;
     let parsed = payload::parse(endpoint, &bytes, is_known_channel)?;
     let id = uuid::Uuid::now_v7().to_string();
     let channel = parsed.channel.clone();
-    let message = NewMessage {
+    let message = OutboundMessage {
         id: id.clone(),
         channel: parsed.channel,
         from: parsed.from,

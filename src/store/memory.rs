@@ -1,25 +1,71 @@
 //! The in-memory store: nothing survives a restart. Sharded so that concurrent requests and
-//! dispatches rarely wait on each other; finished messages beyond a retention count are
-//! forgotten, oldest first, so memory stays bounded.
+//! dispatches rarely wait on each other; records are compact and keyed by the id's 128 bits;
+//! finished messages beyond a retention count are forgotten, oldest first, so memory stays
+//! bounded.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use switchboard_providers::{Channel, OutboundMessage};
 
-use super::{Attempt, Final, MessageStore, MessageView, NewMessage, Status, StoreError};
+use super::{Attempt, Failure, Final, MessageStore, MessageView, Status, StoreError};
 
 const SHARDS: usize = 32;
 
+/// Ids are UUIDs: their bits are already well spread, so one multiply mixes them enough.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, key: u128) {
+        self.0 = mix(key);
+    }
+}
+
+fn mix(key: u128) -> u64 {
+    ((key as u64) ^ ((key >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+type Shard = HashMap<u128, Record, BuildHasherDefault<IdHasher>>;
+
 struct Record {
-    view: MessageView,
+    channel: Channel,
+    status: Status,
+    provider: Option<Arc<str>>,
+    provider_message_id: Option<Box<str>>,
+    attempts: Vec<Attempt>,
+    error: Option<Box<Failure>>,
+    tags: Box<[String]>,
+    created_at: SystemTime,
+    updated_at: SystemTime,
 }
 
 pub struct MemoryStore {
-    shards: Vec<Mutex<HashMap<String, Record>>>,
-    finished: Mutex<VecDeque<String>>,
+    shards: Vec<Mutex<Shard>>,
+    finished: Mutex<VecDeque<u128>>,
     retain_finished: usize,
+}
+
+fn key(id: &str) -> Option<u128> {
+    uuid::Uuid::try_parse(id).ok().map(|uuid| uuid.as_u128())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the map consistent: a panic elsewhere cannot poison it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryStore {
@@ -27,22 +73,22 @@ impl MemoryStore {
     /// kept).
     pub fn new(retain_finished: usize) -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             finished: Mutex::new(VecDeque::new()),
             retain_finished,
         }
     }
 
-    fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
-        // Ids end in random hex: their last bytes spread evenly.
-        let index = id.bytes().rev().take(2).fold(0usize, |acc, b| acc * 31 + usize::from(b)) % SHARDS;
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn shard(&self, key: u128) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(mix(key) >> 59) as usize % SHARDS])
     }
 
-    fn update(&self, id: &str, change: impl FnOnce(&mut MessageView)) -> Result<(), StoreError> {
-        if let Some(record) = self.shard(id).get_mut(id) {
-            change(&mut record.view);
-            record.view.updated_at = SystemTime::now();
+    fn update(&self, id: &str, change: impl FnOnce(&mut Record)) -> Result<(), StoreError> {
+        if let Some(key) = key(id) {
+            if let Some(record) = self.shard(key).get_mut(&key) {
+                change(record);
+                record.updated_at = SystemTime::now();
+            }
         }
         Ok(())
     }
@@ -50,48 +96,51 @@ impl MemoryStore {
 
 #[async_trait]
 impl MessageStore for MemoryStore {
-    async fn insert(&self, message: NewMessage) -> Result<(), StoreError> {
+    async fn insert(&self, message: &OutboundMessage) -> Result<(), StoreError> {
+        let Some(key) = key(&message.id) else {
+            return Err(StoreError::Unavailable(format!("message id {:?} is not a UUID", message.id)));
+        };
         let now = SystemTime::now();
-        let view = MessageView {
-            id: message.id.clone(),
-            channel: message.channel,
+        let record = Record {
+            channel: message.channel.clone(),
             status: Status::Queued,
             provider: None,
             provider_message_id: None,
             attempts: Vec::new(),
             error: None,
-            tags: message.tags,
+            tags: message.tags.clone().into_boxed_slice(),
             created_at: now,
             updated_at: now,
         };
-        self.shard(&message.id).insert(message.id, Record { view });
+        self.shard(key).insert(key, record);
         Ok(())
     }
 
     async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
-        self.update(id, |view| view.status = Status::Sending)
+        self.update(id, |record| record.status = Status::Sending)
     }
 
     async fn record_attempt(&self, id: &str, attempt: Attempt) -> Result<(), StoreError> {
-        self.update(id, |view| view.attempts.push(attempt))
+        self.update(id, |record| record.attempts.push(attempt))
     }
 
     async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError> {
-        self.update(id, |view| match outcome {
+        self.update(id, |record| match outcome {
             Final::Sent { provider, provider_message_id } => {
-                view.status = Status::Sent;
-                view.provider = Some(provider);
-                view.provider_message_id = provider_message_id;
+                record.status = Status::Sent;
+                record.provider = Some(provider);
+                record.provider_message_id = provider_message_id.map(String::into_boxed_str);
             }
             Final::Failed { provider, failure } => {
-                view.status = Status::Failed;
-                view.provider = provider;
-                view.error = Some(failure);
+                record.status = Status::Failed;
+                record.provider = provider;
+                record.error = Some(Box::new(failure));
             }
         })?;
+        let Some(finished_key) = key(id) else { return Ok(()) };
         let evicted = {
-            let mut finished = self.finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            finished.push_back(id.to_owned());
+            let mut finished = lock(&self.finished);
+            finished.push_back(finished_key);
             if finished.len() > self.retain_finished {
                 finished.pop_front()
             } else {
@@ -99,13 +148,25 @@ impl MessageStore for MemoryStore {
             }
         };
         if let Some(old) = evicted {
-            self.shard(&old).remove(&old);
+            self.shard(old).remove(&old);
         }
         Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        Ok(self.shard(id).get(id).map(|record| record.view.clone()))
+        let Some(key) = key(id) else { return Ok(None) };
+        Ok(self.shard(key).get(&key).map(|r| MessageView {
+            id: id.to_owned(),
+            channel: r.channel.clone(),
+            status: r.status,
+            provider: r.provider.clone(),
+            provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
+            attempts: r.attempts.clone(),
+            error: r.error.as_deref().cloned(),
+            tags: r.tags.to_vec(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }))
     }
 
     fn describe(&self) -> String {
@@ -116,11 +177,9 @@ impl MessageStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Failure;
-    use switchboard_providers::Channel;
 
-    fn message(id: &str) -> NewMessage {
-        NewMessage {
+    fn message(id: &str) -> OutboundMessage {
+        OutboundMessage {
             id: id.to_owned(),
             channel: Channel::SMS,
             from: "+15550001111".into(),
@@ -128,32 +187,37 @@ mod tests {
             subject: None,
             body: "hi".into(),
             attachments: vec![],
-            tags: vec![],
+            tags: vec!["otp".into()],
         }
     }
 
     #[tokio::test]
     async fn lifecycle_and_retention() -> Result<(), StoreError> {
         let store = MemoryStore::new(2);
-        for id in ["a1", "b2", "c3"] {
-            store.insert(message(id)).await?;
+        let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        for id in &ids {
+            store.insert(&message(id)).await?;
         }
-        assert_eq!(store.get("a1").await?.map(|v| v.status), Some(Status::Queued));
-        store.mark_sending("a1").await?;
-        assert_eq!(store.get("a1").await?.map(|v| v.status), Some(Status::Sending));
-        store
-            .finish("a1", Final::Sent { provider: "p".into(), provider_message_id: Some("x".into()) })
-            .await?;
-        let view = store.get("a1").await?;
-        assert_eq!(view.as_ref().map(|v| (v.status, v.provider.as_deref())), Some((Status::Sent, Some("p"))));
+        let status = |view: Option<MessageView>| view.map(|v| v.status);
+        assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Queued));
+        store.mark_sending(&ids[0]).await?;
+        assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Sending));
+        let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: Some("x".into()) };
+        store.finish(&ids[0], sent).await?;
+        let view = store.get(&ids[0]).await?;
+        assert_eq!(
+            view.as_ref().map(|v| (v.status, v.provider.as_deref(), v.tags.clone())),
+            Some((Status::Sent, Some("p"), vec!["otp".to_owned()]))
+        );
 
         let failure = Failure { code: "rejected".into(), message: "no".into() };
-        store.finish("b2", Final::Failed { provider: None, failure: failure.clone() }).await?;
-        store.finish("c3", Final::Failed { provider: None, failure }).await?;
+        store.finish(&ids[1], Final::Failed { provider: None, failure: failure.clone() }).await?;
+        store.finish(&ids[2], Final::Failed { provider: None, failure }).await?;
         // Two finished messages are retained: the oldest is forgotten.
-        assert!(store.get("a1").await?.is_none());
-        assert!(store.get("b2").await?.is_some() && store.get("c3").await?.is_some());
-        assert!(store.get("zz").await?.is_none());
+        assert!(store.get(&ids[0]).await?.is_none());
+        assert!(store.get(&ids[1]).await?.is_some() && store.get(&ids[2]).await?.is_some());
+        assert!(store.get("not-a-uuid").await?.is_none());
+        assert!(store.insert(&message("not-a-uuid")).await.is_err());
         Ok(())
     }
 }

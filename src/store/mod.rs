@@ -3,11 +3,12 @@
 
 mod memory;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use switchboard_providers::{Channel, ErrorClass, SendError};
+use switchboard_providers::{Channel, ErrorClass, OutboundMessage, SendError};
 
 pub use memory::MemoryStore;
 
@@ -75,7 +76,7 @@ impl Outcome {
 /// One attempt to hand a message to a provider.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attempt {
-    pub provider: String,
+    pub provider: Arc<str>,
     pub outcome: Outcome,
     pub error_class: Option<ErrorClass>,
     pub error_code: Option<String>,
@@ -93,19 +94,6 @@ pub struct Failure {
     pub message: String,
 }
 
-/// A message to accept.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub id: String,
-    pub channel: Channel,
-    pub from: String,
-    pub to: String,
-    pub subject: Option<String>,
-    pub body: String,
-    pub attachments: Vec<String>,
-    pub tags: Vec<String>,
-}
-
 /// What `GET /v1/messages/{id}` shows: never the body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MessageView {
@@ -113,7 +101,7 @@ pub struct MessageView {
     pub channel: Channel,
     pub status: Status,
     /// The provider that finally handled it (sent it, or gave the final answer).
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     pub provider_message_id: Option<String>,
     pub attempts: Vec<Attempt>,
     pub error: Option<Failure>,
@@ -127,8 +115,8 @@ pub struct MessageView {
 /// How a message ended.
 #[derive(Debug, Clone)]
 pub enum Final {
-    Sent { provider: String, provider_message_id: Option<String> },
-    Failed { provider: Option<String>, failure: Failure },
+    Sent { provider: Arc<str>, provider_message_id: Option<String> },
+    Failed { provider: Option<Arc<str>>, failure: Failure },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +128,7 @@ pub enum StoreError {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a new message as `queued`.
-    async fn insert(&self, message: NewMessage) -> Result<(), StoreError>;
+    async fn insert(&self, message: &OutboundMessage) -> Result<(), StoreError>;
     /// Marks a message `sending` (its first attempt is about to start).
     async fn mark_sending(&self, id: &str) -> Result<(), StoreError>;
     async fn record_attempt(&self, id: &str, attempt: Attempt) -> Result<(), StoreError>;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
+# measured in the same run with the kit in ../shared/bench. Usage:
+#   benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+# Pins each server to core 0 and wrk to core 1; prints one line per run and the medians.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+kit=$root/../shared/bench
+runs=${1:-3}; secs=${2:-10}; conns=${3:-64}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sb-bench-target}
+cargo build --release -q --manifest-path "$kit/rust/Cargo.toml"
+cargo build --release -q --manifest-path "$root/Cargo.toml" --bin switchboard
+bin=$CARGO_TARGET_DIR/release
+body=$kit/sms.json
+ceiling_port=18081; sb_port=18090
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+counter() { curl -s "http://127.0.0.1:$sb_port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
+
+declare -a c_rps sb_rps sb_p50 sb_p99 sb_acc sb_del sb_rss c_p50 c_p99
+for run in $(seq "$runs"); do
+  PORT=$ceiling_port MODE=accept taskset -c 0 "$bin/ceiling" >/dev/null 2>&1 & pids+=($!); cpid=$!
+  wait_port $ceiling_port
+  line=$(WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$ceiling_port/api/messages/sms" "$body" "$conns" "$secs")
+  kill $cpid; wait $cpid 2>/dev/null || true
+  c_rps+=("$(field rps "$line")"); c_p50+=("$(field p50_ms "$line")"); c_p99+=("$(field p99_ms "$line")")
+  echo "ceiling     run $run: $line"
+
+  (cd "$root" && exec taskset -c 0 "$bin/switchboard" serve --listen "127.0.0.1:$sb_port" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
+  wait_port $sb_port
+  WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null
+  a0=$(counter switchboard_messages_accepted_total); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
+  line=$(WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" "$secs")
+  a1=$(counter switchboard_messages_accepted_total); d1=$(counter switchboard_messages_completed_total); t1=$(date +%s.%N)
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
+  kill -TERM $spid; wait $spid 2>/dev/null || true
+  elapsed=$(echo "$t1 - $t0" | bc -l)
+  acc=$(echo "($a1 - $a0) / $elapsed" | bc -l); del=$(echo "($d1 - $d0) / $elapsed" | bc -l)
+  sb_rps+=("$(field rps "$line")"); sb_p50+=("$(field p50_ms "$line")"); sb_p99+=("$(field p99_ms "$line")")
+  sb_acc+=("$acc"); sb_del+=("$del"); sb_rss+=("$rss")
+  printf 'switchboard run %s: %s accepted/s=%.0f delivered/s=%.0f peak_rss_kb=%s\n' "$run" "$line" "$acc" "$del" "$rss"
+done
+
+m() { printf '%s\n' "$@" | median; }
+cr=$(m "${c_rps[@]}"); sr=$(m "${sb_rps[@]}"); sa=$(m "${sb_acc[@]}"); sd=$(m "${sb_del[@]}")
+printf '\nmedians of %s runs, %s connections, %ss each\n' "$runs" "$conns" "$secs"
+printf 'ceiling:     %.0f req/s  p50 %s ms  p99 %s ms\n' "$cr" "$(m "${c_p50[@]}")" "$(m "${c_p99[@]}")"
+printf 'switchboard: %.0f req/s  p50 %s ms  p99 %s ms  accepted %.0f/s  delivered %.0f/s  peak RSS %.1f MB\n' \
+  "$sr" "$(m "${sb_p50[@]}")" "$(m "${sb_p99[@]}")" "$sa" "$sd" "$(echo "$(m "${sb_rss[@]}") / 1024" | bc -l)"
+printf 'ratio to ceiling: %.1f %%   delivered/accepted: %.1f %%\n' "$(echo "100 * $sr / $cr" | bc -l)" "$(echo "100 * $sd / $sa" | bc -l)"
