@@ -384,3 +384,62 @@ fn logs_mask_recipients_and_never_show_bodies() {
     }
     assert_eq!(event["to"], "+1804****876");
 }
+
+#[test]
+fn a_full_queue_refuses_with_queue_full_and_stores_nothing() {
+    let server = Server::start(
+        &config(
+            "[providers.slow]\nkind = \"mock\"\nlatency_ms = 400\n",
+            "[routes.sms]\nproviders = [\"slow\"]\n",
+        ),
+        &["--queue-capacity", "1", "--workers", "1"],
+        &[],
+    );
+    // One message in the worker, one in the queue: the rest are refused.
+    let mut accepted = 0;
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (status, headers, body) = post(&server, "/api/messages/sms", &sms("+18045551234"));
+        match status {
+            202 => accepted += 1,
+            503 => {
+                assert_eq!(body["error"]["code"], "queue_full");
+                assert!(headers.get("retry-after").is_some());
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused >= 3 && accepted >= 2, "accepted {accepted}, refused {refused}");
+    let (_, metrics) = get(&server, "/metrics");
+    assert!(
+        metrics.contains(&format!("switchboard_messages_accepted_total{{channel=\"sms\"}} {accepted}")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sends_wait_for_the_providers_rate_limit() {
+    let server = Server::start(
+        &config(
+            "[providers.metered]\nkind = \"mock\"\nrate_limit.per_second = 10\nrate_limit.burst = 1\n",
+            "[routes.sms]\nproviders = [\"metered\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    let ids: Vec<String> = (0..6).map(|_| send(&server, "/api/messages/sms", &sms("+18045551234"))).collect();
+    let mut times: Vec<Duration> = ids
+        .iter()
+        .map(|id| wait_final(&server, id))
+        .inspect(|view| assert_eq!(view["status"], "sent", "{view}"))
+        .filter_map(|view| {
+            view["attempts"][0]["time"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok())
+        })
+        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .collect();
+    times.sort();
+    assert_eq!(times.len(), 6);
+    // One token up front, then one every 100 ms: nothing dropped, nothing sent early.
+    assert!(times[5] - times[0] >= Duration::from_millis(480), "spread {:?}", times[5] - times[0]);
+}

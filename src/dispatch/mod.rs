@@ -364,3 +364,6 @@ fn log_store_error(id: &str, result: Result<(), StoreError>) {
         tracing::error!(message_id = id, error = %error, "could not record dispatch progress");
     }
 }
+
+#[cfg(test)]
+mod tests;
