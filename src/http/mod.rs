@@ -21,13 +21,12 @@ use serde_json::json;
 use switchboard_providers::{registry, Channel};
 
 pub use error::ApiError;
-pub use payload::{is_email, is_http_url, is_phone, Endpoint, Parsed};
+pub use payload::{is_email, is_http_url, is_phone, Endpoint};
 
 use crate::config::Snapshot;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::store::MessageStore;
-use switchboard_providers::OutboundMessage;
 
 /// What every handler shares.
 pub struct AppState {
@@ -82,19 +81,9 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes = read_body(body, &parts.headers, state.body_limit).await?;
-    let parsed = payload::parse(endpoint, &bytes, is_known_channel)?;
     let id = uuid::Uuid::now_v7().to_string();
-    let channel = parsed.channel.clone();
-    let message = OutboundMessage {
-        id: id.clone(),
-        channel: parsed.channel,
-        from: parsed.from,
-        to: parsed.to,
-        subject: parsed.subject,
-        body: parsed.body,
-        attachments: parsed.attachments,
-        tags: parsed.tags,
-    };
+    let message = payload::parse(endpoint, &bytes, id.clone(), is_known_channel)?;
+    let channel = message.channel.clone();
     state.dispatcher.submit(message).await?;
     let mut response =
         (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: channel.as_str() }))

@@ -2,7 +2,7 @@
 //! ignored) and validated field by field, each problem naming its field.
 
 use serde::Deserialize;
-use switchboard_providers::Channel;
+use switchboard_providers::{Channel, OutboundMessage};
 
 use super::error::ApiError;
 
@@ -13,18 +13,6 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_TAGS: usize = 20;
 const MAX_TAG_LEN: usize = 64;
 const MAX_SUBJECT_CHARS: usize = 998;
-
-/// A validated message, ready to be given an id and accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub channel: Channel,
-    pub from: String,
-    pub to: String,
-    pub subject: Option<String>,
-    pub body: String,
-    pub attachments: Vec<String>,
-    pub tags: Vec<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -68,13 +56,14 @@ struct Native {
     tags: Option<Vec<String>>,
 }
 
-/// Parses and validates a body for `endpoint`; `is_known_channel` says whether a channel name
-/// is served by any registered provider kind.
+/// Parses and validates a body for `endpoint` into the message to accept under `id`;
+/// `is_known_channel` says whether a channel name is served by any registered provider kind.
 pub fn parse(
     endpoint: Endpoint,
     body: &[u8],
+    id: String,
     is_known_channel: impl Fn(&str) -> bool,
-) -> Result<Parsed, ApiError> {
+) -> Result<OutboundMessage, ApiError> {
     let parsed = match endpoint {
         Endpoint::LegacySms => {
             let p: LegacySms = from_json(body)?;
@@ -89,7 +78,8 @@ pub fn parse(
                     ))
                 }
             };
-            Parsed {
+            OutboundMessage {
+                id,
                 channel,
                 from: required("from", p.from)?,
                 to: required("to", p.to)?,
@@ -102,7 +92,8 @@ pub fn parse(
         Endpoint::LegacyEmail => {
             let p: LegacyEmail = from_json(body)?;
             check_timestamp(p.timestamp.as_deref())?;
-            Parsed {
+            OutboundMessage {
+                id,
                 channel: Channel::EMAIL,
                 from: required("from", p.from)?,
                 to: required("to", p.to)?,
@@ -119,7 +110,8 @@ pub fn parse(
                 Ok(channel) if is_known_channel(channel.as_str()) => channel,
                 _ => return Err(ApiError::invalid("channel", format!("unknown channel {name:?}"))),
             };
-            Parsed {
+            OutboundMessage {
+                id,
                 channel,
                 from: required("from", p.from)?,
                 to: required("to", p.to)?,
@@ -176,7 +168,7 @@ fn check_timestamp(timestamp: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-fn validate(p: &Parsed) -> Result<(), ApiError> {
+fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
     for (field, value) in [("from", Some(&p.from)), ("to", Some(&p.to)), ("subject", p.subject.as_ref())] {
         if value.is_some_and(|v| v.contains(['\r', '\n'])) {
             return Err(ApiError::invalid(field, format!("`{field}` must not contain line breaks")));
@@ -385,7 +377,7 @@ mod tests {
     }
 
     fn check_body(endpoint: Endpoint, body: &str, expected: Result<(), (&str, Option<&str>)>) {
-        let got = parse(endpoint, body.as_bytes(), |c| ["sms", "mms", "email"].contains(&c))
+        let got = parse(endpoint, body.as_bytes(), "id".into(), |c| ["sms", "mms", "email"].contains(&c))
             .map(|_| ())
             .map_err(|e| match e {
                 ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
