@@ -29,7 +29,7 @@ fn route_lookup(c: &mut Criterion) {
     let text = big_config::big_config(10_000);
     let loaded = load_bytes("big.toml", text.as_bytes(), &Environment::default());
     let Some(config) = loaded.config else { panic!("invalid bench config") };
-    let snapshot = match Snapshot::build(config, loaded.version) {
+    let snapshot = match Snapshot::build(config, loaded.version, None) {
         Ok(snapshot) => snapshot,
         Err(error) => panic!("{error}"),
     };

@@ -13,6 +13,7 @@ use switchboard_providers::{registry, SettingDoc};
 
 use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROUTE_SPECS};
 use crate::dispatch::DispatchConfig;
+use crate::reload::WatchOptions;
 use crate::serve::{ServeError, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -62,6 +63,12 @@ pub struct ServeArgs {
     /// Finished messages the in-memory store keeps for status queries (oldest forgotten first).
     #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 20_000)]
     pub memory_retention: usize,
+    /// How often the config file's content is checked for changes even without file events.
+    #[arg(long, env = "SWITCHBOARD_RELOAD_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reload_poll_interval: std::time::Duration,
+    /// Quiet time after a file event before reloading (a burst of writes reloads once).
+    #[arg(long, env = "SWITCHBOARD_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub reload_debounce: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +130,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         grace_period: args.grace_period,
         body_limit: args.max_body_bytes,
         memory_retention: args.memory_retention,
+        reload: WatchOptions {
+            debounce: args.reload_debounce,
+            poll_interval: args.reload_poll_interval.max(std::time::Duration::from_millis(10)),
+        },
     };
     match runtime.block_on(crate::serve::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

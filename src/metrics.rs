@@ -42,6 +42,16 @@ struct TransitionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoutingErrorLabels {
     channel: String,
     reason: String,
@@ -64,6 +74,9 @@ pub struct Metrics {
     breaker_transitions: Family<TransitionLabels, Counter>,
     routing_errors: Family<RoutingErrorLabels, Counter>,
     queue_depth: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+    config_info: Family<VersionLabels, Gauge>,
+    last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +102,9 @@ impl Metrics {
         let breaker_transitions = Family::default();
         let routing_errors = Family::default();
         let queue_depth = Gauge::default();
+        let reloads = Family::default();
+        let config_info = Family::default();
+        let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "switchboard_messages_accepted",
@@ -130,6 +146,17 @@ impl Metrics {
             "Messages waiting for dispatch (queued or scheduled for retry)",
             queue_depth.clone(),
         );
+        registry.register(
+            "switchboard_config_reloads",
+            "Config reloads by result: applied, rejected, unchanged",
+            reloads.clone(),
+        );
+        registry.register("switchboard_config_info", "1 for the active config version", config_info.clone());
+        registry.register(
+            "switchboard_config_last_reload_timestamp_seconds",
+            "When the active config was loaded (Unix time)",
+            last_reload.clone(),
+        );
         Metrics {
             registry,
             accepted,
@@ -140,6 +167,9 @@ impl Metrics {
             breaker_transitions,
             routing_errors,
             queue_depth,
+            reloads,
+            config_info,
+            last_reload,
         }
     }
 
@@ -188,6 +218,27 @@ impl Metrics {
             .inc();
     }
 
+    /// A provider left the config: its state gauge goes (its counters stay, as history).
+    pub fn forget_provider(&self, provider: &str) {
+        self.breaker_state.remove(&ProviderLabels { provider: provider.to_owned() });
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.reloads.get_or_create(&ReloadLabels { result: result.to_owned() }).inc();
+    }
+
+    /// Marks `version` as the active config, loaded now.
+    pub fn config_active(&self, previous: Option<&str>, version: &str) {
+        if let Some(previous) = previous.filter(|p| *p != version) {
+            self.config_info.remove(&VersionLabels { version: previous.to_owned() });
+        }
+        self.config_info.get_or_create(&VersionLabels { version: version.to_owned() }).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reload.set(now);
+    }
+
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
@@ -214,7 +265,12 @@ mod tests {
         metrics.breaker_transition("p1", BreakerState::Open);
         metrics.routing_error("push", "no_route");
         metrics.set_queue_depth(7);
+        metrics.reload("rejected");
+        metrics.config_active(None, "aaa");
+        metrics.config_active(Some("aaa"), "bbb");
         let text = metrics.render();
+        assert!(!text.contains("version=\"aaa\""), "{text}");
+        assert!(text.contains("switchboard_config_last_reload_timestamp_seconds "), "{text}");
         for line in [
             "switchboard_messages_accepted_total{channel=\"sms\"} 1",
             "switchboard_messages_completed_total{channel=\"sms\",status=\"sent\"} 1",
@@ -224,6 +280,8 @@ mod tests {
             "switchboard_breaker_transitions_total{provider=\"p1\",to=\"open\"} 1",
             "switchboard_routing_errors_total{channel=\"push\",reason=\"no_route\"} 1",
             "switchboard_queue_depth 7",
+            "switchboard_config_reloads_total{result=\"rejected\"} 1",
+            "switchboard_config_info{version=\"bbb\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

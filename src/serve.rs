@@ -14,6 +14,7 @@ use crate::config::{self, render_human, Environment, Severity, Snapshot};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
+use crate::reload::{spawn_watchers, Reloader, WatchOptions};
 use crate::store::{MemoryStore, MessageStore};
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ pub struct ServeOptions {
     pub grace_period: Duration,
     pub body_limit: usize,
     pub memory_retention: usize,
+    pub reload: WatchOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let Some(resolved) = loaded.config else {
         return Err(ServeError::Invalid { path: loaded.source.name.clone(), errors: loaded.errors() });
     };
-    let snapshot = Snapshot::build(resolved, loaded.version.clone())?;
+    let snapshot = Snapshot::build(resolved, loaded.version.clone(), None)?;
     tracing::info!(
         version = %snapshot.version,
         providers = snapshot.providers().len(),
@@ -78,6 +80,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(options.memory_retention));
     tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
 
+    let reloader =
+        Arc::new(Reloader::new(options.config.clone(), Arc::clone(&snapshot), Arc::clone(&metrics)));
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watchers = spawn_watchers(Arc::clone(&reloader), options.reload, watching);
+
     let (dispatcher, workers) =
         Dispatcher::start(Arc::clone(&snapshot), Arc::clone(&store), Arc::clone(&metrics), options.dispatch);
     let state = Arc::new(AppState {
@@ -85,6 +92,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         dispatcher: dispatcher.clone(),
         store,
         metrics,
+        reloader,
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
     });
@@ -117,6 +125,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     }
     state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_watching.send(true);
+    for task in watchers {
+        let _ = task.await;
+    }
     let remaining = workers.shutdown(options.grace_period).await;
     if remaining > 0 {
         tracing::warn!(

@@ -14,8 +14,35 @@ pub struct ProviderHandle {
     pub config: ResolvedProvider,
     /// The provider's name, shared by every attempt record and metric that names it.
     pub label: Arc<str>,
-    pub instance: Arc<dyn Provider>,
-    pub health: ProviderHealth,
+    runtime: Arc<Runtime>,
+}
+
+/// What a provider keeps across reloads while its name, kind and resolved settings stay the
+/// same: its instance (connection pool, mock stream) and its health.
+struct Runtime {
+    instance: Arc<dyn Provider>,
+    health: ProviderHealth,
+}
+
+impl ProviderHandle {
+    pub fn instance(&self) -> &Arc<dyn Provider> {
+        &self.runtime.instance
+    }
+
+    pub fn health(&self) -> &ProviderHealth {
+        &self.runtime.health
+    }
+
+    /// Whether `other` is the same provider with the same effective settings, so that it may
+    /// keep this one's instance and health.
+    pub fn same_as(&self, other: &ResolvedProvider) -> bool {
+        let mine = &self.config;
+        mine.name == other.name
+            && mine.kind.kind == other.kind.kind
+            && mine.channels == other.channels
+            && mine.settings == other.settings
+            && mine.kind_settings == other.kind_settings
+    }
 }
 
 impl std::fmt::Debug for ProviderHandle {
@@ -47,19 +74,31 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Builds every provider instance, then the routes over them.
-    pub fn build(config: ResolvedConfig, version: String) -> Result<Snapshot, BuildError> {
+    /// Builds every provider instance, then the routes over them. A provider of `previous`
+    /// whose name, kind and resolved settings are unchanged is carried over with its instance
+    /// and health; every other one starts fresh.
+    pub fn build(
+        config: ResolvedConfig,
+        version: String,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
         let mut providers = Vec::with_capacity(config.providers.len());
         let mut by_name = HashMap::with_capacity(config.providers.len());
         for provider in config.providers {
-            let context = BuildContext { name: &provider.name, timeout: provider.settings.timeout };
-            let instance = provider
-                .kind
-                .build(provider.kind_settings.clone(), &context)
-                .map_err(|source| BuildError::Provider { provider: provider.name.clone(), source })?;
-            let health = ProviderHealth::new(&provider.settings);
+            let kept = previous.and_then(|p| p.provider(&provider.name)).filter(|old| old.same_as(&provider));
+            let runtime = match kept {
+                Some(old) => Arc::clone(&old.runtime),
+                None => {
+                    let context = BuildContext { name: &provider.name, timeout: provider.settings.timeout };
+                    let instance = provider
+                        .kind
+                        .build(provider.kind_settings.clone(), &context)
+                        .map_err(|source| BuildError::Provider { provider: provider.name.clone(), source })?;
+                    Arc::new(Runtime { instance, health: ProviderHealth::new(&provider.settings) })
+                }
+            };
             let label = Arc::from(provider.name.as_str());
-            let handle = Arc::new(ProviderHandle { config: provider, label, instance, health });
+            let handle = Arc::new(ProviderHandle { config: provider, label, runtime });
             by_name.insert(handle.config.name.clone(), Arc::clone(&handle));
             providers.push(handle);
         }
@@ -78,6 +117,16 @@ impl Snapshot {
             routes.insert(route.channel.clone(), Route { config: route, providers: members });
         }
         Ok(Snapshot { version, providers, routes })
+    }
+
+    /// A provider by name (providers are sorted by name).
+    pub fn provider(&self, name: &str) -> Option<&Arc<ProviderHandle>> {
+        self.providers.binary_search_by(|p| p.config.name.as_str().cmp(name)).ok().map(|i| &self.providers[i])
+    }
+
+    /// Whether this provider's instance and health are the very ones `other` carries.
+    pub fn shares_runtime(a: &ProviderHandle, b: &ProviderHandle) -> bool {
+        Arc::ptr_eq(&a.runtime, &b.runtime)
     }
 
     /// The route for a channel: one hash lookup.

@@ -159,7 +159,7 @@ fn secrets_are_redacted_in_views() {
 #[test]
 fn snapshot_routes_by_channel() {
     let resolved = resolve(P, &[]);
-    let snapshot = match super::Snapshot::build(resolved, "v1".into()) {
+    let snapshot = match super::Snapshot::build(resolved, "v1".into(), None) {
         Ok(snapshot) => snapshot,
         Err(error) => panic!("{error}"),
     };

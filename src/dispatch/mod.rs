@@ -215,16 +215,16 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             break;
         }
         let now = Instant::now();
-        if let Some(until) = handle.health.pause.paused_until(now) {
+        if let Some(until) = handle.health().pause.paused_until(now) {
             next_available = earliest(next_available, until);
             continue;
         }
-        let Some(permit) = handle.health.breaker.try_acquire(now) else {
-            let until = handle.health.breaker.open_until(now).unwrap_or(now + PROBE_RECHECK);
+        let Some(permit) = handle.health().breaker.try_acquire(now) else {
+            let until = handle.health().breaker.open_until(now).unwrap_or(now + PROBE_RECHECK);
             next_available = earliest(next_available, until);
             continue;
         };
-        if let Some(bucket) = &handle.health.bucket {
+        if let Some(bucket) = &handle.health().bucket {
             let wait = bucket.reserve(now);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
@@ -238,7 +238,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             Err(SendError::RateLimited { .. } | SendError::Rejected { .. }) => Verdict::Neutral,
             Err(_) => Verdict::Failure,
         };
-        if let Some(state) = handle.health.breaker.record(permit, verdict, Instant::now()) {
+        if let Some(state) = handle.health().breaker.record(permit, verdict, Instant::now()) {
             breaker_changed(shared, handle, state);
         }
         let provider = Arc::clone(&handle.label);
@@ -255,7 +255,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             Err(error) => {
                 if let SendError::RateLimited { retry_after } = &error {
                     let until = Instant::now() + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
-                    handle.health.pause.pause_until(until);
+                    handle.health().pause.pause_until(until);
                     next_available = earliest(next_available, until);
                 }
                 job.last_error = Some((provider, error));
@@ -300,7 +300,7 @@ async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<
     let message = &job.message;
     let started = Instant::now();
     let result =
-        match tokio::time::timeout(handle.config.settings.timeout, handle.instance.send(message)).await {
+        match tokio::time::timeout(handle.config.settings.timeout, handle.instance().send(message)).await {
             Ok(result) => result.map(|receipt| receipt.provider_message_id),
             Err(_) => Err(SendError::Timeout),
         };

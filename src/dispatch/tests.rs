@@ -14,7 +14,7 @@ use crate::store::{MemoryStore, MessageStore, MessageView, Status};
 fn snapshot(config: &str) -> Snapshot {
     let loaded = load_bytes("t.toml", config.as_bytes(), &Environment::default());
     let Some(resolved) = loaded.config else { panic!("{:#?}", loaded.diagnostics) };
-    match Snapshot::build(resolved, loaded.version) {
+    match Snapshot::build(resolved, loaded.version, None) {
         Ok(snapshot) => snapshot,
         Err(error) => panic!("{error}"),
     }

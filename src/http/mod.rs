@@ -26,6 +26,7 @@ pub use payload::{is_email, is_http_url, is_phone, Endpoint};
 use crate::config::Snapshot;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::reload::{Outcome, Reloader, Trigger};
 use crate::store::MessageStore;
 
 /// What every handler shares.
@@ -34,6 +35,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
     /// Largest accepted request body, in bytes.
@@ -50,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(admin_routes))
+        .route("/admin/reload", post(admin_reload))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -187,10 +190,29 @@ async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
                 "settings": p.config.settings,
                 "kind_settings": p.config.kind_settings_redacted(),
                 "sources": p.config.sources,
-                "breaker": p.health.breaker.state(now),
-                "paused": p.health.pause.paused_until(now).is_some(),
+                "breaker": p.health().breaker.state(now),
+                "paused": p.health().pause.paused_until(now).is_some(),
             })
         })
         .collect();
-    Json(json!({"version": snapshot.version, "routes": routes, "providers": providers}))
+    let status = state.reloader.status();
+    Json(json!({
+        "version": snapshot.version,
+        "path": status.active.path,
+        "loaded_at": humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
+        "loaded_by": status.active.trigger,
+        "last_rejected": status.last_rejected,
+        "routes": routes,
+        "providers": providers,
+    }))
+}
+
+/// Reloads now; 200 with the new (or unchanged) version, 422 with the diagnostics.
+async fn admin_reload(State(state): State<Arc<AppState>>) -> Response {
+    let outcome = state.reloader.reload(Trigger::Admin).await;
+    let status = match outcome {
+        Outcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    (status, Json(outcome)).into_response()
 }

@@ -54,9 +54,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the binary with `config` as its routes.toml; panics if it does not come up.
+    /// Starts the binary with `config` as its routes.toml in a fresh temp dir; panics if it
+    /// does not come up.
     pub fn start(config: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        use std::io::BufRead;
         let dir = match tempfile::tempdir() {
             Ok(dir) => dir,
             Err(error) => panic!("tempdir: {error}"),
@@ -64,11 +64,25 @@ impl Server {
         if let Err(error) = std::fs::write(dir.path().join("routes.toml"), config) {
             panic!("write config: {error}");
         }
+        Self::spawn(dir, None, args, env)
+    }
+
+    /// Starts the binary in `cwd`, which the caller prepared (and keeps).
+    pub fn start_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(error) => panic!("tempdir: {error}"),
+        };
+        Self::spawn(dir, Some(cwd), args, env)
+    }
+
+    fn spawn(dir: tempfile::TempDir, cwd: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .current_dir(dir.path())
+            .current_dir(cwd.unwrap_or(dir.path()))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdout(std::process::Stdio::null())
@@ -110,6 +124,17 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The temp dir the server runs in (holding its routes.toml, unless started with `start_in`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the server.
+    pub fn signal(&mut self, name: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args([&format!("-{name}"), &pid]).status();
     }
 
     pub fn logs(&self) -> String {
