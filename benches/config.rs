@@ -39,5 +39,47 @@ fn route_lookup(c: &mut Criterion) {
     c.bench_function("route_lookup/missing", |b| b.iter(|| snapshot.route(black_box("push")).is_none()));
 }
 
-criterion_group!(benches, validate_10k, route_lookup);
+/// What every request and dispatch pays to read the routing snapshot: an `ArcSwap` load and a
+/// route lookup, with no reload going on and while another thread swaps in a new snapshot every
+/// millisecond.
+fn snapshot_read(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let build = |seed: u32| {
+        let text =
+            format!("[providers.p]\nkind = \"mock\"\nseed = {seed}\n[routes.sms]\nproviders = [\"p\"]\n");
+        let loaded = load_bytes("t.toml", text.as_bytes(), &Environment::default());
+        let Some(config) = loaded.config else { panic!("invalid bench config") };
+        match Snapshot::build(config, loaded.version, None) {
+            Ok(snapshot) => Arc::new(snapshot),
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let current = Arc::new(arc_swap::ArcSwap::new(build(0)));
+    let read = |current: &arc_swap::ArcSwap<Snapshot>| {
+        let snapshot = current.load();
+        snapshot.route(black_box("sms")).map(|r| r.providers.len())
+    };
+    c.bench_function("snapshot_read/idle", |b| b.iter(|| read(&current)));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (current, stop) = (Arc::clone(&current), Arc::clone(&stop));
+        let snapshots = [build(1), build(2)];
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                current.store(Arc::clone(&snapshots[i % 2]));
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    c.bench_function("snapshot_read/during_reloads", |b| b.iter(|| read(&current)));
+    stop.store(true, Ordering::Relaxed);
+    let _ = swapper.join();
+}
+
+criterion_group!(benches, validate_10k, route_lookup, snapshot_read);
 criterion_main!(benches);
