@@ -33,6 +33,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a routes.toml and report every problem with its position.
     Validate(ValidateArgs),
+    /// Create or upgrade the message store's schema, then exit.
+    Migrate(StoreArgs),
     /// List the registered provider kinds, their channels and settings.
     Providers {
         #[arg(long, value_enum, default_value_t = Format::Human)]
@@ -69,6 +71,19 @@ pub struct ServeArgs {
     /// Quiet time after a file event before reloading (a burst of writes reloads once).
     #[arg(long, env = "SWITCHBOARD_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reload_debounce: std::time::Duration,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How long finished messages and their attempts are kept (durable stores).
+    #[arg(long, env = "SWITCHBOARD_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Where messages are kept: `sqlite://PATH` (durable, single instance) or `memory://`
+    /// (nothing survives a restart).
+    #[arg(long = "store", env = "SWITCHBOARD_STORE", default_value = "sqlite://switchboard.db")]
+    pub url: String,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +117,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
+        Command::Migrate(args) => migrate(&args),
         Command::Providers { format } => providers(format),
     }
 }
@@ -134,6 +150,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             debounce: args.reload_debounce,
             poll_interval: args.reload_poll_interval.max(std::time::Duration::from_millis(10)),
         },
+        store: args.store.url,
+        retention: args.retention,
     };
     match runtime.block_on(crate::serve::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +161,32 @@ fn serve(args: ServeArgs) -> ExitCode {
                 ServeError::Invalid { .. } => ExitCode::from(EXIT_INVALID),
                 _ => ExitCode::from(EXIT_CANNOT_RUN),
             }
+        }
+    }
+}
+
+fn migrate(args: &StoreArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchboard: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let url = args.url.as_str();
+    let outcome = match url.strip_prefix("sqlite://") {
+        Some(path) => runtime.block_on(crate::store::SqliteStore::migrate(path)),
+        None if url.starts_with("memory:") => Ok(Vec::new()),
+        None => Err(crate::store::StoreError::UnsupportedUrl(url.to_owned())),
+    };
+    match outcome {
+        Ok(versions) => {
+            print_out(&format!("{url}: schema up to date (migrations applied: {versions:?})\n"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            ExitCode::from(EXIT_CANNOT_RUN)
         }
     }
 }

@@ -75,6 +75,7 @@ pub struct Metrics {
     routing_errors: Family<RoutingErrorLabels, Counter>,
     queue_depth: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    possible_duplicates: Counter,
     config_info: Family<VersionLabels, Gauge>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -103,6 +104,7 @@ impl Metrics {
         let routing_errors = Family::default();
         let queue_depth = Gauge::default();
         let reloads = Family::default();
+        let possible_duplicates = Counter::default();
         let config_info = Family::default();
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
@@ -168,6 +170,7 @@ impl Metrics {
             routing_errors,
             queue_depth,
             reloads,
+            possible_duplicates,
             config_info,
             last_reload,
         }
@@ -221,6 +224,10 @@ impl Metrics {
     /// A provider left the config: its state gauge goes (its counters stay, as history).
     pub fn forget_provider(&self, provider: &str) {
         self.breaker_state.remove(&ProviderLabels { provider: provider.to_owned() });
+    }
+
+    pub fn possible_duplicate(&self) {
+        self.possible_duplicates.inc();
     }
 
     pub fn reload(&self, result: &str) {

@@ -15,7 +15,7 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::reload::{spawn_watchers, Reloader, WatchOptions};
-use crate::store::{MemoryStore, MessageStore};
+use crate::store::MessageStore;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -26,6 +26,10 @@ pub struct ServeOptions {
     pub body_limit: usize,
     pub memory_retention: usize,
     pub reload: WatchOptions,
+    /// `sqlite://PATH` or `memory://`.
+    pub store: String,
+    /// How long finished messages are kept in a durable store.
+    pub retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,8 @@ pub enum ServeError {
     Listen { address: String, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
@@ -77,8 +83,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
-    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(options.memory_retention));
-    tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
+    let store: Arc<dyn MessageStore> = crate::store::open(&options.store, options.memory_retention).await?;
+    if store.is_durable() {
+        tracing::info!(store = %store.describe(), "message store opened");
+    } else {
+        tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
+    }
+    let pending = store.pending().await?;
 
     let reloader =
         Arc::new(Reloader::new(options.config.clone(), Arc::clone(&snapshot), Arc::clone(&metrics)));
@@ -87,6 +98,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
     let (dispatcher, workers) =
         Dispatcher::start(Arc::clone(&snapshot), Arc::clone(&store), Arc::clone(&metrics), options.dispatch);
+    if !pending.is_empty() {
+        tracing::info!(messages = pending.len(), "resuming messages accepted before the last stop");
+    }
+    dispatcher.resume(pending);
+    let purger =
+        tokio::spawn(purge_finished(Arc::clone(&store), options.retention, watching_purge(&stop_watching)));
     let state = Arc::new(AppState {
         snapshot,
         dispatcher: dispatcher.clone(),
@@ -95,6 +112,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         reloader,
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
+        idempotency_in_flight: Default::default(),
     });
 
     let listener = tokio::net::TcpListener::bind(&options.listen)
@@ -129,6 +147,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     for task in watchers {
         let _ = task.await;
     }
+    let _ = purger.await;
     let remaining = workers.shutdown(options.grace_period).await;
     if remaining > 0 {
         tracing::warn!(
@@ -139,6 +158,47 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tracing::info!(queued = 0, "stopped with no message left queued");
     }
     Ok(())
+}
+
+fn watching_purge(stop: &tokio::sync::watch::Sender<bool>) -> tokio::sync::watch::Receiver<bool> {
+    stop.subscribe()
+}
+
+/// Deletes finished messages older than `retention`, in small batches so sends never wait long.
+async fn purge_finished(
+    store: Arc<dyn MessageStore>,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const BATCH: u32 = 500;
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = every.tick() => {
+                let before = std::time::SystemTime::now() - retention;
+                let mut purged = 0;
+                loop {
+                    match store.purge(before, BATCH).await {
+                        Ok(n) => {
+                            purged += n;
+                            if n < u64::from(BATCH) {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "retention purge failed");
+                            break;
+                        }
+                    }
+                }
+                if purged > 0 {
+                    tracing::info!(purged, "purged finished messages past retention");
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

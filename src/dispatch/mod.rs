@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::config::{ProviderHandle, Snapshot};
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
-use crate::store::{Attempt, Failure, Final, MessageStore, Outcome, Status, StoreError};
+use crate::store::{
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending, Status, StoreError,
+};
 
 /// How long a provider that answered 429 without Retry-After is left alone.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
@@ -38,8 +40,19 @@ pub enum SubmitError {
     NoRoute(String),
     #[error("the dispatch queue is full")]
     QueueFull,
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a submit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored and queued under the message's own id.
+    Accepted,
+    /// An earlier request with the same idempotency key and body was accepted as this message.
+    Replayed { id: String, channel: String },
 }
 
 /// A message on its way through the queue, with what its earlier rounds learned.
@@ -90,9 +103,14 @@ impl Dispatcher {
         (Dispatcher { shared: Arc::clone(&shared) }, Workers { stop, receiver, slots, workers, shared })
     }
 
-    /// Accepts a message: checks its channel has a route, takes a queue slot, stores it, queues
-    /// it. Nothing is stored unless all of that succeeds.
-    pub async fn submit(&self, message: OutboundMessage) -> Result<(), SubmitError> {
+    /// Accepts a message: checks its channel has a route, takes a queue slot, stores it (with
+    /// its idempotency key, in one transaction), queues it. Nothing is stored unless all of that
+    /// succeeds.
+    pub async fn submit(
+        &self,
+        message: OutboundMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Submitted, SubmitError> {
         let shared = &self.shared;
         let channel = message.channel.as_str();
         if shared.snapshot.load().route(channel).is_none() {
@@ -100,10 +118,39 @@ impl Dispatcher {
             return Err(SubmitError::NoRoute(channel.to_owned()));
         }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
-        shared.store.insert(&message).await?;
+        match shared.store.insert(&message, key).await? {
+            Inserted::New => {}
+            Inserted::Replay { id, channel } => return Ok(Submitted::Replayed { id, channel }),
+            Inserted::KeyReused => return Err(SubmitError::KeyReused),
+        }
         shared.metrics.accepted(channel);
         slot.send(Job { message: Arc::new(message), attempts: 0, round: 0, last_error: None });
-        Ok(())
+        Ok(Submitted::Accepted)
+    }
+
+    /// Resumes messages a durable store still holds from before a restart: due ones now, the
+    /// rest when their stored retry time comes. An attempt that was started and never recorded
+    /// may have reached the provider: it is counted and logged as a possible duplicate.
+    pub fn resume(&self, pending: Vec<Pending>) {
+        let now = SystemTime::now();
+        for item in pending {
+            if item.interrupted {
+                self.shared.metrics.possible_duplicate();
+                tracing::warn!(
+                    message_id = %item.message.id,
+                    attempts = item.attempts,
+                    "resuming a message whose last attempt was interrupted: the provider may already have it (possible duplicate)"
+                );
+            }
+            let delay = item.not_before.duration_since(now).unwrap_or_default();
+            let job = Job {
+                message: Arc::new(item.message),
+                attempts: item.attempts,
+                round: item.round,
+                last_error: None,
+            };
+            schedule_local(&self.shared, job, delay);
+        }
     }
 
     /// Messages waiting: in the queue or scheduled for a retry.
@@ -179,20 +226,30 @@ async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
         Round::Done => {}
         Round::Retry(delay) => {
             job.round += 1;
-            shared.scheduled.fetch_add(1, Ordering::Relaxed);
-            let shared = Arc::clone(shared);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                // Waits for queue space: an accepted message is never dropped for a full queue.
-                let requeued = shared.tx.send(job).await;
-                shared.scheduled.fetch_sub(1, Ordering::Relaxed);
-                if let Err(unsent) = requeued {
-                    let id = &unsent.0.message.id;
-                    tracing::warn!(message_id = %id, "service stopping: a scheduled retry was not requeued");
-                }
-            });
+            let not_before = SystemTime::now() + delay;
+            let stored = shared.store.schedule(&job.message.id, not_before, job.attempts, job.round).await;
+            log_store_error(&job.message.id, stored);
+            schedule_local(shared, job, delay);
         }
     }
+}
+
+/// Puts a job back on the queue after `delay`, waiting for room: an accepted message is never
+/// dropped for a full queue.
+fn schedule_local(shared: &Arc<Shared>, job: Job, delay: Duration) {
+    shared.scheduled.fetch_add(1, Ordering::Relaxed);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let requeued = shared.tx.send(job).await;
+        shared.scheduled.fetch_sub(1, Ordering::Relaxed);
+        if let Err(unsent) = requeued {
+            let id = &unsent.0.message.id;
+            tracing::warn!(message_id = %id, "service stopping: a scheduled retry was not requeued");
+        }
+    });
 }
 
 async fn round(shared: &Shared, job: &mut Job) -> Round {
@@ -298,6 +355,11 @@ fn earliest(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
 /// One attempt: send within the provider's timeout, then record it everywhere.
 async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<Option<String>, SendError> {
     let message = &job.message;
+    // Recorded before the call: after a crash, an attempt with no outcome is a possible duplicate.
+    log_store_error(
+        &message.id,
+        shared.store.attempt_started(&message.id, job.attempts, &handle.label).await,
+    );
     let started = Instant::now();
     let result =
         match tokio::time::timeout(handle.config.settings.timeout, handle.instance().send(message)).await {
@@ -328,7 +390,7 @@ async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<
         latency_ms,
         time: SystemTime::now(),
     };
-    log_store_error(&message.id, shared.store.record_attempt(&message.id, record).await);
+    log_store_error(&message.id, shared.store.record_attempt(&message.id, job.attempts, record).await);
     result
 }
 

@@ -10,14 +10,25 @@ use crate::dispatch::SubmitError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidJson(String),
-    InvalidField { field: String, message: String },
+    InvalidField {
+        field: String,
+        message: String,
+    },
     UnsupportedMediaType,
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     NotFound,
     MethodNotAllowed,
-    NoRoute { channel: String },
+    NoRoute {
+        channel: String,
+    },
     QueueFull,
     StoreUnavailable,
+    /// The idempotency key was used for a different request.
+    KeyReused,
+    /// A request with this idempotency key is still being answered.
+    KeyInFlight,
 }
 
 #[derive(Serialize)]
@@ -52,6 +63,8 @@ impl ApiError {
             ApiError::NoRoute { .. } | ApiError::QueueFull | ApiError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyInFlight => StatusCode::CONFLICT,
         }
     }
 
@@ -66,6 +79,8 @@ impl ApiError {
             ApiError::NoRoute { .. } => "no_route",
             ApiError::QueueFull => "queue_full",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::KeyReused => "idempotency_key_reused",
+            ApiError::KeyInFlight => "idempotency_key_in_flight",
         }
     }
 
@@ -86,6 +101,12 @@ impl ApiError {
             ApiError::StoreUnavailable => {
                 "the message store is unavailable; the message was not accepted".into()
             }
+            ApiError::KeyReused => {
+                "this Idempotency-Key was already used with a different request in the last 24 hours".into()
+            }
+            ApiError::KeyInFlight => {
+                "a request with this Idempotency-Key is still being answered; retry".into()
+            }
         }
     }
 }
@@ -95,6 +116,7 @@ impl From<SubmitError> for ApiError {
         match error {
             SubmitError::NoRoute(channel) => ApiError::NoRoute { channel },
             SubmitError::QueueFull => ApiError::QueueFull,
+            SubmitError::KeyReused => ApiError::KeyReused,
             SubmitError::Store(error) => {
                 tracing::error!(error = %error, "message not accepted: store unavailable");
                 ApiError::StoreUnavailable
@@ -113,7 +135,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), axum::Json(body)).into_response();
         let retry_after = match self {
             ApiError::NoRoute { .. } => Some(RETRY_AFTER_NO_ROUTE),
-            ApiError::QueueFull | ApiError::StoreUnavailable => Some(RETRY_AFTER_BUSY),
+            ApiError::QueueFull | ApiError::StoreUnavailable | ApiError::KeyInFlight => {
+                Some(RETRY_AFTER_BUSY)
+            }
             _ => None,
         };
         if let Some(seconds) = retry_after {

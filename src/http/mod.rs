@@ -24,10 +24,13 @@ pub use error::ApiError;
 pub use payload::{is_email, is_http_url, is_phone, Endpoint};
 
 use crate::config::Snapshot;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Submitted};
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader, Trigger};
-use crate::store::MessageStore;
+use crate::store::{IdempotencyKey, MessageStore};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 /// What every handler shares.
 pub struct AppState {
@@ -40,6 +43,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Idempotency keys whose first request is being answered right now.
+    pub idempotency_in_flight: Mutex<HashSet<String>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -84,19 +89,76 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes = read_body(body, &parts.headers, state.body_limit).await?;
+    let key = idempotency_key(&parts.headers, endpoint, &bytes)?;
+    // A second request with a key whose first request is still being answered gets 409.
+    let _in_flight = match &key {
+        Some(key) => Some(InFlight::claim(&state.idempotency_in_flight, &key.key)?),
+        None => None,
+    };
     let id = uuid::Uuid::now_v7().to_string();
-    let message = payload::parse(endpoint, &bytes, id.clone(), is_known_channel)?;
-    let channel = message.channel.clone();
-    state.dispatcher.submit(message).await?;
+    let message = payload::parse(endpoint, &bytes, id, is_known_channel)?;
+    let (id, channel, replayed) = match state.dispatcher.submit(message.clone(), key.as_ref()).await? {
+        Submitted::Accepted => (message.id, message.channel.to_string(), false),
+        Submitted::Replayed { id, channel } => (id, channel, true),
+    };
     let mut response =
-        (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: channel.as_str() }))
+        (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: &channel }))
             .into_response();
     if endpoint == Endpoint::Native {
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
         }
     }
+    if replayed {
+        response.headers_mut().insert("idempotency-replayed", HeaderValue::from_static("true"));
+    }
     Ok(response)
+}
+
+/// The `Idempotency-Key` header, if any, with a digest of the endpoint and body it came with.
+fn idempotency_key(
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+            )
+        })?;
+    let mut digest = Sha256::new();
+    digest.update(format!("{endpoint:?}\n").as_bytes());
+    digest.update(body);
+    let request_hash = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash }))
+}
+
+/// Marks an idempotency key as being answered by this process, until dropped.
+struct InFlight<'a> {
+    keys: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(keys: &'a Mutex<HashSet<String>>, key: &str) -> Result<Self, ApiError> {
+        let mut set = keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !set.insert(key.to_owned()) {
+            return Err(ApiError::KeyInFlight);
+        }
+        Ok(InFlight { keys, key: key.to_owned() })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+    }
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).

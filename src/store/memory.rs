@@ -11,7 +11,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
-use super::{Attempt, Failure, Final, MessageStore, MessageView, Status, StoreError};
+use super::{
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, Status,
+    StoreError, IDEMPOTENCY_WINDOW,
+};
 
 const SHARDS: usize = 32;
 
@@ -57,6 +60,8 @@ pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     finished: Mutex<VecDeque<u128>>,
     retain_finished: usize,
+    /// Idempotency key → (request hash, message id, channel, when).
+    keys: Mutex<HashMap<String, (String, String, String, SystemTime)>>,
 }
 
 fn key(id: &str) -> Option<u128> {
@@ -76,6 +81,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             finished: Mutex::new(VecDeque::new()),
             retain_finished,
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,11 +102,27 @@ impl MemoryStore {
 
 #[async_trait]
 impl MessageStore for MemoryStore {
-    async fn insert(&self, message: &OutboundMessage) -> Result<(), StoreError> {
-        let Some(key) = key(&message.id) else {
+    async fn insert(
+        &self,
+        message: &OutboundMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Inserted, StoreError> {
+        let Some(id) = self::key(&message.id) else {
             return Err(StoreError::Unavailable(format!("message id {:?} is not a UUID", message.id)));
         };
         let now = SystemTime::now();
+        // The key is checked and taken under one lock, before the message is stored.
+        let mut keys = key.map(|_| lock(&self.keys));
+        if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
+            keys.retain(|_, (_, _, _, at)| now.duration_since(*at).unwrap_or_default() < IDEMPOTENCY_WINDOW);
+            if let Some((hash, original, channel, _)) = keys.get(&key.key) {
+                return Ok(if *hash == key.request_hash {
+                    Inserted::Replay { id: original.clone(), channel: channel.clone() }
+                } else {
+                    Inserted::KeyReused
+                });
+            }
+        }
         let record = Record {
             channel: message.channel.clone(),
             status: Status::Queued,
@@ -112,16 +134,35 @@ impl MessageStore for MemoryStore {
             created_at: now,
             updated_at: now,
         };
-        self.shard(key).insert(key, record);
-        Ok(())
+        self.shard(id).insert(id, record);
+        if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
+            let entry = (key.request_hash.clone(), message.id.clone(), message.channel.to_string(), now);
+            keys.insert(key.key.clone(), entry);
+        }
+        Ok(Inserted::New)
     }
 
     async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
         self.update(id, |record| record.status = Status::Sending)
     }
 
-    async fn record_attempt(&self, id: &str, attempt: Attempt) -> Result<(), StoreError> {
+    async fn attempt_started(&self, _id: &str, _number: u32, _provider: &str) -> Result<(), StoreError> {
+        // Nothing here survives a crash, so there is nothing to reconcile after one.
+        Ok(())
+    }
+
+    async fn record_attempt(&self, id: &str, _number: u32, attempt: Attempt) -> Result<(), StoreError> {
         self.update(id, |record| record.attempts.push(attempt))
+    }
+
+    async fn schedule(
+        &self,
+        _id: &str,
+        _not_before: SystemTime,
+        _attempts: u32,
+        _round: u32,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError> {
@@ -169,8 +210,21 @@ impl MessageStore for MemoryStore {
         }))
     }
 
+    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn purge(&self, _before: SystemTime, _batch: u32) -> Result<u64, StoreError> {
+        // Finished messages are bounded by count (`retain_finished`) instead.
+        Ok(0)
+    }
+
     fn describe(&self) -> String {
         "memory://".to_owned()
+    }
+
+    fn is_durable(&self) -> bool {
+        false
     }
 }
 
@@ -196,7 +250,7 @@ mod tests {
         let store = MemoryStore::new(2);
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
         for id in &ids {
-            store.insert(&message(id)).await?;
+            assert_eq!(store.insert(&message(id), None).await?, Inserted::New);
         }
         let status = |view: Option<MessageView>| view.map(|v| v.status);
         assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Queued));
@@ -217,7 +271,7 @@ mod tests {
         assert!(store.get(&ids[0]).await?.is_none());
         assert!(store.get(&ids[1]).await?.is_some() && store.get(&ids[2]).await?.is_some());
         assert!(store.get("not-a-uuid").await?.is_none());
-        assert!(store.insert(&message("not-a-uuid")).await.is_err());
+        assert!(store.insert(&message("not-a-uuid"), None).await.is_err());
         Ok(())
     }
 }

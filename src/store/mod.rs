@@ -1,7 +1,9 @@
-//! Where accepted messages and their attempts are kept: the [`MessageStore`] trait and its
-//! in-memory implementation. A durable store implements the same trait.
+//! Where accepted messages, their attempts and the dispatch queue are kept: the
+//! [`MessageStore`] trait, the in-memory store (`memory://`) and the SQLite store
+//! (`sqlite://PATH`, the default).
 
 mod memory;
+mod sqlite;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,6 +13,10 @@ use serde::Serialize;
 use switchboard_providers::{Channel, ErrorClass, OutboundMessage, SendError};
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A message's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,19 +129,93 @@ pub enum Final {
 pub enum StoreError {
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
+    #[error("unsupported store URL {0:?}: use sqlite://PATH or memory://")]
+    UnsupportedUrl(String),
+}
+
+/// An `Idempotency-Key` and a digest of the request that came with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What inserting a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored and queued.
+    New,
+    /// The key was used within the window for the same request: nothing was created; this was
+    /// the original answer's message.
+    Replay { id: String, channel: String },
+    /// The key was used within the window for a different request.
+    KeyReused,
+}
+
+/// A message still to be dispatched, as found in a store at start-up.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub message: OutboundMessage,
+    pub attempts: u32,
+    pub round: u32,
+    pub not_before: SystemTime,
+    /// An attempt was started and never recorded: the provider may have sent it already.
+    pub interrupted: bool,
 }
 
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Stores a new message as `queued`.
-    async fn insert(&self, message: &OutboundMessage) -> Result<(), StoreError>;
+    /// Stores a new message as `queued` together with its queue entry and its idempotency key,
+    /// all or nothing.
+    async fn insert(
+        &self,
+        message: &OutboundMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Inserted, StoreError>;
     /// Marks a message `sending` (its first attempt is about to start).
     async fn mark_sending(&self, id: &str) -> Result<(), StoreError>;
-    async fn record_attempt(&self, id: &str, attempt: Attempt) -> Result<(), StoreError>;
+    /// Records that attempt `number` (from 1) is about to call `provider`.
+    async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError>;
+    /// Records how attempt `number` ended.
+    async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError>;
+    /// Stores when a message may next be tried, so a restart resumes the wait.
+    async fn schedule(
+        &self,
+        id: &str,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
+    ) -> Result<(), StoreError>;
+    /// Ends a message: `sent` or `failed`; it leaves the queue.
     async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
-    /// A short description for logs (`memory`, `sqlite://…`).
+    /// Every message still queued, for the dispatcher to resume after a restart.
+    async fn pending(&self) -> Result<Vec<Pending>, StoreError>;
+    /// Deletes up to `batch` messages finished before `before` (with their attempts) and
+    /// expired idempotency keys; returns how many messages went.
+    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError>;
+    /// A short description for logs (`memory://`, `sqlite://…`).
     fn describe(&self) -> String;
+    /// Whether accepted messages survive a restart.
+    fn is_durable(&self) -> bool;
+}
+
+/// Opens the store a URL names: `memory://` or `sqlite://PATH` (created if missing; migrations
+/// run).
+pub async fn open(
+    url: &str,
+    memory_retention: usize,
+) -> Result<std::sync::Arc<dyn MessageStore>, StoreError> {
+    if url == "memory://" || url == "memory:" {
+        return Ok(std::sync::Arc::new(MemoryStore::new(memory_retention)));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        return Ok(std::sync::Arc::new(SqliteStore::open(path).await?));
+    }
+    Err(StoreError::UnsupportedUrl(url.to_owned()))
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -1,0 +1,443 @@
+//! The SQLite store (`sqlite://PATH`): durable on one machine. WAL mode; every write goes through
+//! one connection, so write transactions never deadlock upgrading a read lock; reads use a pool of
+//! their own. Migrations are embedded and run on open.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use switchboard_providers::{Channel, ErrorClass, OutboundMessage};
+
+use super::{
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Outcome, Pending, Status,
+    StoreError, IDEMPOTENCY_WINDOW,
+};
+
+pub struct SqliteStore {
+    path: String,
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The embedded migrations (also run alone by `switchboard migrate`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
+        MIGRATOR.run(&writer).await.map_err(|e| unavailable(format!("migrations on {path} failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
+        Ok(SqliteStore { path: path.to_owned(), writer, reader })
+    }
+
+    /// Runs the migrations only; returns the versions now applied.
+    pub async fn migrate(path: &str) -> Result<Vec<i64>, StoreError> {
+        let store = SqliteStore::open(path).await?;
+        let versions = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&store.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .filter_map(|row| row.try_get::<i64, _>(0).ok())
+            .collect();
+        Ok(versions)
+    }
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn parse_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn status_of(text: &str) -> Status {
+    match text {
+        "sending" => Status::Sending,
+        "sent" => Status::Sent,
+        "failed" => Status::Failed,
+        _ => Status::Queued,
+    }
+}
+
+fn outcome_of(text: &str) -> Outcome {
+    match text {
+        "success" => Outcome::Success,
+        "rate_limited" => Outcome::RateLimited,
+        "timeout" => Outcome::Timeout,
+        "rejected" => Outcome::Rejected,
+        "misconfigured" => Outcome::Misconfigured,
+        _ => Outcome::Error,
+    }
+}
+
+fn class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::NotSent => "not_sent",
+        ErrorClass::Ambiguous => "ambiguous",
+        ErrorClass::Rejected => "rejected",
+        ErrorClass::Misconfigured => "misconfigured",
+    }
+}
+
+fn class_of(text: &str) -> Option<ErrorClass> {
+    match text {
+        "not_sent" => Some(ErrorClass::NotSent),
+        "ambiguous" => Some(ErrorClass::Ambiguous),
+        "rejected" => Some(ErrorClass::Rejected),
+        "misconfigured" => Some(ErrorClass::Misconfigured),
+        _ => None,
+    }
+}
+
+fn channel_of(text: &str) -> Channel {
+    Channel::new(text).unwrap_or(Channel::SMS)
+}
+
+fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
+    Ok(OutboundMessage {
+        id: row.try_get("id")?,
+        channel: channel_of(row.try_get("channel")?),
+        from: row.try_get("sender")?,
+        to: row.try_get("recipient")?,
+        subject: row.try_get("subject")?,
+        body: row.try_get("body")?,
+        attachments: parse_list(row.try_get("attachments")?),
+        tags: parse_list(row.try_get("tags")?),
+    })
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert(
+        &self,
+        message: &OutboundMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Inserted, StoreError> {
+        let now = ms(SystemTime::now());
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        if let Some(key) = key {
+            let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
+                .bind(&key.key)
+                .bind(window_start)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let existing =
+                sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
+                    .bind(&key.key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            if let Some(row) = existing {
+                let hash: String = row.try_get(0).map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                return Ok(if hash == key.request_hash {
+                    Inserted::Replay {
+                        id: row.try_get(1).map_err(unavailable)?,
+                        channel: row.try_get(2).map_err(unavailable)?,
+                    }
+                } else {
+                    Inserted::KeyReused
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        )
+        .bind(&message.id)
+        .bind(message.channel.as_str())
+        .bind(&message.from)
+        .bind(&message.to)
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(json_list(&message.attachments))
+        .bind(json_list(&message.tags))
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("INSERT INTO queue (message_id, not_before) VALUES (?, ?)")
+            .bind(&message.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if let Some(key) = key {
+            sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&key.key)
+                .bind(&key.request_hash)
+                .bind(&message.id)
+                .bind(message.channel.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Inserted::New)
+    }
+
+    async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET status = 'sending', updated_at = ? WHERE id = ? AND status = 'queued'",
+        )
+        .bind(ms(SystemTime::now()))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attempts (message_id, number, provider, started_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+             started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
+        )
+        .bind(id)
+        .bind(i64::from(number))
+        .bind(provider)
+        .bind(ms(SystemTime::now()))
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let started = ms(attempt.time) - i64::try_from(attempt.latency_ms).unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+             error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+             latency_ms = excluded.latency_ms",
+        )
+        .bind(id)
+        .bind(i64::from(number))
+        .bind(&*attempt.provider)
+        .bind(started)
+        .bind(ms(attempt.time))
+        .bind(attempt.outcome.as_str())
+        .bind(attempt.error_class.map(class_name))
+        .bind(&attempt.error_code)
+        .bind(&attempt.error_message)
+        .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
+            .bind(i64::from(number))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn schedule(
+        &self,
+        id: &str,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE queue SET not_before = ?, attempts = ?, round = ? WHERE message_id = ?")
+            .bind(ms(not_before))
+            .bind(i64::from(attempts))
+            .bind(i64::from(round))
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError> {
+        let now = ms(SystemTime::now());
+        let (status, provider, provider_message_id, error) = match outcome {
+            Final::Sent { provider, provider_message_id } => {
+                ("sent", Some(provider), provider_message_id, None)
+            }
+            Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
+        };
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?, error_code = ?, error_message = ?, \
+             updated_at = ?, finished_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(provider.as_deref())
+        .bind(provider_message_id)
+        .bind(error.as_ref().map(|e| e.code.clone()))
+        .bind(error.map(|e| e.message))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("DELETE FROM queue WHERE message_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, created_at, updated_at \
+             FROM messages WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at \
+             FROM attempts WHERE message_id = ? AND finished_at IS NOT NULL ORDER BY number",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let view = (|| -> Result<MessageView, sqlx::Error> {
+            let error_code: Option<String> = row.try_get("error_code")?;
+            let error_message: Option<String> = row.try_get("error_message")?;
+            let provider: Option<String> = row.try_get("provider")?;
+            Ok(MessageView {
+                id: row.try_get("id")?,
+                channel: channel_of(row.try_get("channel")?),
+                status: status_of(row.try_get("status")?),
+                provider: provider.map(Arc::from),
+                provider_message_id: row.try_get("provider_message_id")?,
+                attempts: attempts
+                    .iter()
+                    .map(|a| {
+                        let provider: String = a.try_get("provider")?;
+                        let outcome: Option<String> = a.try_get("outcome")?;
+                        let class: Option<String> = a.try_get("error_class")?;
+                        let latency: Option<i64> = a.try_get("latency_ms")?;
+                        let finished: Option<i64> = a.try_get("finished_at")?;
+                        Ok(Attempt {
+                            provider: Arc::from(provider),
+                            outcome: outcome_of(outcome.as_deref().unwrap_or("")),
+                            error_class: class.as_deref().and_then(class_of),
+                            error_code: a.try_get("error_code")?,
+                            error_message: a.try_get("error_message")?,
+                            latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
+                            time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?,
+                error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
+                tags: parse_list(row.try_get("tags")?),
+                created_at: from_ms(row.try_get("created_at")?),
+                updated_at: from_ms(row.try_get("updated_at")?),
+            })
+        })()
+        .map_err(unavailable)?;
+        Ok(Some(view))
+    }
+
+    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
+             q.not_before, q.round, \
+             MAX(q.attempts, COALESCE((SELECT MAX(number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
+             EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
+             FROM queue q JOIN messages m ON m.id = q.message_id ORDER BY q.not_before",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Pending {
+                    message: message_of(row)?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    round: u32::try_from(row.try_get::<i64, _>("round")?).unwrap_or(0),
+                    not_before: from_ms(row.try_get("not_before")?),
+                    interrupted: row.try_get::<bool, _>("interrupted")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
+        let purged = sqlx::query(
+            "DELETE FROM messages WHERE id IN \
+             (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?)",
+        )
+        .bind(ms(before))
+        .bind(i64::from(batch))
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let window_start =
+            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)")
+            .bind(window_start)
+            .bind(i64::from(batch))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(purged)
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path)
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
