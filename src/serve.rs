@@ -90,6 +90,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
     }
     let pending = store.pending().await?;
+    let durable = store.is_durable();
 
     let reloader =
         Arc::new(Reloader::new(options.config.clone(), Arc::clone(&snapshot), Arc::clone(&metrics)));
@@ -149,7 +150,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = purger.await;
     let remaining = workers.shutdown(options.grace_period).await;
-    if remaining > 0 {
+    if remaining > 0 && durable {
+        tracing::info!(
+            queued = remaining,
+            "stopped with {remaining} messages still queued (stored: they resume at the next start)"
+        );
+    } else if remaining > 0 {
         tracing::warn!(
             queued = remaining,
             "stopped with {remaining} messages still queued (memory store: they are lost)"
