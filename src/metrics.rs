@@ -159,6 +159,11 @@ impl Metrics {
             "When the active config was loaded (Unix time)",
             last_reload.clone(),
         );
+        registry.register(
+            "switchboard_possible_duplicates",
+            "Messages resumed after a crash interrupted an attempt: the provider may have sent them twice",
+            possible_duplicates.clone(),
+        );
         Metrics {
             registry,
             accepted,
@@ -289,6 +294,7 @@ mod tests {
             "switchboard_queue_depth 7",
             "switchboard_config_reloads_total{result=\"rejected\"} 1",
             "switchboard_config_info{version=\"bbb\"} 1",
+            "switchboard_possible_duplicates_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -261,7 +261,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             code: "no_route".into(),
             message: format!("channel `{channel}` has no route in the active config"),
         };
-        finish(shared, job, Final::Failed { provider: None, failure }).await;
+        finish(shared, job, Final::Failed { provider: None, failure }, None).await;
         return Round::Done;
     };
     let max_attempts = route.config.max_attempts;
@@ -289,7 +289,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         attempted = true;
         job.attempts += 1;
-        let result = attempt(shared, handle, job).await;
+        let (result, record) = attempt(shared, handle, job).await;
         let verdict = match &result {
             Ok(_) => Verdict::Success,
             Err(SendError::RateLimited { .. } | SendError::Rejected { .. }) => Verdict::Neutral,
@@ -300,16 +300,20 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         let provider = Arc::clone(&handle.label);
         match result {
+            // The final attempt is stored with the message's end, in one write: a crash cannot
+            // leave a recorded success on a message still queued (to be sent again).
             Ok(provider_message_id) => {
-                finish(shared, job, Final::Sent { provider, provider_message_id }).await;
+                finish(shared, job, Final::Sent { provider, provider_message_id }, Some(record)).await;
                 return Round::Done;
             }
             Err(error @ SendError::Rejected { .. }) => {
                 let failure = Failure { code: "rejected".into(), message: error.to_string() };
-                finish(shared, job, Final::Failed { provider: Some(provider), failure }).await;
+                finish(shared, job, Final::Failed { provider: Some(provider), failure }, Some(record)).await;
                 return Round::Done;
             }
             Err(error) => {
+                let stored = shared.store.record_attempt(&job.message.id, job.attempts, record).await;
+                log_store_error(&job.message.id, stored);
                 if let SendError::RateLimited { retry_after } = &error {
                     let until = Instant::now() + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
                     handle.health().pause.pause_until(until);
@@ -328,7 +332,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             None => (None, format!("gave up after {} attempts", job.attempts)),
         };
         let failure = Failure { code: "attempts_exhausted".into(), message };
-        finish(shared, job, Final::Failed { provider, failure }).await;
+        finish(shared, job, Final::Failed { provider, failure }, None).await;
         return Round::Done;
     }
     let now = Instant::now();
@@ -353,7 +357,13 @@ fn earliest(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
 }
 
 /// One attempt: send within the provider's timeout, then record it everywhere.
-async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<Option<String>, SendError> {
+/// One attempt: record it as started, send within the provider's timeout, log and count it.
+/// Returns the outcome and its record, for the caller to store with what it decides.
+async fn attempt(
+    shared: &Shared,
+    handle: &ProviderHandle,
+    job: &Job,
+) -> (Result<Option<String>, SendError>, Attempt) {
     let message = &job.message;
     // Recorded before the call: after a crash, an attempt with no outcome is a possible duplicate.
     log_store_error(
@@ -390,11 +400,10 @@ async fn attempt(shared: &Shared, handle: &ProviderHandle, job: &Job) -> Result<
         latency_ms,
         time: SystemTime::now(),
     };
-    log_store_error(&message.id, shared.store.record_attempt(&message.id, job.attempts, record).await);
-    result
+    (result, record)
 }
 
-async fn finish(shared: &Shared, job: &Job, outcome: Final) {
+async fn finish(shared: &Shared, job: &Job, outcome: Final, last_attempt: Option<Attempt>) {
     let message = &job.message;
     let status = match &outcome {
         Final::Sent { .. } => Status::Sent,
@@ -409,7 +418,8 @@ async fn finish(shared: &Shared, job: &Job, outcome: Final) {
         }
     }
     shared.metrics.completed(message.channel.as_str(), status);
-    log_store_error(&message.id, shared.store.finish(&message.id, outcome).await);
+    let last_attempt = last_attempt.map(|record| (job.attempts, record));
+    log_store_error(&message.id, shared.store.finish(&message.id, outcome, last_attempt).await);
 }
 
 fn breaker_changed(shared: &Shared, handle: &ProviderHandle, state: BreakerState) {

@@ -165,17 +165,25 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError> {
-        self.update(id, |record| match outcome {
-            Final::Sent { provider, provider_message_id } => {
-                record.status = Status::Sent;
-                record.provider = Some(provider);
-                record.provider_message_id = provider_message_id.map(String::into_boxed_str);
-            }
-            Final::Failed { provider, failure } => {
-                record.status = Status::Failed;
-                record.provider = provider;
-                record.error = Some(Box::new(failure));
+    async fn finish(
+        &self,
+        id: &str,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+    ) -> Result<(), StoreError> {
+        self.update(id, |record| {
+            record.attempts.extend(last_attempt.map(|(_, attempt)| attempt));
+            match outcome {
+                Final::Sent { provider, provider_message_id } => {
+                    record.status = Status::Sent;
+                    record.provider = Some(provider);
+                    record.provider_message_id = provider_message_id.map(String::into_boxed_str);
+                }
+                Final::Failed { provider, failure } => {
+                    record.status = Status::Failed;
+                    record.provider = provider;
+                    record.error = Some(Box::new(failure));
+                }
             }
         })?;
         let Some(finished_key) = key(id) else { return Ok(()) };
@@ -257,7 +265,7 @@ mod tests {
         store.mark_sending(&ids[0]).await?;
         assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Sending));
         let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: Some("x".into()) };
-        store.finish(&ids[0], sent).await?;
+        store.finish(&ids[0], sent, None).await?;
         let view = store.get(&ids[0]).await?;
         assert_eq!(
             view.as_ref().map(|v| (v.status, v.provider.as_deref(), v.tags.clone())),
@@ -265,8 +273,8 @@ mod tests {
         );
 
         let failure = Failure { code: "rejected".into(), message: "no".into() };
-        store.finish(&ids[1], Final::Failed { provider: None, failure: failure.clone() }).await?;
-        store.finish(&ids[2], Final::Failed { provider: None, failure }).await?;
+        store.finish(&ids[1], Final::Failed { provider: None, failure: failure.clone() }, None).await?;
+        store.finish(&ids[2], Final::Failed { provider: None, failure }, None).await?;
         // Two finished messages are retained: the oldest is forgotten.
         assert!(store.get(&ids[0]).await?.is_none());
         assert!(store.get(&ids[1]).await?.is_some() && store.get(&ids[2]).await?.is_some());

@@ -186,8 +186,14 @@ pub trait MessageStore: Send + Sync + 'static {
         attempts: u32,
         round: u32,
     ) -> Result<(), StoreError>;
-    /// Ends a message: `sent` or `failed`; it leaves the queue.
-    async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError>;
+    /// Ends a message: `sent` or `failed`; it leaves the queue. `last_attempt` (number and
+    /// record), when given, is stored in the same write.
+    async fn finish(
+        &self,
+        id: &str,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+    ) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
     /// Every message still queued, for the dispatcher to resume after a restart.
     async fn pending(&self) -> Result<Vec<Pending>, StoreError>;

@@ -141,6 +141,37 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     })
 }
 
+/// Stores how an attempt ended (creating its row if its start was not recorded).
+async fn write_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    number: u32,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    let started = ms(attempt.time) - i64::try_from(attempt.latency_ms).unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+         error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+         latency_ms = excluded.latency_ms",
+    )
+    .bind(id)
+    .bind(i64::from(number))
+    .bind(&*attempt.provider)
+    .bind(started)
+    .bind(ms(attempt.time))
+    .bind(attempt.outcome.as_str())
+    .bind(attempt.error_class.map(class_name))
+    .bind(&attempt.error_code)
+    .bind(&attempt.error_message)
+    .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert(
@@ -245,27 +276,7 @@ impl MessageStore for SqliteStore {
 
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let started = ms(attempt.time) - i64::try_from(attempt.latency_ms).unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
-             error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
-             latency_ms = excluded.latency_ms",
-        )
-        .bind(id)
-        .bind(i64::from(number))
-        .bind(&*attempt.provider)
-        .bind(started)
-        .bind(ms(attempt.time))
-        .bind(attempt.outcome.as_str())
-        .bind(attempt.error_class.map(class_name))
-        .bind(&attempt.error_code)
-        .bind(&attempt.error_message)
-        .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        write_attempt(&mut tx, id, number, &attempt).await?;
         sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
             .bind(i64::from(number))
             .bind(id)
@@ -294,7 +305,12 @@ impl MessageStore for SqliteStore {
         Ok(())
     }
 
-    async fn finish(&self, id: &str, outcome: Final) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        id: &str,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+    ) -> Result<(), StoreError> {
         let now = ms(SystemTime::now());
         let (status, provider, provider_message_id, error) = match outcome {
             Final::Sent { provider, provider_message_id } => {
@@ -303,6 +319,9 @@ impl MessageStore for SqliteStore {
             Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
         };
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        if let Some((number, attempt)) = &last_attempt {
+            write_attempt(&mut tx, id, *number, attempt).await?;
+        }
         sqlx::query(
             "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?, error_code = ?, error_message = ?, \
              updated_at = ?, finished_at = ? WHERE id = ?",
@@ -439,5 +458,142 @@ impl MessageStore for SqliteStore {
 
     fn is_durable(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tags: &[&str]) -> OutboundMessage {
+        OutboundMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            channel: Channel::EMAIL,
+            from: "a@example.com".into(),
+            to: "b@example.com".into(),
+            subject: Some("Hi".into()),
+            body: "<b>hello</b>".into(),
+            attachments: vec!["https://example.com/a.pdf".into()],
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    fn attempt(provider: &str, outcome: Outcome) -> Attempt {
+        Attempt {
+            provider: Arc::from(provider),
+            outcome,
+            error_class: (outcome != Outcome::Success).then_some(ErrorClass::Ambiguous),
+            error_code: (outcome != Outcome::Success).then(|| "500".to_owned()),
+            error_message: None,
+            latency_ms: 3,
+            time: SystemTime::now(),
+        }
+    }
+
+    fn key(key: &str, hash: &str) -> IdempotencyKey {
+        IdempotencyKey { key: key.into(), request_hash: hash.into() }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_survives_reopening() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let path = dir.path().join("t.db").to_string_lossy().into_owned();
+        let store = SqliteStore::open(&path).await?;
+        let (done, waiting, interrupted) = (message(&["otp"]), message(&[]), message(&[]));
+        for m in [&done, &waiting, &interrupted] {
+            assert_eq!(store.insert(m, None).await?, Inserted::New);
+        }
+        store.mark_sending(&done.id).await?;
+        store.attempt_started(&done.id, 1, "p1").await?;
+        store.record_attempt(&done.id, 1, attempt("p1", Outcome::Error)).await?;
+        store.attempt_started(&done.id, 2, "p2").await?;
+        let sent = Final::Sent { provider: Arc::from("p2"), provider_message_id: Some("x1".into()) };
+        store.finish(&done.id, sent, Some((2, attempt("p2", Outcome::Success)))).await?;
+        let later = SystemTime::now() + Duration::from_secs(60);
+        store.schedule(&waiting.id, later, 1, 1).await?;
+        store.attempt_started(&interrupted.id, 1, "p1").await?;
+        drop(store);
+
+        let store = SqliteStore::open(&path).await?;
+        let view = store.get(&done.id).await?.ok_or_else(|| unavailable("gone"))?;
+        assert_eq!(
+            (view.status, view.provider.as_deref(), view.provider_message_id.as_deref()),
+            (Status::Sent, Some("p2"), Some("x1"))
+        );
+        assert_eq!(
+            view.attempts.iter().map(|a| (&*a.provider, a.outcome)).collect::<Vec<_>>(),
+            [("p1", Outcome::Error), ("p2", Outcome::Success)]
+        );
+        assert_eq!(view.attempts[0].error_class, Some(ErrorClass::Ambiguous));
+        assert_eq!(view.tags, ["otp"]);
+
+        let pending = store.pending().await?;
+        let summary: Vec<(String, u32, u32, bool)> =
+            pending.iter().map(|p| (p.message.id.clone(), p.attempts, p.round, p.interrupted)).collect();
+        assert_eq!(summary, [(interrupted.id.clone(), 1, 0, true), (waiting.id.clone(), 1, 1, false)]);
+        let resumed = pending.iter().find(|p| p.message.id == waiting.id).map(|p| p.message.clone());
+        assert_eq!(
+            resumed.map(|m| (m.body, m.subject, m.attachments)),
+            Some((waiting.body, waiting.subject, waiting.attachments))
+        );
+        assert!(pending
+            .iter()
+            .any(|p| p.message.id == waiting.id && p.not_before >= later - Duration::from_millis(1)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_replay_refuse_and_expire() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let store = SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?;
+        let first = message(&[]);
+        assert_eq!(store.insert(&first, Some(&key("k1", "h1"))).await?, Inserted::New);
+        let again = message(&[]);
+        assert_eq!(
+            store.insert(&again, Some(&key("k1", "h1"))).await?,
+            Inserted::Replay { id: first.id.clone(), channel: "email".into() }
+        );
+        assert!(store.get(&again.id).await?.is_none(), "a replay creates nothing");
+        assert_eq!(store.insert(&message(&[]), Some(&key("k1", "h2"))).await?, Inserted::KeyReused);
+        assert_eq!(store.insert(&message(&[]), Some(&key("k2", "h1"))).await?, Inserted::New);
+
+        // A key older than the window is forgotten.
+        let old = ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(0) - 1;
+        sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE key = 'k1'")
+            .bind(old)
+            .execute(&store.writer)
+            .await
+            .map_err(unavailable)?;
+        assert_eq!(store.insert(&message(&[]), Some(&key("k1", "h9"))).await?, Inserted::New);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn purge_removes_old_finished_messages_only() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let store = SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?;
+        let ids: Vec<String> = (0..5).map(|_| message(&[])).map(|m| m.id.clone()).collect();
+        for id in &ids {
+            let mut m = message(&[]);
+            m.id = id.clone();
+            store.insert(&m, None).await?;
+        }
+        for id in &ids[..4] {
+            store.attempt_started(id, 1, "p").await?;
+            let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: None };
+            store.finish(id, sent, Some((1, attempt("p", Outcome::Success)))).await?;
+        }
+        let future = SystemTime::now() + Duration::from_secs(1);
+        assert_eq!(store.purge(future, 3).await?, 3);
+        assert_eq!(store.purge(future, 3).await?, 1);
+        assert_eq!(store.purge(future, 3).await?, 0);
+        assert!(store.get(&ids[0]).await?.is_none());
+        assert!(store.get(&ids[4]).await?.is_some(), "an unfinished message is never purged");
+        let orphans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts")
+            .fetch_one(&store.reader)
+            .await
+            .map_err(unavailable)?;
+        assert_eq!(orphans, 0, "attempts go with their message");
+        Ok(())
     }
 }

@@ -131,6 +131,12 @@ impl Server {
         self._dir.path()
     }
 
+    /// SIGKILL: no shutdown, no flush: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends a signal (`HUP`, `TERM`, …) to the server.
     pub fn signal(&mut self, name: &str) {
         let pid = self.child.id().to_string();

@@ -1,0 +1,168 @@
+//! The durable store through the binary: what was answered 202 survives crashes, and
+//! `Idempotency-Key` makes retries safe.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|_| Client::new())
+}
+
+const CONFIG: &str = "[providers.slow]\nkind = \"mock\"\nlatency_ms = 50\n\
+                      [routes.sms]\nproviders = [\"slow\"]\n[routes.mms]\nproviders = [\"slow\"]\n[routes.email]\nproviders = [\"slow\"]\n";
+
+fn sms(n: u32) -> Value {
+    json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"})
+}
+
+/// Sends `count` messages as fast as it can; returns the ids answered 202 (a dying server may
+/// refuse or drop the rest: only 202s are promises).
+fn send_until_dead(server: &Server, count: u32, start: u32) -> Vec<String> {
+    let client = client();
+    (start..start + count)
+        .filter_map(|n| {
+            let response = client.post(server.url("/api/messages/sms")).json(&sms(n)).send().ok()?;
+            (response.status().as_u16() == 202)
+                .then(|| response.json::<Value>().ok()?["id"].as_str().map(str::to_owned))
+                .flatten()
+        })
+        .collect()
+}
+
+fn status(server: &Server, id: &str) -> Value {
+    client()
+        .get(server.url(&format!("/v1/messages/{id}")))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn messages_answered_202_survive_repeated_crashes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_default();
+    let args = ["--workers", "4"];
+    let mut accepted = Vec::new();
+    // Kill points drawn from a fixed seed: the same run every time.
+    let mut seed = 0x2545_f491_u64;
+    for round in 0..4u32 {
+        let mut server = Server::start_in(dir.path(), &args, &[]);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let burst = 20 + (seed % 30) as u32;
+        accepted.extend(send_until_dead(&server, burst, round * 100));
+        std::thread::sleep(Duration::from_millis(seed % 80));
+        server.kill();
+    }
+    let server = Server::start_in(dir.path(), &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut unfinished: HashSet<String> = accepted.iter().cloned().collect();
+    while !unfinished.is_empty() && Instant::now() < deadline {
+        unfinished.retain(|id| status(&server, id)["status"] != "sent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        unfinished.is_empty(),
+        "{} of {} accepted messages were lost: {unfinished:?}\n{}",
+        unfinished.len(),
+        accepted.len(),
+        server.logs()
+    );
+    // Every message reached the provider; at most the attempts in flight at a kill repeat.
+    let mut duplicates = 0;
+    for id in &accepted {
+        let view = status(&server, id);
+        let successes =
+            view["attempts"].as_array().map_or(0, |a| a.iter().filter(|a| a["outcome"] == "success").count());
+        assert_eq!(successes, 1, "{view}");
+        duplicates += view["attempts"].as_array().map_or(0, Vec::len) - 1;
+    }
+    assert!(duplicates <= 4 * args[1].parse::<usize>().unwrap_or(4), "{duplicates} repeated attempts");
+    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    assert!(metrics.contains("switchboard_possible_duplicates_total"), "{metrics}");
+}
+
+#[test]
+fn an_idempotency_key_replays_refuses_or_waits() {
+    let server = Server::start(CONFIG, &[], &[]);
+    let client = client();
+    let post = |key: &str, body: &Value| {
+        let response =
+            client.post(server.url("/v1/messages")).header("Idempotency-Key", key).json(body).send();
+        match response {
+            Ok(r) => {
+                let replayed =
+                    r.headers().get("idempotency-replayed").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                (r.status().as_u16(), replayed, r.json::<Value>().unwrap_or(Value::Null))
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "once"});
+    let (status, replayed, first) = post("order-42", &body);
+    assert_eq!((status, replayed), (202, None));
+    let (status, replayed, again) = post("order-42", &body);
+    assert_eq!((status, replayed.as_deref()), (202, Some("true")));
+    assert_eq!(again, first, "the original answer");
+
+    let (status, _, refused) = post(
+        "order-42",
+        &json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "twice"}),
+    );
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (status, _, bad) = post("", &body);
+    assert_eq!((status, bad["error"]["field"].as_str()), (400, Some("Idempotency-Key")));
+
+    // Concurrent requests with one new key create one message.
+    let base = server.base.clone();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (base, body) = (base.clone(), body.clone());
+                scope.spawn(move || {
+                    let r = Client::new()
+                        .post(format!("{base}/v1/messages"))
+                        .header("Idempotency-Key", "race")
+                        .json(&body)
+                        .send();
+                    r.map(|r| (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)))
+                        .unwrap_or((0, Value::Null))
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let ids: HashSet<&str> =
+        answers.iter().filter(|(s, _)| *s == 202).filter_map(|(_, v)| v["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, v)| *s == 202 || (*s == 409 && v["error"]["code"] == "idempotency_key_in_flight")),
+        "{answers:?}"
+    );
+    let metrics = client.get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    assert!(metrics.contains("switchboard_messages_accepted_total{channel=\"sms\"} 2"), "{metrics}");
+}
+
+#[test]
+fn the_memory_store_is_an_explicit_choice() {
+    let mut server = Server::start(CONFIG, &["--store", "memory://"], &[]);
+    assert!(server.logs().contains("nothing survives a restart"), "{}", server.logs());
+    assert!(!server.dir().join("switchboard.db").exists());
+    assert_eq!(server.terminate(), Some(0));
+    let bad = common::switchboard(&common::repo_root(), &["serve", "--store", "postgres://nowhere"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(common::stderr(&bad).contains("unsupported store URL"), "{}", common::stderr(&bad));
+}
