@@ -116,6 +116,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         idempotency_in_flight: Default::default(),
     });
 
+    let signals = ShutdownSignals::install();
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
         .map_err(|source| ServeError::Listen { address: options.listen.clone(), source })?;
@@ -126,7 +127,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        signals.received().await;
         let _ = stopping_tx.send(());
     });
     let server = std::future::IntoFuture::into_future(server);
@@ -207,24 +208,49 @@ async fn purge_finished(
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened for from before the service says it is listening, so a signal
+/// sent right after that line is never missed (its default action would kill the process).
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            ShutdownSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            match (self.term, self.int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
