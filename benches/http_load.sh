@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
 # measured in the same run with the kit in ../shared/bench. Usage:
-#   benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+#   [STORE=memory|sqlite] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+# STORE=sqlite uses a fresh database file per run (in a temp dir).
 # Pins each server to core 0 and wrk to core 1; prints one line per run and the medians.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +32,9 @@ for run in $(seq "$runs"); do
   c_rps+=("$(field rps "$line")"); c_p50+=("$(field p50_ms "$line")"); c_p99+=("$(field p99_ms "$line")")
   echo "ceiling     run $run: $line"
 
-  (cd "$root" && exec taskset -c 0 "$bin/switchboard" serve --listen "127.0.0.1:$sb_port" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
+  store_url=memory://
+  if [[ ${STORE:-memory} == sqlite ]]; then db_dir=$(mktemp -d); store_url="sqlite://$db_dir/bench.db"; fi
+  (cd "$root" && exec taskset -c 0 "$bin/switchboard" serve --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
   WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null
   a0=$(counter switchboard_messages_accepted_total); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
@@ -39,6 +42,7 @@ for run in $(seq "$runs"); do
   a1=$(counter switchboard_messages_accepted_total); d1=$(counter switchboard_messages_completed_total); t1=$(date +%s.%N)
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
   kill -TERM $spid; wait $spid 2>/dev/null || true
+  [[ -n ${db_dir:-} ]] && rm -rf "$db_dir"
   elapsed=$(echo "$t1 - $t0" | bc -l)
   acc=$(echo "($a1 - $a0) / $elapsed" | bc -l); del=$(echo "($d1 - $d0) / $elapsed" | bc -l)
   sb_rps+=("$(field rps "$line")"); sb_p50+=("$(field p50_ms "$line")"); sb_p99+=("$(field p99_ms "$line")")
@@ -48,7 +52,7 @@ done
 
 m() { printf '%s\n' "$@" | median; }
 cr=$(m "${c_rps[@]}"); sr=$(m "${sb_rps[@]}"); sa=$(m "${sb_acc[@]}"); sd=$(m "${sb_del[@]}")
-printf '\nmedians of %s runs, %s connections, %ss each\n' "$runs" "$conns" "$secs"
+printf '\nmedians of %s runs, %s connections, %ss each, store %s\n' "$runs" "$conns" "$secs" "${STORE:-memory}"
 printf 'ceiling:     %.0f req/s  p50 %s ms  p99 %s ms\n' "$cr" "$(m "${c_p50[@]}")" "$(m "${c_p99[@]}")"
 printf 'switchboard: %.0f req/s  p50 %s ms  p99 %s ms  accepted %.0f/s  delivered %.0f/s  peak RSS %.1f MB\n' \
   "$sr" "$(m "${sb_p50[@]}")" "$(m "${sb_p99[@]}")" "$sa" "$sd" "$(echo "$(m "${sb_rss[@]}") / 1024" | bc -l)"

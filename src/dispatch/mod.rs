@@ -219,9 +219,6 @@ enum Round {
 }
 
 async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
-    if job.round == 0 {
-        log_store_error(&job.message.id, shared.store.mark_sending(&job.message.id).await);
-    }
     match round(shared, &mut job).await {
         Round::Done => {}
         Round::Retry(delay) => {

@@ -142,13 +142,13 @@ impl MessageStore for MemoryStore {
         Ok(Inserted::New)
     }
 
-    async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
-        self.update(id, |record| record.status = Status::Sending)
-    }
-
-    async fn attempt_started(&self, _id: &str, _number: u32, _provider: &str) -> Result<(), StoreError> {
-        // Nothing here survives a crash, so there is nothing to reconcile after one.
-        Ok(())
+    async fn attempt_started(&self, id: &str, _number: u32, _provider: &str) -> Result<(), StoreError> {
+        // Only the status: nothing here survives a crash, so there is nothing to reconcile.
+        self.update(id, |record| {
+            if record.status == Status::Queued {
+                record.status = Status::Sending;
+            }
+        })
     }
 
     async fn record_attempt(&self, id: &str, _number: u32, attempt: Attempt) -> Result<(), StoreError> {
@@ -262,7 +262,7 @@ mod tests {
         }
         let status = |view: Option<MessageView>| view.map(|v| v.status);
         assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Queued));
-        store.mark_sending(&ids[0]).await?;
+        store.attempt_started(&ids[0], 1, "p").await?;
         assert_eq!(status(store.get(&ids[0]).await?), Some(Status::Sending));
         let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: Some("x".into()) };
         store.finish(&ids[0], sent, None).await?;

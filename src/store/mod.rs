@@ -172,9 +172,8 @@ pub trait MessageStore: Send + Sync + 'static {
         message: &OutboundMessage,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError>;
-    /// Marks a message `sending` (its first attempt is about to start).
-    async fn mark_sending(&self, id: &str) -> Result<(), StoreError>;
-    /// Records that attempt `number` (from 1) is about to call `provider`.
+    /// Records that attempt `number` (from 1) is about to call `provider`; the message is
+    /// `sending` from its first attempt on.
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError>;
     /// Records how attempt `number` ended.
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError>;

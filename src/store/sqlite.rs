@@ -10,18 +10,63 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use switchboard_providers::{Channel, ErrorClass, OutboundMessage};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Outcome, Pending, Status,
     StoreError, IDEMPOTENCY_WINDOW,
 };
 
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
 pub struct SqliteStore {
     path: String,
-    writer: SqlitePool,
+    writes: mpsc::Sender<Write>,
     reader: SqlitePool,
+    #[cfg(test)]
+    writer: SqlitePool,
+}
+
+/// One write, waiting for its batch to commit.
+enum Write {
+    Insert {
+        message: OutboundMessage,
+        key: Option<IdempotencyKey>,
+        reply: oneshot::Sender<Result<Inserted, StoreError>>,
+    },
+    AttemptStarted {
+        id: String,
+        number: u32,
+        provider: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RecordAttempt {
+        id: String,
+        number: u32,
+        attempt: Attempt,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Schedule {
+        id: String,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Finish {
+        id: String,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Purge {
+        before: SystemTime,
+        batch: u32,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -60,7 +105,25 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
-        Ok(SqliteStore { path: path.to_owned(), writer, reader })
+        let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(writer.clone(), queue));
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writes,
+            reader,
+            #[cfg(test)]
+            writer,
+        })
+    }
+
+    /// Hands a write to the writer task and waits for its batch to commit.
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes.send(make(reply)).await.map_err(|_| unavailable("the database writer stopped"))?;
+        answer.await.map_err(|_| unavailable("the database writer stopped"))?
     }
 
     /// Runs the migrations only; returns the versions now applied.
@@ -141,9 +204,122 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     })
 }
 
+/// The only writer: takes every write waiting (up to `MAX_BATCH`), applies them in one
+/// transaction — each in its own savepoint, so one failing write leaves the others intact —
+/// commits once, then answers them all. Concurrent requests thus share one commit (group
+/// commit), and no write transaction ever waits on another.
+async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = apply_batch(&pool, &mut batch).await {
+            let message = format!("write failed: {error}");
+            for write in batch.drain(..) {
+                write.fail(&message);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// What each write of a batch came to, answered once the batch is committed.
+enum Done {
+    Inserted(oneshot::Sender<Result<Inserted, StoreError>>, Result<Inserted, StoreError>),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+}
+
+async fn apply_batch(pool: &SqlitePool, batch: &mut Vec<Write>) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut done = Vec::with_capacity(batch.len());
+    for write in batch.drain(..) {
+        sqlx::query("SAVEPOINT write").execute(&mut *tx).await.map_err(unavailable)?;
+        let applied = match write {
+            Write::Insert { message, key, reply } => {
+                let result = insert(&mut tx, &message, key.as_ref()).await;
+                let ok = result.is_ok();
+                (Done::Inserted(reply, result), ok)
+            }
+            Write::AttemptStarted { id, number, provider, reply } => {
+                let result = attempt_started(&mut tx, &id, number, &provider).await;
+                let ok = result.is_ok();
+                (Done::Unit(reply, result), ok)
+            }
+            Write::RecordAttempt { id, number, attempt, reply } => {
+                let result = record_attempt(&mut tx, &id, number, &attempt).await;
+                let ok = result.is_ok();
+                (Done::Unit(reply, result), ok)
+            }
+            Write::Schedule { id, not_before, attempts, round, reply } => {
+                let result = schedule(&mut tx, &id, not_before, attempts, round).await;
+                let ok = result.is_ok();
+                (Done::Unit(reply, result), ok)
+            }
+            Write::Finish { id, outcome, last_attempt, reply } => {
+                let result = finish(&mut tx, &id, outcome, last_attempt).await;
+                let ok = result.is_ok();
+                (Done::Unit(reply, result), ok)
+            }
+            Write::Purge { before, batch, reply } => {
+                let result = purge(&mut tx, before, batch).await;
+                let ok = result.is_ok();
+                (Done::Count(reply, result), ok)
+            }
+        };
+        let (outcome, ok) = applied;
+        if !ok {
+            sqlx::query("ROLLBACK TO write").execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        sqlx::query("RELEASE write").execute(&mut *tx).await.map_err(unavailable)?;
+        done.push(outcome);
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for outcome in done {
+                match outcome {
+                    Done::Inserted(reply, result) => drop(reply.send(result)),
+                    Done::Unit(reply, result) => drop(reply.send(result)),
+                    Done::Count(reply, result) => drop(reply.send(result)),
+                }
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let message = format!("commit failed: {error}");
+            for outcome in done {
+                match outcome {
+                    Done::Inserted(reply, _) => drop(reply.send(Err(unavailable(&message)))),
+                    Done::Unit(reply, _) => drop(reply.send(Err(unavailable(&message)))),
+                    Done::Count(reply, _) => drop(reply.send(Err(unavailable(&message)))),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Write {
+    fn fail(self, message: &str) {
+        match self {
+            Write::Insert { reply, .. } => drop(reply.send(Err(unavailable(message)))),
+            Write::AttemptStarted { reply, .. }
+            | Write::RecordAttempt { reply, .. }
+            | Write::Schedule { reply, .. }
+            | Write::Finish { reply, .. } => drop(reply.send(Err(unavailable(message)))),
+            Write::Purge { reply, .. } => drop(reply.send(Err(unavailable(message)))),
+        }
+    }
+}
+
 /// Stores how an attempt ended (creating its row if its start was not recorded).
 async fn write_attempt(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conn: &mut SqliteConnection,
     id: &str,
     number: u32,
     attempt: &Attempt,
@@ -166,10 +342,201 @@ async fn write_attempt(
     .bind(&attempt.error_code)
     .bind(&attempt.error_message)
     .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(unavailable)?;
     Ok(())
+}
+
+async fn insert(
+    conn: &mut SqliteConnection,
+    message: &OutboundMessage,
+    key: Option<&IdempotencyKey>,
+) -> Result<Inserted, StoreError> {
+    let now = ms(SystemTime::now());
+    if let Some(key) = key {
+        let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
+            .bind(&key.key)
+            .bind(window_start)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let existing =
+            sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
+                .bind(&key.key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if let Some(row) = existing {
+            let hash: String = row.try_get(0).map_err(unavailable)?;
+            return Ok(if hash == key.request_hash {
+                Inserted::Replay {
+                    id: row.try_get(1).map_err(unavailable)?,
+                    channel: row.try_get(2).map_err(unavailable)?,
+                }
+            } else {
+                Inserted::KeyReused
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+    )
+    .bind(&message.id)
+    .bind(message.channel.as_str())
+    .bind(&message.from)
+    .bind(&message.to)
+    .bind(&message.subject)
+    .bind(&message.body)
+    .bind(json_list(&message.attachments))
+    .bind(json_list(&message.tags))
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("INSERT INTO queue (message_id, not_before) VALUES (?, ?)")
+        .bind(&message.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if let Some(key) = key {
+        sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(&message.id)
+            .bind(message.channel.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(Inserted::New)
+}
+
+/// The attempt's row, and the message's status `sending` from its first attempt on.
+async fn attempt_started(
+    conn: &mut SqliteConnection,
+    id: &str,
+    number: u32,
+    provider: &str,
+) -> Result<(), StoreError> {
+    let now = ms(SystemTime::now());
+    sqlx::query(
+        "INSERT INTO attempts (message_id, number, provider, started_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+         started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
+    )
+    .bind(id)
+    .bind(i64::from(number))
+    .bind(provider)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("UPDATE messages SET status = 'sending', updated_at = ? WHERE id = ? AND status = 'queued'")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn record_attempt(
+    conn: &mut SqliteConnection,
+    id: &str,
+    number: u32,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    write_attempt(conn, id, number, attempt).await?;
+    sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
+        .bind(i64::from(number))
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn schedule(
+    conn: &mut SqliteConnection,
+    id: &str,
+    not_before: SystemTime,
+    attempts: u32,
+    round: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE queue SET not_before = ?, attempts = ?, round = ? WHERE message_id = ?")
+        .bind(ms(not_before))
+        .bind(i64::from(attempts))
+        .bind(i64::from(round))
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn finish(
+    conn: &mut SqliteConnection,
+    id: &str,
+    outcome: Final,
+    last_attempt: Option<(u32, Attempt)>,
+) -> Result<(), StoreError> {
+    let now = ms(SystemTime::now());
+    if let Some((number, attempt)) = &last_attempt {
+        write_attempt(conn, id, *number, attempt).await?;
+    }
+    let (status, provider, provider_message_id, error) = match outcome {
+        Final::Sent { provider, provider_message_id } => ("sent", Some(provider), provider_message_id, None),
+        Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
+    };
+    sqlx::query(
+        "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?, error_code = ?, error_message = ?, \
+         updated_at = ?, finished_at = ? WHERE id = ?",
+    )
+    .bind(status)
+    .bind(provider.as_deref())
+    .bind(provider_message_id)
+    .bind(error.as_ref().map(|e| e.code.clone()))
+    .bind(error.map(|e| e.message))
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("DELETE FROM queue WHERE message_id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
+    let purged = sqlx::query(
+        "DELETE FROM messages WHERE id IN \
+         (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?)",
+    )
+    .bind(ms(before))
+    .bind(i64::from(batch))
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?
+    .rows_affected();
+    let window_start =
+        ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)")
+        .bind(window_start)
+        .bind(i64::from(batch))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(purged)
 }
 
 #[async_trait]
@@ -179,112 +546,18 @@ impl MessageStore for SqliteStore {
         message: &OutboundMessage,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        let now = ms(SystemTime::now());
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        if let Some(key) = key {
-            let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
-            sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
-                .bind(&key.key)
-                .bind(window_start)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            let existing =
-                sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
-                    .bind(&key.key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            if let Some(row) = existing {
-                let hash: String = row.try_get(0).map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
-                return Ok(if hash == key.request_hash {
-                    Inserted::Replay {
-                        id: row.try_get(1).map_err(unavailable)?,
-                        channel: row.try_get(2).map_err(unavailable)?,
-                    }
-                } else {
-                    Inserted::KeyReused
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-        )
-        .bind(&message.id)
-        .bind(message.channel.as_str())
-        .bind(&message.from)
-        .bind(&message.to)
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(json_list(&message.attachments))
-        .bind(json_list(&message.tags))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        sqlx::query("INSERT INTO queue (message_id, not_before) VALUES (?, ?)")
-            .bind(&message.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if let Some(key) = key {
-            sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(&key.key)
-                .bind(&key.request_hash)
-                .bind(&message.id)
-                .bind(message.channel.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Inserted::New)
-    }
-
-    async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE messages SET status = 'sending', updated_at = ? WHERE id = ? AND status = 'queued'",
-        )
-        .bind(ms(SystemTime::now()))
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        let (message, key) = (message.clone(), key.cloned());
+        self.write(|reply| Write::Insert { message, key, reply }).await
     }
 
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO attempts (message_id, number, provider, started_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-             started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
-        )
-        .bind(id)
-        .bind(i64::from(number))
-        .bind(provider)
-        .bind(ms(SystemTime::now()))
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        let (id, provider) = (id.to_owned(), provider.to_owned());
+        self.write(|reply| Write::AttemptStarted { id, number, provider, reply }).await
     }
 
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        write_attempt(&mut tx, id, number, &attempt).await?;
-        sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
-            .bind(i64::from(number))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(|reply| Write::RecordAttempt { id, number, attempt, reply }).await
     }
 
     async fn schedule(
@@ -294,15 +567,8 @@ impl MessageStore for SqliteStore {
         attempts: u32,
         round: u32,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE queue SET not_before = ?, attempts = ?, round = ? WHERE message_id = ?")
-            .bind(ms(not_before))
-            .bind(i64::from(attempts))
-            .bind(i64::from(round))
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(|reply| Write::Schedule { id, not_before, attempts, round, reply }).await
     }
 
     async fn finish(
@@ -311,39 +577,12 @@ impl MessageStore for SqliteStore {
         outcome: Final,
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError> {
-        let now = ms(SystemTime::now());
-        let (status, provider, provider_message_id, error) = match outcome {
-            Final::Sent { provider, provider_message_id } => {
-                ("sent", Some(provider), provider_message_id, None)
-            }
-            Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
-        };
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        if let Some((number, attempt)) = &last_attempt {
-            write_attempt(&mut tx, id, *number, attempt).await?;
-        }
-        sqlx::query(
-            "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?, error_code = ?, error_message = ?, \
-             updated_at = ?, finished_at = ? WHERE id = ?",
-        )
-        .bind(status)
-        .bind(provider.as_deref())
-        .bind(provider_message_id)
-        .bind(error.as_ref().map(|e| e.code.clone()))
-        .bind(error.map(|e| e.message))
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        sqlx::query("DELETE FROM queue WHERE message_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(|reply| Write::Finish { id, outcome, last_attempt, reply }).await
+    }
+
+    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Write::Purge { before, batch, reply }).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
@@ -413,7 +652,7 @@ impl MessageStore for SqliteStore {
              EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
              FROM queue q JOIN messages m ON m.id = q.message_id ORDER BY q.not_before",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
         rows.iter()
@@ -428,28 +667,6 @@ impl MessageStore for SqliteStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(unavailable)
-    }
-
-    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        let purged = sqlx::query(
-            "DELETE FROM messages WHERE id IN \
-             (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?)",
-        )
-        .bind(ms(before))
-        .bind(i64::from(batch))
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        let window_start =
-            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)")
-            .bind(window_start)
-            .bind(i64::from(batch))
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(purged)
     }
 
     fn describe(&self) -> String {
@@ -503,7 +720,6 @@ mod tests {
         for m in [&done, &waiting, &interrupted] {
             assert_eq!(store.insert(m, None).await?, Inserted::New);
         }
-        store.mark_sending(&done.id).await?;
         store.attempt_started(&done.id, 1, "p1").await?;
         store.record_attempt(&done.id, 1, attempt("p1", Outcome::Error)).await?;
         store.attempt_started(&done.id, 2, "p2").await?;
