@@ -52,8 +52,9 @@ done
 
 m() { printf '%s\n' "$@" | median; }
 cr=$(m "${c_rps[@]}"); sr=$(m "${sb_rps[@]}"); sa=$(m "${sb_acc[@]}"); sd=$(m "${sb_del[@]}")
+# Answers that were not 202 (e.g. queue_full) are not accepted messages: the ratio uses accepted/s.
 printf '\nmedians of %s runs, %s connections, %ss each, store %s\n' "$runs" "$conns" "$secs" "${STORE:-memory}"
 printf 'ceiling:     %.0f req/s  p50 %s ms  p99 %s ms\n' "$cr" "$(m "${c_p50[@]}")" "$(m "${c_p99[@]}")"
 printf 'switchboard: %.0f req/s  p50 %s ms  p99 %s ms  accepted %.0f/s  delivered %.0f/s  peak RSS %.1f MB\n' \
   "$sr" "$(m "${sb_p50[@]}")" "$(m "${sb_p99[@]}")" "$sa" "$sd" "$(echo "$(m "${sb_rss[@]}") / 1024" | bc -l)"
-printf 'ratio to ceiling: %.1f %%   delivered/accepted: %.1f %%\n' "$(echo "100 * $sr / $cr" | bc -l)" "$(echo "100 * $sd / $sa" | bc -l)"
+printf 'ratio to ceiling (accepted/s): %.1f %%   delivered/accepted: %.1f %%\n' "$(echo "100 * $sa / $cr" | bc -l)" "$(echo "100 * $sd / $sa" | bc -l)"

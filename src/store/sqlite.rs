@@ -31,42 +31,26 @@ pub struct SqliteStore {
 }
 
 /// One write, waiting for its batch to commit.
-enum Write {
-    Insert {
-        message: OutboundMessage,
-        key: Option<IdempotencyKey>,
-        reply: oneshot::Sender<Result<Inserted, StoreError>>,
-    },
-    AttemptStarted {
-        id: String,
-        number: u32,
-        provider: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    RecordAttempt {
-        id: String,
-        number: u32,
-        attempt: Attempt,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Schedule {
-        id: String,
-        not_before: SystemTime,
-        attempts: u32,
-        round: u32,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Finish {
-        id: String,
-        outcome: Final,
-        last_attempt: Option<(u32, Attempt)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Purge {
-        before: SystemTime,
-        batch: u32,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
+struct Write {
+    op: Op,
+    reply: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+#[derive(Clone)]
+enum Op {
+    Insert { message: OutboundMessage, key: Option<IdempotencyKey> },
+    AttemptStarted { id: String, number: u32, provider: String },
+    RecordAttempt { id: String, number: u32, attempt: Attempt },
+    Schedule { id: String, not_before: SystemTime, attempts: u32, round: u32 },
+    Finish { id: String, outcome: Final, last_attempt: Option<(u32, Attempt)> },
+    Purge { before: SystemTime, batch: u32 },
+}
+
+/// What a write came to.
+enum Applied {
+    Inserted(Inserted),
+    Done,
+    Purged(u64),
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -117,12 +101,12 @@ impl SqliteStore {
     }
 
     /// Hands a write to the writer task and waits for its batch to commit.
-    async fn write<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
-    ) -> Result<T, StoreError> {
+    async fn write(&self, op: Op) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writes.send(make(reply)).await.map_err(|_| unavailable("the database writer stopped"))?;
+        self.writes
+            .send(Write { op, reply })
+            .await
+            .map_err(|_| unavailable("the database writer stopped"))?;
         answer.await.map_err(|_| unavailable("the database writer stopped"))?
     }
 
@@ -204,10 +188,11 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     })
 }
 
-/// The only writer: takes every write waiting (up to `MAX_BATCH`), applies them in one
-/// transaction — each in its own savepoint, so one failing write leaves the others intact —
-/// commits once, then answers them all. Concurrent requests thus share one commit (group
-/// commit), and no write transaction ever waits on another.
+/// The only writer: takes every write waiting (up to `MAX_BATCH`), applies them all in one
+/// transaction and commits once, then answers them all: concurrent requests share one commit
+/// (group commit), and no write transaction ever waits on another. If any write of a batch
+/// fails, the batch is rolled back and its writes are applied again one transaction each, so
+/// one bad write never takes others down with it.
 async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
@@ -218,103 +203,61 @@ async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        if let Err(error) = apply_batch(&pool, &mut batch).await {
-            let message = format!("write failed: {error}");
-            for write in batch.drain(..) {
-                write.fail(&message);
+        match apply_together(&pool, &batch).await {
+            Ok(results) => {
+                for (write, result) in batch.drain(..).zip(results) {
+                    let _ = write.reply.send(Ok(result));
+                }
+            }
+            Err(_) => {
+                for write in batch.drain(..) {
+                    let result = apply_alone(&pool, &write.op).await;
+                    let _ = write.reply.send(result);
+                }
             }
         }
-        batch.clear();
     }
 }
 
-/// What each write of a batch came to, answered once the batch is committed.
-enum Done {
-    Inserted(oneshot::Sender<Result<Inserted, StoreError>>, Result<Inserted, StoreError>),
-    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
-    Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
-}
-
-async fn apply_batch(pool: &SqlitePool, batch: &mut Vec<Write>) -> Result<(), StoreError> {
+async fn apply_together(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<Applied>, StoreError> {
     let mut tx = pool.begin().await.map_err(unavailable)?;
-    let mut done = Vec::with_capacity(batch.len());
-    for write in batch.drain(..) {
-        sqlx::query("SAVEPOINT write").execute(&mut *tx).await.map_err(unavailable)?;
-        let applied = match write {
-            Write::Insert { message, key, reply } => {
-                let result = insert(&mut tx, &message, key.as_ref()).await;
-                let ok = result.is_ok();
-                (Done::Inserted(reply, result), ok)
-            }
-            Write::AttemptStarted { id, number, provider, reply } => {
-                let result = attempt_started(&mut tx, &id, number, &provider).await;
-                let ok = result.is_ok();
-                (Done::Unit(reply, result), ok)
-            }
-            Write::RecordAttempt { id, number, attempt, reply } => {
-                let result = record_attempt(&mut tx, &id, number, &attempt).await;
-                let ok = result.is_ok();
-                (Done::Unit(reply, result), ok)
-            }
-            Write::Schedule { id, not_before, attempts, round, reply } => {
-                let result = schedule(&mut tx, &id, not_before, attempts, round).await;
-                let ok = result.is_ok();
-                (Done::Unit(reply, result), ok)
-            }
-            Write::Finish { id, outcome, last_attempt, reply } => {
-                let result = finish(&mut tx, &id, outcome, last_attempt).await;
-                let ok = result.is_ok();
-                (Done::Unit(reply, result), ok)
-            }
-            Write::Purge { before, batch, reply } => {
-                let result = purge(&mut tx, before, batch).await;
-                let ok = result.is_ok();
-                (Done::Count(reply, result), ok)
-            }
-        };
-        let (outcome, ok) = applied;
-        if !ok {
-            sqlx::query("ROLLBACK TO write").execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        sqlx::query("RELEASE write").execute(&mut *tx).await.map_err(unavailable)?;
-        done.push(outcome);
+    let mut results = Vec::with_capacity(batch.len());
+    for write in batch {
+        // On error the transaction is dropped, which rolls it back.
+        results.push(apply(&mut tx, &write.op).await?);
     }
-    match tx.commit().await {
-        Ok(()) => {
-            for outcome in done {
-                match outcome {
-                    Done::Inserted(reply, result) => drop(reply.send(result)),
-                    Done::Unit(reply, result) => drop(reply.send(result)),
-                    Done::Count(reply, result) => drop(reply.send(result)),
-                }
-            }
-            Ok(())
-        }
-        Err(error) => {
-            let message = format!("commit failed: {error}");
-            for outcome in done {
-                match outcome {
-                    Done::Inserted(reply, _) => drop(reply.send(Err(unavailable(&message)))),
-                    Done::Unit(reply, _) => drop(reply.send(Err(unavailable(&message)))),
-                    Done::Count(reply, _) => drop(reply.send(Err(unavailable(&message)))),
-                }
-            }
-            Ok(())
-        }
-    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(results)
 }
 
-impl Write {
-    fn fail(self, message: &str) {
-        match self {
-            Write::Insert { reply, .. } => drop(reply.send(Err(unavailable(message)))),
-            Write::AttemptStarted { reply, .. }
-            | Write::RecordAttempt { reply, .. }
-            | Write::Schedule { reply, .. }
-            | Write::Finish { reply, .. } => drop(reply.send(Err(unavailable(message)))),
-            Write::Purge { reply, .. } => drop(reply.send(Err(unavailable(message)))),
+async fn apply_alone(pool: &SqlitePool, op: &Op) -> Result<Applied, StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let result = apply(&mut tx, op).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(result)
+}
+
+async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
+    Ok(match op {
+        Op::Insert { message, key } => Applied::Inserted(insert(conn, message, key.as_ref()).await?),
+        Op::AttemptStarted { id, number, provider } => {
+            attempt_started(conn, id, *number, provider).await?;
+            Applied::Done
         }
-    }
+        Op::RecordAttempt { id, number, attempt } => {
+            record_attempt(conn, id, *number, attempt).await?;
+            Applied::Done
+        }
+        Op::Schedule { id, not_before, attempts, round } => {
+            schedule(conn, id, *not_before, *attempts, *round).await?;
+            Applied::Done
+        }
+        Op::Finish { id, outcome, last_attempt } => {
+            finish(conn, id, outcome.clone(), last_attempt.clone()).await?;
+            Applied::Done
+        }
+        Op::Purge { before, batch } => Applied::Purged(purge(conn, *before, *batch).await?),
+    })
 }
 
 /// Stores how an attempt ended (creating its row if its start was not recorded).
@@ -546,18 +489,20 @@ impl MessageStore for SqliteStore {
         message: &OutboundMessage,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        let (message, key) = (message.clone(), key.cloned());
-        self.write(|reply| Write::Insert { message, key, reply }).await
+        match self.write(Op::Insert { message: message.clone(), key: key.cloned() }).await? {
+            Applied::Inserted(inserted) => Ok(inserted),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
     }
 
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        let (id, provider) = (id.to_owned(), provider.to_owned());
-        self.write(|reply| Write::AttemptStarted { id, number, provider, reply }).await
+        self.write(Op::AttemptStarted { id: id.to_owned(), number, provider: provider.to_owned() })
+            .await
+            .map(drop)
     }
 
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
-        let id = id.to_owned();
-        self.write(|reply| Write::RecordAttempt { id, number, attempt, reply }).await
+        self.write(Op::RecordAttempt { id: id.to_owned(), number, attempt }).await.map(drop)
     }
 
     async fn schedule(
@@ -567,8 +512,7 @@ impl MessageStore for SqliteStore {
         attempts: u32,
         round: u32,
     ) -> Result<(), StoreError> {
-        let id = id.to_owned();
-        self.write(|reply| Write::Schedule { id, not_before, attempts, round, reply }).await
+        self.write(Op::Schedule { id: id.to_owned(), not_before, attempts, round }).await.map(drop)
     }
 
     async fn finish(
@@ -577,12 +521,14 @@ impl MessageStore for SqliteStore {
         outcome: Final,
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError> {
-        let id = id.to_owned();
-        self.write(|reply| Write::Finish { id, outcome, last_attempt, reply }).await
+        self.write(Op::Finish { id: id.to_owned(), outcome, last_attempt }).await.map(drop)
     }
 
     async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        self.write(|reply| Write::Purge { before, batch, reply }).await
+        match self.write(Op::Purge { before, batch }).await? {
+            Applied::Purged(count) => Ok(count),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
@@ -810,6 +756,49 @@ mod tests {
             .await
             .map_err(unavailable)?;
         assert_eq!(orphans, 0, "attempts go with their message");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    /// Concurrent writes share commits; one that fails (a duplicate id) fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_does_not_take_its_batch_down() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?);
+        let message = |id: String| OutboundMessage {
+            id,
+            channel: Channel::SMS,
+            from: "+15550001111".into(),
+            to: "+15550002222".into(),
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec![],
+        };
+        let taken = uuid::Uuid::now_v7().to_string();
+        store.insert(&message(taken.clone()), None).await?;
+        let ids: Vec<String> =
+            (0..50).map(|i| if i == 25 { taken.clone() } else { uuid::Uuid::now_v7().to_string() }).collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, m) = (Arc::clone(&store), message(id.clone()));
+                tokio::spawn(async move { store.insert(&m, None).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.map_err(unavailable)?);
+        }
+        assert!(results[25].is_err(), "the duplicate must fail");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
+        for (i, id) in ids.iter().enumerate() {
+            assert!(store.get(id).await?.is_some(), "message {i} missing");
+        }
         Ok(())
     }
 }
