@@ -2,6 +2,7 @@
 //! [`MessageStore`] trait, the in-memory store (`memory://`) and the SQLite store
 //! (`sqlite://PATH`, the default).
 
+mod codec;
 mod memory;
 mod sqlite;
 

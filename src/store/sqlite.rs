@@ -4,18 +4,21 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use switchboard_providers::{Channel, ErrorClass, OutboundMessage};
+use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec::{
+    channel_of, class_name, class_of, from_ms, json_list, ms, outcome_of, parse_list, status_of, unavailable,
+};
 use super::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Outcome, Pending, Status,
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending,
     StoreError, IDEMPOTENCY_WINDOW,
 };
 
@@ -53,17 +56,8 @@ enum Applied {
     Purged(u64),
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
 
-fn ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
 
 /// The embedded migrations (also run alone by `switchboard migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -124,56 +118,12 @@ impl SqliteStore {
     }
 }
 
-fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
-}
 
-fn parse_list(text: &str) -> Vec<String> {
-    serde_json::from_str(text).unwrap_or_default()
-}
 
-fn status_of(text: &str) -> Status {
-    match text {
-        "sending" => Status::Sending,
-        "sent" => Status::Sent,
-        "failed" => Status::Failed,
-        _ => Status::Queued,
-    }
-}
 
-fn outcome_of(text: &str) -> Outcome {
-    match text {
-        "success" => Outcome::Success,
-        "rate_limited" => Outcome::RateLimited,
-        "timeout" => Outcome::Timeout,
-        "rejected" => Outcome::Rejected,
-        "misconfigured" => Outcome::Misconfigured,
-        _ => Outcome::Error,
-    }
-}
 
-fn class_name(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::NotSent => "not_sent",
-        ErrorClass::Ambiguous => "ambiguous",
-        ErrorClass::Rejected => "rejected",
-        ErrorClass::Misconfigured => "misconfigured",
-    }
-}
 
-fn class_of(text: &str) -> Option<ErrorClass> {
-    match text {
-        "not_sent" => Some(ErrorClass::NotSent),
-        "ambiguous" => Some(ErrorClass::Ambiguous),
-        "rejected" => Some(ErrorClass::Rejected),
-        "misconfigured" => Some(ErrorClass::Misconfigured),
-        _ => None,
-    }
-}
 
-fn channel_of(text: &str) -> Channel {
-    Channel::new(text).unwrap_or(Channel::SMS)
-}
 
 fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     Ok(OutboundMessage {
@@ -627,6 +577,8 @@ impl MessageStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Outcome, Status};
+    use switchboard_providers::{Channel, ErrorClass};
 
     fn message(tags: &[&str]) -> OutboundMessage {
         OutboundMessage {
@@ -763,6 +715,7 @@ mod tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+    use switchboard_providers::Channel;
 
     /// Concurrent writes share commits; one that fails (a duplicate id) fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
