@@ -176,12 +176,16 @@ fn migrate(args: &StoreArgs) -> ExitCode {
     let url = args.url.as_str();
     let outcome = match url.strip_prefix("sqlite://") {
         Some(path) => runtime.block_on(crate::store::SqliteStore::migrate(path)),
+        None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            runtime.block_on(crate::store::PostgresStore::migrate(url))
+        }
         None if url.starts_with("memory:") => Ok(Vec::new()),
         None => Err(crate::store::StoreError::UnsupportedUrl(url.to_owned())),
     };
     match outcome {
         Ok(versions) => {
-            print_out(&format!("{url}: schema up to date (migrations applied: {versions:?})\n"));
+            let shown = if url.contains('@') { "the database" } else { url };
+            print_out(&format!("{shown}: schema up to date (migrations applied: {versions:?})\n"));
             ExitCode::SUCCESS
         }
         Err(error) => {

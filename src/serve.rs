@@ -89,7 +89,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else {
         tracing::warn!(store = %store.describe(), "messages are kept in memory: nothing survives a restart");
     }
-    let pending = store.pending().await?;
+    // A shared queue (PostgreSQL) is resumed by claiming due messages, by any instance.
+    let pending = if store.shared_queue() { Vec::new() } else { store.pending().await? };
     let durable = store.is_durable();
 
     let reloader =

@@ -162,7 +162,13 @@ fn the_memory_store_is_an_explicit_choice() {
     assert!(server.logs().contains("nothing survives a restart"), "{}", server.logs());
     assert!(!server.dir().join("switchboard.db").exists());
     assert_eq!(server.terminate(), Some(0));
-    let bad = common::switchboard(&common::repo_root(), &["serve", "--store", "postgres://nowhere"], &[]);
+    let bad = common::switchboard(&common::repo_root(), &["serve", "--store", "mysql://nowhere"], &[]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(common::stderr(&bad).contains("unsupported store URL"), "{}", common::stderr(&bad));
+    // An unreachable database: refused at start, exit 2, password not shown.
+    let unreachable = ["serve", "--store", "postgres://sb:hunter2@127.0.0.1:1/db"];
+    let down = common::switchboard(&common::repo_root(), &unreachable, &[]);
+    assert_eq!(down.status.code(), Some(2));
+    let stderr = common::stderr(&down);
+    assert!(stderr.contains("cannot connect") && !stderr.contains("hunter2"), "{stderr}");
 }

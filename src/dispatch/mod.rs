@@ -22,6 +22,10 @@ use crate::store::{
 
 /// How long a provider that answered 429 without Retry-After is left alone.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+/// How often an instance on a shared queue looks for due messages nobody holds.
+const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
+/// The most messages claimed at once.
+const CLAIM_BATCH: usize = 256;
 /// How soon to look again when every half-open probe slot is taken.
 const PROBE_RECHECK: Duration = Duration::from_millis(50);
 
@@ -99,6 +103,9 @@ impl Dispatcher {
         let workers = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
         let slots = Arc::new(Semaphore::new(workers as usize));
         let (stop, stopped) = watch::channel(false);
+        if shared.store.shared_queue() {
+            tokio::spawn(claim_due_work(Arc::clone(&shared), stopped.clone()));
+        }
         let receiver = tokio::spawn(receive(Arc::clone(&shared), rx, Arc::clone(&slots), stopped));
         (Dispatcher { shared: Arc::clone(&shared) }, Workers { stop, receiver, slots, workers, shared })
     }
@@ -129,30 +136,14 @@ impl Dispatcher {
     }
 
     /// Resumes messages a durable store still holds from before a restart: due ones now, the
-    /// rest when their stored retry time comes. An attempt that was started and never recorded
-    /// may have reached the provider: it is counted and logged as a possible duplicate.
+    /// rest when their stored retry time comes.
     pub fn resume(&self, pending: Vec<Pending>) {
         let now = SystemTime::now();
         for item in pending {
-            if item.interrupted {
-                self.shared.metrics.possible_duplicate();
-                tracing::warn!(
-                    message_id = %item.message.id,
-                    attempts = item.attempts,
-                    "resuming a message whose last attempt was interrupted: the provider may already have it (possible duplicate)"
-                );
-            }
             let delay = item.not_before.duration_since(now).unwrap_or_default();
-            let job = Job {
-                message: Arc::new(item.message),
-                attempts: item.attempts,
-                round: item.round,
-                last_error: None,
-            };
-            schedule_local(&self.shared, job, delay);
+            schedule_local(&self.shared, job_of(&self.shared, item), delay);
         }
     }
-
     /// Messages waiting: in the queue or scheduled for a retry.
     pub fn queue_depth(&self) -> usize {
         self.shared.depth()
@@ -231,8 +222,23 @@ async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
     }
 }
 
+/// A resumed or claimed message as a job. An attempt that was started and never recorded may
+/// have reached the provider: it is counted and logged as a possible duplicate.
+fn job_of(shared: &Shared, item: Pending) -> Job {
+    if item.interrupted {
+        shared.metrics.possible_duplicate();
+        tracing::warn!(
+            message_id = %item.message.id,
+            attempts = item.attempts,
+            "resuming a message whose last attempt was interrupted: the provider may already have it (possible duplicate)"
+        );
+    }
+    Job { message: Arc::new(item.message), attempts: item.attempts, round: item.round, last_error: None }
+}
+
 /// Puts a job back on the queue after `delay`, waiting for room: an accepted message is never
-/// dropped for a full queue.
+/// dropped for a full queue. With a shared queue the lease is taken again first; if another
+/// instance has the message by then, it carries on there.
 fn schedule_local(shared: &Arc<Shared>, job: Job, delay: Duration) {
     shared.scheduled.fetch_add(1, Ordering::Relaxed);
     let shared = Arc::clone(shared);
@@ -240,13 +246,42 @@ fn schedule_local(shared: &Arc<Shared>, job: Job, delay: Duration) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let requeued = shared.tx.send(job).await;
+        let ours = !shared.store.shared_queue() || shared.store.claim(&job.message.id).await.unwrap_or(false);
+        let requeued = if ours { shared.tx.send(job).await.map_err(|unsent| unsent.0) } else { Ok(()) };
         shared.scheduled.fetch_sub(1, Ordering::Relaxed);
         if let Err(unsent) = requeued {
-            let id = &unsent.0.message.id;
+            let id = &unsent.message.id;
             tracing::warn!(message_id = %id, "service stopping: a scheduled retry was not requeued");
         }
     });
+}
+
+/// With a shared queue: takes due messages nobody holds (scheduled by any instance, or left by
+/// one that died) as room frees up.
+async fn claim_due_work(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(CLAIM_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = every.tick() => {}
+        }
+        let room = u32::try_from(shared.tx.capacity().min(CLAIM_BATCH)).unwrap_or(0);
+        if room == 0 {
+            continue;
+        }
+        match shared.store.claim_due(room).await {
+            Ok(items) => {
+                for item in items {
+                    let job = job_of(&shared, item);
+                    if shared.tx.send(job).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "could not claim due messages"),
+        }
+    }
 }
 
 async fn round(shared: &Shared, job: &mut Job) -> Round {
@@ -286,6 +321,17 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         attempted = true;
         job.attempts += 1;
+        // Recorded before the call: after a crash, an attempt with no outcome is a possible
+        // duplicate. On a shared queue this also renews the lease, and refuses if another
+        // instance took the message over: then it is theirs to send.
+        if let Err(error) = shared.store.attempt_started(&job.message.id, job.attempts, &handle.label).await {
+            if shared.store.shared_queue() {
+                let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
+                tracing::warn!(message_id = %job.message.id, error = %error, "leaving the message to the instance that holds it now");
+                return Round::Done;
+            }
+            log_store_error(&job.message.id, Err(error));
+        }
         let (result, record) = attempt(shared, handle, job).await;
         let verdict = match &result {
             Ok(_) => Verdict::Success,
@@ -353,8 +399,7 @@ fn earliest(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
     Some(current.map_or(candidate, |c| c.min(candidate)))
 }
 
-/// One attempt: send within the provider's timeout, then record it everywhere.
-/// One attempt: record it as started, send within the provider's timeout, log and count it.
+/// One attempt: send within the provider's timeout, log and count it.
 /// Returns the outcome and its record, for the caller to store with what it decides.
 async fn attempt(
     shared: &Shared,
@@ -362,11 +407,6 @@ async fn attempt(
     job: &Job,
 ) -> (Result<Option<String>, SendError>, Attempt) {
     let message = &job.message;
-    // Recorded before the call: after a crash, an attempt with no outcome is a possible duplicate.
-    log_store_error(
-        &message.id,
-        shared.store.attempt_started(&message.id, job.attempts, &handle.label).await,
-    );
     let started = Instant::now();
     let result =
         match tokio::time::timeout(handle.config.settings.timeout, handle.instance().send(message)).await {

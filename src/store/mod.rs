@@ -4,6 +4,7 @@
 
 mod codec;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde::Serialize;
 use switchboard_providers::{Channel, ErrorClass, OutboundMessage, SendError};
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -130,7 +132,7 @@ pub enum Final {
 pub enum StoreError {
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
-    #[error("unsupported store URL {0:?}: use sqlite://PATH or memory://")]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://… or memory://")]
     UnsupportedUrl(String),
 }
 
@@ -200,14 +202,33 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Deletes up to `batch` messages finished before `before` (with their attempts) and
     /// expired idempotency keys; returns how many messages went.
     async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError>;
-    /// A short description for logs (`memory://`, `sqlite://…`).
+    /// Whether several instances may share this store's queue. Such a store leases each message
+    /// to one worker: new messages are leased to the instance that accepted them, others are
+    /// taken with [`MessageStore::claim`] and [`MessageStore::claim_due`].
+    fn shared_queue(&self) -> bool {
+        false
+    }
+
+    /// Takes the lease on a message this instance scheduled, now due. `false`: another
+    /// instance holds it, or it is finished.
+    async fn claim(&self, _id: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Takes the lease on up to `limit` due messages nobody holds: new or scheduled ones whose
+    /// instance let go, and those of an instance that died (its leases expired).
+    async fn claim_due(&self, _limit: u32) -> Result<Vec<Pending>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// A short description for logs (`memory://`, `sqlite://…`); never a password.
     fn describe(&self) -> String;
     /// Whether accepted messages survive a restart.
     fn is_durable(&self) -> bool;
 }
 
-/// Opens the store a URL names: `memory://` or `sqlite://PATH` (created if missing; migrations
-/// run).
+/// Opens the store a URL names: `memory://`, `sqlite://PATH` (created if missing) or
+/// `postgres://…`; migrations run.
 pub async fn open(
     url: &str,
     memory_retention: usize,
@@ -220,6 +241,9 @@ pub async fn open(
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
         return Ok(std::sync::Arc::new(SqliteStore::open(path).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PostgresStore::open(url).await?));
     }
     Err(StoreError::UnsupportedUrl(url.to_owned()))
 }

@@ -18,8 +18,8 @@ use super::codec::{
     channel_of, class_name, class_of, from_ms, json_list, ms, outcome_of, parse_list, status_of, unavailable,
 };
 use super::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending,
-    StoreError, IDEMPOTENCY_WINDOW,
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
+    IDEMPOTENCY_WINDOW,
 };
 
 /// The most writes committed in one transaction.
@@ -55,9 +55,6 @@ enum Applied {
     Done,
     Purged(u64),
 }
-
-
-
 
 /// The embedded migrations (also run alone by `switchboard migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -117,13 +114,6 @@ impl SqliteStore {
         Ok(versions)
     }
 }
-
-
-
-
-
-
-
 
 fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     Ok(OutboundMessage {

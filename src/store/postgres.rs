@@ -1,0 +1,506 @@
+//! The PostgreSQL store (`postgres://…`): several instances share one database and drain one
+//! queue. Each queued message is leased to one worker at a time (`FOR UPDATE SKIP LOCKED` with
+//! an expiry and this instance's token); every write of a dispatch names the token, so a worker
+//! whose lease was taken over cannot overwrite the new holder's result.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use switchboard_providers::OutboundMessage;
+
+use super::codec::{
+    channel_of, class_name, class_of, from_ms, json_list, ms, outcome_of, parse_list, status_of, unavailable,
+};
+use super::{
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
+    IDEMPOTENCY_WINDOW,
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a lease lasts unless renewed (each attempt renews it).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+pub struct PostgresStore {
+    pool: PgPool,
+    shown: String,
+    /// This instance's lease token.
+    token: String,
+    lease: Duration,
+}
+
+fn lease_lost(id: &str) -> StoreError {
+    StoreError::Unavailable(format!("lease on message {id} was taken over by another instance"))
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let lease = std::env::var("SWITCHBOARD_LEASE")
+            .ok()
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .unwrap_or(DEFAULT_LEASE);
+        PostgresStore::open_with(url, lease).await
+    }
+
+    pub async fn open_with(url: &str, lease: Duration) -> Result<PostgresStore, StoreError> {
+        let shown = redact(url);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
+        MIGRATOR.run(&pool).await.map_err(|e| unavailable(format!("migrations on {shown} failed: {e}")))?;
+        Ok(PostgresStore { pool, shown, token: uuid::Uuid::now_v7().to_string(), lease })
+    }
+
+    /// Runs the migrations only; returns the versions now applied.
+    pub async fn migrate(url: &str) -> Result<Vec<i64>, StoreError> {
+        let store = PostgresStore::open_with(url, DEFAULT_LEASE).await?;
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&store.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().filter_map(|row| row.try_get::<i64, _>(0).ok()).collect())
+    }
+
+    fn lease_until(&self) -> i64 {
+        ms(SystemTime::now() + self.lease)
+    }
+}
+
+fn pending_of(row: &PgRow) -> Result<Pending, sqlx::Error> {
+    Ok(Pending {
+        message: OutboundMessage {
+            id: row.try_get("id")?,
+            channel: channel_of(row.try_get("channel")?),
+            from: row.try_get("sender")?,
+            to: row.try_get("recipient")?,
+            subject: row.try_get("subject")?,
+            body: row.try_get("body")?,
+            attachments: parse_list(row.try_get("attachments")?),
+            tags: parse_list(row.try_get("tags")?),
+        },
+        attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        round: u32::try_from(row.try_get::<i32, _>("round")?).unwrap_or(0),
+        not_before: from_ms(row.try_get("not_before")?),
+        interrupted: row.try_get("interrupted")?,
+    })
+}
+
+async fn write_attempt(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    number: u32,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    let started = ms(attempt.time) - i64::try_from(attempt.latency_ms).unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+         error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+         latency_ms = excluded.latency_ms",
+    )
+    .bind(id)
+    .bind(i32::try_from(number).unwrap_or(i32::MAX))
+    .bind(&*attempt.provider)
+    .bind(started)
+    .bind(ms(attempt.time))
+    .bind(attempt.outcome.as_str())
+    .bind(attempt.error_class.map(class_name))
+    .bind(&attempt.error_code)
+    .bind(&attempt.error_message)
+    .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn insert(
+        &self,
+        message: &OutboundMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Inserted, StoreError> {
+        let now = ms(SystemTime::now());
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if let Some(key) = key {
+            let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
+                .bind(&key.key)
+                .bind(window_start)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            // Taking the key first: a concurrent request with it waits here for this one.
+            let taken = sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(&message.id)
+            .bind(message.channel.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+            if taken == 0 {
+                let row = sqlx::query(
+                    "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1",
+                )
+                .bind(&key.key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let hash: String = row.try_get(0).map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                return Ok(if hash == key.request_hash {
+                    Inserted::Replay {
+                        id: row.try_get(1).map_err(unavailable)?,
+                        channel: row.try_get(2).map_err(unavailable)?,
+                    }
+                } else {
+                    Inserted::KeyReused
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9)",
+        )
+        .bind(&message.id)
+        .bind(message.channel.as_str())
+        .bind(&message.from)
+        .bind(&message.to)
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(json_list(&message.attachments))
+        .bind(json_list(&message.tags))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Leased to this instance, which dispatches it right away.
+        sqlx::query(
+            "INSERT INTO queue (message_id, not_before, lease_token, lease_until) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&message.id)
+        .bind(now)
+        .bind(&self.token)
+        .bind(self.lease_until())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Inserted::New)
+    }
+
+    async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
+        let now = ms(SystemTime::now());
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Renews the lease; fails if another instance took the message over.
+        let held =
+            sqlx::query("UPDATE queue SET lease_until = $1 WHERE message_id = $2 AND lease_token = $3")
+                .bind(self.lease_until())
+                .bind(id)
+                .bind(&self.token)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        if held == 0 {
+            return Err(lease_lost(id));
+        }
+        sqlx::query(
+            "INSERT INTO attempts (message_id, number, provider, started_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+             started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
+        )
+        .bind(id)
+        .bind(i32::try_from(number).unwrap_or(i32::MAX))
+        .bind(provider)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE messages SET status = 'sending', updated_at = $1 WHERE id = $2 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let held = sqlx::query(
+            "UPDATE queue SET attempts = GREATEST(attempts, $1) WHERE message_id = $2 AND lease_token = $3",
+        )
+        .bind(i32::try_from(number).unwrap_or(i32::MAX))
+        .bind(id)
+        .bind(&self.token)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if held == 0 {
+            return Err(lease_lost(id));
+        }
+        write_attempt(&mut tx, id, number, &attempt).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn schedule(
+        &self,
+        id: &str,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
+    ) -> Result<(), StoreError> {
+        // Lets go of the lease: whichever instance claims it when due carries on.
+        let held = sqlx::query(
+            "UPDATE queue SET not_before = $1, attempts = $2, round = $3, lease_token = NULL, lease_until = NULL \
+             WHERE message_id = $4 AND lease_token = $5",
+        )
+        .bind(ms(not_before))
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(i32::try_from(round).unwrap_or(i32::MAX))
+        .bind(id)
+        .bind(&self.token)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if held == 0 {
+            return Err(lease_lost(id));
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+    ) -> Result<(), StoreError> {
+        let now = ms(SystemTime::now());
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let held = sqlx::query("DELETE FROM queue WHERE message_id = $1 AND lease_token = $2")
+            .bind(id)
+            .bind(&self.token)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        if held == 0 {
+            // Dropping the transaction rolls it back: the new holder's result stands.
+            return Err(lease_lost(id));
+        }
+        if let Some((number, attempt)) = &last_attempt {
+            write_attempt(&mut tx, id, *number, attempt).await?;
+        }
+        let (status, provider, provider_message_id, error) = match outcome {
+            Final::Sent { provider, provider_message_id } => {
+                ("sent", Some(provider), provider_message_id, None)
+            }
+            Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
+        };
+        sqlx::query(
+            "UPDATE messages SET status = $1, provider = $2, provider_message_id = $3, error_code = $4, error_message = $5, \
+             updated_at = $6, finished_at = $6 WHERE id = $7",
+        )
+        .bind(status)
+        .bind(provider.as_deref())
+        .bind(provider_message_id)
+        .bind(error.as_ref().map(|e| e.code.clone()))
+        .bind(error.map(|e| e.message))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, created_at, updated_at \
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at \
+             FROM attempts WHERE message_id = $1 AND finished_at IS NOT NULL ORDER BY number",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let view = (|| -> Result<MessageView, sqlx::Error> {
+            let error_code: Option<String> = row.try_get("error_code")?;
+            let error_message: Option<String> = row.try_get("error_message")?;
+            let provider: Option<String> = row.try_get("provider")?;
+            Ok(MessageView {
+                id: row.try_get("id")?,
+                channel: channel_of(row.try_get("channel")?),
+                status: status_of(row.try_get("status")?),
+                provider: provider.map(Arc::from),
+                provider_message_id: row.try_get("provider_message_id")?,
+                attempts: attempts
+                    .iter()
+                    .map(|a| {
+                        let provider: String = a.try_get("provider")?;
+                        let outcome: Option<String> = a.try_get("outcome")?;
+                        let class: Option<String> = a.try_get("error_class")?;
+                        let latency: Option<i64> = a.try_get("latency_ms")?;
+                        let finished: Option<i64> = a.try_get("finished_at")?;
+                        Ok(Attempt {
+                            provider: Arc::from(provider),
+                            outcome: outcome_of(outcome.as_deref().unwrap_or("")),
+                            error_class: class.as_deref().and_then(class_of),
+                            error_code: a.try_get("error_code")?,
+                            error_message: a.try_get("error_message")?,
+                            latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
+                            time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?,
+                error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
+                tags: parse_list(row.try_get("tags")?),
+                created_at: from_ms(row.try_get("created_at")?),
+                updated_at: from_ms(row.try_get("updated_at")?),
+            })
+        })()
+        .map_err(unavailable)?;
+        Ok(Some(view))
+    }
+
+    /// Nothing: with a shared queue, work is resumed by [`MessageStore::claim_due`], by
+    /// whichever instance gets there first.
+    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
+        let purged = sqlx::query(
+            "DELETE FROM messages WHERE id IN \
+             (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)",
+        )
+        .bind(ms(before))
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let window_start =
+            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)")
+            .bind(window_start)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(purged)
+    }
+
+    fn shared_queue(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, id: &str) -> Result<bool, StoreError> {
+        let now = ms(SystemTime::now());
+        let claimed = sqlx::query(
+            "UPDATE queue SET lease_token = $1, lease_until = $2 WHERE message_id = $3 AND not_before <= $4 \
+             AND (lease_until IS NULL OR lease_until < $4 OR lease_token = $1)",
+        )
+        .bind(&self.token)
+        .bind(self.lease_until())
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    async fn claim_due(&self, limit: u32) -> Result<Vec<Pending>, StoreError> {
+        let now = ms(SystemTime::now());
+        let rows = sqlx::query(
+            "WITH claimed AS ( \
+               UPDATE queue SET lease_token = $1, lease_until = $2 \
+               WHERE message_id IN ( \
+                 SELECT message_id FROM queue WHERE not_before <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+                 ORDER BY not_before LIMIT $4 FOR UPDATE SKIP LOCKED) \
+               RETURNING message_id, attempts, round, not_before) \
+             SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, c.not_before, c.round, \
+               GREATEST(c.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
+               EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
+             FROM claimed c JOIN messages m ON m.id = c.message_id ORDER BY c.not_before",
+        )
+        .bind(&self.token)
+        .bind(self.lease_until())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(pending_of).collect::<Result<_, sqlx::Error>>().map_err(unavailable)
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        for (url, shown) in [
+            ("postgres://sb:s3cret@db:5432/x", "postgres://sb:***@db:5432/x"),
+            ("postgres://127.0.0.1/test", "postgres://127.0.0.1/test"),
+            ("postgres://user@host/db", "postgres://user:***@host/db"),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The PostgreSQL store against a real server. Set `SWITCHBOARD_TEST_POSTGRES_URL` (e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates a database of its own.
+//! Without the variable the tests say so and pass, so `cargo test` works without PostgreSQL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::Server;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+/// A fresh database on the test server, or `None` (with a note) when there is no server.
+fn fresh_database(name: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
+        return None;
+    };
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let database = format!("sb_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| panic!("cannot reach {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+    });
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+    Some(format!("{base}/{database}"))
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|_| Client::new())
+}
+
+const CONFIG: &str = "[providers.p]\nkind = \"mock\"\nlatency_ms = 20\n\
+                      [routes.sms]\nproviders = [\"p\"]\n[routes.mms]\nproviders = [\"p\"]\n[routes.email]\nproviders = [\"p\"]\n";
+
+fn send(server: &Server, n: u32) -> Option<String> {
+    let body = json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"});
+    let response = client().post(server.url("/api/messages/sms")).json(&body).send().ok()?;
+    if response.status().as_u16() != 202 {
+        return None;
+    }
+    response.json::<Value>().ok()?["id"].as_str().map(str::to_owned)
+}
+
+fn view(server: &Server, id: &str) -> Value {
+    client()
+        .get(server.url(&format!("/v1/messages/{id}")))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null)
+}
+
+fn wait_all_sent(server: &Server, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left: HashSet<&String> = ids.iter().collect();
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "{} messages never sent:\n{}", left.len(), server.logs());
+        left.retain(|id| view(server, id)["status"] != "sent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn attempts_total(server: &Server) -> u64 {
+    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_dispatch_attempts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_instances_drain_one_queue_sending_each_message_once() {
+    let Some(url) = fresh_database("two") else { return };
+    let store = ["--store", url.as_str()];
+    let a = Server::start(CONFIG, &store, &[]);
+    let b = Server::start(CONFIG, &store, &[]);
+    let ids: Vec<String> = (0..100).filter_map(|n| send(if n % 2 == 0 { &a } else { &b }, n)).collect();
+    assert_eq!(ids.len(), 100);
+    wait_all_sent(&a, &ids);
+    for id in &ids {
+        let attempts = view(&b, id)["attempts"].as_array().map_or(0, Vec::len);
+        assert_eq!(attempts, 1, "message {id} was attempted {attempts} times");
+    }
+    assert_eq!(attempts_total(&a) + attempts_total(&b), 100, "a message was sent by both instances");
+}
+
+#[test]
+fn an_instance_that_dies_leaves_its_messages_to_the_others() {
+    let Some(url) = fresh_database("crash") else { return };
+    let store = ["--store", url.as_str()];
+    let lease = [("SWITCHBOARD_LEASE", "2s")];
+    let survivor = Server::start(CONFIG, &store, &lease);
+    let mut victim = Server::start(CONFIG, &[&store[..], &["--workers", "2"]].concat(), &lease);
+    let mut ids: Vec<String> = (0..60).filter_map(|n| send(&victim, n)).collect();
+    victim.kill();
+    ids.extend((60..80).filter_map(|n| send(&survivor, n)));
+    wait_all_sent(&survivor, &ids);
+    let repeated: usize =
+        ids.iter().map(|id| view(&survivor, id)["attempts"].as_array().map_or(0, Vec::len) - 1).sum();
+    assert!(repeated <= 2, "{repeated} repeated attempts, more than the 2 in flight at the kill");
+}
+
+#[test]
+fn one_idempotency_key_across_instances_creates_one_message() {
+    let Some(url) = fresh_database("idem") else { return };
+    let store = ["--store", url.as_str()];
+    let (a, b) = (Server::start(CONFIG, &store, &[]), Server::start(CONFIG, &store, &[]));
+    let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "once"});
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (base, body) = (if i % 2 == 0 { a.base.clone() } else { b.base.clone() }, body.clone());
+                scope.spawn(move || {
+                    let r = Client::new()
+                        .post(format!("{base}/v1/messages"))
+                        .header("Idempotency-Key", "k")
+                        .json(&body)
+                        .send();
+                    r.map(|r| (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)))
+                        .unwrap_or((0, Value::Null))
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let ids: HashSet<&str> =
+        answers.iter().filter(|(s, _)| *s == 202).filter_map(|(_, v)| v["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| *s == 202 || *s == 409), "{answers:?}");
+}
