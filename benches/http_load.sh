@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
 # measured in the same run with the kit in ../shared/bench. Usage:
-#   [STORE=memory|sqlite] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
-# STORE=sqlite uses a fresh database file per run (in a temp dir).
+#   [STORE=memory|sqlite|postgres] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+# STORE=sqlite uses a fresh database file per run (in a temp dir); STORE=postgres a fresh
+# database per run on PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # Pins each server to core 0 and wrk to core 1; prints one line per run and the medians.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +35,12 @@ for run in $(seq "$runs"); do
 
   store_url=memory://
   if [[ ${STORE:-memory} == sqlite ]]; then db_dir=$(mktemp -d); store_url="sqlite://$db_dir/bench.db"; fi
+  if [[ ${STORE:-memory} == postgres ]]; then
+    admin=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+    pg_db="sb_bench_$$_$run"
+    psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
+    store_url="${admin%/*}/$pg_db"
+  fi
   (cd "$root" && exec taskset -c 0 "$bin/switchboard" serve --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
   WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null

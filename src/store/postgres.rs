@@ -141,6 +141,31 @@ impl MessageStore for PostgresStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
         let now = ms(SystemTime::now());
+        if key.is_none() {
+            // One statement: the message and its queue entry (leased to this instance, which
+            // dispatches it right away), atomically.
+            sqlx::query(
+                "WITH message AS ( \
+                   INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
+                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9) RETURNING id) \
+                 INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $9, $10, $11 FROM message",
+            )
+            .bind(&message.id)
+            .bind(message.channel.as_str())
+            .bind(&message.from)
+            .bind(&message.to)
+            .bind(&message.subject)
+            .bind(&message.body)
+            .bind(json_list(&message.attachments))
+            .bind(json_list(&message.tags))
+            .bind(now)
+            .bind(&self.token)
+            .bind(self.lease_until())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            return Ok(Inserted::New);
+        }
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         if let Some(key) = key {
             let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
@@ -216,42 +241,32 @@ impl MessageStore for PostgresStore {
     }
 
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        let now = ms(SystemTime::now());
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // Renews the lease; fails if another instance took the message over.
-        let held =
-            sqlx::query("UPDATE queue SET lease_until = $1 WHERE message_id = $2 AND lease_token = $3")
-                .bind(self.lease_until())
-                .bind(id)
-                .bind(&self.token)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
+        // One statement (one round trip, atomic): renew the lease (nothing happens if another
+        // instance took the message over), then the attempt's row and the `sending` status.
+        let held: i64 = sqlx::query_scalar(
+            "WITH held AS ( \
+               UPDATE queue SET lease_until = $1 WHERE message_id = $2 AND lease_token = $3 RETURNING message_id), \
+             attempt AS ( \
+               INSERT INTO attempts (message_id, number, provider, started_at) SELECT message_id, $4, $5, $6 FROM held \
+               ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+               started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
+             status AS ( \
+               UPDATE messages SET status = 'sending', updated_at = $6 \
+               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
+             SELECT COUNT(*) FROM held",
+        )
+        .bind(self.lease_until())
+        .bind(id)
+        .bind(&self.token)
+        .bind(i32::try_from(number).unwrap_or(i32::MAX))
+        .bind(provider)
+        .bind(ms(SystemTime::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
         if held == 0 {
             return Err(lease_lost(id));
         }
-        sqlx::query(
-            "INSERT INTO attempts (message_id, number, provider, started_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-             started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
-        )
-        .bind(id)
-        .bind(i32::try_from(number).unwrap_or(i32::MAX))
-        .bind(provider)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        sqlx::query(
-            "UPDATE messages SET status = 'sending', updated_at = $1 WHERE id = $2 AND status = 'queued'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -309,42 +324,54 @@ impl MessageStore for PostgresStore {
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError> {
         let now = ms(SystemTime::now());
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let held = sqlx::query("DELETE FROM queue WHERE message_id = $1 AND lease_token = $2")
-            .bind(id)
-            .bind(&self.token)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
-        if held == 0 {
-            // Dropping the transaction rolls it back: the new holder's result stands.
-            return Err(lease_lost(id));
-        }
-        if let Some((number, attempt)) = &last_attempt {
-            write_attempt(&mut tx, id, *number, attempt).await?;
-        }
         let (status, provider, provider_message_id, error) = match outcome {
             Final::Sent { provider, provider_message_id } => {
                 ("sent", Some(provider), provider_message_id, None)
             }
             Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
         };
-        sqlx::query(
-            "UPDATE messages SET status = $1, provider = $2, provider_message_id = $3, error_code = $4, error_message = $5, \
-             updated_at = $6, finished_at = $6 WHERE id = $7",
+        let number = last_attempt.as_ref().map(|(number, _)| i32::try_from(*number).unwrap_or(i32::MAX));
+        let attempt = last_attempt.as_ref().map(|(_, attempt)| attempt);
+        // One statement (one round trip, atomic): leave the queue only if the lease is still
+        // ours (otherwise nothing changes and the new holder's result stands), then the final
+        // attempt and the message's end.
+        let held: i64 = sqlx::query_scalar(
+            "WITH held AS (DELETE FROM queue WHERE message_id = $1 AND lease_token = $2 RETURNING message_id), \
+             attempt AS ( \
+               INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, \
+               error_code, error_message, latency_ms) \
+               SELECT message_id, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM held WHERE $3::INTEGER IS NOT NULL \
+               ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+               error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+               latency_ms = excluded.latency_ms RETURNING 1), \
+             ended AS ( \
+               UPDATE messages SET status = $12, provider = $13, provider_message_id = $14, error_code = $15, \
+               error_message = $16, updated_at = $17, finished_at = $17 WHERE id IN (SELECT message_id FROM held) RETURNING 1) \
+             SELECT COUNT(*) FROM held",
         )
+        .bind(id)
+        .bind(&self.token)
+        .bind(number)
+        .bind(attempt.map(|a| a.provider.to_string()))
+        .bind(attempt.map(|a| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0)))
+        .bind(attempt.map(|a| ms(a.time)))
+        .bind(attempt.map(|a| a.outcome.as_str()))
+        .bind(attempt.and_then(|a| a.error_class.map(class_name)))
+        .bind(attempt.and_then(|a| a.error_code.clone()))
+        .bind(attempt.and_then(|a| a.error_message.clone()))
+        .bind(attempt.map(|a| i64::try_from(a.latency_ms).unwrap_or(i64::MAX)))
         .bind(status)
         .bind(provider.as_deref())
         .bind(provider_message_id)
         .bind(error.as_ref().map(|e| e.code.clone()))
         .bind(error.map(|e| e.message))
         .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        if held == 0 {
+            return Err(lease_lost(id));
+        }
         Ok(())
     }
 
