@@ -50,6 +50,7 @@ for run in $(seq "$runs"); do
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
   kill -TERM $spid; wait $spid 2>/dev/null || true
   [[ -n ${db_dir:-} ]] && rm -rf "$db_dir"
+  [[ -n ${pg_db:-} ]] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)"
   elapsed=$(echo "$t1 - $t0" | bc -l)
   acc=$(echo "($a1 - $a0) / $elapsed" | bc -l); del=$(echo "($d1 - $d0) / $elapsed" | bc -l)
   sb_rps+=("$(field rps "$line")"); sb_p50+=("$(field p50_ms "$line")"); sb_p99+=("$(field p99_ms "$line")")

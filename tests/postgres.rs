@@ -12,8 +12,27 @@ use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
+/// A database created for one test, dropped (with its connections) when the test ends.
+struct TestDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+            }
+        });
+    }
+}
+
 /// A fresh database on the test server, or `None` (with a note) when there is no server.
-fn fresh_database(name: &str) -> Option<String> {
+fn fresh_database(name: &str) -> Option<TestDatabase> {
     let Ok(admin) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
         eprintln!("skipped: set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
         return None;
@@ -30,7 +49,7 @@ fn fresh_database(name: &str) -> Option<String> {
             .unwrap_or_else(|e| panic!("create database: {e}"));
     });
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
-    Some(format!("{base}/{database}"))
+    Some(TestDatabase { url: format!("{base}/{database}"), admin, name: database })
 }
 
 fn client() -> Client {
@@ -82,8 +101,8 @@ fn attempts_total(server: &Server) -> u64 {
 
 #[test]
 fn two_instances_drain_one_queue_sending_each_message_once() {
-    let Some(url) = fresh_database("two") else { return };
-    let store = ["--store", url.as_str()];
+    let Some(db) = fresh_database("two") else { return };
+    let store = ["--store", db.url.as_str()];
     let a = Server::start(CONFIG, &store, &[]);
     let b = Server::start(CONFIG, &store, &[]);
     let ids: Vec<String> = (0..100).filter_map(|n| send(if n % 2 == 0 { &a } else { &b }, n)).collect();
@@ -98,8 +117,8 @@ fn two_instances_drain_one_queue_sending_each_message_once() {
 
 #[test]
 fn an_instance_that_dies_leaves_its_messages_to_the_others() {
-    let Some(url) = fresh_database("crash") else { return };
-    let store = ["--store", url.as_str()];
+    let Some(db) = fresh_database("crash") else { return };
+    let store = ["--store", db.url.as_str()];
     let lease = [("SWITCHBOARD_LEASE", "2s")];
     let survivor = Server::start(CONFIG, &store, &lease);
     let mut victim = Server::start(CONFIG, &[&store[..], &["--workers", "2"]].concat(), &lease);
@@ -114,8 +133,8 @@ fn an_instance_that_dies_leaves_its_messages_to_the_others() {
 
 #[test]
 fn one_idempotency_key_across_instances_creates_one_message() {
-    let Some(url) = fresh_database("idem") else { return };
-    let store = ["--store", url.as_str()];
+    let Some(db) = fresh_database("idem") else { return };
+    let store = ["--store", db.url.as_str()];
     let (a, b) = (Server::start(CONFIG, &store, &[]), Server::start(CONFIG, &store, &[]));
     let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "once"});
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {

@@ -60,7 +60,7 @@ impl PostgresStore {
     pub async fn open_with(url: &str, lease: Duration) -> Result<PostgresStore, StoreError> {
         let shown = redact(url);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(32)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
