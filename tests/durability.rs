@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 use reqwest::blocking::Client;
@@ -21,76 +21,11 @@ fn client() -> Client {
 const CONFIG: &str = "[providers.slow]\nkind = \"mock\"\nlatency_ms = 50\n\
                       [routes.sms]\nproviders = [\"slow\"]\n[routes.mms]\nproviders = [\"slow\"]\n[routes.email]\nproviders = [\"slow\"]\n";
 
-fn sms(n: u32) -> Value {
-    json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"})
-}
-
-/// Sends `count` messages as fast as it can; returns the ids answered 202 (a dying server may
-/// refuse or drop the rest: only 202s are promises).
-fn send_until_dead(server: &Server, count: u32, start: u32) -> Vec<String> {
-    let client = client();
-    (start..start + count)
-        .filter_map(|n| {
-            let response = client.post(server.url("/api/messages/sms")).json(&sms(n)).send().ok()?;
-            (response.status().as_u16() == 202)
-                .then(|| response.json::<Value>().ok()?["id"].as_str().map(str::to_owned))
-                .flatten()
-        })
-        .collect()
-}
-
-fn status(server: &Server, id: &str) -> Value {
-    client()
-        .get(server.url(&format!("/v1/messages/{id}")))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap_or(Value::Null)
-}
-
 #[test]
 fn messages_answered_202_survive_repeated_crashes() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_default();
-    let args = ["--workers", "4"];
-    let mut accepted = Vec::new();
-    // Kill points drawn from a fixed seed: the same run every time.
-    let mut seed = 0x2545_f491_u64;
-    for round in 0..4u32 {
-        let mut server = Server::start_in(dir.path(), &args, &[]);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let burst = 20 + (seed % 30) as u32;
-        accepted.extend(send_until_dead(&server, burst, round * 100));
-        std::thread::sleep(Duration::from_millis(seed % 80));
-        server.kill();
-    }
-    let server = Server::start_in(dir.path(), &args, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut unfinished: HashSet<String> = accepted.iter().cloned().collect();
-    while !unfinished.is_empty() && Instant::now() < deadline {
-        unfinished.retain(|id| status(&server, id)["status"] != "sent");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        unfinished.is_empty(),
-        "{} of {} accepted messages were lost: {unfinished:?}\n{}",
-        unfinished.len(),
-        accepted.len(),
-        server.logs()
-    );
-    // Every message reached the provider; at most the attempts in flight at a kill repeat.
-    let mut duplicates = 0;
-    for id in &accepted {
-        let view = status(&server, id);
-        let successes =
-            view["attempts"].as_array().map_or(0, |a| a.iter().filter(|a| a["outcome"] == "success").count());
-        assert_eq!(successes, 1, "{view}");
-        duplicates += view["attempts"].as_array().map_or(0, Vec::len) - 1;
-    }
-    assert!(duplicates <= 4 * args[1].parse::<usize>().unwrap_or(4), "{duplicates} repeated attempts");
-    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
-    assert!(metrics.contains("switchboard_possible_duplicates_total"), "{metrics}");
+    common::crash_repeatedly(dir.path(), &["--workers", "4"], &[]);
 }
 
 #[test]

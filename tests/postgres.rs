@@ -159,3 +159,16 @@ fn one_idempotency_key_across_instances_creates_one_message() {
     assert_eq!(ids.len(), 1, "{answers:?}");
     assert!(answers.iter().all(|(s, _)| *s == 202 || *s == 409), "{answers:?}");
 }
+
+#[test]
+fn messages_answered_202_survive_repeated_crashes_on_postgres() {
+    let Some(db) = fresh_database("crashes") else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_default();
+    // Short leases: a restarted instance takes over its predecessor's work within a second.
+    common::crash_repeatedly(
+        dir.path(),
+        &["--store", &db.url, "--workers", "4"],
+        &[("SWITCHBOARD_LEASE", "1s")],
+    );
+}
