@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use switchboard_providers::OutboundMessage;
 
@@ -25,7 +27,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/post
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 pub struct PostgresStore {
+    /// Accepting messages and reading: commits wait for the WAL flush (a 202 is a promise).
     pool: PgPool,
+    /// Dispatch progress (attempts, leases, retry times, ends): `synchronous_commit = off`.
+    /// Only a crash of the database server itself can lose the last moments of these writes,
+    /// and then a message is at worst sent again, never lost.
+    progress: PgPool,
     shown: String,
     /// This instance's lease token.
     token: String,
@@ -59,14 +66,22 @@ impl PostgresStore {
 
     pub async fn open_with(url: &str, lease: Duration) -> Result<PostgresStore, StoreError> {
         let shown = redact(url);
-        let pool = PgPoolOptions::new()
-            .max_connections(32)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| unavailable(format!("bad database URL {shown}: {e}")))?;
+        let connect = |options: PgConnectOptions, size: u32| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+        };
+        let pool = connect(options.clone(), 20)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
         MIGRATOR.run(&pool).await.map_err(|e| unavailable(format!("migrations on {shown} failed: {e}")))?;
-        Ok(PostgresStore { pool, shown, token: uuid::Uuid::now_v7().to_string(), lease })
+        let progress = connect(options.options([("synchronous_commit", "off")]), 20)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
+        Ok(PostgresStore { pool, progress, shown, token: uuid::Uuid::now_v7().to_string(), lease })
     }
 
     /// Runs the migrations only; returns the versions now applied.
@@ -261,7 +276,7 @@ impl MessageStore for PostgresStore {
         .bind(i32::try_from(number).unwrap_or(i32::MAX))
         .bind(provider)
         .bind(ms(SystemTime::now()))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.progress)
         .await
         .map_err(unavailable)?;
         if held == 0 {
@@ -271,7 +286,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.progress.begin().await.map_err(unavailable)?;
         let held = sqlx::query(
             "UPDATE queue SET attempts = GREATEST(attempts, $1) WHERE message_id = $2 AND lease_token = $3",
         )
@@ -307,7 +322,7 @@ impl MessageStore for PostgresStore {
         .bind(i32::try_from(round).unwrap_or(i32::MAX))
         .bind(id)
         .bind(&self.token)
-        .execute(&self.pool)
+        .execute(&self.progress)
         .await
         .map_err(unavailable)?
         .rows_affected();
@@ -366,7 +381,7 @@ impl MessageStore for PostgresStore {
         .bind(error.as_ref().map(|e| e.code.clone()))
         .bind(error.map(|e| e.message))
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.progress)
         .await
         .map_err(unavailable)?;
         if held == 0 {
@@ -476,7 +491,7 @@ impl MessageStore for PostgresStore {
         .bind(self.lease_until())
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.progress)
         .await
         .map_err(unavailable)?
         .rows_affected();
@@ -501,7 +516,7 @@ impl MessageStore for PostgresStore {
         .bind(self.lease_until())
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.progress)
         .await
         .map_err(unavailable)?;
         rows.iter().map(pending_of).collect::<Result<_, sqlx::Error>>().map_err(unavailable)
