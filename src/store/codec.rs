@@ -2,9 +2,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
-use super::{Outcome, Status, StoreError};
+use super::{Attempt, Failure, MessageView, Outcome, Status, StoreError};
 
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
@@ -67,4 +70,56 @@ pub(super) fn class_of(text: &str) -> Option<ErrorClass> {
 
 pub(super) fn channel_of(text: &str) -> Channel {
     Channel::new(text).unwrap_or(Channel::SMS)
+}
+
+/// What `get` shows, from a `messages` row and its finished `attempts` rows, whatever the SQL
+/// database (both stores select the same columns).
+pub(super) fn view_of<R>(row: &R, attempts: &[R]) -> Result<MessageView, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    let provider: Option<String> = row.try_get("provider")?;
+    let tags: String = row.try_get("tags")?;
+    let channel: String = row.try_get("channel")?;
+    let status: String = row.try_get("status")?;
+    Ok(MessageView {
+        id: row.try_get("id")?,
+        channel: channel_of(&channel),
+        status: status_of(&status),
+        provider: provider.map(Arc::from),
+        provider_message_id: row.try_get("provider_message_id")?,
+        attempts: attempts.iter().map(attempt_of).collect::<Result<_, sqlx::Error>>()?,
+        error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
+        tags: parse_list(&tags),
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}
+
+fn attempt_of<R>(a: &R) -> Result<Attempt, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let provider: String = a.try_get("provider")?;
+    let outcome: Option<String> = a.try_get("outcome")?;
+    let class: Option<String> = a.try_get("error_class")?;
+    let latency: Option<i64> = a.try_get("latency_ms")?;
+    let finished: Option<i64> = a.try_get("finished_at")?;
+    Ok(Attempt {
+        provider: Arc::from(provider),
+        outcome: outcome_of(outcome.as_deref().unwrap_or("")),
+        error_class: class.as_deref().and_then(class_of),
+        error_code: a.try_get("error_code")?,
+        error_message: a.try_get("error_message")?,
+        latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
+        time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
+    })
 }

@@ -3,7 +3,6 @@
 //! an expiry and this instance's token); every write of a dispatch names the token, so a worker
 //! whose lease was taken over cannot overwrite the new holder's result.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -13,11 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use switchboard_providers::OutboundMessage;
 
-use super::codec::{
-    channel_of, class_name, class_of, from_ms, json_list, ms, outcome_of, parse_list, status_of, unavailable,
-};
+use super::codec::{channel_of, class_name, from_ms, json_list, ms, parse_list, unavailable, view_of};
 use super::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
+    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
     IDEMPOTENCY_WINDOW,
 };
 
@@ -97,6 +94,37 @@ impl PostgresStore {
     fn lease_until(&self) -> i64 {
         ms(SystemTime::now() + self.lease)
     }
+
+    /// One statement: the message and its queue entry, leased to this instance (which
+    /// dispatches it right away), atomically.
+    async fn insert_message<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        message: &OutboundMessage,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH message AS ( \
+               INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
+               created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9) RETURNING id) \
+             INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $9, $10, $11 FROM message",
+        )
+        .bind(&message.id)
+        .bind(message.channel.as_str())
+        .bind(&message.from)
+        .bind(&message.to)
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(json_list(&message.attachments))
+        .bind(json_list(&message.tags))
+        .bind(now)
+        .bind(&self.token)
+        .bind(self.lease_until())
+        .execute(executor)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 fn pending_of(row: &PgRow) -> Result<Pending, sqlx::Error> {
@@ -156,33 +184,12 @@ impl MessageStore for PostgresStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
         let now = ms(SystemTime::now());
-        if key.is_none() {
-            // One statement: the message and its queue entry (leased to this instance, which
-            // dispatches it right away), atomically.
-            sqlx::query(
-                "WITH message AS ( \
-                   INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9) RETURNING id) \
-                 INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $9, $10, $11 FROM message",
-            )
-            .bind(&message.id)
-            .bind(message.channel.as_str())
-            .bind(&message.from)
-            .bind(&message.to)
-            .bind(&message.subject)
-            .bind(&message.body)
-            .bind(json_list(&message.attachments))
-            .bind(json_list(&message.tags))
-            .bind(now)
-            .bind(&self.token)
-            .bind(self.lease_until())
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let Some(key) = key else {
+            self.insert_message(&self.pool, message, now).await?;
             return Ok(Inserted::New);
-        }
+        };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        if let Some(key) = key {
+        {
             let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
             sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
                 .bind(&key.key)
@@ -224,33 +231,7 @@ impl MessageStore for PostgresStore {
                 });
             }
         }
-        sqlx::query(
-            "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9)",
-        )
-        .bind(&message.id)
-        .bind(message.channel.as_str())
-        .bind(&message.from)
-        .bind(&message.to)
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(json_list(&message.attachments))
-        .bind(json_list(&message.tags))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        // Leased to this instance, which dispatches it right away.
-        sqlx::query(
-            "INSERT INTO queue (message_id, not_before, lease_token, lease_until) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&message.id)
-        .bind(now)
-        .bind(&self.token)
-        .bind(self.lease_until())
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        self.insert_message(&mut *tx, message, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted::New)
     }
@@ -410,42 +391,7 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let view = (|| -> Result<MessageView, sqlx::Error> {
-            let error_code: Option<String> = row.try_get("error_code")?;
-            let error_message: Option<String> = row.try_get("error_message")?;
-            let provider: Option<String> = row.try_get("provider")?;
-            Ok(MessageView {
-                id: row.try_get("id")?,
-                channel: channel_of(row.try_get("channel")?),
-                status: status_of(row.try_get("status")?),
-                provider: provider.map(Arc::from),
-                provider_message_id: row.try_get("provider_message_id")?,
-                attempts: attempts
-                    .iter()
-                    .map(|a| {
-                        let provider: String = a.try_get("provider")?;
-                        let outcome: Option<String> = a.try_get("outcome")?;
-                        let class: Option<String> = a.try_get("error_class")?;
-                        let latency: Option<i64> = a.try_get("latency_ms")?;
-                        let finished: Option<i64> = a.try_get("finished_at")?;
-                        Ok(Attempt {
-                            provider: Arc::from(provider),
-                            outcome: outcome_of(outcome.as_deref().unwrap_or("")),
-                            error_class: class.as_deref().and_then(class_of),
-                            error_code: a.try_get("error_code")?,
-                            error_message: a.try_get("error_message")?,
-                            latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
-                            time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
-                        })
-                    })
-                    .collect::<Result<_, sqlx::Error>>()?,
-                error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
-                tags: parse_list(row.try_get("tags")?),
-                created_at: from_ms(row.try_get("created_at")?),
-                updated_at: from_ms(row.try_get("updated_at")?),
-            })
-        })()
-        .map_err(unavailable)?;
+        let view = view_of(&row, &attempts).map_err(unavailable)?;
         Ok(Some(view))
     }
 

@@ -3,7 +3,6 @@
 //! their own. Migrations are embedded and run on open.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -14,11 +13,9 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{
-    channel_of, class_name, class_of, from_ms, json_list, ms, outcome_of, parse_list, status_of, unavailable,
-};
+use super::codec::{channel_of, class_name, from_ms, json_list, ms, parse_list, unavailable, view_of};
 use super::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
+    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
     IDEMPOTENCY_WINDOW,
 };
 
@@ -491,42 +488,7 @@ impl MessageStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
-        let view = (|| -> Result<MessageView, sqlx::Error> {
-            let error_code: Option<String> = row.try_get("error_code")?;
-            let error_message: Option<String> = row.try_get("error_message")?;
-            let provider: Option<String> = row.try_get("provider")?;
-            Ok(MessageView {
-                id: row.try_get("id")?,
-                channel: channel_of(row.try_get("channel")?),
-                status: status_of(row.try_get("status")?),
-                provider: provider.map(Arc::from),
-                provider_message_id: row.try_get("provider_message_id")?,
-                attempts: attempts
-                    .iter()
-                    .map(|a| {
-                        let provider: String = a.try_get("provider")?;
-                        let outcome: Option<String> = a.try_get("outcome")?;
-                        let class: Option<String> = a.try_get("error_class")?;
-                        let latency: Option<i64> = a.try_get("latency_ms")?;
-                        let finished: Option<i64> = a.try_get("finished_at")?;
-                        Ok(Attempt {
-                            provider: Arc::from(provider),
-                            outcome: outcome_of(outcome.as_deref().unwrap_or("")),
-                            error_class: class.as_deref().and_then(class_of),
-                            error_code: a.try_get("error_code")?,
-                            error_message: a.try_get("error_message")?,
-                            latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
-                            time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
-                        })
-                    })
-                    .collect::<Result<_, sqlx::Error>>()?,
-                error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
-                tags: parse_list(row.try_get("tags")?),
-                created_at: from_ms(row.try_get("created_at")?),
-                updated_at: from_ms(row.try_get("updated_at")?),
-            })
-        })()
-        .map_err(unavailable)?;
+        let view = view_of(&row, &attempts).map_err(unavailable)?;
         Ok(Some(view))
     }
 
@@ -568,6 +530,7 @@ impl MessageStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::{Outcome, Status};
+    use std::sync::Arc;
     use switchboard_providers::{Channel, ErrorClass};
 
     fn message(tags: &[&str]) -> OutboundMessage {
@@ -705,6 +668,7 @@ mod tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+    use std::sync::Arc;
     use switchboard_providers::Channel;
 
     /// Concurrent writes share commits; one that fails (a duplicate id) fails alone.
