@@ -189,47 +189,44 @@ impl MessageStore for PostgresStore {
             return Ok(Inserted::New);
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        {
-            let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
-            sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
-                .bind(&key.key)
-                .bind(window_start)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            // Taking the key first: a concurrent request with it waits here for this one.
-            let taken = sqlx::query(
-                "INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
-            )
+        let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
             .bind(&key.key)
-            .bind(&key.request_hash)
-            .bind(&message.id)
-            .bind(message.channel.as_str())
-            .bind(now)
+            .bind(window_start)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?
-            .rows_affected();
-            if taken == 0 {
-                let row = sqlx::query(
-                    "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1",
-                )
-                .bind(&key.key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                let hash: String = row.try_get(0).map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
-                return Ok(if hash == key.request_hash {
-                    Inserted::Replay {
-                        id: row.try_get(1).map_err(unavailable)?,
-                        channel: row.try_get(2).map_err(unavailable)?,
-                    }
-                } else {
-                    Inserted::KeyReused
-                });
-            }
+            .map_err(unavailable)?;
+        // Taking the key first: a concurrent request with it waits here for this one.
+        let taken = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(&message.id)
+        .bind(message.channel.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if taken == 0 {
+            let row =
+                sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1")
+                    .bind(&key.key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            let hash: String = row.try_get(0).map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            return Ok(if hash == key.request_hash {
+                Inserted::Replay {
+                    id: row.try_get(1).map_err(unavailable)?,
+                    channel: row.try_get(2).map_err(unavailable)?,
+                }
+            } else {
+                Inserted::KeyReused
+            });
         }
         self.insert_message(&mut *tx, message, now).await?;
         tx.commit().await.map_err(unavailable)?;
