@@ -254,6 +254,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idempotency_keys_replay_or_refuse() -> Result<(), StoreError> {
+        let store = MemoryStore::new(10);
+        let key = |hash: &str| IdempotencyKey { key: "k".into(), request_hash: hash.into() };
+        let first = message(&uuid::Uuid::now_v7().to_string());
+        assert_eq!(store.insert(&first, Some(&key("h1"))).await?, Inserted::New);
+        let again = message(&uuid::Uuid::now_v7().to_string());
+        let replay = Inserted::Replay { id: first.id.clone(), channel: "sms".into() };
+        assert_eq!(store.insert(&again, Some(&key("h1"))).await?, replay);
+        assert!(store.get(&again.id).await?.is_none(), "a replay creates nothing");
+        let other = message(&uuid::Uuid::now_v7().to_string());
+        assert_eq!(store.insert(&other, Some(&key("h2"))).await?, Inserted::KeyReused);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn lifecycle_and_retention() -> Result<(), StoreError> {
         let store = MemoryStore::new(2);
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
