@@ -105,7 +105,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     dispatcher.resume(pending);
     let purger =
-        tokio::spawn(purge_finished(Arc::clone(&store), options.retention, watching_purge(&stop_watching)));
+        tokio::spawn(purge_finished(Arc::clone(&store), options.retention, stop_watching.subscribe()));
     let state = Arc::new(AppState {
         snapshot,
         dispatcher: dispatcher.clone(),
@@ -166,10 +166,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tracing::info!(queued = 0, "stopped with no message left queued");
     }
     Ok(())
-}
-
-fn watching_purge(stop: &tokio::sync::watch::Sender<bool>) -> tokio::sync::watch::Receiver<bool> {
-    stop.subscribe()
 }
 
 /// Deletes finished messages older than `retention`, in small batches so sends never wait long.

@@ -96,9 +96,10 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         None => None,
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let message = payload::parse(endpoint, &bytes, id, is_known_channel)?;
-    let (id, channel, replayed) = match state.dispatcher.submit(message.clone(), key.as_ref()).await? {
-        Submitted::Accepted => (message.id, message.channel.to_string(), false),
+    let message = payload::parse(endpoint, &bytes, id.clone(), is_known_channel)?;
+    let channel = message.channel.to_string();
+    let (id, channel, replayed) = match state.dispatcher.submit(message, key.as_ref()).await? {
+        Submitted::Accepted => (id, channel, false),
         Submitted::Replayed { id, channel } => (id, channel, true),
     };
     let mut response =
