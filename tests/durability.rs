@@ -4,19 +4,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use common::Server;
-use reqwest::blocking::Client;
+use common::{client, Server};
 use serde_json::{json, Value};
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_else(|_| Client::new())
-}
 
 const CONFIG: &str = "[providers.slow]\nkind = \"mock\"\nlatency_ms = 50\n\
                       [routes.sms]\nproviders = [\"slow\"]\n[routes.mms]\nproviders = [\"slow\"]\n[routes.email]\nproviders = [\"slow\"]\n";
@@ -60,24 +50,7 @@ fn an_idempotency_key_replays_refuses_or_waits() {
     assert_eq!((status, bad["error"]["field"].as_str()), (400, Some("Idempotency-Key")));
 
     // Concurrent requests with one new key create one message.
-    let base = server.base.clone();
-    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let (base, body) = (base.clone(), body.clone());
-                scope.spawn(move || {
-                    let r = Client::new()
-                        .post(format!("{base}/v1/messages"))
-                        .header("Idempotency-Key", "race")
-                        .json(&body)
-                        .send();
-                    r.map(|r| (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)))
-                        .unwrap_or((0, Value::Null))
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+    let answers = common::same_key_concurrently(std::slice::from_ref(&server.base), &body, 8);
     let ids: HashSet<&str> =
         answers.iter().filter(|(s, _)| *s == 202).filter_map(|(_, v)| v["id"].as_str()).collect();
     assert_eq!(ids.len(), 1, "{answers:?}");

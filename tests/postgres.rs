@@ -7,9 +7,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::Server;
-use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use common::{client, message_view, same_key_concurrently, send_sms, Server};
+use serde_json::json;
 use sqlx::Connection;
 
 /// A database created for one test, dropped (with its connections) when the test ends.
@@ -52,40 +51,15 @@ fn fresh_database(name: &str) -> Option<TestDatabase> {
     Some(TestDatabase { url: format!("{base}/{database}"), admin, name: database })
 }
 
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_else(|_| Client::new())
-}
-
 const CONFIG: &str = "[providers.p]\nkind = \"mock\"\nlatency_ms = 20\n\
                       [routes.sms]\nproviders = [\"p\"]\n[routes.mms]\nproviders = [\"p\"]\n[routes.email]\nproviders = [\"p\"]\n";
-
-fn send(server: &Server, n: u32) -> Option<String> {
-    let body = json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"});
-    let response = client().post(server.url("/api/messages/sms")).json(&body).send().ok()?;
-    if response.status().as_u16() != 202 {
-        return None;
-    }
-    response.json::<Value>().ok()?["id"].as_str().map(str::to_owned)
-}
-
-fn view(server: &Server, id: &str) -> Value {
-    client()
-        .get(server.url(&format!("/v1/messages/{id}")))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap_or(Value::Null)
-}
 
 fn wait_all_sent(server: &Server, ids: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut left: HashSet<&String> = ids.iter().collect();
     while !left.is_empty() {
         assert!(Instant::now() < deadline, "{} messages never sent:\n{}", left.len(), server.logs());
-        left.retain(|id| view(server, id)["status"] != "sent");
+        left.retain(|id| message_view(server, id)["status"] != "sent");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -105,11 +79,11 @@ fn two_instances_drain_one_queue_sending_each_message_once() {
     let store = ["--store", db.url.as_str()];
     let a = Server::start(CONFIG, &store, &[]);
     let b = Server::start(CONFIG, &store, &[]);
-    let ids: Vec<String> = (0..100).filter_map(|n| send(if n % 2 == 0 { &a } else { &b }, n)).collect();
+    let ids: Vec<String> = (0..100).filter_map(|n| send_sms(if n % 2 == 0 { &a } else { &b }, n)).collect();
     assert_eq!(ids.len(), 100);
     wait_all_sent(&a, &ids);
     for id in &ids {
-        let attempts = view(&b, id)["attempts"].as_array().map_or(0, Vec::len);
+        let attempts = message_view(&b, id)["attempts"].as_array().map_or(0, Vec::len);
         assert_eq!(attempts, 1, "message {id} was attempted {attempts} times");
     }
     assert_eq!(attempts_total(&a) + attempts_total(&b), 100, "a message was sent by both instances");
@@ -122,12 +96,12 @@ fn an_instance_that_dies_leaves_its_messages_to_the_others() {
     let lease = [("SWITCHBOARD_LEASE", "2s")];
     let survivor = Server::start(CONFIG, &store, &lease);
     let mut victim = Server::start(CONFIG, &[&store[..], &["--workers", "2"]].concat(), &lease);
-    let mut ids: Vec<String> = (0..60).filter_map(|n| send(&victim, n)).collect();
+    let mut ids: Vec<String> = (0..60).filter_map(|n| send_sms(&victim, n)).collect();
     victim.kill();
-    ids.extend((60..80).filter_map(|n| send(&survivor, n)));
+    ids.extend((60..80).filter_map(|n| send_sms(&survivor, n)));
     wait_all_sent(&survivor, &ids);
     let repeated: usize =
-        ids.iter().map(|id| view(&survivor, id)["attempts"].as_array().map_or(0, Vec::len) - 1).sum();
+        ids.iter().map(|id| message_view(&survivor, id)["attempts"].as_array().map_or(0, Vec::len) - 1).sum();
     assert!(repeated <= 2, "{repeated} repeated attempts, more than the 2 in flight at the kill");
 }
 
@@ -137,23 +111,7 @@ fn one_idempotency_key_across_instances_creates_one_message() {
     let store = ["--store", db.url.as_str()];
     let (a, b) = (Server::start(CONFIG, &store, &[]), Server::start(CONFIG, &store, &[]));
     let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "once"});
-    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let (base, body) = (if i % 2 == 0 { a.base.clone() } else { b.base.clone() }, body.clone());
-                scope.spawn(move || {
-                    let r = Client::new()
-                        .post(format!("{base}/v1/messages"))
-                        .header("Idempotency-Key", "k")
-                        .json(&body)
-                        .send();
-                    r.map(|r| (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)))
-                        .unwrap_or((0, Value::Null))
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+    let answers = same_key_concurrently(&[a.base.clone(), b.base.clone()], &body, 8);
     let ids: HashSet<&str> =
         answers.iter().filter(|(s, _)| *s == 202).filter_map(|(_, v)| v["id"].as_str()).collect();
     assert_eq!(ids.len(), 1, "{answers:?}");

@@ -5,14 +5,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Server;
-use reqwest::blocking::Client;
+use common::{client, send_sms, wait_final, Server};
 use serde_json::{json, Value};
 use switchboard::config::content_version;
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_else(|_| Client::new())
-}
 
 fn get_json(server: &Server, path: &str) -> Value {
     client().get(server.url(path)).send().and_then(|r| r.json()).unwrap_or(Value::Null)
@@ -24,24 +19,8 @@ fn metrics(server: &Server) -> String {
 
 /// Sends an sms and returns the provider that finally handled it.
 fn provider_of_new_sms(server: &Server) -> String {
-    let body = json!({"from": "+12016661234", "to": "+18045551234", "type": "sms", "body": "hi"});
-    let answer: Value = client()
-        .post(server.url("/api/messages/sms"))
-        .json(&body)
-        .send()
-        .and_then(|r| r.json())
-        .unwrap_or(Value::Null);
-    let id = answer["id"].as_str().unwrap_or_default().to_owned();
-    assert!(!id.is_empty(), "not accepted: {answer}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let view = get_json(server, &format!("/v1/messages/{id}"));
-        if view["status"] == "sent" || view["status"] == "failed" {
-            return view["attempts"][0]["provider"].as_str().unwrap_or_default().to_owned();
-        }
-        assert!(Instant::now() < deadline, "message {id} never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let Some(id) = send_sms(server, 0) else { panic!("not accepted:\n{}", server.logs()) };
+    wait_final(server, &id)["attempts"][0]["provider"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Waits until the active version is `version` (the deadline only guards against a hang).
@@ -288,24 +267,11 @@ fn a_replaced_config_directory_is_watched_again() {
 }
 
 /// The ordered outcomes of `count` sms through provider `dice` (a seeded 50 % error rate).
-fn outcomes(server: &Server, count: usize) -> Vec<String> {
+fn outcomes(server: &Server, count: u32) -> Vec<String> {
     (0..count)
-        .map(|_| {
-            let body = json!({"from": "+12016661234", "to": "+18045551234", "type": "sms", "body": "hi"});
-            let answer: Value = client()
-                .post(server.url("/api/messages/sms"))
-                .json(&body)
-                .send()
-                .and_then(|r| r.json())
-                .unwrap_or(Value::Null);
-            let id = answer["id"].as_str().unwrap_or_default().to_owned();
-            loop {
-                let view = get_json(server, &format!("/v1/messages/{id}"));
-                if view["status"] == "sent" || view["status"] == "failed" {
-                    return view["status"].as_str().unwrap_or_default().to_owned();
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        .map(|n| {
+            let Some(id) = send_sms(server, n) else { panic!("not accepted:\n{}", server.logs()) };
+            wait_final(server, &id)["status"].as_str().unwrap_or_default().to_owned()
         })
         .collect()
 }

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Server;
-use reqwest::blocking::Client;
+use common::{client, Server};
 use serde_json::{json, Value};
 use switchboard::config::content_version;
 
@@ -20,10 +19,6 @@ fn config(sms_provider: &str, seed: u32) -> String {
         "[providers.a]\nkind = \"mock\"\nseed = {seed}\n[providers.b]\nkind = \"mock\"\n\
          [routes.sms]\nproviders = [\"{sms_provider}\"]\n[routes.mms]\nproviders = [\"a\"]\n[routes.email]\nproviders = [\"b\"]\n"
     )
-}
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_else(|_| Client::new())
 }
 
 /// 200 reloads (valid, invalid and half-written, in turn) while a client sends continuously:

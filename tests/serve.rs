@@ -2,18 +2,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Server;
-use reqwest::blocking::Client;
+use common::{client, wait_final, Server};
 use serde_json::{json, Value};
-
-fn client() -> Client {
-    match Client::builder().timeout(Duration::from_secs(30)).build() {
-        Ok(client) => client,
-        Err(error) => panic!("client: {error}"),
-    }
-}
 
 /// POSTs JSON; returns status, headers and the parsed body.
 fn post(server: &Server, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -47,21 +39,6 @@ fn send(server: &Server, path: &str, body: &Value) -> String {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["status"], "queued");
     answer["id"].as_str().map(str::to_owned).unwrap_or_default()
-}
-
-/// Polls until the message is sent or failed (the deadline only guards against a hang).
-fn wait_final(server: &Server, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = get(server, &format!("/v1/messages/{id}"));
-        assert_eq!(status, 200, "{body}");
-        let view: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if view["status"] == "sent" || view["status"] == "failed" {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "message {id} never finished: {view}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn outcomes(view: &Value) -> Vec<(String, String)> {

@@ -171,20 +171,79 @@ impl Drop for Server {
     }
 }
 
+/// An HTTP client without connection reuse: a server may close a connection after refusing a
+/// body it did not read (413), or die (crash tests).
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends sms number `n` through the legacy endpoint; its id when answered 202.
+pub fn send_sms(server: &Server, n: u32) -> Option<String> {
+    let body = serde_json::json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"});
+    let response = client().post(server.url("/api/messages/sms")).json(&body).send().ok()?;
+    if response.status().as_u16() != 202 {
+        return None;
+    }
+    response.json::<serde_json::Value>().ok()?["id"].as_str().map(str::to_owned)
+}
+
+/// `GET /v1/messages/{id}`, `null` when it cannot be read.
+pub fn message_view(server: &Server, id: &str) -> serde_json::Value {
+    client().get(server.url(&format!("/v1/messages/{id}"))).send().and_then(|r| r.json()).unwrap_or_default()
+}
+
+/// Polls until the message is sent or failed (the deadline only guards against a hang).
+pub fn wait_final(server: &Server, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let view = message_view(server, id);
+        if view["status"] == "sent" || view["status"] == "failed" {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message {id} never finished: {view}\n{}",
+            server.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `count` requests at once with one `Idempotency-Key`, spread over the servers at `bases`;
+/// their statuses and bodies.
+pub fn same_key_concurrently(
+    bases: &[String],
+    body: &serde_json::Value,
+    count: usize,
+) -> Vec<(u16, serde_json::Value)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .map(|i| {
+                let base = &bases[i % bases.len()];
+                scope.spawn(move || {
+                    let response = client()
+                        .post(format!("{base}/v1/messages"))
+                        .header("Idempotency-Key", "race")
+                        .json(body)
+                        .send();
+                    response
+                        .map(|r| (r.status().as_u16(), r.json::<serde_json::Value>().unwrap_or_default()))
+                        .unwrap_or((0, serde_json::Value::Null))
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
+}
+
 /// Sends `count` sms as fast as it can; returns the ids answered 202 (a dying server may refuse
 /// or drop the rest: only 202s are promises).
 pub fn send_until_dead(server: &Server, count: u32, start: u32) -> Vec<String> {
-    let client = reqwest::blocking::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
-    (start..start + count)
-        .filter_map(|n| {
-            let body = serde_json::json!({"from": "+12016661234", "to": format!("+1804555{n:04}"), "type": "sms", "body": "hi"});
-            let response = client.post(server.url("/api/messages/sms")).json(&body).send().ok()?;
-            if response.status().as_u16() != 202 {
-                return None;
-            }
-            response.json::<serde_json::Value>().ok()?["id"].as_str().map(str::to_owned)
-        })
-        .collect()
+    (start..start + count).filter_map(|n| send_sms(server, n)).collect()
 }
 
 /// The crash test: 4 rounds of sending under load then SIGKILL at a seeded moment, a restart,
@@ -206,14 +265,7 @@ pub fn crash_repeatedly(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
         server.kill();
     }
     let server = Server::start_in(dir, args, env);
-    let client = reqwest::blocking::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
-    let view = |id: &str| -> serde_json::Value {
-        client
-            .get(server.url(&format!("/v1/messages/{id}")))
-            .send()
-            .and_then(|r| r.json())
-            .unwrap_or_default()
-    };
+    let view = |id: &str| message_view(&server, id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut unfinished: std::collections::HashSet<String> = accepted.iter().cloned().collect();
     while !unfinished.is_empty() && std::time::Instant::now() < deadline {
@@ -236,6 +288,6 @@ pub fn crash_repeatedly(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
         repeated += attempts.len() - 1;
     }
     assert!(repeated <= 4 * workers, "{repeated} repeated attempts");
-    let metrics = client.get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     assert!(metrics.contains("switchboard_possible_duplicates_total"), "{metrics}");
 }
