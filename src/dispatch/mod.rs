@@ -415,7 +415,7 @@ async fn attempt(
         };
     let latency = started.elapsed();
     let error = result.as_ref().err();
-    let outcome = Outcome::of(&error.map_or(Ok(()), Err));
+    let outcome = Outcome::of(error);
     let provider = &*handle.label;
     let channel = message.channel.as_str();
     shared.metrics.attempt(provider, channel, outcome, latency);

@@ -21,7 +21,7 @@ use serde_json::json;
 use switchboard_providers::{registry, Channel};
 
 pub use error::ApiError;
-pub use payload::{is_email, is_http_url, is_phone, Endpoint};
+use payload::Endpoint;
 
 use crate::config::Snapshot;
 use crate::dispatch::{Dispatcher, Submitted};

@@ -59,14 +59,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of(result: &Result<(), &SendError>) -> Outcome {
-        match result {
-            Ok(()) => Outcome::Success,
-            Err(SendError::RateLimited { .. }) => Outcome::RateLimited,
-            Err(SendError::Timeout) => Outcome::Timeout,
-            Err(SendError::Rejected { .. }) => Outcome::Rejected,
-            Err(SendError::Misconfigured { .. }) => Outcome::Misconfigured,
-            Err(SendError::NotSent { .. } | SendError::Ambiguous { .. }) => Outcome::Error,
+    /// The outcome of an attempt that failed with `error`, or succeeded (`None`).
+    pub fn of(error: Option<&SendError>) -> Outcome {
+        match error {
+            None => Outcome::Success,
+            Some(SendError::RateLimited { .. }) => Outcome::RateLimited,
+            Some(SendError::Timeout) => Outcome::Timeout,
+            Some(SendError::Rejected { .. }) => Outcome::Rejected,
+            Some(SendError::Misconfigured { .. }) => Outcome::Misconfigured,
+            Some(SendError::NotSent { .. } | SendError::Ambiguous { .. }) => Outcome::Error,
         }
     }
 
