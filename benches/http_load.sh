@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
 # measured in the same run with the kit in ../shared/bench. Usage:
-#   [STORE=memory|sqlite|postgres] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+#   [STORE=memory|sqlite|postgres] [PROVIDER=mock|twilio] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
 # STORE=sqlite uses a fresh database file per run (in a temp dir); STORE=postgres a fresh
 # database per run on PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
-# Pins each server to core 0 and wrk to core 1; prints one line per run and the medians.
+# PROVIDER=twilio sends through the `twilio` kind to the kit's mock_provider (base_url) and
+# compares with the ceiling in MODE=forward (which POSTs each message to the same mock);
+# the default sends through the repo's routes.toml (mock kind) against MODE=accept.
+# Pins each server to core 0 and wrk (and the mock provider) to core 1; prints one line per
+# run and the medians.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=$root/../shared/bench
@@ -18,6 +22,25 @@ ceiling_port=18081; sb_port=18090
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+ceiling_mode=accept; sb_config=$root/routes.toml; sb_env=()
+if [[ ${PROVIDER:-mock} == twilio ]]; then
+  mock_port=19090; sid=AC0123456789abcdef0123456789abcdef
+  PORT=$mock_port taskset -c 1 "$CARGO_TARGET_DIR/release/mock_provider" >/dev/null 2>&1 & pids+=($!)
+  ceiling_mode=forward
+  export PROVIDER_URL="http://127.0.0.1:$mock_port/2010-04-01/Accounts/$sid/Messages.json"
+  cfg_dir=$(mktemp -d); sb_config=$cfg_dir/routes.toml
+  cat >"$sb_config" <<TOML
+[providers.twilio-main]
+kind = "twilio"
+account_sid = "$sid"
+auth_token = "\${TWILIO_AUTH_TOKEN}"
+base_url = "http://127.0.0.1:$mock_port"
+
+[routes.sms]
+providers = ["twilio-main"]
+TOML
+  sb_env=(TWILIO_AUTH_TOKEN=bench-token)
+fi
 
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
@@ -26,7 +49,7 @@ counter() { curl -s "http://127.0.0.1:$sb_port/metrics" | awk -v name="$1" '$1 ~
 
 declare -a c_rps sb_rps sb_p50 sb_p99 sb_acc sb_del sb_rss c_p50 c_p99
 for run in $(seq "$runs"); do
-  PORT=$ceiling_port MODE=accept taskset -c 0 "$bin/ceiling" >/dev/null 2>&1 & pids+=($!); cpid=$!
+  PORT=$ceiling_port MODE=$ceiling_mode taskset -c 0 "$bin/ceiling" >/dev/null 2>&1 & pids+=($!); cpid=$!
   wait_port $ceiling_port
   line=$(WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$ceiling_port/api/messages/sms" "$body" "$conns" "$secs")
   kill $cpid; wait $cpid 2>/dev/null || true
@@ -41,7 +64,7 @@ for run in $(seq "$runs"); do
     psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
     store_url="${admin%/*}/$pg_db"
   fi
-  (cd "$root" && exec taskset -c 0 "$bin/switchboard" serve --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
+  (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$bin/switchboard" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
   WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null
   a0=$(counter switchboard_messages_accepted_total); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
@@ -61,8 +84,8 @@ done
 m() { printf '%s\n' "$@" | median; }
 cr=$(m "${c_rps[@]}"); sr=$(m "${sb_rps[@]}"); sa=$(m "${sb_acc[@]}"); sd=$(m "${sb_del[@]}")
 # Answers that were not 202 (e.g. queue_full) are not accepted messages: the ratio uses accepted/s.
-printf '\nmedians of %s runs, %s connections, %ss each, store %s\n' "$runs" "$conns" "$secs" "${STORE:-memory}"
+printf '\nmedians of %s runs, %s connections, %ss each, store %s, provider %s, ceiling %s\n' "$runs" "$conns" "$secs" "${STORE:-memory}" "${PROVIDER:-mock}" "$ceiling_mode"
 printf 'ceiling:     %.0f req/s  p50 %s ms  p99 %s ms\n' "$cr" "$(m "${c_p50[@]}")" "$(m "${c_p99[@]}")"
 printf 'switchboard: %.0f req/s  p50 %s ms  p99 %s ms  accepted %.0f/s  delivered %.0f/s  peak RSS %.1f MB\n' \
   "$sr" "$(m "${sb_p50[@]}")" "$(m "${sb_p99[@]}")" "$sa" "$sd" "$(echo "$(m "${sb_rss[@]}") / 1024" | bc -l)"
-printf 'ratio to ceiling (accepted/s): %.1f %%   delivered/accepted: %.1f %%\n' "$(echo "100 * $sa / $cr" | bc -l)" "$(echo "100 * $sd / $sa" | bc -l)"
+printf 'ratio to ceiling (accepted/s): %.1f %%   delivered/accepted: %.1f %%   delivered/ceiling: %.1f %%\n' "$(echo "100 * $sa / $cr" | bc -l)" "$(echo "100 * $sd / $sa" | bc -l)" "$(echo "100 * $sd / $cr" | bc -l)"

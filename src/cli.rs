@@ -281,8 +281,21 @@ pub fn catalog() -> Catalog {
                 settings: r.settings(),
             })
             .collect(),
-        common_settings: PROVIDER_SPECS.iter().map(doc).collect(),
+        common_settings: std::iter::once(channels_doc()).chain(PROVIDER_SPECS.iter().map(doc)).collect(),
         route_settings: ROUTE_SPECS.iter().map(doc).collect(),
+    }
+}
+
+/// `channels` is read by the loader, not by a spec: documented here by hand.
+fn channels_doc() -> SettingDoc {
+    SettingDoc {
+        name: "channels".to_owned(),
+        type_name: "array".to_owned(),
+        required: false,
+        default: None,
+        doc: "Channels this provider serves: some of those its kind serves (any channel names for a kind \
+              that serves `*`). Default: all its kind serves (sms, mms, email for `*`)."
+            .to_owned(),
     }
 }
 

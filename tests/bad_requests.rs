@@ -185,9 +185,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn every_bad_request_gets_its_specific_4xx_and_stores_nothing() {
     let server = Server::start(CONFIG, &[], &[]);
-    // No connection reuse: a server may close a connection after refusing a body it did not
-    // read (413), and that is the client's to handle, not this test's.
-    let client = reqwest::blocking::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
+    let client = common::client();
     let cases = cases();
     assert!(cases.iter().filter(|c| c.status < 500).count() >= 25);
     let mut failures = Vec::new();

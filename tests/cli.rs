@@ -46,50 +46,95 @@ fn repo_config_validates_clean() {
     assert!(stdout(&human).starts_with("routes.toml: valid ("), "{}", stdout(&human));
 }
 
+/// kind, channels, settings (schema order), credential settings
+type KindListing = (&'static str, &'static [&'static str], &'static [&'static str], &'static [&'static str]);
+
 #[test]
 fn providers_lists_exactly_the_built_in_kinds() {
     let output = switchboard(&repo_root(), &["providers", "--format", "json"], &[]);
     assert_eq!(output.status.code(), Some(0));
     let catalog = json(&output);
-    let kinds: Vec<&str> = catalog["kinds"]
-        .as_array()
-        .map(|ks| ks.iter().filter_map(|k| k["name"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(kinds, ["mock"]);
+    let names = |list: &serde_json::Value, key: &str| -> Vec<String> {
+        list.as_array()
+            .map(|items| items.iter().filter_map(|i| i[key].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let expected: [KindListing; 5] = [
+        (
+            "mock",
+            &["sms", "mms", "email"],
+            &[
+                "error_pct",
+                "latency_ms",
+                "rate_limited_pct",
+                "rejected_pct",
+                "retry_after_ms",
+                "seed",
+                "timeout_pct",
+            ],
+            &[],
+        ),
+        ("sendgrid", &["email"], &["api_key", "base_url", "from"], &["api_key"]),
+        (
+            "smtp",
+            &["email"],
+            &["from", "host", "password", "pool_size", "port", "tls", "username"],
+            &["password"],
+        ),
+        (
+            "twilio",
+            &["sms", "mms"],
+            &["account_sid", "auth_token", "base_url", "from", "messaging_service_sid", "status_callback"],
+            &["auth_token"],
+        ),
+        ("webhook", &["*"], &["secret", "url"], &["secret"]),
+    ];
+    assert_eq!(names(&catalog["kinds"], "name"), expected.map(|(kind, ..)| kind));
+    for ((kind, channels, settings, secrets), listed) in
+        expected.iter().zip(catalog["kinds"].as_array().into_iter().flatten())
+    {
+        assert_eq!(listed["channels"], serde_json::json!(channels), "{kind}");
+        assert_eq!(names(&listed["settings"], "name"), *settings, "{kind}");
+        for setting in listed["settings"].as_array().into_iter().flatten() {
+            assert!(setting["doc"].as_str().is_some_and(|d| !d.is_empty() && !d.contains('\n')), "{setting}");
+            let is_secret = secrets.iter().any(|s| setting["name"] == *s);
+            let ty = setting["type"].as_str().unwrap_or_default();
+            assert_eq!(ty.starts_with("secret"), is_secret, "{kind}: {setting}");
+        }
+    }
     let mock = &catalog["kinds"][0];
-    assert_eq!(mock["channels"], serde_json::json!(["sms", "mms", "email"]));
-    let settings: Vec<&str> = mock["settings"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(
-        settings,
-        [
-            "error_pct",
-            "latency_ms",
-            "rate_limited_pct",
-            "rejected_pct",
-            "retry_after_ms",
-            "seed",
-            "timeout_pct"
-        ]
-    );
     for setting in mock["settings"].as_array().into_iter().flatten() {
-        assert!(setting["doc"].as_str().is_some_and(|d| !d.is_empty()), "{setting}");
-        assert!(setting["type"].is_string(), "{setting}");
         let expected =
             if setting["name"] == "retry_after_ms" { serde_json::Value::Null } else { serde_json::json!(0) };
         assert_eq!(setting["default"], expected, "{setting}");
     }
-    let common: Vec<&str> = catalog["common_settings"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(common.contains(&"timeout_ms") && common.contains(&"breaker.open_ms"), "{common:?}");
+    let twilio = &catalog["kinds"][3]["settings"];
+    assert_eq!(twilio[0]["required"], true);
+    assert_eq!(twilio[2]["default"], "https://api.twilio.com");
+    let common = names(&catalog["common_settings"], "name");
+    for key in ["channels", "timeout_ms", "breaker.open_ms"] {
+        assert!(common.iter().any(|c| c == key), "{common:?}");
+    }
 
     let human = stdout(&switchboard(&repo_root(), &["providers"], &[]));
     assert!(human.starts_with("mock: "), "{human}");
-    assert!(human.contains("latency_ms"), "{human}");
+    assert!(human.contains("latency_ms") && human.contains("auth_token                   secret"), "{human}");
+}
+
+/// The README's example of real providers is a valid config.
+#[test]
+fn readme_provider_example_validates() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();
+    let section = readme.split("## Real providers").nth(1).unwrap_or_default();
+    let example =
+        section.split("```toml").nth(1).and_then(|rest| rest.split("```").next()).unwrap_or_default();
+    assert!(example.contains("kind = \"twilio\""), "no example found in the README");
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    std::fs::write(dir.path().join("routes.toml"), example).unwrap_or_else(|error| panic!("{error}"));
+    let env = [("TWILIO_AUTH_TOKEN", "t"), ("SENDGRID_API_KEY", "k"), ("SMTP_PASSWORD", "p")];
+    let output = switchboard(dir.path(), &["validate"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).starts_with("routes.toml: valid"), "{}", stdout(&output));
 }
 
 /// Exit code 2, a one-line reason on stderr, nothing on stdout.

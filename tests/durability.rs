@@ -80,3 +80,29 @@ fn the_memory_store_is_an_explicit_choice() {
     let stderr = common::stderr(&down);
     assert!(stderr.contains("cannot connect") && !stderr.contains("hunter2"), "{stderr}");
 }
+
+/// SQLite locked by another process for longer than the busy timeout: the send is answered 503
+/// `store_unavailable`, never 202, and the service accepts again once the lock is gone.
+#[test]
+fn a_locked_sqlite_store_answers_503_then_recovers() {
+    use sqlx::{Connection, Executor};
+    let server = Server::start(CONFIG, &[], &[]);
+    assert!(common::send_sms(&server, 1).is_some(), "{}", server.logs());
+    let url = format!("sqlite://{}", server.dir().join("switchboard.db").display());
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let mut locker = runtime
+        .block_on(sqlx::SqliteConnection::connect(&url))
+        .unwrap_or_else(|error| panic!("open {url}: {error}"));
+    runtime.block_on(locker.execute("BEGIN EXCLUSIVE")).unwrap_or_else(|error| panic!("lock: {error}"));
+
+    let body = json!({"from": "+12016661234", "to": "+18045550002", "type": "sms", "body": "hi"});
+    let response = client().post(server.url("/api/messages/sms")).json(&body).send();
+    let Ok(response) = response else { panic!("no answer while locked") };
+    assert_eq!(response.status().as_u16(), 503);
+    let answer: Value = response.json().unwrap_or_default();
+    assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+
+    runtime.block_on(locker.execute("ROLLBACK")).unwrap_or_else(|error| panic!("unlock: {error}"));
+    drop(locker);
+    assert!(common::send_sms(&server, 3).is_some(), "{}", server.logs());
+}

@@ -130,3 +130,66 @@ fn messages_answered_202_survive_repeated_crashes_on_postgres() {
         &[("SWITCHBOARD_LEASE", "1s")],
     );
 }
+
+fn admin_sql(admin: &str, statements: &[String]) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    runtime.block_on(async {
+        let mut conn =
+            sqlx::PgConnection::connect(admin).await.unwrap_or_else(|e| panic!("cannot reach {admin}: {e}"));
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+    });
+}
+
+fn accepted_total(server: &Server) -> u64 {
+    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_messages_accepted_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The database going away under a running instance: sends are answered 503
+/// `store_unavailable` (never 202), and the instance serves again once the database is back.
+#[test]
+fn a_store_lost_while_running_answers_503_then_recovers() {
+    let Some(db) = fresh_database("outage") else { return };
+    let server = Server::start(CONFIG, &["--store", &db.url], &[]);
+    let Some(first) = send_sms(&server, 1) else { panic!("not accepted:\n{}", server.logs()) };
+    wait_all_sent(&server, &[first]);
+    let accepted = accepted_total(&server);
+
+    admin_sql(
+        &db.admin,
+        &[
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name),
+            format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", db.name),
+        ],
+    );
+    let body = json!({"from": "+12016661234", "to": "+18045550002", "type": "sms", "body": "hi"});
+    for _ in 0..3 {
+        let response = client().post(server.url("/api/messages/sms")).json(&body).send();
+        let Ok(response) = response else { panic!("no answer during the outage") };
+        assert_eq!(response.status().as_u16(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        let answer: serde_json::Value = response.json().unwrap_or_default();
+        assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+    }
+    assert_eq!(accepted_total(&server), accepted, "nothing may count as accepted during the outage");
+
+    admin_sql(&db.admin, &[format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        if let Some(id) = send_sms(&server, 3) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "never recovered:\n{}", server.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    wait_all_sent(&server, &[again]);
+}

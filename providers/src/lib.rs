@@ -7,20 +7,35 @@
 //! Binaries and tests that need the built-in kinds must reference this crate (for example
 //! `use switchboard_providers as _;`) so the linker keeps the registrations.
 
+pub mod address;
 mod channel;
+mod email;
+pub mod http;
 mod message;
 mod registry;
+mod secret;
+#[cfg(test)]
+mod test_support;
 
 pub use channel::{Channel, ChannelNameError};
 pub use message::{mask_recipient, ErrorClass, OutboundMessage, Receipt, SendError};
 pub use registry::{
     find, registry, BuildContext, Kind, Provider, Registration, SettingDoc, SettingIssue, SettingsError,
 };
+pub use secret::Secret;
 
 // Built-in kinds: one file each, registered from inside the file.
 mod mock;
+mod sendgrid;
+mod smtp;
+mod twilio;
+mod webhook;
 
 pub use mock::MockSettings;
+pub use sendgrid::SendgridSettings;
+pub use smtp::{SmtpSettings, TlsMode};
+pub use twilio::TwilioSettings;
+pub use webhook::{signature as webhook_signature, WebhookSettings};
 
 #[doc(hidden)]
 pub use inventory;

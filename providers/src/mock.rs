@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, SendError, SettingIssue};
+use crate::{
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, SendError, SettingIssue,
+    SettingsError,
+};
 
 /// Settings of a `mock` provider. Outcome percentages are drawn per send; whatever they leave
 /// over is the share of successful sends.
@@ -68,8 +71,8 @@ impl Kind for MockKind {
         issues
     }
 
-    fn build(settings: MockSettings, context: &BuildContext<'_>) -> Arc<dyn Provider> {
-        Arc::new(MockProvider::new(settings, context.timeout))
+    fn build(settings: MockSettings, context: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
+        Ok(Arc::new(MockProvider::new(settings, context.timeout)))
     }
 }
 

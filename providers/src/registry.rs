@@ -54,6 +54,13 @@ pub struct SettingsError {
     pub issues: Vec<SettingIssue>,
 }
 
+impl SettingsError {
+    /// A problem with the settings as a whole (e.g. a client that cannot be set up).
+    pub fn other(message: impl Into<String>) -> Self {
+        SettingsError { issues: vec![SettingIssue { field: None, message: message.into(), help: None }] }
+    }
+}
+
 /// One setting of a kind, for `switchboard providers` and the docs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SettingDoc {
@@ -73,21 +80,30 @@ pub struct SettingDoc {
 pub trait Kind: 'static {
     /// The name operators write as `kind = "…"`: `[a-z][a-z0-9_]*`.
     const NAME: &'static str;
-    /// Channels this kind can serve.
+    /// Channels this kind can serve; `["*"]` for a kind that can carry any channel (a provider
+    /// of such a kind serves the built-in channels unless its `channels` list says otherwise).
     const CHANNELS: &'static [&'static str];
     /// One line for `switchboard providers`.
     const DESCRIPTION: &'static str;
     /// The kind's own settings: a serde struct with `deny_unknown_fields` whose doc comments
     /// document each setting.
     type Settings: DeserializeOwned + schemars::JsonSchema;
+    /// Settings that hold credentials. The config loader accepts them only from the
+    /// environment (`${VAR}` or an override variable) and redacts them in every view; the
+    /// settings struct holds them as [`crate::Secret`].
+    const SECRETS: &'static [&'static str] = &[];
 
     /// Checks what serde cannot (ranges, combinations). Empty when the settings are valid.
     fn validate(_settings: &Self::Settings) -> Vec<SettingIssue> {
         Vec::new()
     }
 
-    /// Builds an instance from settings that passed [`Kind::validate`].
-    fn build(settings: Self::Settings, context: &BuildContext<'_>) -> Arc<dyn Provider>;
+    /// Builds an instance from settings that passed [`Kind::validate`]. Fails only for what
+    /// cannot be checked statically (e.g. a TLS setup the machine cannot provide).
+    fn build(
+        settings: Self::Settings,
+        context: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Provider>, SettingsError>;
 }
 
 /// A kind's type-erased factory.
@@ -98,6 +114,8 @@ pub struct Registration {
     pub kind: &'static str,
     pub channels: &'static [&'static str],
     pub description: &'static str,
+    /// Settings holding credentials (see [`Kind::SECRETS`]).
+    pub secrets: &'static [&'static str],
     settings: fn() -> Vec<SettingDoc>,
     parse_and_check: fn(Value) -> Vec<SettingIssue>,
     build: BuildFn,
@@ -111,6 +129,7 @@ impl Registration {
             kind: K::NAME,
             channels: K::CHANNELS,
             description: K::DESCRIPTION,
+            secrets: K::SECRETS,
             settings: settings_doc::<K::Settings>,
             parse_and_check: parse_and_check::<K>,
             build: build::<K>,
@@ -137,7 +156,12 @@ impl Registration {
     }
 
     pub fn serves(&self, channel: &str) -> bool {
-        self.channels.contains(&channel)
+        self.serves_any() || self.channels.contains(&channel)
+    }
+
+    /// Whether the kind can carry any channel (`CHANNELS = ["*"]`).
+    pub fn serves_any(&self) -> bool {
+        self.channels.contains(&"*")
     }
 }
 
@@ -182,7 +206,7 @@ fn parse_and_check<K: Kind>(settings: Value) -> Vec<SettingIssue> {
 
 fn build<K: Kind>(settings: Value, context: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
     let settings = parse::<K>(settings).map_err(|issues| SettingsError { issues })?;
-    Ok(K::build(settings, context))
+    K::build(settings, context)
 }
 
 fn settings_doc<S: schemars::JsonSchema>() -> Vec<SettingDoc> {
@@ -199,16 +223,50 @@ fn settings_doc<S: schemars::JsonSchema>() -> Vec<SettingDoc> {
         .iter()
         .map(|(name, property)| SettingDoc {
             name: name.clone(),
-            type_name: type_name(property),
+            type_name: type_name(property, schema.get("$defs")),
             required: required.contains(&name.as_str()),
             default: property.get("default").cloned(),
-            doc: property.get("description").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            // Doc comments wrap at the source's width: one line per setting reads better.
+            doc: property
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })
         .collect()
 }
 
-/// `uint64` → `u64`, `["string","null"]` → `string?`, plain JSON types as they are.
-fn type_name(property: &Value) -> String {
+/// `uint64` → `u64`, `["string","null"]` → `string?`, a credential → `secret`, an enum of
+/// strings → `a|b|c`, plain JSON types as they are.
+fn type_name(property: &Value, defs: Option<&Value>) -> String {
+    if let Some(reference) = property.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        if name == "Secret" {
+            return "secret".to_owned();
+        }
+        return match defs.and_then(|d| d.get(name)) {
+            Some(def) => type_name(def, defs),
+            None => "any".to_owned(),
+        };
+    }
+    if let Some(variants) = property.get("anyOf").and_then(Value::as_array) {
+        let shown: Vec<String> = variants
+            .iter()
+            .filter(|v| v.get("type") != Some(&Value::from("null")))
+            .map(|v| type_name(v, defs))
+            .collect();
+        let nullable = shown.len() < variants.len();
+        return format!("{}{}", shown.join(" | "), if nullable { "?" } else { "" });
+    }
+    if let Some(variants) = property.get("oneOf").and_then(Value::as_array) {
+        let names: Option<Vec<&str>> =
+            variants.iter().map(|v| v.get("const").and_then(Value::as_str)).collect();
+        if let Some(names) = names {
+            return names.join("|");
+        }
+    }
     let base = match property.get("format").and_then(Value::as_str) {
         Some(format) => format.replace("uint", "u").replace("int", "i").replace("double", "f64"),
         None => match property.get("type") {

@@ -339,8 +339,13 @@ fn validate_provider(
         Some(item) => check_channels(item, registration, diagnostics),
         None => None,
     };
-    let channels = checked
-        .unwrap_or_else(|| registration.channels.iter().filter_map(|c| Channel::new(c).ok()).collect());
+    let channels = checked.unwrap_or_else(|| {
+        if registration.serves_any() {
+            Channel::BUILT_IN.to_vec()
+        } else {
+            registration.channels.iter().filter_map(|c| Channel::new(c).ok()).collect()
+        }
+    });
 
     let mut layers = vec![&layer];
     if let Some(kind_layer) = kind_layer {
@@ -381,13 +386,35 @@ fn merge_kind_settings(
     }
     let json =
         serde_json::Value::Object(merged.iter().map(|(k, e)| ((*k).to_owned(), e.node.to_json())).collect());
-    let secrets: Vec<String> =
-        merged.iter().filter(|(_, e)| e.node.secret).map(|(k, _)| (*k).to_owned()).collect();
+    let from_environment = |e: &Entry| e.node.secret || matches!(e.node.origin, Origin::Env(_));
+    let secrets: Vec<String> = merged
+        .iter()
+        .filter(|(k, e)| e.node.secret || registration.secrets.contains(k))
+        .map(|(k, _)| (*k).to_owned())
+        .collect();
+    for (key, entry) in &merged {
+        if registration.secrets.contains(key) && !from_environment(entry) {
+            let variable = format!("{}_{}", provider.key, key).to_ascii_uppercase().replace('-', "_");
+            diagnostics.push(
+                Diagnostic::error(
+                    Code::LiteralSecret,
+                    entry.node.origin.clone(),
+                    format!(
+                        "provider `{}`: `{key}` is a credential and must come from the environment, not the file",
+                        provider.key
+                    ),
+                )
+                .with_help(Some(format!(
+                    "write {key} = \"${{{variable}}}\" and set {variable} where Switchboard runs"
+                ))),
+            );
+        }
+    }
     for issue in registration.check(json.clone()) {
         let at = issue.field.as_deref().and_then(|f| merged.get(f));
         let from_kind_table = at.is_some_and(|e| !own.iter().any(|o| std::ptr::eq(*o, *e)));
         let origin = at.map_or_else(|| provider.key_origin.clone(), |e| e.node.origin.clone());
-        let message = if at.is_some_and(|e| e.node.secret) {
+        let message = if at.is_some_and(|e| from_environment(e)) {
             format!(
                 "invalid `{}` (value from an environment variable, not shown)",
                 issue.field.as_deref().unwrap_or_default()
@@ -412,7 +439,7 @@ fn merge_kind_settings(
 fn known_channels() -> BTreeSet<&'static str> {
     Channel::BUILT_IN_NAMES
         .into_iter()
-        .chain(registry().iter().flat_map(|r| r.channels.iter().copied()))
+        .chain(registry().iter().flat_map(|r| r.channels.iter().copied()).filter(|c| *c != "*"))
         .collect()
 }
 
@@ -425,8 +452,10 @@ fn validate_route(
 ) -> Option<ResolvedRoute> {
     let channel_name = &entry.key;
     let known = known_channels();
+    // A kind that carries any channel (webhook) makes a channel known by listing it.
+    let listed = |name: &str| providers.values().any(|p| p.channels.iter().any(|c| c.as_str() == name));
     let channel = match Channel::new(channel_name) {
-        Ok(channel) if known.contains(channel_name.as_str()) => Some(channel),
+        Ok(channel) if known.contains(channel_name.as_str()) || listed(channel_name) => Some(channel),
         _ => {
             let help = did_you_mean(channel_name, known.iter().copied()).unwrap_or_else(|| {
                 format!("known channels: {}", known.iter().copied().collect::<Vec<_>>().join(", "))

@@ -96,7 +96,7 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         None => None,
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let message = payload::parse(endpoint, &bytes, id.clone(), is_known_channel)?;
+    let message = payload::parse(endpoint, &bytes, id.clone(), |name| is_known_channel(state, name))?;
     let channel = message.channel.to_string();
     let (id, channel, replayed) = match state.dispatcher.submit(message, key.as_ref()).await? {
         Submitted::Accepted => (id, channel, false),
@@ -186,8 +186,12 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
-fn is_known_channel(name: &str) -> bool {
-    Channel::BUILT_IN_NAMES.contains(&name) || registry().iter().any(|kind| kind.serves(name))
+/// Built-in channels, those a kind names, and any the active config routes (a `webhook`
+/// provider can carry a channel no kind names). Anything else is the client's mistake (400).
+fn is_known_channel(state: &AppState, name: &str) -> bool {
+    Channel::BUILT_IN_NAMES.contains(&name)
+        || registry().iter().any(|kind| kind.channels.contains(&name))
+        || state.snapshot.load().route(name).is_some()
 }
 
 async fn get_message(

@@ -2,6 +2,7 @@
 //! ignored) and validated field by field, each problem naming its field.
 
 use serde::Deserialize;
+use switchboard_providers::address::{is_email, is_phone};
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::error::ApiError;
@@ -239,15 +240,6 @@ fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// E.164 (`+` and 2–15 digits) or a short code (3–8 digits).
-pub fn is_phone(value: &str) -> bool {
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    match value.strip_prefix('+') {
-        Some(digits) => all_digits(digits) && (2..=15).contains(&digits.len()),
-        None => all_digits(value) && (3..=8).contains(&value.len()),
-    }
-}
-
 fn check_phone(field: &str, value: &str) -> Result<(), ApiError> {
     if is_phone(value) {
         Ok(())
@@ -257,28 +249,6 @@ fn check_phone(field: &str, value: &str) -> Result<(), ApiError> {
             format!("`{field}` must be an E.164 number (+ and 2 to 15 digits) or a short code"),
         ))
     }
-}
-
-/// A plain address `local@domain.tld`: no display name, no spaces or control characters.
-pub fn is_email(value: &str) -> bool {
-    let Some((local, domain)) = value.rsplit_once('@') else { return false };
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
-        && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
-    let labels: Vec<&str> = domain.split('.').collect();
-    let domain_ok = labels.len() >= 2
-        && domain.len() <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    local_ok && domain_ok && value.len() <= 254
 }
 
 fn check_email(field: &str, value: &str) -> Result<(), ApiError> {

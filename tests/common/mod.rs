@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake_http;
+pub mod smtp_sink;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -174,6 +177,7 @@ impl Drop for Server {
 /// An HTTP client without connection reuse: a server may close a connection after refusing a
 /// body it did not read (413), or die (crash tests).
 pub fn client() -> reqwest::blocking::Client {
+    switchboard_providers::http::install_crypto_provider();
     reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .pool_max_idle_per_host(0)

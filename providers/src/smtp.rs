@@ -1,0 +1,319 @@
+//! `smtp`: email through an SMTP relay, with lettre.
+//!
+//! One connection pool per provider; `tls = "starttls"` (default, port 587), `"tls"` (implicit
+//! TLS, port 465) or `"none"` (port 25; loopback relays only when credentials are set). Each
+//! message gets `Message-ID: <{switchboard id}@{sender's domain}>`, which is also recorded as
+//! the provider message id, and is `multipart/alternative` (text + HTML) when the body is HTML.
+//! Header injection is impossible: addresses are parsed as single mailboxes and a subject with
+//! a line break is refused before anything is sent. Attachment URLs become links in the body.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use crate::address::is_email;
+use crate::email::{looks_like_html, text_from_html, with_attachment_links};
+use crate::{
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
+    SettingsError,
+};
+
+/// How the connection to the relay is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain text. Credentials are then allowed only for a loopback relay.
+    None,
+    /// Plain connection upgraded with STARTTLS, which the relay must offer.
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS").
+    Tls,
+}
+
+/// Settings of an `smtp` provider.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// The relay's host name (checked against its certificate unless `tls = "none"`).
+    pub host: String,
+    /// The relay's port; default 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `none`, `starttls` or `tls`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// User name for SMTP AUTH; set it together with `password`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for SMTP AUTH. Only from the environment: `"${SMTP_PASSWORD}"`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Sender address. When set it is used instead of the message's `from`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Most connections kept open to the relay.
+    #[serde(default = "default_pool_size")]
+    #[schemars(default = "default_pool_size")]
+    pub pool_size: u32,
+}
+
+fn default_pool_size() -> u32 {
+    10
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+struct SmtpKind;
+
+impl Kind for SmtpKind {
+    const NAME: &'static str = "smtp";
+    const CHANNELS: &'static [&'static str] = &["email"];
+    const DESCRIPTION: &'static str = "Any SMTP relay (STARTTLS or implicit TLS, optional AUTH, pooled)";
+    const SECRETS: &'static [&'static str] = &["password"];
+    type Settings = SmtpSettings;
+
+    fn validate(settings: &SmtpSettings) -> Vec<SettingIssue> {
+        let mut issues = Vec::new();
+        let host = settings.host.trim();
+        if host.is_empty() || host.contains(['/', ' ', '@']) || host.contains("://") {
+            issues.push(
+                SettingIssue::new(
+                    "host",
+                    format!("`host` must be a host name or IP address, got {:?}", settings.host),
+                )
+                .with_help("for example \"smtp.example.com\"; the port goes in `port`"),
+            );
+        }
+        if settings.port == Some(0) {
+            issues.push(SettingIssue::new("port", "`port` must be between 1 and 65535"));
+        }
+        match (&settings.username, &settings.password) {
+            (Some(_), None) => {
+                issues.push(SettingIssue::new("password", "`username` is set but `password` is not"))
+            }
+            (None, Some(_)) => {
+                issues.push(SettingIssue::new("username", "`password` is set but `username` is not"))
+            }
+            (Some(_), Some(password)) if password.is_blank() => {
+                issues.push(SettingIssue::new("password", "`password` is empty"))
+            }
+            _ => {}
+        }
+        if settings.tls == TlsMode::None && settings.password.is_some() && !is_loopback_host(host) {
+            issues.push(
+                SettingIssue::new("tls", "`tls = \"none\"` would send the password in clear text").with_help(
+                    "use tls = \"starttls\" or \"tls\"; plain text is allowed only for a loopback relay",
+                ),
+            );
+        }
+        if let Some(from) = &settings.from {
+            if !is_email(from) {
+                issues.push(SettingIssue::new(
+                    "from",
+                    format!("`from` must be an email address like name@example.com, got {from:?}"),
+                ));
+            }
+        }
+        if settings.pool_size == 0 {
+            issues.push(SettingIssue::new("pool_size", "`pool_size` must be at least 1"));
+        }
+        issues
+    }
+
+    fn build(settings: SmtpSettings, context: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
+        let host = settings.host.trim();
+        let builder = match settings.tls {
+            TlsMode::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            TlsMode::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                .map_err(|error| SettingsError::other(format!("cannot set up TLS for `{host}`: {error}")))?,
+            TlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+                .map_err(|error| SettingsError::other(format!("cannot set up TLS for `{host}`: {error}")))?,
+        };
+        let mut builder = builder.timeout(Some(context.timeout)).pool_config(
+            PoolConfig::new().max_size(settings.pool_size).idle_timeout(Duration::from_secs(60)),
+        );
+        if let Some(port) = settings.port {
+            builder = builder.port(port);
+        }
+        if let (Some(username), Some(password)) = (&settings.username, &settings.password) {
+            builder = builder.credentials(Credentials::new(username.clone(), password.expose().to_owned()));
+        }
+        Ok(Arc::new(SmtpProvider {
+            transport: builder.build(),
+            from: settings.from,
+            password: settings.password,
+        }))
+    }
+}
+
+inventory::submit! { Registration::of::<SmtpKind>() }
+
+struct SmtpProvider {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Option<String>,
+    password: Option<Secret>,
+}
+
+/// The `Message-ID` for a Switchboard id sent from `from`.
+fn message_id(id: &str, from: &str) -> String {
+    let domain = from.rsplit_once('@').map_or("switchboard.invalid", |(_, domain)| domain);
+    format!("<{id}@{domain}>")
+}
+
+fn rejected(reason: impl Into<String>) -> SendError {
+    SendError::Rejected { code: "invalid_message".into(), reason: reason.into() }
+}
+
+/// The email for a message. Every header value is checked or parsed, so nothing a client sends
+/// can add a header.
+fn build_email(message: &OutboundMessage, from: &str) -> Result<(Message, String), SendError> {
+    let mailbox = |field: &str, value: &str| -> Result<Mailbox, SendError> {
+        if !is_email(value) {
+            return Err(rejected(format!("`{field}` is not a plain email address")));
+        }
+        value.parse().map_err(|error| rejected(format!("`{field}`: {error}")))
+    };
+    let id = message_id(&message.id, from);
+    let mut builder = Message::builder()
+        .from(mailbox("from", from)?)
+        .to(mailbox("to", &message.to)?)
+        .message_id(Some(id.clone()));
+    if let Some(subject) = message.subject.as_deref() {
+        if subject.chars().any(char::is_control) {
+            return Err(rejected("the subject contains a line break or control character"));
+        }
+        builder = builder.subject(subject);
+    }
+    let html = looks_like_html(&message.body);
+    let body = with_attachment_links(&message.body, &message.attachments, html);
+    let email = if html {
+        builder.multipart(MultiPart::alternative_plain_html(text_from_html(&body), body))
+    } else {
+        builder.header(ContentType::TEXT_PLAIN).body(body)
+    }
+    .map_err(|error| rejected(error.to_string()))?;
+    Ok((email, id))
+}
+
+/// SMTP replies and failures by class: 4xx is a refusal that nothing was delivered (retry),
+/// 5xx a final refusal (auth codes: our credentials), a broken connection mid-transaction may
+/// have delivered the message.
+fn classify(error: &lettre::transport::smtp::Error) -> SendError {
+    let reason = error.to_string();
+    let code = error.status().map(|code| code.to_string());
+    if error.is_timeout() {
+        return SendError::Timeout;
+    }
+    match code {
+        Some(code) if matches!(code.as_str(), "530" | "534" | "535" | "538") => {
+            SendError::Misconfigured { code, reason }
+        }
+        Some(code) if error.is_permanent() => SendError::Rejected { code, reason },
+        Some(_) => SendError::NotSent { reason },
+        // lettre does not expose its "connection" kind: failures to connect, greet or set up TLS
+        // all happen before a message is written.
+        None if error.is_tls() || reason.starts_with("Connection error") => SendError::NotSent { reason },
+        None if error.is_client() => rejected(reason),
+        None => SendError::Ambiguous { code: "smtp".into(), reason },
+    }
+}
+
+#[async_trait]
+impl Provider for SmtpProvider {
+    async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
+        let started = Instant::now();
+        let from = self.from.as_deref().unwrap_or(&message.from);
+        let (email, id) = build_email(message, from)?;
+        self.transport.send(email).await.map_err(|error| {
+            let error = classify(&error);
+            match &self.password {
+                Some(password) => error.scrubbed(password.expose()),
+                None => error,
+            }
+        })?;
+        Ok(Receipt { provider_message_id: Some(id), latency: started.elapsed() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_support::setting_issue_fields;
+    use crate::Channel;
+
+    fn check(settings: serde_json::Value, expected: &[&str]) {
+        assert_eq!(setting_issue_fields("smtp", &settings), expected, "{settings}");
+    }
+
+    #[test]
+    fn settings() {
+        check(json!({"host": "smtp.example.com"}), &[]);
+        check(
+            json!({"host": "smtp.example.com", "port": 2525, "tls": "tls", "username": "u", "password": "p"}),
+            &[],
+        );
+        check(json!({"host": "127.0.0.1", "tls": "none", "username": "u", "password": "p"}), &[]);
+        check(json!({}), &["missing"]);
+        check(json!({"host": "smtp://smtp.example.com"}), &["host"]);
+        check(json!({"host": "smtp.example.com", "port": 0}), &["port"]);
+        check(json!({"host": "smtp.example.com", "username": "u"}), &["password"]);
+        check(json!({"host": "smtp.example.com", "password": "p"}), &["username"]);
+        check(json!({"host": "smtp.example.com", "tls": "none", "username": "u", "password": "p"}), &["tls"]);
+        check(json!({"host": "smtp.example.com", "from": "bad"}), &["from"]);
+        assert_eq!(setting_issue_fields("smtp", &json!({"host": "h", "tls": "ssl"})).len(), 1);
+    }
+
+    fn message(subject: &str, to: &str, body: &str) -> OutboundMessage {
+        OutboundMessage {
+            id: "0190abcd".into(),
+            channel: Channel::EMAIL,
+            from: "app@example.com".into(),
+            to: to.into(),
+            subject: Some(subject.into()),
+            body: body.into(),
+            attachments: vec![],
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        for (subject, to) in [
+            ("Hi\r\nBcc: victim@example.org", "user@example.org"),
+            ("Hi\nBcc: victim@example.org", "user@example.org"),
+            ("Hi", "user@example.org\r\nBcc: victim@example.org"),
+            ("Hi", "User <user@example.org>, victim@example.org"),
+        ] {
+            let error = build_email(&message(subject, to, "x"), "app@example.com").err();
+            assert!(matches!(error, Some(SendError::Rejected { .. })), "{subject:?} {to:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        let (email, id) = build_email(&message("Hello", "user@example.org", "Hi there"), "app@example.com")
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(id, "<0190abcd@example.com>");
+        let text = String::from_utf8_lossy(&email.formatted()).into_owned();
+        assert!(text.contains("Message-ID: <0190abcd@example.com>"), "{text}");
+        assert!(text.contains("Content-Type: text/plain"), "{text}");
+        let (email, _) = build_email(&message("Hello", "user@example.org", "<p>Hi</p>"), "app@example.com")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let text = String::from_utf8_lossy(&email.formatted()).into_owned();
+        assert!(text.contains("multipart/alternative"), "{text}");
+        assert!(text.contains("text/html"), "{text}");
+    }
+}
