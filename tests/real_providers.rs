@@ -6,7 +6,7 @@ mod common;
 
 use common::fake_http::{FakeHttp, Reply};
 use common::smtp_sink::{SinkBehaviour, SmtpSink};
-use common::{client, wait_final, Server};
+use common::{client, send_native, wait_final, Server};
 use serde_json::json;
 
 const MARKERS: [(&str, &str); 4] = [
@@ -90,14 +90,8 @@ fn messages_go_through_real_kinds_and_no_secret_leaks() {
     let mut server = Server::start(&config(&twilio, &sendgrid, &gateway, &smtp), &[], &env);
     let mut answers = String::new();
 
-    let response = client()
-        .post(server.url("/v1/messages"))
-        .json(&json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "code 1234"}))
-        .send();
-    let id = response.and_then(|r| r.json::<serde_json::Value>()).unwrap_or_default()["id"]
-        .as_str()
-        .map(str::to_owned);
-    let Some(id) = id else { panic!("sms not accepted:\n{}", server.logs()) };
+    let sms = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "code 1234"});
+    let Some(id) = send_native(&server, &sms) else { panic!("sms not accepted:\n{}", server.logs()) };
     let view = wait_final(&server, &id);
     assert_eq!(
         (view["status"].as_str(), view["provider"].as_str()),
@@ -109,11 +103,7 @@ fn messages_go_through_real_kinds_and_no_secret_leaks() {
     answers.push_str(&view.to_string());
 
     let email = json!({"channel": "email", "from": "app@example.com", "to": "user@example.org", "subject": "Hi", "body": "<p>Hello</p>"});
-    let response = client().post(server.url("/v1/messages")).json(&email).send();
-    let id = response.and_then(|r| r.json::<serde_json::Value>()).unwrap_or_default()["id"]
-        .as_str()
-        .map(str::to_owned);
-    let Some(id) = id else { panic!("email not accepted:\n{}", server.logs()) };
+    let Some(id) = send_native(&server, &email) else { panic!("email not accepted:\n{}", server.logs()) };
     let view = wait_final(&server, &id);
     assert_eq!(
         (view["status"].as_str(), view["provider"].as_str()),
@@ -129,20 +119,14 @@ fn messages_go_through_real_kinds_and_no_secret_leaks() {
     answers.push_str(&view.to_string());
 
     let mms = json!({"channel": "mms", "from": "+12016661234", "to": "+18045551234", "body": "pic", "attachments": ["https://x.org/a.png"]});
-    let response = client().post(server.url("/v1/messages")).json(&mms).send();
-    let id = response.and_then(|r| r.json::<serde_json::Value>()).unwrap_or_default()["id"]
-        .as_str()
-        .map(str::to_owned);
-    let Some(id) = id else { panic!("mms not accepted:\n{}", server.logs()) };
+    let Some(id) = send_native(&server, &mms) else { panic!("mms not accepted:\n{}", server.logs()) };
     let view = wait_final(&server, &id);
     assert_eq!(view["provider_message_id"], "gw-1", "{view}");
     answers.push_str(&view.to_string());
 
     // A channel no kind names, carried by the webhook because the config routes it.
     let push = json!({"channel": "push", "from": "app", "to": "device-token-1", "body": "ping"});
-    let response = client().post(server.url("/v1/messages")).json(&push).send();
-    let answer = response.and_then(|r| r.json::<serde_json::Value>()).unwrap_or_default();
-    let Some(id) = answer["id"].as_str().map(str::to_owned) else { panic!("push not accepted: {answer}") };
+    let Some(id) = send_native(&server, &push) else { panic!("push not accepted:\n{}", server.logs()) };
     let view = wait_final(&server, &id);
     assert_eq!(view["status"], "sent", "{view}");
     assert_eq!(gateway.last().json()["channel"], "push");

@@ -171,15 +171,11 @@ impl Provider for SendgridProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::setting_issue_fields;
-    use crate::Channel;
-
-    fn check(settings: serde_json::Value, expected: &[&str]) {
-        assert_eq!(setting_issue_fields("sendgrid", &settings), expected, "{settings}");
-    }
+    use crate::test_support::{check_settings, email};
 
     #[test]
     fn settings() {
+        let check = |settings, expected: &[&str]| check_settings("sendgrid", settings, expected);
         check(json!({"api_key": "SG.x"}), &[]);
         check(json!({"api_key": "SG.x", "from": "noreply@example.com"}), &[]);
         check(json!({}), &["missing"]);
@@ -188,22 +184,9 @@ mod tests {
         check(json!({"api_key": "SG.x", "base_url": "https://api.sendgrid.com/?x=1"}), &["base_url"]);
     }
 
-    fn message(body: &str, subject: Option<&str>, attachments: &[&str]) -> OutboundMessage {
-        OutboundMessage {
-            id: "0190-abc".into(),
-            channel: Channel::EMAIL,
-            from: "app@example.com".into(),
-            to: "user@example.org".into(),
-            subject: subject.map(str::to_owned),
-            body: body.into(),
-            attachments: attachments.iter().map(|a| (*a).to_owned()).collect(),
-            tags: vec![],
-        }
-    }
-
     #[test]
     fn request_bodies() {
-        let plain = mail_send_body(&message("Hi", Some("Hello"), &[]), "app@example.com");
+        let plain = mail_send_body(&email("user@example.org", Some("Hello"), "Hi", &[]), "app@example.com");
         assert_eq!(
             plain,
             json!({
@@ -211,10 +194,13 @@ mod tests {
                 "from": {"email": "app@example.com"},
                 "subject": "Hello",
                 "content": [{"type": "text/plain", "value": "Hi"}],
-                "custom_args": {"switchboard_message_id": "0190-abc"},
+                "custom_args": {"switchboard_message_id": "0190abcd"},
             })
         );
-        let html = mail_send_body(&message("<p>Hi</p>", None, &["https://x.org/a.pdf"]), "other@example.com");
+        let html = mail_send_body(
+            &email("user@example.org", None, "<p>Hi</p>", &["https://x.org/a.pdf"]),
+            "other@example.com",
+        );
         assert_eq!(html["subject"], NO_SUBJECT);
         assert_eq!(html["from"]["email"], "other@example.com");
         assert_eq!(html["content"][0]["type"], "text/plain");

@@ -234,8 +234,8 @@ impl Provider for SmtpProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
         let started = Instant::now();
         let from = self.from.as_deref().unwrap_or(&message.from);
-        let (email, id) = build_email(message, from)?;
-        self.transport.send(email).await.map_err(|error| {
+        let (built, id) = build_email(message, from)?;
+        self.transport.send(built).await.map_err(|error| {
             let error = classify(&error);
             match &self.password {
                 Some(password) => error.scrubbed(password.expose()),
@@ -251,15 +251,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::setting_issue_fields;
-    use crate::Channel;
-
-    fn check(settings: serde_json::Value, expected: &[&str]) {
-        assert_eq!(setting_issue_fields("smtp", &settings), expected, "{settings}");
-    }
+    use crate::test_support::{check_settings, email};
 
     #[test]
     fn settings() {
+        let check = |settings, expected: &[&str]| check_settings("smtp", settings, expected);
         check(json!({"host": "smtp.example.com"}), &[]);
         check(
             json!({"host": "smtp.example.com", "port": 2525, "tls": "tls", "username": "u", "password": "p"}),
@@ -273,20 +269,7 @@ mod tests {
         check(json!({"host": "smtp.example.com", "password": "p"}), &["username"]);
         check(json!({"host": "smtp.example.com", "tls": "none", "username": "u", "password": "p"}), &["tls"]);
         check(json!({"host": "smtp.example.com", "from": "bad"}), &["from"]);
-        assert_eq!(setting_issue_fields("smtp", &json!({"host": "h", "tls": "ssl"})).len(), 1);
-    }
-
-    fn message(subject: &str, to: &str, body: &str) -> OutboundMessage {
-        OutboundMessage {
-            id: "0190abcd".into(),
-            channel: Channel::EMAIL,
-            from: "app@example.com".into(),
-            to: to.into(),
-            subject: Some(subject.into()),
-            body: body.into(),
-            attachments: vec![],
-            tags: vec![],
-        }
+        check(json!({"host": "h", "tls": "ssl"}), &["tls"]);
     }
 
     #[test]
@@ -297,22 +280,24 @@ mod tests {
             ("Hi", "user@example.org\r\nBcc: victim@example.org"),
             ("Hi", "User <user@example.org>, victim@example.org"),
         ] {
-            let error = build_email(&message(subject, to, "x"), "app@example.com").err();
+            let error = build_email(&email(to, Some(subject), "x", &[]), "app@example.com").err();
             assert!(matches!(error, Some(SendError::Rejected { .. })), "{subject:?} {to:?}: {error:?}");
         }
     }
 
     #[test]
     fn emails() {
-        let (email, id) = build_email(&message("Hello", "user@example.org", "Hi there"), "app@example.com")
-            .unwrap_or_else(|error| panic!("{error}"));
+        let (built, id) =
+            build_email(&email("user@example.org", Some("Hello"), "Hi there", &[]), "app@example.com")
+                .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(id, "<0190abcd@example.com>");
-        let text = String::from_utf8_lossy(&email.formatted()).into_owned();
+        let text = String::from_utf8_lossy(&built.formatted()).into_owned();
         assert!(text.contains("Message-ID: <0190abcd@example.com>"), "{text}");
         assert!(text.contains("Content-Type: text/plain"), "{text}");
-        let (email, _) = build_email(&message("Hello", "user@example.org", "<p>Hi</p>"), "app@example.com")
-            .unwrap_or_else(|error| panic!("{error}"));
-        let text = String::from_utf8_lossy(&email.formatted()).into_owned();
+        let (built, _) =
+            build_email(&email("user@example.org", Some("Hello"), "<p>Hi</p>", &[]), "app@example.com")
+                .unwrap_or_else(|error| panic!("{error}"));
+        let text = String::from_utf8_lossy(&built.formatted()).into_owned();
         assert!(text.contains("multipart/alternative"), "{text}");
         assert!(text.contains("text/html"), "{text}");
     }

@@ -168,14 +168,11 @@ impl Provider for TwilioProvider {
 mod tests {
     use serde_json::json;
 
-    use crate::test_support::setting_issue_fields;
-
-    fn check(settings: serde_json::Value, expected: &[&str]) {
-        assert_eq!(setting_issue_fields("twilio", &settings), expected, "{settings}");
-    }
+    use crate::test_support::check_settings;
 
     #[test]
     fn settings() {
+        let check = |settings, expected: &[&str]| check_settings("twilio", settings, expected);
         let ok = json!({"account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": "t"});
         check(ok, &[]);
         check(json!({"account_sid": "AC1", "auth_token": "t", "from": "+15005550006"}), &[]);

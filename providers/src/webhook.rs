@@ -153,14 +153,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::setting_issue_fields;
-
-    fn check(settings: serde_json::Value, expected: &[&str]) {
-        assert_eq!(setting_issue_fields("webhook", &settings), expected, "{settings}");
-    }
+    use crate::test_support::check_settings;
 
     #[test]
     fn settings() {
+        let check = |settings, expected: &[&str]| check_settings("webhook", settings, expected);
         let secret = "0123456789abcdef";
         check(json!({"url": "https://gw.example.com/send?x=1", "secret": secret}), &[]);
         check(json!({"url": "http://127.0.0.1:8080/hook", "secret": secret}), &[]);

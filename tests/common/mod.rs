@@ -195,6 +195,15 @@ pub fn send_sms(server: &Server, n: u32) -> Option<String> {
     response.json::<serde_json::Value>().ok()?["id"].as_str().map(str::to_owned)
 }
 
+/// POSTs a native message to `/v1/messages`; its id when answered 202.
+pub fn send_native(server: &Server, message: &serde_json::Value) -> Option<String> {
+    let response = client().post(server.url("/v1/messages")).json(message).send().ok()?;
+    if response.status().as_u16() != 202 {
+        return None;
+    }
+    response.json::<serde_json::Value>().ok()?["id"].as_str().map(str::to_owned)
+}
+
 /// `GET /v1/messages/{id}`, `null` when it cannot be read.
 pub fn message_view(server: &Server, id: &str) -> serde_json::Value {
     client().get(server.url(&format!("/v1/messages/{id}"))).send().and_then(|r| r.json()).unwrap_or_default()
