@@ -11,8 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use switchboard_providers::{registry, SettingDoc};
 
+use crate::auth::{hash_hex, is_key_name, ApiKeys};
+use crate::config::resolved::RateLimit;
 use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROUTE_SPECS};
 use crate::dispatch::DispatchConfig;
+use crate::http::guard::RequestLimits;
 use crate::reload::WatchOptions;
 use crate::serve::{ServeError, ServeOptions};
 
@@ -39,6 +42,22 @@ pub enum Command {
     Providers {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+    },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh random API key (once: it is stored nowhere) and the `NAME:SHA256HEX` entry
+    /// to configure for it.
+    New {
+        /// The key's name: 1–64 of A–Z a–z 0–9 _ . -
+        name: String,
+        /// Give the key the admin role (the /admin routes).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -76,6 +95,35 @@ pub struct ServeArgs {
     /// How long finished messages and their attempts are kept (durable stores).
     #[arg(long, env = "SWITCHBOARD_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: std::time::Duration,
+    /// A file of API keys, one `NAME:SHA256HEX[:admin]` per line (`#` comments), in addition to
+    /// those in SWITCHBOARD_API_KEYS (comma-separated).
+    #[arg(long, env = "SWITCHBOARD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Serve /metrics without an API key (for a scraper on a private network).
+    #[arg(long, env = "SWITCHBOARD_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Send requests per second allowed to each API key (token bucket); beyond: 429.
+    #[arg(long, env = "SWITCHBOARD_KEY_RATE_LIMIT", default_value_t = 100.0, value_parser = positive_f64)]
+    pub key_rate_limit: f64,
+    /// Burst of send requests an API key may make at once.
+    #[arg(long, env = "SWITCHBOARD_KEY_RATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub key_rate_burst: u32,
+    /// Requests answered at once; beyond: 503 `overloaded` (health checks are exempt).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// Total size of a request's headers, in bytes; beyond: 431.
+    #[arg(long, env = "SWITCHBOARD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Longest a request body may take to arrive (e.g. `10s`); beyond: 408.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+}
+
+fn positive_f64(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok(n),
+        _ => Err(format!("`{text}` is not a number greater than 0")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +167,7 @@ pub fn run() -> ExitCode {
         Command::Validate(args) => validate(&args),
         Command::Migrate(args) => migrate(&args),
         Command::Providers { format } => providers(format),
+        Command::Keys(KeysCommand::New { name, admin }) => new_key(&name, admin),
     }
 }
 
@@ -133,6 +182,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchboard: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let api_keys = match ApiKeys::load(
+        std::env::var("SWITCHBOARD_API_KEYS").ok().as_deref(),
+        args.api_keys_file.as_deref(),
+    ) {
+        Ok(keys) => keys,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
@@ -152,6 +211,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         store: args.store.url,
         retention: args.retention,
+        api_keys,
+        limits: RequestLimits {
+            metrics_public: args.metrics_public,
+            per_key: RateLimit { per_second: args.key_rate_limit, burst: args.key_rate_burst },
+            max_concurrent: args.max_concurrent_requests as usize,
+            max_header_bytes: args.max_header_bytes,
+            body_timeout: args.request_timeout,
+        },
     };
     match runtime.block_on(crate::serve::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +230,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// `keys new`: the key on the first line, the entry on the second (stdout); how to use them on
+/// stderr, so `switchboard keys new app | head -1` gives just the key.
+fn new_key(name: &str, admin: bool) -> ExitCode {
+    if !is_key_name(name) {
+        eprintln!("switchboard: `{name}` is not a key name (1–64 of A–Z a–z 0–9 _ . -)");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let key = match crate::auth::new_key() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("switchboard: no randomness from the operating system: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let role = if admin { ":admin" } else { "" };
+    print_out(&format!("{key}\n{name}:{}{role}\n", hash_hex(&key)));
+    eprintln!(
+        "line 1 is the key: give it to the client (it is shown only now). Line 2 is the entry to add to \
+         SWITCHBOARD_API_KEYS or the --api-keys-file."
+    );
+    ExitCode::SUCCESS
 }
 
 fn migrate(args: &StoreArgs) -> ExitCode {
@@ -260,11 +350,7 @@ pub struct KindEntry {
 pub fn catalog() -> Catalog {
     let doc = |spec: &config::Spec| SettingDoc {
         name: spec.key.to_owned(),
-        type_name: match spec.key {
-            "strategy" => "string".to_owned(),
-            "rate_limit.per_second" => "number".to_owned(),
-            _ => "integer".to_owned(),
-        },
+        type_name: spec.ty.name().to_owned(),
         required: false,
         default: spec
             .default

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::ApiKeys;
 use crate::config::{self, render_human, Environment, Severity, Snapshot};
 use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::http::guard::{Guard, RequestLimits};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::reload::{spawn_watchers, Reloader, WatchOptions};
@@ -30,6 +32,9 @@ pub struct ServeOptions {
     pub store: String,
     /// How long finished messages are kept in a durable store.
     pub retention: Duration,
+    /// API keys; none: authentication off (loopback only).
+    pub api_keys: ApiKeys,
+    pub limits: RequestLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +50,21 @@ pub enum ServeError {
     Listen { address: String, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error(
+        "refusing to listen on {address} without API keys: anyone who can reach it could send messages at your \
+         expense. Configure keys (SWITCHBOARD_API_KEYS or --api-keys-file; `switchboard keys new NAME` makes one) \
+         or listen on a loopback address such as 127.0.0.1"
+    )]
+    Unprotected { address: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    // Checked before anything starts: without keys, only this machine may reach the API.
+    if !options.api_keys.is_enabled() && !resolves_to_loopback(&options.listen).await {
+        return Err(ServeError::Unprotected { address: options.listen.clone() });
+    }
     let loaded = config::load_file(&options.config, &Environment::from_process())?;
     for diagnostic in &loaded.diagnostics {
         match diagnostic.severity {
@@ -115,6 +130,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
         idempotency_in_flight: Default::default(),
+        guard: Guard::new(options.api_keys.clone(), &options.limits),
+        recipients: Default::default(),
     });
 
     let signals = ShutdownSignals::install();
@@ -124,6 +141,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let address: SocketAddr = listener
         .local_addr()
         .map_err(|source| ServeError::Listen { address: options.listen.clone(), source })?;
+    if !options.api_keys.is_enabled() {
+        tracing::warn!("authentication is off: no API keys configured (SWITCHBOARD_API_KEYS, --api-keys-file); listening on loopback only");
+    }
     tracing::info!(%address, "listening on http://{address}");
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -202,6 +222,15 @@ async fn purge_finished(
                 }
             }
         }
+    }
+}
+
+/// Whether every address `listen` names is a loopback one. An address that does not resolve
+/// passes: binding it fails with its own error.
+async fn resolves_to_loopback(listen: &str) -> bool {
+    match tokio::net::lookup_host(listen).await {
+        Ok(addresses) => addresses.into_iter().all(|address| address.ip().is_loopback()),
+        Err(_) => true,
     }
 }
 

@@ -152,6 +152,10 @@ pub struct ResolvedRoute {
     pub providers: Vec<String>,
     pub strategy: Strategy,
     pub max_attempts: u32,
+    /// Country calling codes E.164 recipients must start with; `None`: any.
+    pub allowed_country_codes: Option<Vec<String>>,
+    /// Messages accepted per recipient per clock hour; `None`: unlimited.
+    pub max_per_recipient_per_hour: Option<u32>,
     pub sources: BTreeMap<&'static str, SettingSource>,
 }
 

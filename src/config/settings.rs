@@ -20,6 +20,20 @@ pub enum Ty {
     Positive,
     /// One of [`Strategy::NAMES`].
     Strategy,
+    /// A non-empty list of country calling codes: strings of 1–3 digits not starting with 0.
+    CountryCodes,
+}
+
+impl Ty {
+    /// The type's name in `switchboard providers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Int { .. } => "integer",
+            Ty::Positive => "number",
+            Ty::Strategy => "string",
+            Ty::CountryCodes => "array",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +115,20 @@ pub const ROUTE_SPECS: &[Spec] = &[
         default: Some("failover"),
         doc: "How providers are picked: `failover` (route order).",
     },
+    Spec {
+        key: "allowed_country_codes",
+        ty: Ty::CountryCodes,
+        default: None,
+        doc: "Country calling codes (e.g. [\"1\", \"44\"]) that E.164 recipients must start with; \
+              others are refused with 403 `country_not_allowed`. Absent: every country.",
+    },
+    Spec {
+        key: "max_per_recipient_per_hour",
+        ty: Ty::Int { min: 1, max: U32 },
+        default: None,
+        doc: "Messages accepted per recipient per clock hour on this channel; more are refused with \
+              429 `recipient_rate_limited`. Absent: unlimited.",
+    },
 ];
 
 const GROUPS: &[&str] = &["retry", "breaker", "rate_limit"];
@@ -111,6 +139,7 @@ pub enum Checked {
     Int(i64),
     Number(f64),
     Strategy(Strategy),
+    CountryCodes(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -295,12 +324,64 @@ fn check_into(
             diagnostics.push(wrong_type(spec.key, node, "a string"));
             return;
         }
+        (Ty::CountryCodes, Value::Array(items)) => match country_codes(spec.key, node, items) {
+            Ok(codes) => Checked::CountryCodes(codes),
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic);
+                return;
+            }
+        },
+        (Ty::CountryCodes, _) => {
+            diagnostics.push(wrong_type(spec.key, node, "an array of strings such as [\"1\", \"44\"]"));
+            return;
+        }
     };
     let source = match &node.origin {
         Origin::Env(var) => SettingSource::Env(var.clone()),
         Origin::File(_) => source.clone(),
     };
     layer.settings.insert(spec.key, Setting { value, origin: node.origin.clone(), source });
+}
+
+/// A checked list of country calling codes (1–3 digits, no leading 0, no duplicates).
+fn country_codes(key: &str, node: &Node, items: &[Node]) -> Result<Vec<String>, Diagnostic> {
+    if items.is_empty() {
+        return Err(Diagnostic::error(
+            Code::EmptyList,
+            node.origin.clone(),
+            format!("`{key}` is empty: every recipient would be refused"),
+        )
+        .with_help(Some(format!("remove `{key}` to allow every country"))));
+    }
+    let mut codes = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(code) = item.as_str() else {
+            return Err(wrong_type(key, item, "a string of digits such as \"44\""));
+        };
+        let code = code.strip_prefix('+').unwrap_or(code);
+        if !(1..=3).contains(&code.len())
+            || !code.bytes().all(|b| b.is_ascii_digit())
+            || code.starts_with('0')
+        {
+            return Err(Diagnostic::error(
+                Code::OutOfRange,
+                item.origin.clone(),
+                format!(
+                    "`{key}`: {} is not a country calling code (1 to 3 digits, not starting with 0)",
+                    item.shown()
+                ),
+            ));
+        }
+        if codes.iter().any(|c| c == code) {
+            return Err(Diagnostic::error(
+                Code::DuplicateEntry,
+                item.origin.clone(),
+                format!("`{key}`: code {code} is listed twice"),
+            ));
+        }
+        codes.push(code.to_owned());
+    }
+    Ok(codes)
 }
 
 /// Looks a setting up through the layers, most specific first.
@@ -399,7 +480,23 @@ pub fn resolve_route(
         _ => Strategy::Failover,
     };
     let max_attempts = lookup.u32("max_attempts", 3);
-    ResolvedRoute { channel, providers, strategy, max_attempts, sources: lookup.sources }
+    let allowed_country_codes = match lookup.find("allowed_country_codes").map(|s| &s.value) {
+        Some(Checked::CountryCodes(codes)) => Some(codes.clone()),
+        _ => None,
+    };
+    let max_per_recipient_per_hour = match lookup.find("max_per_recipient_per_hour").map(|s| &s.value) {
+        Some(Checked::Int(n)) => u32::try_from(*n).ok(),
+        _ => None,
+    };
+    ResolvedRoute {
+        channel,
+        providers,
+        strategy,
+        max_attempts,
+        allowed_country_codes,
+        max_per_recipient_per_hour,
+        sources: lookup.sources,
+    }
 }
 
 /// Every key a provider table may hold besides its kind's own settings.

@@ -482,7 +482,13 @@ fn validate_route(
         if item.key == "providers" {
             list = Some(item);
         } else {
-            let known = ["providers", "strategy", "max_attempts"];
+            let known = [
+                "providers",
+                "strategy",
+                "max_attempts",
+                "allowed_country_codes",
+                "max_per_recipient_per_hour",
+            ];
             diagnostics.push(unknown_key(item, &format!("[routes.{channel_name}]"), known));
         }
     }

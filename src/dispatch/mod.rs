@@ -116,6 +116,7 @@ impl Dispatcher {
     pub async fn submit(
         &self,
         message: OutboundMessage,
+        owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
         let shared = &self.shared;
@@ -125,7 +126,7 @@ impl Dispatcher {
             return Err(SubmitError::NoRoute(channel.to_owned()));
         }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
-        match shared.store.insert(&message, key).await? {
+        match shared.store.insert_for(&message, owner, key).await? {
             Inserted::New => {}
             Inserted::Replay { id, channel } => return Ok(Submitted::Replayed { id, channel }),
             Inserted::KeyReused => return Err(SubmitError::KeyReused),

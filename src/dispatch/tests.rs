@@ -60,9 +60,9 @@ async fn a_route_gone_by_dispatch_time_fails_the_message_with_no_route() {
     let first = message(Channel::SMS);
     let second = message(Channel::SMS);
     let (first_id, second_id) = (first.id.clone(), second.id.clone());
-    assert!(dispatcher.submit(first, None).await.is_ok());
+    assert!(dispatcher.submit(first, None, None).await.is_ok());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(dispatcher.submit(second, None).await.is_ok());
+    assert!(dispatcher.submit(second, None, None).await.is_ok());
     current.store(Arc::new(snapshot(
         "[providers.mail]\nkind = \"mock\"\n[routes.email]\nproviders = [\"mail\"]\n",
     )));
@@ -74,7 +74,10 @@ async fn a_route_gone_by_dispatch_time_fails_the_message_with_no_route() {
     assert!(view.attempts.is_empty());
 
     // New sends for the vanished channel are refused up front and not stored.
-    assert!(matches!(dispatcher.submit(message(Channel::SMS), None).await, Err(SubmitError::NoRoute(_))));
+    assert!(matches!(
+        dispatcher.submit(message(Channel::SMS), None, None).await,
+        Err(SubmitError::NoRoute(_))
+    ));
     assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
 }
 
@@ -88,7 +91,7 @@ async fn shutdown_reports_what_was_still_queued() {
     for id in &ids {
         let mut m = message(Channel::SMS);
         m.id = id.clone();
-        assert!(dispatcher.submit(m, None).await.is_ok());
+        assert!(dispatcher.submit(m, None, None).await.is_ok());
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(dispatcher.queue_depth(), 3);

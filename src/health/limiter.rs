@@ -36,6 +36,24 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Takes one token if one is there now; otherwise says how long until one is (and takes
+    /// nothing): for refusing, where [`TokenBucket::reserve`] is for waiting.
+    pub fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tokens, since) = *state;
+        let refilled = (tokens + now.saturating_duration_since(since).as_secs_f64() * self.limit.per_second)
+            .min(f64::from(self.limit.burst));
+        if refilled >= 1.0 {
+            *state = (refilled - 1.0, now.max(since));
+            Ok(())
+        } else {
+            *state = (refilled, now.max(since));
+            Err(Duration::from_secs_f64((1.0 - refilled) / self.limit.per_second))
+        }
+    }
+}
+
 /// A provider paused until a given instant (by a 429).
 #[derive(Debug, Default)]
 pub struct Pause {
@@ -70,6 +88,19 @@ mod tests {
             .map(|ms| bucket.reserve(start + Duration::from_millis(*ms)).as_millis() as u64)
             .collect();
         assert_eq!(waits, expected_wait_ms);
+    }
+
+    #[test]
+    fn try_take_refuses_without_queueing() {
+        let bucket = TokenBucket::new(RateLimit { per_second: 10.0, burst: 2 });
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(bucket.try_take(at(0)), Ok(()));
+        assert_eq!(bucket.try_take(at(0)), Ok(()));
+        assert_eq!(bucket.try_take(at(0)).map_err(|d| d.as_millis()), Err(100));
+        assert_eq!(bucket.try_take(at(50)).map_err(|d| d.as_millis()), Err(50));
+        assert_eq!(bucket.try_take(at(100)), Ok(()));
+        assert_eq!(bucket.try_take(at(1000)), Ok(()));
     }
 
     #[test]

@@ -29,6 +29,31 @@ pub enum ApiError {
     KeyReused,
     /// A request with this idempotency key is still being answered.
     KeyInFlight,
+    /// No API key, or one that is not configured.
+    Unauthorized {
+        missing: bool,
+    },
+    /// A valid key without the admin role on an admin route.
+    Forbidden,
+    /// The key's send rate is used up.
+    RateLimited {
+        retry_after: std::time::Duration,
+    },
+    /// The recipient's country is not on the route's allow-list.
+    CountryNotAllowed {
+        channel: String,
+    },
+    /// The recipient had its messages for this hour.
+    RecipientRateLimited {
+        retry_after: std::time::Duration,
+    },
+    HeadersTooLarge {
+        limit: usize,
+    },
+    /// Too many requests being answered at once.
+    Overloaded,
+    /// The body did not arrive in time.
+    RequestTimeout,
 }
 
 #[derive(Serialize)]
@@ -65,6 +90,14 @@ impl ApiError {
             }
             ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::CountryNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } | ApiError::RecipientRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -81,6 +114,14 @@ impl ApiError {
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::KeyReused => "idempotency_key_reused",
             ApiError::KeyInFlight => "idempotency_key_in_flight",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::CountryNotAllowed { .. } => "country_not_allowed",
+            ApiError::RecipientRateLimited { .. } => "recipient_rate_limited",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::Overloaded => "overloaded",
+            ApiError::RequestTimeout => "request_timeout",
         }
     }
 
@@ -107,6 +148,23 @@ impl ApiError {
             ApiError::KeyInFlight => {
                 "a request with this Idempotency-Key is still being answered; retry".into()
             }
+            ApiError::Unauthorized { missing: true } => {
+                "send an API key as `Authorization: Bearer <key>`".into()
+            }
+            ApiError::Unauthorized { missing: false } => "the API key is not valid".into(),
+            ApiError::Forbidden => "this route needs an API key with the admin role".into(),
+            ApiError::RateLimited { .. } => {
+                "this API key's send rate is used up; retry after the pause".into()
+            }
+            ApiError::CountryNotAllowed { channel } => {
+                format!("the recipient's country calling code is not allowed for channel `{channel}`")
+            }
+            ApiError::RecipientRateLimited { .. } => {
+                "this recipient has had as many messages as allowed this hour".into()
+            }
+            ApiError::HeadersTooLarge { limit } => format!("the request headers exceed {limit} bytes"),
+            ApiError::Overloaded => "too many requests are being answered; retry".into(),
+            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
         }
     }
 }
@@ -129,19 +187,28 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let field = match &self {
             ApiError::InvalidField { field, .. } => Some(field.as_str()),
+            ApiError::CountryNotAllowed { .. } | ApiError::RecipientRateLimited { .. } => Some("to"),
             _ => None,
         };
         let body = Body { error: Detail { code: self.code(), message: self.message(), field } };
         let mut response = (self.status(), axum::Json(body)).into_response();
         let retry_after = match self {
-            ApiError::NoRoute { .. } => Some(RETRY_AFTER_NO_ROUTE),
-            ApiError::QueueFull | ApiError::StoreUnavailable | ApiError::KeyInFlight => {
-                Some(RETRY_AFTER_BUSY)
+            ApiError::NoRoute { .. } => Some(HeaderValue::from_static(RETRY_AFTER_NO_ROUTE)),
+            ApiError::QueueFull
+            | ApiError::StoreUnavailable
+            | ApiError::KeyInFlight
+            | ApiError::Overloaded => Some(HeaderValue::from_static(RETRY_AFTER_BUSY)),
+            // Whole seconds, rounded up: retrying at the advertised time must succeed.
+            ApiError::RateLimited { retry_after } | ApiError::RecipientRateLimited { retry_after } => {
+                Some(HeaderValue::from(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)))
             }
             _ => None,
         };
         if let Some(seconds) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
+        }
+        if let ApiError::Unauthorized { .. } = self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

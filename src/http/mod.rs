@@ -1,7 +1,9 @@
 //! The HTTP API (contract: specs/http-api.md): send endpoints, message status, health, metrics
 //! and the admin view of the active routing snapshot.
 
+mod destination;
 mod error;
+pub mod guard;
 mod payload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,8 @@ use crate::dispatch::{Dispatcher, Submitted};
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::store::{IdempotencyKey, MessageStore};
+use destination::RecipientCounts;
+use guard::{Caller, Guard};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -45,6 +49,10 @@ pub struct AppState {
     pub body_limit: usize,
     /// Idempotency keys whose first request is being answered right now.
     pub idempotency_in_flight: Mutex<HashSet<String>>,
+    /// API keys and request limits.
+    pub guard: Guard,
+    /// Messages accepted per recipient this hour.
+    pub recipients: RecipientCounts,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -60,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/reload", post(admin_reload))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard::guard))
         .with_state(state)
 }
 
@@ -85,11 +94,21 @@ async fn native(State(state): State<Arc<AppState>>, request: Request) -> Respons
 async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<Response, ApiError> {
     // Taking the request apart avoids copying its headers.
     let (parts, body) = request.into_parts();
+    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller { key: None, admin: false });
     if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes = read_body(body, &parts.headers, state.body_limit).await?;
-    let key = idempotency_key(&parts.headers, endpoint, &bytes)?;
+    // Refused before the body is read: a flood costs as little as possible.
+    state.guard.take_send(&caller)?;
+    let bytes =
+        tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, state.body_limit))
+            .await
+            .map_err(|_| ApiError::RequestTimeout)??;
+    let mut key = idempotency_key(&parts.headers, endpoint, &bytes)?;
+    // Keys are per caller: one client's key can neither replay nor block another's request.
+    if let (Some(key), Some(owner)) = (key.as_mut(), caller.key.as_deref()) {
+        key.key = format!("{owner}/{}", key.key);
+    }
     // A second request with a key whose first request is still being answered gets 409.
     let _in_flight = match &key {
         Some(key) => Some(InFlight::claim(&state.idempotency_in_flight, &key.key)?),
@@ -98,10 +117,25 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     let id = uuid::Uuid::now_v7().to_string();
     let message = payload::parse(endpoint, &bytes, id.clone(), |name| is_known_channel(state, name))?;
     let channel = message.channel.to_string();
-    let (id, channel, replayed) = match state.dispatcher.submit(message, key.as_ref()).await? {
-        Submitted::Accepted => (id, channel, false),
-        Submitted::Replayed { id, channel } => (id, channel, true),
+    let snapshot = state.snapshot.load();
+    let reserved = match snapshot.route(&channel) {
+        Some(route) => {
+            destination::check_country(&route.config, &message.to)?;
+            Some(state.recipients.reserve(&route.config, &message.to, std::time::SystemTime::now())?)
+        }
+        // No route: the dispatcher refuses it with no_route.
+        None => None,
     };
+    let (id, channel, replayed) =
+        match state.dispatcher.submit(message, caller.key.as_deref(), key.as_ref()).await? {
+            Submitted::Accepted => {
+                if let Some(reserved) = reserved {
+                    reserved.keep();
+                }
+                (id, channel, false)
+            }
+            Submitted::Replayed { id, channel } => (id, channel, true),
+        };
     let mut response =
         (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: &channel }))
             .into_response();
@@ -196,12 +230,14 @@ fn is_known_channel(state: &AppState, name: &str) -> bool {
 
 async fn get_message(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<Caller>>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let Ok(Path(id)) = id else { return ApiError::NotFound.into_response() };
     match state.store.get(&id).await {
-        Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => ApiError::NotFound.into_response(),
+        // Another key's message is not found: its existence is not confirmed either.
+        Ok(Some(view)) if caller.is_none_or(|c| c.owns(view.owner.as_deref())) => Json(view).into_response(),
+        Ok(_) => ApiError::NotFound.into_response(),
         Err(error) => {
             tracing::error!(error = %error, "could not read a message");
             ApiError::StoreUnavailable.into_response()
@@ -241,6 +277,8 @@ async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
                 "channel": route.config.channel,
                 "strategy": route.config.strategy,
                 "max_attempts": route.config.max_attempts,
+                "allowed_country_codes": route.config.allowed_country_codes,
+                "max_per_recipient_per_hour": route.config.max_per_recipient_per_hour,
                 "providers": route.config.providers,
                 "sources": route.config.sources,
             })

@@ -96,6 +96,7 @@ where
         attempts: attempts.iter().map(attempt_of).collect::<Result<_, sqlx::Error>>()?,
         error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
         tags: parse_list(&tags),
+        owner: row.try_get("owner")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })

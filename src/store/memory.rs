@@ -52,6 +52,7 @@ struct Record {
     attempts: Vec<Attempt>,
     error: Option<Box<Failure>>,
     tags: Box<[String]>,
+    owner: Option<Box<str>>,
     created_at: SystemTime,
     updated_at: SystemTime,
 }
@@ -102,9 +103,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl MessageStore for MemoryStore {
-    async fn insert(
+    async fn insert_for(
         &self,
         message: &OutboundMessage,
+        owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
         let Some(id) = self::key(&message.id) else {
@@ -131,6 +133,7 @@ impl MessageStore for MemoryStore {
             attempts: Vec::new(),
             error: None,
             tags: message.tags.clone().into_boxed_slice(),
+            owner: owner.map(Box::from),
             created_at: now,
             updated_at: now,
         };
@@ -213,6 +216,7 @@ impl MessageStore for MemoryStore {
             attempts: r.attempts.clone(),
             error: r.error.as_deref().cloned(),
             tags: r.tags.to_vec(),
+            owner: r.owner.as_deref().map(str::to_owned),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }))

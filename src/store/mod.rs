@@ -116,6 +116,9 @@ pub struct MessageView {
     pub attempts: Vec<Attempt>,
     pub error: Option<Failure>,
     pub tags: Vec<String>,
+    /// The API key (by name) that created it; only that key may read it.
+    #[serde(skip)]
+    pub owner: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339")]
@@ -171,11 +174,20 @@ pub struct Pending {
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a new message as `queued` together with its queue entry and its idempotency key,
     /// all or nothing.
+    async fn insert_for(
+        &self,
+        message: &OutboundMessage,
+        owner: Option<&str>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Inserted, StoreError>;
+    /// [`MessageStore::insert_for`] with no owner (authentication off).
     async fn insert(
         &self,
         message: &OutboundMessage,
         key: Option<&IdempotencyKey>,
-    ) -> Result<Inserted, StoreError>;
+    ) -> Result<Inserted, StoreError> {
+        self.insert_for(message, None, key).await
+    }
     /// Records that attempt `number` (from 1) is about to call `provider`; the message is
     /// `sending` from its first attempt on.
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError>;

@@ -101,12 +101,13 @@ impl PostgresStore {
         &self,
         executor: impl sqlx::PgExecutor<'e>,
         message: &OutboundMessage,
+        owner: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "WITH message AS ( \
                INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-               created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9) RETURNING id) \
+               created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9, $12) RETURNING id) \
              INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $9, $10, $11 FROM message",
         )
         .bind(&message.id)
@@ -120,6 +121,7 @@ impl PostgresStore {
         .bind(now)
         .bind(&self.token)
         .bind(self.lease_until())
+        .bind(owner)
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -178,14 +180,15 @@ async fn write_attempt(
 
 #[async_trait]
 impl MessageStore for PostgresStore {
-    async fn insert(
+    async fn insert_for(
         &self,
         message: &OutboundMessage,
+        owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
         let now = ms(SystemTime::now());
         let Some(key) = key else {
-            self.insert_message(&self.pool, message, now).await?;
+            self.insert_message(&self.pool, message, owner, now).await?;
             return Ok(Inserted::New);
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
@@ -228,7 +231,7 @@ impl MessageStore for PostgresStore {
                 Inserted::KeyReused
             });
         }
-        self.insert_message(&mut *tx, message, now).await?;
+        self.insert_message(&mut *tx, message, owner, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted::New)
     }
@@ -370,7 +373,7 @@ impl MessageStore for PostgresStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, created_at, updated_at \
+            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
              FROM messages WHERE id = $1",
         )
         .bind(id)

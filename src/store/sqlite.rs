@@ -38,7 +38,7 @@ struct Write {
 
 #[derive(Clone)]
 enum Op {
-    Insert { message: OutboundMessage, key: Option<IdempotencyKey> },
+    Insert { message: OutboundMessage, owner: Option<String>, key: Option<IdempotencyKey> },
     AttemptStarted { id: String, number: u32, provider: String },
     RecordAttempt { id: String, number: u32, attempt: Attempt },
     Schedule { id: String, not_before: SystemTime, attempts: u32, round: u32 },
@@ -176,7 +176,9 @@ async fn apply_alone(pool: &SqlitePool, op: &Op) -> Result<Applied, StoreError> 
 
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
     Ok(match op {
-        Op::Insert { message, key } => Applied::Inserted(insert(conn, message, key.as_ref()).await?),
+        Op::Insert { message, owner, key } => {
+            Applied::Inserted(insert(conn, message, owner.as_deref(), key.as_ref()).await?)
+        }
         Op::AttemptStarted { id, number, provider } => {
             attempt_started(conn, id, *number, provider).await?;
             Applied::Done
@@ -231,6 +233,7 @@ async fn write_attempt(
 async fn insert(
     conn: &mut SqliteConnection,
     message: &OutboundMessage,
+    owner: Option<&str>,
     key: Option<&IdempotencyKey>,
 ) -> Result<Inserted, StoreError> {
     let now = ms(SystemTime::now());
@@ -261,8 +264,8 @@ async fn insert(
         }
     }
     sqlx::query(
-        "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at, owner) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
     )
     .bind(&message.id)
     .bind(message.channel.as_str())
@@ -274,6 +277,7 @@ async fn insert(
     .bind(json_list(&message.tags))
     .bind(now)
     .bind(now)
+    .bind(owner)
     .execute(&mut *conn)
     .await
     .map_err(unavailable)?;
@@ -421,12 +425,14 @@ async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> R
 
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn insert(
+    async fn insert_for(
         &self,
         message: &OutboundMessage,
+        owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        match self.write(Op::Insert { message: message.clone(), key: key.cloned() }).await? {
+        let op = Op::Insert { message: message.clone(), owner: owner.map(str::to_owned), key: key.cloned() };
+        match self.write(op).await? {
             Applied::Inserted(inserted) => Ok(inserted),
             _ => Err(unavailable("unexpected answer from the database writer")),
         }
@@ -470,7 +476,7 @@ impl MessageStore for SqliteStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, created_at, updated_at \
+            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
              FROM messages WHERE id = ?",
         )
         .bind(id)

@@ -1,0 +1,2 @@
+-- The API key (by name) that created each message; NULL when authentication was off.
+ALTER TABLE messages ADD COLUMN owner TEXT;

@@ -1,0 +1,198 @@
+//! What every request passes before its handler: the header size cap, the cap on concurrent
+//! requests, and authentication (who is calling) with authorisation (may they call this
+//! route). Handlers find the [`Caller`] in the request's extensions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::{ApiError, AppState};
+use crate::auth::ApiKeys;
+use crate::config::resolved::RateLimit;
+use crate::health::TokenBucket;
+
+/// Who is calling: a configured key, or anyone when authentication is off.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name; `None` when no keys are configured.
+    pub key: Option<Arc<str>>,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether this caller may read a message created by `owner`.
+    pub fn owns(&self, owner: Option<&str>) -> bool {
+        self.key.is_none() || self.key.as_deref() == owner
+    }
+}
+
+/// Request limits, as configured (`switchboard serve` flags).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// `/metrics` without a key.
+    pub metrics_public: bool,
+    /// Sends per API key (requests/s and burst).
+    pub per_key: RateLimit,
+    /// Requests answered at once; more get 503 `overloaded`.
+    pub max_concurrent: usize,
+    /// Total size of a request's headers; more gets 431.
+    pub max_header_bytes: usize,
+    /// Longest a request body may take to arrive; longer gets 408.
+    pub body_timeout: Duration,
+}
+
+/// The keys and limits, fixed at start.
+pub struct Guard {
+    keys: ApiKeys,
+    metrics_public: bool,
+    /// Sends per key: refused with 429 beyond the bucket.
+    send_limits: HashMap<String, TokenBucket>,
+    concurrency: Arc<Semaphore>,
+    max_header_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+impl Guard {
+    pub fn new(keys: ApiKeys, limits: &RequestLimits) -> Guard {
+        let send_limits =
+            keys.names().map(|name| (name.to_owned(), TokenBucket::new(limits.per_key))).collect();
+        Guard {
+            keys,
+            metrics_public: limits.metrics_public,
+            send_limits,
+            concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            max_header_bytes: limits.max_header_bytes,
+            body_timeout: limits.body_timeout,
+        }
+    }
+
+    /// Counts one send against the caller's key; anonymous callers are not limited.
+    pub fn take_send(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(bucket) = caller.key.as_deref().and_then(|key| self.send_limits.get(key)) else {
+            return Ok(());
+        };
+        bucket.try_take(Instant::now()).map_err(|wait| ApiError::RateLimited { retry_after: wait })
+    }
+}
+
+/// What a path needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Public,
+    AnyKey,
+    Admin,
+}
+
+fn access(path: &str, metrics_public: bool) -> Access {
+    match path {
+        "/healthz" | "/readyz" => Access::Public,
+        "/metrics" if metrics_public => Access::Public,
+        _ if path == "/admin" || path.starts_with("/admin/") => Access::Admin,
+        // /api, /v1, /metrics, and unknown paths (no probing for routes without a key).
+        _ => Access::AnyKey,
+    }
+}
+
+pub async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let guard = &state.guard;
+    if header_bytes(request.headers()) > guard.max_header_bytes {
+        return ApiError::HeadersTooLarge { limit: guard.max_header_bytes }.into_response();
+    }
+    let access = access(request.uri().path(), guard.metrics_public);
+    // Health checks are answered even when the service is saturated.
+    let _permit = match access {
+        Access::Public => None,
+        _ => match Arc::clone(&guard.concurrency).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return ApiError::Overloaded.into_response(),
+        },
+    };
+    let caller = match authenticate(&guard.keys, request.headers(), access) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn authenticate(keys: &ApiKeys, headers: &HeaderMap, access: Access) -> Result<Caller, ApiError> {
+    if !keys.is_enabled() {
+        return Ok(Caller { key: None, admin: true });
+    }
+    let token = bearer(headers);
+    let key = token.and_then(|token| keys.authenticate(token));
+    match (access, key) {
+        (Access::Public, key) => Ok(Caller { key: key.map(|k| Arc::from(k.name.as_str())), admin: false }),
+        (_, None) => Err(ApiError::Unauthorized { missing: token.is_none() }),
+        (Access::Admin, Some(key)) if !key.admin => Err(ApiError::Forbidden),
+        (_, Some(key)) => Ok(Caller { key: Some(Arc::from(key.name.as_str())), admin: key.admin }),
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme in any case).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::auth::hash_hex;
+
+    fn check(path: &str, authorization: Option<&str>, expected: Result<(Option<&str>, bool), &str>) {
+        let keys =
+            ApiKeys::load(Some(&format!("app:{},ops:{}:admin", hash_hex("k-app"), hash_hex("k-ops"))), None)
+                .unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let got = authenticate(&keys, &headers, access(path, false));
+        match (got, expected) {
+            (Ok(caller), Ok((key, admin))) => {
+                assert_eq!((caller.key.as_deref(), caller.admin), (key, admin), "{path}")
+            }
+            (Err(error), Err(code)) => assert_eq!(error.code(), code, "{path} {authorization:?}"),
+            (got, expected) => panic!("{path} {authorization:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn who_may_call_what() {
+        check("/healthz", None, Ok((None, false)));
+        check("/readyz", Some("Bearer nope"), Ok((None, false)));
+        check("/metrics", None, Err("unauthorized"));
+        check("/v1/messages", None, Err("unauthorized"));
+        check("/v1/messages", Some("Bearer k-app"), Ok((Some("app"), false)));
+        check("/v1/messages", Some("bearer   k-app "), Ok((Some("app"), false)));
+        check("/v1/messages", Some("Basic k-app"), Err("unauthorized"));
+        check("/v1/messages", Some("Bearer"), Err("unauthorized"));
+        check("/v1/messages", Some("Bearer k-wrong"), Err("unauthorized"));
+        check("/api/messages/sms", Some("Bearer k-ops"), Ok((Some("ops"), true)));
+        check("/admin/routes", Some("Bearer k-app"), Err("forbidden"));
+        check("/admin/reload", Some("Bearer k-ops"), Ok((Some("ops"), true)));
+        check("/admin/routes", None, Err("unauthorized"));
+        check("/nowhere", None, Err("unauthorized"));
+    }
+
+    #[test]
+    fn no_keys_means_anyone() {
+        let caller = authenticate(&ApiKeys::default(), &HeaderMap::new(), Access::Admin);
+        assert!(caller.is_ok_and(|c| c.key.is_none() && c.owns(Some("x")) && c.owns(None)));
+    }
+}
