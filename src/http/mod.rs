@@ -29,7 +29,7 @@ use crate::config::Snapshot;
 use crate::dispatch::{Dispatcher, Submitted};
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader, Trigger};
-use crate::store::{IdempotencyKey, MessageStore};
+use crate::store::{IdempotencyKey, Inserted, MessageStore};
 use destination::RecipientCounts;
 use guard::{Caller, Guard};
 use sha2::{Digest, Sha256};
@@ -121,7 +121,20 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     let reserved = match snapshot.route(&channel) {
         Some(route) => {
             destination::check_country(&route.config, &message.to)?;
-            Some(state.recipients.reserve(&route.config, &message.to, std::time::SystemTime::now())?)
+            match state.recipients.reserve(&route.config, &message.to, std::time::SystemTime::now()) {
+                Ok(reserved) => Some(reserved),
+                // A retry of a request accepted before the cap was reached gets its first answer.
+                Err(refusal) => {
+                    let Some(key) = &key else { return Err(refusal) };
+                    return match state.store.find_key(key).await {
+                        Ok(Some(Inserted::Replay { id, channel })) => {
+                            Ok(accepted(endpoint, &id, &channel, true))
+                        }
+                        Ok(Some(_)) => Err(ApiError::KeyReused),
+                        Ok(None) | Err(_) => Err(refusal),
+                    };
+                }
+            }
         }
         // No route: the dispatcher refuses it with no_route.
         None => None,
@@ -136,9 +149,13 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
             }
             Submitted::Replayed { id, channel } => (id, channel, true),
         };
+    Ok(accepted(endpoint, &id, &channel, replayed))
+}
+
+/// The 202 for an accepted (or replayed) message.
+fn accepted(endpoint: Endpoint, id: &str, channel: &str, replayed: bool) -> Response {
     let mut response =
-        (StatusCode::ACCEPTED, Json(Accepted { id: &id, status: "queued", channel: &channel }))
-            .into_response();
+        (StatusCode::ACCEPTED, Json(Accepted { id, status: "queued", channel })).into_response();
     if endpoint == Endpoint::Native {
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
@@ -147,7 +164,7 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     if replayed {
         response.headers_mut().insert("idempotency-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// The `Idempotency-Key` header, if any, with a digest of the endpoint and body it came with.

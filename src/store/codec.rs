@@ -7,10 +7,23 @@ use std::sync::Arc;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
-use super::{Attempt, Failure, MessageView, Outcome, Status, StoreError};
+use super::{
+    replay_or_reused, Attempt, Failure, IdempotencyKey, Inserted, MessageView, Outcome, Status, StoreError,
+};
 
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+/// The answer for an idempotency key on record, from its row (`request_hash, message_id, channel`).
+pub(super) fn recorded_answer<R>(key: &IdempotencyKey, row: &R) -> Result<Inserted, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let hash: String = row.try_get(0)?;
+    Ok(replay_or_reused(key, &hash, row.try_get(1)?, row.try_get(2)?))
 }
 
 pub(super) fn ms(time: SystemTime) -> i64 {

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, Status,
-    StoreError, IDEMPOTENCY_WINDOW,
+    replay_or_reused, Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending,
+    Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
 const SHARDS: usize = 32;
@@ -118,11 +118,7 @@ impl MessageStore for MemoryStore {
         if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
             keys.retain(|_, (_, _, _, at)| now.duration_since(*at).unwrap_or_default() < IDEMPOTENCY_WINDOW);
             if let Some((hash, original, channel, _)) = keys.get(&key.key) {
-                return Ok(if *hash == key.request_hash {
-                    Inserted::Replay { id: original.clone(), channel: channel.clone() }
-                } else {
-                    Inserted::KeyReused
-                });
+                return Ok(replay_or_reused(key, hash, original.clone(), channel.clone()));
             }
         }
         let record = Record {
@@ -205,6 +201,14 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
+    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
+        let keys = lock(&self.keys);
+        Ok(keys
+            .get(&key.key)
+            .filter(|(_, _, _, at)| at.elapsed().unwrap_or_default() < IDEMPOTENCY_WINDOW)
+            .map(|(hash, id, channel, _)| replay_or_reused(key, hash, id.clone(), channel.clone())))
+    }
+
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(key) = key(id) else { return Ok(None) };
         Ok(self.shard(key).get(&key).map(|r| MessageView {
@@ -269,6 +273,10 @@ mod tests {
         assert!(store.get(&again.id).await?.is_none(), "a replay creates nothing");
         let other = message(&uuid::Uuid::now_v7().to_string());
         assert_eq!(store.insert(&other, Some(&key("h2"))).await?, Inserted::KeyReused);
+        assert_eq!(store.find_key(&key("h1")).await?, Some(replay));
+        assert_eq!(store.find_key(&key("h2")).await?, Some(Inserted::KeyReused));
+        let unknown = IdempotencyKey { key: "other".into(), request_hash: "h1".into() };
+        assert_eq!(store.find_key(&unknown).await?, None);
         Ok(())
     }
 

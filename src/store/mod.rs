@@ -21,6 +21,15 @@ pub use sqlite::SqliteStore;
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// The answer to a request whose idempotency key is on record for `recorded_hash`.
+pub fn replay_or_reused(key: &IdempotencyKey, recorded_hash: &str, id: String, channel: String) -> Inserted {
+    if key.request_hash == recorded_hash {
+        Inserted::Replay { id, channel }
+    } else {
+        Inserted::KeyReused
+    }
+}
+
 /// A message's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,6 +189,9 @@ pub trait MessageStore: Send + Sync + 'static {
         owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError>;
+    /// What an insert with this idempotency key would answer without inserting: `Replay` or
+    /// `KeyReused` while the key is live, `None` when it is unknown or expired.
+    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError>;
     /// [`MessageStore::insert_for`] with no owner (authentication off).
     async fn insert(
         &self,

@@ -12,7 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use switchboard_providers::OutboundMessage;
 
-use super::codec::{channel_of, class_name, from_ms, json_list, ms, parse_list, unavailable, view_of};
+use super::codec::{
+    channel_of, class_name, from_ms, json_list, ms, parse_list, recorded_answer, unavailable, view_of,
+};
 use super::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
     IDEMPOTENCY_WINDOW,
@@ -220,16 +222,8 @@ impl MessageStore for PostgresStore {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-            let hash: String = row.try_get(0).map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
-            return Ok(if hash == key.request_hash {
-                Inserted::Replay {
-                    id: row.try_get(1).map_err(unavailable)?,
-                    channel: row.try_get(2).map_err(unavailable)?,
-                }
-            } else {
-                Inserted::KeyReused
-            });
+            return recorded_answer(key, &row).map_err(unavailable);
         }
         self.insert_message(&mut *tx, message, owner, now).await?;
         tx.commit().await.map_err(unavailable)?;
@@ -369,6 +363,20 @@ impl MessageStore for PostgresStore {
             return Err(lease_lost(id));
         }
         Ok(())
+    }
+
+    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
+        let window_start =
+            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1 AND created_at >= $2",
+        )
+        .bind(&key.key)
+        .bind(window_start)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|row| recorded_answer(key, &row)).transpose().map_err(unavailable)
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {

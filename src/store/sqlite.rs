@@ -13,7 +13,9 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{channel_of, class_name, from_ms, json_list, ms, parse_list, unavailable, view_of};
+use super::codec::{
+    channel_of, class_name, from_ms, json_list, ms, parse_list, recorded_answer, unavailable, view_of,
+};
 use super::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
     IDEMPOTENCY_WINDOW,
@@ -252,15 +254,7 @@ async fn insert(
                 .await
                 .map_err(unavailable)?;
         if let Some(row) = existing {
-            let hash: String = row.try_get(0).map_err(unavailable)?;
-            return Ok(if hash == key.request_hash {
-                Inserted::Replay {
-                    id: row.try_get(1).map_err(unavailable)?,
-                    channel: row.try_get(2).map_err(unavailable)?,
-                }
-            } else {
-                Inserted::KeyReused
-            });
+            return recorded_answer(key, &row).map_err(unavailable);
         }
     }
     sqlx::query(
@@ -474,6 +468,20 @@ impl MessageStore for SqliteStore {
         }
     }
 
+    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
+        let window_start =
+            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+        )
+        .bind(&key.key)
+        .bind(window_start)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        row.map(|row| recorded_answer(key, &row)).transpose().map_err(unavailable)
+    }
+
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
@@ -629,6 +637,10 @@ mod tests {
         assert!(store.get(&again.id).await?.is_none(), "a replay creates nothing");
         assert_eq!(store.insert(&message(&[]), Some(&key("k1", "h2"))).await?, Inserted::KeyReused);
         assert_eq!(store.insert(&message(&[]), Some(&key("k2", "h1"))).await?, Inserted::New);
+        let found = store.find_key(&key("k1", "h1")).await?;
+        assert_eq!(found, Some(Inserted::Replay { id: first.id.clone(), channel: "email".into() }));
+        assert_eq!(store.find_key(&key("k1", "h2")).await?, Some(Inserted::KeyReused));
+        assert_eq!(store.find_key(&key("k3", "h1")).await?, None);
 
         // A key older than the window is forgotten.
         let old = ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(0) - 1;
@@ -637,6 +649,7 @@ mod tests {
             .execute(&store.writer)
             .await
             .map_err(unavailable)?;
+        assert!(store.find_key(&key("k2", "h1")).await?.is_some());
         assert_eq!(store.insert(&message(&[]), Some(&key("k1", "h9"))).await?, Inserted::New);
         Ok(())
     }
