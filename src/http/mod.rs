@@ -4,7 +4,7 @@
 mod destination;
 mod error;
 pub mod guard;
-mod payload;
+pub mod payload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
