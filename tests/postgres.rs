@@ -193,3 +193,44 @@ fn a_store_lost_while_running_answers_503_then_recovers() {
     };
     wait_all_sent(&server, &[again]);
 }
+
+/// Ownership and per-key idempotency on PostgreSQL: the owner column, and a retry past the
+/// recipient cap answered from the stored key.
+#[test]
+fn messages_belong_to_their_key_on_postgres() {
+    let Some(db) = fresh_database("owner") else { return };
+    let hash = |key: &str| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let keys = format!("app:{},other:{}", hash("k-app"), hash("k-other"));
+    let config = format!("{CONFIG}\n").replace(
+        "[routes.sms]\nproviders = [\"p\"]\n",
+        "[routes.sms]\nproviders = [\"p\"]\nmax_per_recipient_per_hour = 1\n",
+    );
+    let server = Server::start(&config, &["--store", &db.url], &[("SWITCHBOARD_API_KEYS", &keys)]);
+    let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045550042", "body": "hi"});
+    let send = |key: &str| {
+        let response = client()
+            .post(server.url("/v1/messages"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "k1")
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replayed = response.headers().contains_key("idempotency-replayed");
+        (response.status().as_u16(), replayed, response.json::<serde_json::Value>().unwrap_or_default())
+    };
+    let (status, replayed, first) = send("k-app");
+    assert_eq!((status, replayed), (202, false), "{first}");
+    let (status, replayed, again) = send("k-app");
+    assert_eq!((status, replayed, &again["id"]), (202, true, &first["id"]), "{again}");
+    let (status, _, refused) = send("k-other");
+    assert_eq!((status, &refused["error"]["code"]), (429, &json!("recipient_rate_limited")), "{refused}");
+    let id = first["id"].as_str().unwrap_or_default();
+    let get = |key: &str| {
+        let response = client().get(server.url(&format!("/v1/messages/{id}"))).bearer_auth(key).send();
+        response.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    assert_eq!((get("k-app"), get("k-other")), (200, 404));
+}
