@@ -46,6 +46,27 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show which rule and providers a message would get, in order, with every setting's
+    /// value and where it came from.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The message's channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The recipient: an E.164 number or an email address.
+    #[arg(long)]
+    pub to: String,
+    /// A message tag (repeat for several).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// The config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", default_value = "routes.toml")]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +189,7 @@ pub fn run() -> ExitCode {
         Command::Migrate(args) => migrate(&args),
         Command::Providers { format } => providers(format),
         Command::Keys(KeysCommand::New { name, admin }) => new_key(&name, admin),
+        Command::Explain(args) => explain(&args),
     }
 }
 
@@ -327,6 +349,46 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `explain`: exit 0 with the explanation; 1 (diagnostics on stderr) for an invalid config; 2
+/// when the file cannot be read or the channel has no route.
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let loaded = match config::load_file(&args.config, &Environment::from_process()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let Some(resolved) = &loaded.config else {
+        for diagnostic in loaded.diagnostics.iter().filter(|d| d.severity == config::Severity::Error) {
+            eprintln!("{}", render_human(&loaded.source, diagnostic));
+        }
+        eprintln!(
+            "switchboard: {} is invalid: run `switchboard validate` for the whole report",
+            loaded.source.name
+        );
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let Some(route) = resolved.routes.iter().find(|r| r.channel.as_str() == args.channel) else {
+        let routed: Vec<&str> = resolved.routes.iter().map(|r| r.channel.as_str()).collect();
+        eprintln!(
+            "switchboard: channel `{}` has no route in {} (routed: {}); its messages are refused with no_route",
+            args.channel,
+            loaded.source.name,
+            routed.join(", ")
+        );
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    };
+    let by_name = |name: &str| resolved.providers.iter().find(|p| p.name == name);
+    let explanation = config::explain::explain(route, by_name, &args.to, &args.tags);
+    let output = match args.format {
+        Format::Json => serde_json::to_string_pretty(&explanation).map(|s| s + "\n").unwrap_or_default(),
+        Format::Human => config::explain::render_human(&explanation),
+    };
+    print_out(&output);
+    ExitCode::SUCCESS
 }
 
 /// `switchboard providers --format json`.

@@ -2,7 +2,10 @@
 //! validate and resolve every setting → diagnostics with positions, or a resolved config.
 
 pub mod diagnostic;
+pub mod explain;
 pub mod resolved;
+pub mod routing;
+mod rules;
 mod settings;
 mod snapshot;
 mod source;

@@ -93,6 +93,9 @@ pub struct ResolvedProvider {
     pub secret_settings: Vec<String>,
     /// Where each common setting (dotted key) came from.
     pub sources: BTreeMap<&'static str, SettingSource>,
+    /// Where each kind setting that was set came from (unset ones: the kind's default).
+    #[serde(skip)]
+    pub kind_sources: BTreeMap<String, SettingSource>,
 }
 
 fn kind_name<S: serde::Serializer>(kind: &&'static Registration, s: S) -> Result<S::Ok, S::Error> {
@@ -131,25 +134,69 @@ impl fmt::Debug for ResolvedProvider {
 pub enum Strategy {
     /// Providers in route order; the next one when one fails.
     Failover,
+    /// Each message starts at the next provider in turn, then goes round the list.
+    RoundRobin,
+    /// The first provider is drawn by weight among those usable now; then the rest in weight
+    /// order.
+    Weighted,
 }
 
 impl Strategy {
-    pub const NAMES: [&'static str; 1] = ["failover"];
+    pub const NAMES: [&'static str; 3] = ["failover", "round_robin", "weighted"];
 
     pub fn from_name(name: &str) -> Option<Strategy> {
         match name {
             "failover" => Some(Strategy::Failover),
+            "round_robin" => Some(Strategy::RoundRobin),
+            "weighted" => Some(Strategy::Weighted),
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Failover => "failover",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Weighted => "weighted",
+        }
+    }
+}
+
+/// What a rule matches on; a message matches when every matcher given matches (each one: any
+/// of its values).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Matchers {
+    /// E.164 prefixes such as `+44`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_prefix: Vec<String>,
+    /// Recipient email domains: exact (`example.org`) or subdomains (`*.example.org`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_domain: Vec<String>,
+    /// Message tags.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// One `[[routes.C.rules]]`, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedRule {
+    pub matchers: Matchers,
+    pub strategy: Strategy,
+    pub providers: Vec<String>,
+    /// One per provider (1 when not given).
+    pub weights: Vec<u32>,
 }
 
 /// One `[routes.CHANNEL]`, resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResolvedRoute {
     pub channel: Channel,
-    /// Provider names in failover order.
+    /// Provider names in list order.
     pub providers: Vec<String>,
+    /// One per provider (1 when not given); used by `weighted`.
+    pub weights: Vec<u32>,
+    /// Tried first to last; the first that matches picks the providers.
+    pub rules: Vec<ResolvedRule>,
     pub strategy: Strategy,
     pub max_attempts: u32,
     /// Country calling codes E.164 recipients must start with; `None`: any.

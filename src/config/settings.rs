@@ -113,7 +113,8 @@ pub const ROUTE_SPECS: &[Spec] = &[
         key: "strategy",
         ty: Ty::Strategy,
         default: Some("failover"),
-        doc: "How providers are picked: `failover` (route order).",
+        doc: "How providers are picked: `failover` (list order), `round_robin` (each message starts at the \
+              next one), `weighted` (first drawn by weight, then weight order).",
     },
     Spec {
         key: "allowed_country_codes",
@@ -488,9 +489,12 @@ pub fn resolve_route(
         Some(Checked::Int(n)) => u32::try_from(*n).ok(),
         _ => None,
     };
+    let weights = vec![1; providers.len()];
     ResolvedRoute {
         channel,
         providers,
+        weights,
+        rules: Vec::new(),
         strategy,
         max_attempts,
         allowed_country_codes,

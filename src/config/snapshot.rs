@@ -4,7 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use switchboard_providers::{BuildContext, Channel, Provider, SettingsError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use switchboard_providers::{BuildContext, Channel, OutboundMessage, Provider, SettingsError};
+
+use super::resolved::Strategy;
+use super::routing::{self, RuleIndex};
 
 use super::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
 use crate::health::ProviderHealth;
@@ -51,11 +57,61 @@ impl std::fmt::Debug for ProviderHandle {
     }
 }
 
-/// A route with its providers in failover order.
+/// A route with its providers (in list order), its rules' providers, and the index that finds
+/// a message's rule.
 #[derive(Debug)]
 pub struct Route {
     pub config: ResolvedRoute,
     pub providers: Vec<Arc<ProviderHandle>>,
+    /// Each rule's providers, in the order of `config.rules`.
+    rule_providers: Vec<Vec<Arc<ProviderHandle>>>,
+    index: RuleIndex,
+    /// Round-robin turns: one per rule, then the route's own.
+    turns: Vec<AtomicU64>,
+}
+
+/// Who to try for one message: the rule that matched (`None`: the route's own list) and the
+/// providers in the order to try them.
+#[derive(Debug)]
+pub struct Plan {
+    pub rule: Option<usize>,
+    pub providers: Vec<Arc<ProviderHandle>>,
+}
+
+impl Route {
+    /// The rule a message matches, if any.
+    pub fn rule_for(&self, message: &OutboundMessage) -> Option<usize> {
+        if self.config.rules.is_empty() {
+            return None;
+        }
+        self.index.find(&self.config.rules, &message.to, &message.tags)
+    }
+
+    /// The providers to try for `message` in its `round`-th round, in order. Providers paused
+    /// or with an open breaker stay in the list (the caller skips them) but are never drawn
+    /// first by `weighted`.
+    pub fn plan(&self, message: &OutboundMessage, round: u32, now: Instant) -> Plan {
+        let rule = self.rule_for(message);
+        let (strategy, weights, members, turn) = match rule {
+            Some(i) => {
+                let config = &self.config.rules[i];
+                (config.strategy, &config.weights, &self.rule_providers[i], &self.turns[i])
+            }
+            None => (
+                self.config.strategy,
+                &self.config.weights,
+                &self.providers,
+                &self.turns[self.turns.len() - 1],
+            ),
+        };
+        let turn = if strategy == Strategy::RoundRobin { turn.fetch_add(1, Ordering::Relaxed) } else { 0 };
+        let usable = |i: usize| {
+            let health = members[i].health();
+            health.pause.paused_until(now).is_none() && health.breaker.open_until(now).is_none()
+        };
+        let order = routing::order(strategy, weights, usable, turn, routing::draw(&message.id, round));
+        Plan { rule, providers: order.into_iter().map(|i| Arc::clone(&members[i])).collect() }
+    }
 }
 
 #[derive(Debug)]
@@ -104,17 +160,26 @@ impl Snapshot {
         }
         let mut routes = HashMap::with_capacity(config.routes.len());
         for route in config.routes {
-            let members = route
-                .providers
-                .iter()
-                .map(|name| {
-                    by_name.get(name).cloned().ok_or_else(|| BuildError::MissingProvider {
-                        channel: route.channel.to_string(),
-                        provider: name.clone(),
+            let handles = |names: &[String]| {
+                names
+                    .iter()
+                    .map(|name| {
+                        by_name.get(name).cloned().ok_or_else(|| BuildError::MissingProvider {
+                            channel: route.channel.to_string(),
+                            provider: name.clone(),
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            routes.insert(route.channel.clone(), Route { config: route, providers: members });
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let providers = handles(&route.providers)?;
+            let rule_providers =
+                route.rules.iter().map(|rule| handles(&rule.providers)).collect::<Result<Vec<_>, _>>()?;
+            let index = RuleIndex::new(&route.rules);
+            let turns = (0..=route.rules.len()).map(|_| AtomicU64::new(0)).collect();
+            routes.insert(
+                route.channel.clone(),
+                Route { config: route, providers, rule_providers, index, turns },
+            );
         }
         Ok(Snapshot { version, providers, routes })
     }

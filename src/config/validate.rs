@@ -6,6 +6,7 @@ use switchboard_providers::{registry, Channel, Registration};
 
 use super::diagnostic::{Code, Diagnostic, Origin};
 use super::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute, SettingSource};
+use super::rules;
 use super::settings::{self, read_layer, wrong_type, Layer, LayerKind};
 use super::suggest::did_you_mean;
 use super::tree::{Entry, Node, Table, Value};
@@ -120,10 +121,16 @@ pub fn validate(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Resolv
     let used: HashSet<&str> = routes_table
         .entries
         .iter()
-        .filter_map(|e| e.node.as_table()?.get("providers"))
-        .flat_map(|list| match &list.node.value {
-            Value::Array(items) => items.iter().filter_map(Node::as_str).collect(),
-            _ => Vec::new(),
+        .filter_map(|e| e.node.as_table())
+        .flat_map(|route| {
+            let rules = match route.get("rules").map(|r| &r.node.value) {
+                Some(Value::Array(rules)) => rules.iter().filter_map(Node::as_table).collect(),
+                _ => Vec::new(),
+            };
+            std::iter::once(route)
+                .chain(rules)
+                .filter_map(|t| t.get("providers"))
+                .flat_map(|l| listed_names(&l.node))
         })
         .collect();
 
@@ -354,7 +361,7 @@ fn validate_provider(
     layers.push(defaults);
     let (settings, sources) = settings::resolve_provider(&layers, diagnostics);
 
-    let (kind_settings, secret_settings) =
+    let (kind_settings, secret_settings, kind_sources) =
         merge_kind_settings(entry, registration, kind_layer, &own_settings, diagnostics);
     Some(ResolvedProvider {
         name: name.clone(),
@@ -364,6 +371,7 @@ fn validate_provider(
         kind_settings,
         secret_settings,
         sources,
+        kind_sources,
     })
 }
 
@@ -376,7 +384,7 @@ fn merge_kind_settings(
     kind_layer: Option<&KindLayer<'_>>,
     own: &[&Entry],
     diagnostics: &mut Vec<Diagnostic>,
-) -> (serde_json::Value, Vec<String>) {
+) -> (serde_json::Value, Vec<String>, BTreeMap<String, SettingSource>) {
     let mut merged: BTreeMap<&str, &Entry> = BTreeMap::new();
     for item in kind_layer.map(|k| k.kind_settings.as_slice()).unwrap_or_default() {
         merged.insert(&item.key, item);
@@ -432,7 +440,19 @@ fn merge_kind_settings(
                 .with_help(issue.help),
         );
     }
-    (json, secrets)
+    let sources = merged
+        .iter()
+        .map(|(key, entry)| {
+            let from_kind_table = !own.iter().any(|o| std::ptr::eq(*o, *entry));
+            let source = match &entry.node.origin {
+                Origin::Env(var) => SettingSource::Env(var.clone()),
+                Origin::File(_) if from_kind_table => SettingSource::Kind(registration.kind.to_owned()),
+                Origin::File(_) => SettingSource::Provider(provider.key.clone()),
+            };
+            ((*key).to_owned(), source)
+        })
+        .collect();
+    (json, secrets, sources)
 }
 
 /// Channels that a route may name: built-in ones and those some registered kind serves.
@@ -478,18 +498,22 @@ fn validate_route(
     let source = SettingSource::Route(channel_name.clone());
     let (layer, rest) = read_layer(table, LayerKind::Route, &source, diagnostics);
     let mut list = None;
+    let mut rules = None;
     for item in rest {
-        if item.key == "providers" {
-            list = Some(item);
-        } else {
-            let known = [
-                "providers",
-                "strategy",
-                "max_attempts",
-                "allowed_country_codes",
-                "max_per_recipient_per_hour",
-            ];
-            diagnostics.push(unknown_key(item, &format!("[routes.{channel_name}]"), known));
+        match item.key.as_str() {
+            "providers" => list = Some(item),
+            "rules" => rules = Some(item),
+            _ => {
+                let known = [
+                    "providers",
+                    "rules",
+                    "strategy",
+                    "max_attempts",
+                    "allowed_country_codes",
+                    "max_per_recipient_per_hour",
+                ];
+                diagnostics.push(unknown_key(item, &format!("[routes.{channel_name}]"), known));
+            }
         }
     }
     let Some(list) = list else {
@@ -503,73 +527,166 @@ fn validate_route(
         );
         return None;
     };
-    let Value::Array(items) = &list.node.value else {
-        diagnostics.push(wrong_type("providers", &list.node, "an array of provider names"));
-        return None;
-    };
-    if items.is_empty() {
-        diagnostics.push(Diagnostic::error(
-            Code::EmptyList,
-            list.node.origin.clone(),
-            format!("route `{channel_name}` lists no providers"),
-        ));
-        return None;
+    let members = RouteMembers { channel_name, channel: channel.as_ref(), providers, defined };
+    let listed = members.check_list(&list.node, &format!("route `{channel_name}`"), diagnostics);
+    let mut route = settings::resolve_route(&[&layer, defaults], channel.clone()?, Vec::new());
+    let (names, weights) = rules::weigh(listed?, route.strategy, &list.node.origin, diagnostics)?;
+    route.providers = names;
+    route.weights = weights;
+    if let Some(rules) = rules {
+        route.rules = rules::read(rules, route.strategy, &members, diagnostics)?;
     }
-    let mut names: Vec<String> = Vec::with_capacity(items.len());
-    let mut seen = HashSet::with_capacity(items.len());
-    let mut ok = true;
-    for item in items {
-        let Some(name) = item.as_str() else {
-            diagnostics.push(wrong_type("providers", item, "a provider name (string)"));
-            ok = false;
-            continue;
+    Some(route)
+}
+
+/// What a route's provider lists are checked against.
+pub(super) struct RouteMembers<'a> {
+    pub channel_name: &'a str,
+    pub channel: Option<&'a Channel>,
+    pub providers: &'a HashMap<&'a str, &'a ResolvedProvider>,
+    pub defined: &'a [&'a str],
+}
+
+/// One entry of a provider list: the name and the weight it was given, if any.
+pub(super) type Listed = (String, Option<(i64, Origin)>);
+
+impl RouteMembers<'_> {
+    /// Checks a `providers` list (names, or `{ name, weight }` tables): every provider defined,
+    /// serving the channel, listed once. `None` if anything is wrong (all of it reported).
+    pub fn check_list(
+        &self,
+        node: &Node,
+        context: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<Listed>> {
+        let channel_name = self.channel_name;
+        let Value::Array(items) = &node.value else {
+            diagnostics.push(wrong_type("providers", node, "an array of provider names"));
+            return None;
         };
-        if !seen.insert(name) {
+        if items.is_empty() {
             diagnostics.push(Diagnostic::error(
-                Code::DuplicateEntry,
-                item.origin.clone(),
-                format!("provider `{name}` is listed twice in route `{channel_name}`"),
+                Code::EmptyList,
+                node.origin.clone(),
+                format!("{context} lists no providers"),
             ));
-            ok = false;
-            continue;
+            return None;
         }
-        if !defined.contains(&name) && !providers.contains_key(name) {
-            diagnostics.push(
-                Diagnostic::error(
-                    Code::UnknownProvider,
+        let mut listed: Vec<Listed> = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            let Some((name, weight)) = list_entry(item, diagnostics) else {
+                ok = false;
+                continue;
+            };
+            if !seen.insert(name) {
+                diagnostics.push(Diagnostic::error(
+                    Code::DuplicateEntry,
                     item.origin.clone(),
-                    format!("route `{channel_name}` names undefined provider {}", item.shown()),
-                )
-                .with_help(
-                    did_you_mean(name, defined.iter().copied())
-                        .or_else(|| Some(format!("define it with [providers.{name}]"))),
-                ),
-            );
-            ok = false;
-            continue;
-        }
-        if let (Some(provider), Some(channel)) = (providers.get(name), &channel) {
-            if !provider.channels.contains(channel) {
-                let help = if provider.kind.serves(channel_name) {
-                    format!("add \"{channel_name}\" to the `channels` of provider `{name}`")
-                } else {
-                    format!("kind `{}` serves {}", provider.kind.kind, provider.kind.channels.join(", "))
-                };
+                    format!("provider `{name}` is listed twice in {context}"),
+                ));
+                ok = false;
+                continue;
+            }
+            if !self.defined.contains(&name) && !self.providers.contains_key(name) {
                 diagnostics.push(
                     Diagnostic::error(
-                        Code::ChannelMismatch,
+                        Code::UnknownProvider,
                         item.origin.clone(),
-                        format!("provider `{name}` does not serve channel `{channel_name}`"),
+                        format!("{context} names undefined provider {name:?}"),
                     )
-                    .with_help(Some(help)),
+                    .with_help(
+                        did_you_mean(name, self.defined.iter().copied())
+                            .or_else(|| Some(format!("define it with [providers.{name}]"))),
+                    ),
                 );
                 ok = false;
+                continue;
             }
+            if let (Some(provider), Some(channel)) = (self.providers.get(name), self.channel) {
+                if !provider.channels.contains(channel) {
+                    let help = if provider.kind.serves(channel_name) {
+                        format!("add \"{channel_name}\" to the `channels` of provider `{name}`")
+                    } else {
+                        format!("kind `{}` serves {}", provider.kind.kind, provider.kind.channels.join(", "))
+                    };
+                    diagnostics.push(
+                        Diagnostic::error(
+                            Code::ChannelMismatch,
+                            item.origin.clone(),
+                            format!("provider `{name}` does not serve channel `{channel_name}`"),
+                        )
+                        .with_help(Some(help)),
+                    );
+                    ok = false;
+                }
+            }
+            listed.push((name.to_owned(), weight));
         }
-        names.push(name.to_owned());
+        ok.then_some(listed)
     }
-    let route = settings::resolve_route(&[&layer, defaults], channel?, names);
-    ok.then_some(route)
+}
+
+/// `"name"` or `{ name = "…", weight = N }`.
+fn list_entry<'n>(
+    item: &'n Node,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<(&'n str, Option<(i64, Origin)>)> {
+    match &item.value {
+        Value::Str(name) => Some((name, None)),
+        Value::Table(table) => {
+            let mut name = None;
+            let mut weight = None;
+            let mut ok = true;
+            for entry in &table.entries {
+                match (entry.key.as_str(), &entry.node.value) {
+                    ("name", Value::Str(value)) => name = Some(value.as_str()),
+                    ("weight", Value::Int(value)) => weight = Some((*value, entry.node.origin.clone())),
+                    ("name", _) => {
+                        diagnostics.push(wrong_type("name", &entry.node, "a provider name (string)"));
+                        ok = false;
+                    }
+                    ("weight", _) => {
+                        diagnostics.push(wrong_type("weight", &entry.node, "an integer"));
+                        ok = false;
+                    }
+                    _ => {
+                        diagnostics.push(unknown_key(entry, "a providers entry", ["name", "weight"]));
+                        ok = false;
+                    }
+                }
+            }
+            let Some(name) = name else {
+                if ok {
+                    diagnostics.push(Diagnostic::error(
+                        Code::MissingKey,
+                        item.origin.clone(),
+                        "a providers entry written as a table needs `name`",
+                    ));
+                }
+                return None;
+            };
+            ok.then_some((name, weight))
+        }
+        _ => {
+            diagnostics.push(wrong_type("providers", item, "a provider name (string) or { name, weight }"));
+            None
+        }
+    }
+}
+
+/// The provider names a `providers` list holds, whatever else is wrong with it.
+fn listed_names(list: &Node) -> Vec<&str> {
+    let Value::Array(items) = &list.value else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|item| match &item.value {
+            Value::Str(name) => Some(name.as_str()),
+            Value::Table(table) => table.get("name")?.node.as_str(),
+            _ => None,
+        })
+        .collect()
 }
 
 fn warn_unused(providers: &Table, used: &HashSet<&str>, diagnostics: &mut Vec<Diagnostic>) {

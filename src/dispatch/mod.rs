@@ -300,7 +300,8 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let max_attempts = route.config.max_attempts;
     let mut next_available: Option<Instant> = None;
     let mut attempted = false;
-    for handle in &route.providers {
+    let plan = route.plan(&job.message, job.round, Instant::now());
+    for handle in &plan.providers {
         if job.attempts >= max_attempts {
             break;
         }
@@ -382,7 +383,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let now = Instant::now();
     let wait_for_provider = next_available.map(|until| until.saturating_duration_since(now));
     let delay = if attempted {
-        let policy = route.providers.first().map(|p| p.config.settings.retry).unwrap_or(
+        let policy = plan.providers.first().map(|p| p.config.settings.retry).unwrap_or(
             crate::config::resolved::RetryPolicy {
                 initial_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(30),

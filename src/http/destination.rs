@@ -100,6 +100,8 @@ mod tests {
         ResolvedRoute {
             channel: Channel::SMS,
             providers: vec![],
+            weights: vec![],
+            rules: vec![],
             strategy: Strategy::Failover,
             max_attempts: 1,
             allowed_country_codes: codes.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),

@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(admin_routes))
         .route("/admin/reload", post(admin_reload))
+        .route("/admin/explain", get(admin_explain))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard::guard))
@@ -327,6 +328,56 @@ async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
         "routes": routes,
         "providers": providers,
     }))
+}
+
+/// `GET /admin/explain?channel=…&to=…[&tag=a,b]`: `switchboard explain` against the active
+/// snapshot, with each provider's live breaker state.
+async fn admin_explain(
+    State(state): State<Arc<AppState>>,
+    query: Result<
+        axum::extract::Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return ApiError::invalid("query", "the query string is malformed").into_response();
+    };
+    let (Some(channel), Some(to)) = (query.get("channel"), query.get("to")) else {
+        let missing = if query.contains_key("channel") { "to" } else { "channel" };
+        return ApiError::invalid(
+            missing,
+            format!("`{missing}` is required: /admin/explain?channel=sms&to=%2B447700900123"),
+        )
+        .into_response();
+    };
+    // A `+` left unencoded in a query string arrives as a space.
+    let to = match to.strip_prefix(' ') {
+        Some(rest) => format!("+{rest}"),
+        None => to.clone(),
+    };
+    let to = to.as_str();
+    let tags: Vec<String> = query
+        .get("tag")
+        .map(|t| t.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let snapshot = state.snapshot.load();
+    let Some(route) = snapshot.route(channel) else {
+        return ApiError::invalid(
+            "channel",
+            format!("channel `{channel}` has no route in the active config"),
+        )
+        .into_response();
+    };
+    let by_name = |name: &str| snapshot.provider(name).map(|p| &p.config);
+    let mut explanation = crate::config::explain::explain(&route.config, by_name, to, &tags);
+    let now = Instant::now();
+    for candidate in &mut explanation.providers {
+        if let Some(handle) = snapshot.provider(&candidate.name) {
+            candidate.breaker = Some(handle.health().breaker.state(now));
+            candidate.paused = Some(handle.health().pause.paused_until(now).is_some());
+        }
+    }
+    Json(explanation).into_response()
 }
 
 /// Reloads now; 200 with the new (or unchanged) version, 422 with the diagnostics.
