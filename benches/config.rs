@@ -1,5 +1,6 @@
-//! Config benchmarks: validating a 10,000-provider config, and finding a channel's route in a
-//! built snapshot. Run: `cargo bench --bench config`.
+//! Config benchmarks: validating a 10,000-provider config, finding a channel's route in a
+//! built snapshot, and selecting a message's providers with 3 routes and no rules vs 10,000
+//! prefix rules. Run: `cargo bench --bench config`.
 
 use std::hint::black_box;
 
@@ -81,5 +82,60 @@ fn snapshot_read(c: &mut Criterion) {
     let _ = swapper.join();
 }
 
-criterion_group!(benches, validate_10k, route_lookup, snapshot_read);
+/// What dispatch pays per message to pick its providers (`Route::plan`: rule lookup and the
+/// strategy's order): 3 routes without rules vs an sms route with 10,000 prefix rules.
+fn selection(c: &mut Criterion) {
+    use switchboard_providers::{Channel, OutboundMessage};
+
+    let plain = "[providers.a]\nkind = \"mock\"\n[providers.b]\nkind = \"mock\"\n\
+                 [routes.sms]\nstrategy = \"weighted\"\nproviders = [{ name = \"a\", weight = 95 }, { name = \"b\", weight = 5 }]\n\
+                 [routes.mms]\nproviders = [\"a\"]\n[routes.email]\nproviders = [\"b\"]\n";
+    let ruled = |rules: usize| {
+        let mut text = plain.to_owned();
+        for n in 0..rules {
+            // +1 and a 4-digit area/exchange prefix: distinct prefixes, +12025 among them.
+            let prefix = (2025 + n) % 10_000;
+            text.push_str(&format!(
+                "[[routes.sms.rules]]\nto_prefix = [\"+1{prefix:04}\"]\nproviders = [\"b\", \"a\"]\n"
+            ));
+        }
+        text
+    };
+    let build = |text: &str| {
+        let loaded = load_bytes("t.toml", text.as_bytes(), &Environment::default());
+        let Some(config) = loaded.config else {
+            panic!("invalid bench config: {:?}", loaded.diagnostics.first())
+        };
+        match Snapshot::build(config, loaded.version, None) {
+            Ok(snapshot) => snapshot,
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let message = |to: &str| OutboundMessage {
+        id: "01a21b0b-e12f-757d-92cc-ade515dcfd46".into(),
+        channel: Channel::SMS,
+        from: "+12016661234".into(),
+        to: to.into(),
+        subject: None,
+        body: "x".into(),
+        attachments: vec![],
+        tags: vec!["otp".into()],
+    };
+    let mut group = c.benchmark_group("selection");
+    let cases =
+        [("3_routes", plain.to_owned()), ("10_prefix_rules", ruled(10)), ("10k_prefix_rules", ruled(10_000))];
+    for (name, text) in cases {
+        let snapshot = build(&text);
+        let now = std::time::Instant::now();
+        for (case, to) in [("rule_match", "+12025550123"), ("no_match", "+447700900123")] {
+            let message = message(to);
+            group.bench_function(format!("{name}/{case}"), |b| {
+                b.iter(|| snapshot.route("sms").map(|r| r.plan(black_box(&message), 0, now).providers.len()))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, validate_10k, route_lookup, snapshot_read, selection);
 criterion_main!(benches);

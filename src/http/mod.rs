@@ -298,6 +298,8 @@ async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
                 "allowed_country_codes": route.config.allowed_country_codes,
                 "max_per_recipient_per_hour": route.config.max_per_recipient_per_hour,
                 "providers": route.config.providers,
+                "weights": route.config.weights,
+                "rules": route.config.rules,
                 "sources": route.config.sources,
             })
         })
