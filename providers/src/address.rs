@@ -19,17 +19,21 @@ pub fn is_email(value: &str) -> bool {
         && !local.ends_with('.')
         && !local.contains("..")
         && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
-    let labels: Vec<&str> = domain.split('.').collect();
-    let domain_ok = labels.len() >= 2
-        && domain.len() <= 253
+    local_ok && is_domain(domain) && value.len() <= 254
+}
+
+/// A host name with at least two labels (`example.org`): letters, digits and inner hyphens.
+pub fn is_domain(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    labels.len() >= 2
+        && name.len() <= 253
         && labels.iter().all(|l| {
             !l.is_empty()
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    local_ok && domain_ok && value.len() <= 254
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// An alphanumeric sender ID as SMS carriers accept it: 1–11 of `A–Z a–z 0–9 space`, at least

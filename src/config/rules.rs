@@ -1,6 +1,8 @@
 //! A route's weights and rules (`[[routes.C.rules]]`): reading and checking them, and which
 //! rules an earlier one makes unreachable.
 
+use switchboard_providers::address::is_domain;
+
 use super::diagnostic::{Code, Diagnostic, Origin};
 use super::resolved::{Matchers, ResolvedRule, Strategy};
 use super::settings::wrong_type;
@@ -128,7 +130,7 @@ fn read_rule(
                 ok &= read_values(
                     entry,
                     context,
-                    is_domain,
+                    is_domain_pattern,
                     "a domain (example.org) or its subdomains (*.example.org)",
                     &mut matchers.to_domain,
                     diagnostics,
@@ -254,18 +256,9 @@ fn is_prefix(value: &str) -> bool {
         .is_some_and(|digits| (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_domain(value: &str) -> bool {
-    let name = value.strip_prefix("*.").unwrap_or(value);
-    let labels: Vec<&str> = name.split('.').collect();
-    labels.len() >= 2
-        && name.len() <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+/// A domain, or all its subdomains (`*.example.org`).
+fn is_domain_pattern(value: &str) -> bool {
+    is_domain(value.strip_prefix("*.").unwrap_or(value))
 }
 
 fn is_tag(value: &str) -> bool {
@@ -357,7 +350,7 @@ mod tests {
             ("a..b", false, false),
             ("ex_ample.org", false, false),
         ] {
-            assert_eq!((is_prefix(value), is_domain(value)), (prefix, domain), "{value}");
+            assert_eq!((is_prefix(value), is_domain_pattern(value)), (prefix, domain), "{value}");
         }
     }
 }
