@@ -116,9 +116,9 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         None => None,
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let message = payload::parse(endpoint, &bytes, id.clone(), |name| is_known_channel(state, name))?;
-    let channel = message.channel.to_string();
     let snapshot = state.snapshot.load();
+    let message = payload::parse(endpoint, &bytes, id.clone(), |name| is_known_channel(&snapshot, name))?;
+    let channel = message.channel.to_string();
     let reserved = match snapshot.route(&channel) {
         Some(route) => {
             destination::check_country(&route.config, &message.to)?;
@@ -240,10 +240,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 
 /// Built-in channels, those a kind names, and any the active config routes (a `webhook`
 /// provider can carry a channel no kind names). Anything else is the client's mistake (400).
-fn is_known_channel(state: &AppState, name: &str) -> bool {
+fn is_known_channel(snapshot: &Snapshot, name: &str) -> bool {
     Channel::BUILT_IN_NAMES.contains(&name)
         || registry().iter().any(|kind| kind.channels.contains(&name))
-        || state.snapshot.load().route(name).is_some()
+        || snapshot.route(name).is_some()
 }
 
 async fn get_message(
