@@ -3,6 +3,7 @@
 //! (`sqlite://PATH`, the default).
 
 mod codec;
+mod grouped;
 mod memory;
 mod postgres;
 mod sqlite;

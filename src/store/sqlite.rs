@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     channel_of, class_name, from_ms, json_list, ms, parse_list, recorded_answer, unavailable, view_of,
 };
+use super::grouped;
 use super::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
     IDEMPOTENCY_WINDOW,
@@ -158,13 +159,46 @@ async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
     }
 }
 
+/// Applies a batch in one transaction. Plain inserts, attempt starts and finishes go in
+/// multi-row statements ([`grouped`]): a batch never holds two writes for one message (each
+/// write of a message waits for the one before), so grouping by kind changes nothing but the
+/// number of statements. Should two writes for one id meet anyway, the batch is refused and
+/// applied one write at a time.
 async fn apply_together(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<Applied>, StoreError> {
     let mut tx = pool.begin().await.map_err(unavailable)?;
     let mut results = Vec::with_capacity(batch.len());
+    let (mut inserts, mut starts, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids = std::collections::HashSet::with_capacity(batch.len());
     for write in batch {
         // On error the transaction is dropped, which rolls it back.
-        results.push(apply(&mut tx, &write.op).await?);
+        let id = match &write.op {
+            Op::Insert { message, owner, key: None } => {
+                inserts.push((message, owner.as_deref()));
+                results.push(Applied::Inserted(Inserted::New));
+                &message.id
+            }
+            Op::AttemptStarted { id, number, provider } => {
+                starts.push((id.as_str(), *number, provider.as_str()));
+                results.push(Applied::Done);
+                id
+            }
+            Op::Finish { id, outcome, last_attempt } => {
+                finishes.push((id.as_str(), outcome, last_attempt.as_ref()));
+                results.push(Applied::Done);
+                id
+            }
+            op => {
+                results.push(apply(&mut tx, op).await?);
+                continue;
+            }
+        };
+        if !ids.insert(id.as_str()) {
+            return Err(unavailable("two writes for one message in a batch"));
+        }
     }
+    grouped::insert(&mut tx, &inserts).await?;
+    grouped::attempts_started(&mut tx, &starts).await?;
+    grouped::finish(&mut tx, &finishes).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(results)
 }
