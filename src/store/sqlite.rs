@@ -13,9 +13,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{
-    channel_of, class_name, from_ms, json_list, ms, parse_list, recorded_answer, unavailable, view_of,
-};
+use super::codec::{channel_of, from_ms, ms, parse_list, recorded_answer, unavailable, view_of};
 use super::grouped;
 use super::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
@@ -228,42 +226,11 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreErr
             Applied::Done
         }
         Op::Finish { id, outcome, last_attempt } => {
-            finish(conn, id, outcome.clone(), last_attempt.clone()).await?;
+            finish(conn, id, outcome, last_attempt.as_ref()).await?;
             Applied::Done
         }
         Op::Purge { before, batch } => Applied::Purged(purge(conn, *before, *batch).await?),
     })
-}
-
-/// Stores how an attempt ended (creating its row if its start was not recorded).
-async fn write_attempt(
-    conn: &mut SqliteConnection,
-    id: &str,
-    number: u32,
-    attempt: &Attempt,
-) -> Result<(), StoreError> {
-    let started = ms(attempt.time) - i64::try_from(attempt.latency_ms).unwrap_or(0);
-    sqlx::query(
-        "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
-         error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
-         latency_ms = excluded.latency_ms",
-    )
-    .bind(id)
-    .bind(i64::from(number))
-    .bind(&*attempt.provider)
-    .bind(started)
-    .bind(ms(attempt.time))
-    .bind(attempt.outcome.as_str())
-    .bind(attempt.error_class.map(class_name))
-    .bind(&attempt.error_code)
-    .bind(&attempt.error_message)
-    .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
 }
 
 async fn insert(
@@ -291,30 +258,7 @@ async fn insert(
             return recorded_answer(key, &row).map_err(unavailable);
         }
     }
-    sqlx::query(
-        "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at, owner) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-    )
-    .bind(&message.id)
-    .bind(message.channel.as_str())
-    .bind(&message.from)
-    .bind(&message.to)
-    .bind(&message.subject)
-    .bind(&message.body)
-    .bind(json_list(&message.attachments))
-    .bind(json_list(&message.tags))
-    .bind(now)
-    .bind(now)
-    .bind(owner)
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    sqlx::query("INSERT INTO queue (message_id, not_before) VALUES (?, ?)")
-        .bind(&message.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    grouped::insert(conn, &[(message, owner)]).await?;
     if let Some(key) = key {
         sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&key.key)
@@ -336,26 +280,7 @@ async fn attempt_started(
     number: u32,
     provider: &str,
 ) -> Result<(), StoreError> {
-    let now = ms(SystemTime::now());
-    sqlx::query(
-        "INSERT INTO attempts (message_id, number, provider, started_at) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-         started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
-    )
-    .bind(id)
-    .bind(i64::from(number))
-    .bind(provider)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    sqlx::query("UPDATE messages SET status = 'sending', updated_at = ? WHERE id = ? AND status = 'queued'")
-        .bind(now)
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
+    grouped::attempts_started(conn, &[(id, number, provider)]).await
 }
 
 async fn record_attempt(
@@ -364,7 +289,7 @@ async fn record_attempt(
     number: u32,
     attempt: &Attempt,
 ) -> Result<(), StoreError> {
-    write_attempt(conn, id, number, attempt).await?;
+    grouped::write_attempts(conn, &[(id, number, attempt)]).await?;
     sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
         .bind(i64::from(number))
         .bind(id)
@@ -395,38 +320,10 @@ async fn schedule(
 async fn finish(
     conn: &mut SqliteConnection,
     id: &str,
-    outcome: Final,
-    last_attempt: Option<(u32, Attempt)>,
+    outcome: &Final,
+    last_attempt: Option<&(u32, Attempt)>,
 ) -> Result<(), StoreError> {
-    let now = ms(SystemTime::now());
-    if let Some((number, attempt)) = &last_attempt {
-        write_attempt(conn, id, *number, attempt).await?;
-    }
-    let (status, provider, provider_message_id, error) = match outcome {
-        Final::Sent { provider, provider_message_id } => ("sent", Some(provider), provider_message_id, None),
-        Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
-    };
-    sqlx::query(
-        "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?, error_code = ?, error_message = ?, \
-         updated_at = ?, finished_at = ? WHERE id = ?",
-    )
-    .bind(status)
-    .bind(provider.as_deref())
-    .bind(provider_message_id)
-    .bind(error.as_ref().map(|e| e.code.clone()))
-    .bind(error.map(|e| e.message))
-    .bind(now)
-    .bind(now)
-    .bind(id)
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    sqlx::query("DELETE FROM queue WHERE message_id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
+    grouped::finish(conn, &[(id, outcome, last_attempt)]).await
 }
 
 async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
@@ -759,6 +656,69 @@ mod batch_tests {
         for (i, id) in ids.iter().enumerate() {
             assert!(store.get(id).await?.is_some(), "message {i} missing");
         }
+        Ok(())
+    }
+
+    /// Many messages going through start and finish at once (grouped statements) end exactly
+    /// as one at a time would: each sent by its provider, its attempt recorded, none pending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_end_each_message_as_alone() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?);
+        let ids: Vec<String> = (0..70).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let each =
+            |f: fn(Arc<SqliteStore>, usize, String) -> tokio::task::JoinHandle<Result<(), StoreError>>| {
+                ids.iter().enumerate().map(|(i, id)| f(Arc::clone(&store), i, id.clone())).collect::<Vec<_>>()
+            };
+        let insert = |store: Arc<SqliteStore>, i: usize, id: String| {
+            tokio::spawn(async move {
+                let m = OutboundMessage {
+                    id,
+                    channel: Channel::SMS,
+                    from: "+15550001111".into(),
+                    to: format!("+1555000{i:04}"),
+                    subject: None,
+                    body: "hi".into(),
+                    attachments: vec![],
+                    tags: vec![],
+                };
+                store.insert(&m, None).await.map(drop)
+            })
+        };
+        let start = |store: Arc<SqliteStore>, i: usize, id: String| {
+            tokio::spawn(async move { store.attempt_started(&id, 1, &format!("p{}", i % 3)).await })
+        };
+        let end = |store: Arc<SqliteStore>, i: usize, id: String| {
+            tokio::spawn(async move {
+                let provider: Arc<str> = Arc::from(format!("p{}", i % 3));
+                let attempt = Attempt {
+                    provider: Arc::clone(&provider),
+                    outcome: super::super::Outcome::Success,
+                    error_class: None,
+                    error_code: None,
+                    error_message: None,
+                    latency_ms: 3,
+                    time: SystemTime::now(),
+                };
+                let outcome = Final::Sent { provider, provider_message_id: Some(format!("pm-{i}")) };
+                store.finish(&id, outcome, Some((1, attempt))).await
+            })
+        };
+        // One phase after the other (as dispatch does), each phase's writes all at once.
+        let phases: [fn(Arc<SqliteStore>, usize, String) -> _; 3] = [insert, start, end];
+        for phase in phases {
+            for task in each(phase) {
+                task.await.map_err(unavailable)??;
+            }
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let view = store.get(id).await?.ok_or_else(|| unavailable("missing"))?;
+            assert_eq!(view.status, super::super::Status::Sent, "{i}");
+            assert_eq!(view.provider.as_deref(), Some(format!("p{}", i % 3).as_str()));
+            assert_eq!(view.provider_message_id, Some(format!("pm-{i}")));
+            assert_eq!(view.attempts.len(), 1, "{i}");
+        }
+        assert!(store.pending().await?.is_empty(), "finished messages leave the queue");
         Ok(())
     }
 }
