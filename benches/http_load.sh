@@ -17,6 +17,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sb-bench-target}
 cargo build --release -q --manifest-path "$kit/rust/Cargo.toml"
 cargo build --release -q --manifest-path "$root/Cargo.toml" --bin switchboard
 bin=$CARGO_TARGET_DIR/release
+# SB_BIN: another switchboard binary to measure (e.g. an older build, for an A/B comparison).
+sb_bin=${SB_BIN:-$bin/switchboard}
 body=$kit/sms.json
 ceiling_port=18081; sb_port=18090
 pids=()
@@ -64,7 +66,7 @@ for run in $(seq "$runs"); do
     psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
     store_url="${admin%/*}/$pg_db"
   fi
-  (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$bin/switchboard" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
+  (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$sb_bin" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
   WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null
   a0=$(counter switchboard_messages_accepted_total); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)

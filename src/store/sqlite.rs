@@ -666,10 +666,10 @@ mod batch_tests {
         let dir = tempfile::tempdir().map_err(unavailable)?;
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?);
         let ids: Vec<String> = (0..70).map(|_| uuid::Uuid::now_v7().to_string()).collect();
-        let each =
-            |f: fn(Arc<SqliteStore>, usize, String) -> tokio::task::JoinHandle<Result<(), StoreError>>| {
-                ids.iter().enumerate().map(|(i, id)| f(Arc::clone(&store), i, id.clone())).collect::<Vec<_>>()
-            };
+        type Write = fn(Arc<SqliteStore>, usize, String) -> tokio::task::JoinHandle<Result<(), StoreError>>;
+        let each = |f: Write| {
+            ids.iter().enumerate().map(|(i, id)| f(Arc::clone(&store), i, id.clone())).collect::<Vec<_>>()
+        };
         let insert = |store: Arc<SqliteStore>, i: usize, id: String| {
             tokio::spawn(async move {
                 let m = OutboundMessage {
@@ -705,7 +705,7 @@ mod batch_tests {
             })
         };
         // One phase after the other (as dispatch does), each phase's writes all at once.
-        let phases: [fn(Arc<SqliteStore>, usize, String) -> _; 3] = [insert, start, end];
+        let phases: [Write; 3] = [insert, start, end];
         for phase in phases {
             for task in each(phase) {
                 task.await.map_err(unavailable)??;
