@@ -287,10 +287,7 @@ async fn sendgrid_request_is_the_documented_one() {
             "personalizations": [{"to": [{"email": "user@example.org"}]}],
             "from": {"email": "app@example.com"},
             "subject": "Welcome",
-            "content": [
-                {"type": "text/plain", "value": "Hello you"},
-                {"type": "text/html", "value": "<p>Hello <b>you</b></p>"}
-            ],
+            "content": [{"type": "text/html", "value": "<p>Hello <b>you</b></p>"}],
             "custom_args": {"switchboard_message_id": "0190d6f2-aaaa-7bbb-8ccc-000000000002"},
         })
     );

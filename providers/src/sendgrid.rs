@@ -1,8 +1,8 @@
 //! `sendgrid`: email through SendGrid's v3 Mail Send API.
 //!
 //! `POST {base_url}/v3/mail/send` with `Authorization: Bearer {api_key}` and the v3 JSON body:
-//! one personalization with the recipient, `from`, `subject`, `content` (`text/plain`, plus
-//! `text/html` when the body is HTML) and Switchboard's message id in
+//! one personalization with the recipient, `from`, `subject`, `content` (`text/html` when the
+//! body is HTML, else `text/plain`) and Switchboard's message id in
 //! `custom_args.switchboard_message_id`. The `X-Message-Id` response header is the provider
 //! message id. Attachment URLs are not fetched: they are appended to the body as links.
 
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::address::is_email;
-use crate::email::{looks_like_html, text_from_html, with_attachment_links};
+use crate::email::{looks_like_html, with_attachment_links};
 use crate::http::{self, check_url, Answer};
 use crate::{
     BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
@@ -94,8 +94,8 @@ fn mail_send_body(message: &OutboundMessage, from: &str) -> serde_json::Value {
     let html = looks_like_html(&message.body);
     let body = with_attachment_links(&message.body, &message.attachments, html);
     let content = if html {
-        // v3 wants text/plain first when both are given.
-        json!([{"type": "text/plain", "value": text_from_html(&body)}, {"type": "text/html", "value": body}])
+        // SendGrid derives the plain-text part of an HTML-only message itself.
+        json!([{"type": "text/html", "value": body}])
     } else {
         json!([{"type": "text/plain", "value": body}])
     };
@@ -203,10 +203,10 @@ mod tests {
         );
         assert_eq!(html["subject"], NO_SUBJECT);
         assert_eq!(html["from"]["email"], "other@example.com");
-        assert_eq!(html["content"][0]["type"], "text/plain");
-        assert_eq!(html["content"][1]["type"], "text/html");
+        assert_eq!(html["content"].as_array().map(Vec::len), Some(1));
+        assert_eq!(html["content"][0]["type"], "text/html");
         let text = html["content"][0]["value"].as_str().unwrap_or_default();
-        assert!(text.starts_with("Hi\n") && text.contains("https://x.org/a.pdf"), "{text}");
+        assert!(text.starts_with("<p>Hi</p>") && text.contains("<a href=\"https://x.org/a.pdf\">"), "{text}");
     }
 
     #[test]
