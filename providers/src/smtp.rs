@@ -151,6 +151,7 @@ impl Kind for SmtpKind {
         }
         Ok(Arc::new(SmtpProvider {
             transport: builder.build(),
+            timeout: context.timeout,
             from: settings.from,
             password: settings.password,
         }))
@@ -161,6 +162,8 @@ inventory::submit! { Registration::of::<SmtpKind>() }
 
 struct SmtpProvider {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// lettre's own timeout does not cover a relay that accepts and never greets.
+    timeout: Duration,
     from: Option<String>,
     password: Option<Secret>,
 }
@@ -235,7 +238,10 @@ impl Provider for SmtpProvider {
         let started = Instant::now();
         let from = self.from.as_deref().unwrap_or(&message.from);
         let (built, id) = build_email(message, from)?;
-        self.transport.send(built).await.map_err(|error| {
+        let sent = tokio::time::timeout(self.timeout, self.transport.send(built))
+            .await
+            .map_err(|_| SendError::Timeout)?;
+        sent.map_err(|error| {
             let error = classify(&error);
             match &self.password {
                 Some(password) => error.scrubbed(password.expose()),
