@@ -9,6 +9,7 @@ use switchboard_providers::{Channel, ErrorClass};
 
 use super::{
     replay_or_reused, Attempt, Failure, IdempotencyKey, Inserted, MessageView, Outcome, Status, StoreError,
+    IDEMPOTENCY_WINDOW,
 };
 
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -24,6 +25,11 @@ where
 {
     let hash: String = row.try_get(0)?;
     Ok(replay_or_reused(key, &hash, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// The oldest creation time (Unix ms) of an idempotency key still live at `now_ms`.
+pub(super) fn idempotency_window_start(now_ms: i64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(super) fn ms(time: SystemTime) -> i64 {

@@ -13,12 +13,10 @@ use sqlx::Row;
 use switchboard_providers::OutboundMessage;
 
 use super::codec::{
-    channel_of, class_name, from_ms, json_list, ms, parse_list, recorded_answer, unavailable, view_of,
+    channel_of, class_name, from_ms, idempotency_window_start, json_list, ms, parse_list, recorded_answer,
+    unavailable, view_of,
 };
-use super::{
-    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
-    IDEMPOTENCY_WINDOW,
-};
+use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -194,7 +192,7 @@ impl MessageStore for PostgresStore {
             return Ok(Inserted::New);
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window_start = idempotency_window_start(now);
         sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
             .bind(&key.key)
             .bind(window_start)
@@ -366,8 +364,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
-        let window_start =
-            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window_start = idempotency_window_start(ms(SystemTime::now()));
         let row = sqlx::query(
             "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1 AND created_at >= $2",
         )
@@ -420,8 +417,7 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(unavailable)?
         .rows_affected();
-        let window_start =
-            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window_start = idempotency_window_start(ms(SystemTime::now()));
         sqlx::query("DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)")
             .bind(window_start)
             .bind(i64::from(batch))

@@ -13,12 +13,11 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{channel_of, from_ms, ms, parse_list, recorded_answer, unavailable, view_of};
-use super::grouped;
-use super::{
-    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError,
-    IDEMPOTENCY_WINDOW,
+use super::codec::{
+    channel_of, from_ms, idempotency_window_start, ms, parse_list, recorded_answer, unavailable, view_of,
 };
+use super::grouped;
+use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -241,7 +240,7 @@ async fn insert(
 ) -> Result<Inserted, StoreError> {
     let now = ms(SystemTime::now());
     if let Some(key) = key {
-        let window_start = now - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window_start = idempotency_window_start(now);
         sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
             .bind(&key.key)
             .bind(window_start)
@@ -337,8 +336,7 @@ async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> R
     .await
     .map_err(unavailable)?
     .rows_affected();
-    let window_start =
-        ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    let window_start = idempotency_window_start(ms(SystemTime::now()));
     sqlx::query("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)")
         .bind(window_start)
         .bind(i64::from(batch))
@@ -400,8 +398,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
-        let window_start =
-            ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window_start = idempotency_window_start(ms(SystemTime::now()));
         let row = sqlx::query(
             "SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ? AND created_at >= ?",
         )
@@ -574,7 +571,7 @@ mod tests {
         assert_eq!(store.find_key(&key("k3", "h1")).await?, None);
 
         // A key older than the window is forgotten.
-        let old = ms(SystemTime::now()) - i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(0) - 1;
+        let old = idempotency_window_start(ms(SystemTime::now())) - 1;
         sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE key = 'k1'")
             .bind(old)
             .execute(&store.writer)
