@@ -5,13 +5,15 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 /// One configured key. `Debug` leaves the hash out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey {
-    pub name: String,
+    /// Shared with every request it authenticates (no copy per request).
+    pub name: Arc<str>,
     hash: [u8; 32],
     pub admin: bool,
 }
@@ -56,7 +58,7 @@ impl ApiKeys {
         }
         for (i, key) in keys.iter().enumerate() {
             if keys[..i].iter().any(|earlier| earlier.name == key.name) {
-                return Err(KeysError::Duplicate(key.name.clone()));
+                return Err(KeysError::Duplicate(key.name.to_string()));
             }
         }
         Ok(ApiKeys { keys })
@@ -67,7 +69,7 @@ impl ApiKeys {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| k.name.as_str())
+        self.keys.iter().map(|k| &*k.name)
     }
 
     /// The key whose hash is the token's. Every configured hash is compared, in constant time,
@@ -119,7 +121,7 @@ fn parse<'a>(entries: impl Iterator<Item = &'a str>, origin: &str) -> Result<Vec
                 return Err(invalid(format!("key `{name}`: unknown role `{other}` (only `admin`)")))
             }
         };
-        keys.push(ApiKey { name: name.to_owned(), hash, admin });
+        keys.push(ApiKey { name: Arc::from(name), hash, admin });
     }
     Ok(keys)
 }
@@ -161,7 +163,7 @@ mod tests {
         let got = ApiKeys::load(Some(env), None);
         match (got, expected) {
             (Ok(keys), Ok(names)) => {
-                let got: Vec<(&str, bool)> = keys.keys.iter().map(|k| (k.name.as_str(), k.admin)).collect();
+                let got: Vec<(&str, bool)> = keys.keys.iter().map(|k| (&*k.name, k.admin)).collect();
                 assert_eq!(got, names, "{env}");
             }
             (Err(error), Err(part)) => assert!(error.to_string().contains(part), "{env}: {error}"),
@@ -189,8 +191,8 @@ mod tests {
     fn authenticates_by_hash() {
         let keys = ApiKeys::load(Some(&format!("a:{},b:{}:admin", hash_hex("ka"), hash_hex("kb"))), None)
             .unwrap_or_default();
-        assert_eq!(keys.authenticate("ka").map(|k| k.name.as_str()), Some("a"));
-        assert_eq!(keys.authenticate("kb").map(|k| (k.name.as_str(), k.admin)), Some(("b", true)));
+        assert_eq!(keys.authenticate("ka").map(|k| &*k.name), Some("a"));
+        assert_eq!(keys.authenticate("kb").map(|k| (&*k.name, k.admin)), Some(("b", true)));
         assert!(keys.authenticate("kc").is_none());
         assert!(keys.authenticate("").is_none());
         assert!(!format!("{keys:?}").contains(&hash_hex("ka")));

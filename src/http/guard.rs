@@ -128,10 +128,10 @@ fn authenticate(keys: &ApiKeys, headers: &HeaderMap, access: Access) -> Result<C
     let token = bearer(headers);
     let key = token.and_then(|token| keys.authenticate(token));
     match (access, key) {
-        (Access::Public, key) => Ok(Caller { key: key.map(|k| Arc::from(k.name.as_str())), admin: false }),
+        (Access::Public, key) => Ok(Caller { key: key.map(|k| Arc::clone(&k.name)), admin: false }),
         (_, None) => Err(ApiError::Unauthorized { missing: token.is_none() }),
         (Access::Admin, Some(key)) if !key.admin => Err(ApiError::Forbidden),
-        (_, Some(key)) => Ok(Caller { key: Some(Arc::from(key.name.as_str())), admin: key.admin }),
+        (_, Some(key)) => Ok(Caller { key: Some(Arc::clone(&key.name)), admin: key.admin }),
     }
 }
 
