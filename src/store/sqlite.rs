@@ -618,21 +618,25 @@ mod batch_tests {
     use std::sync::Arc;
     use switchboard_providers::Channel;
 
+    fn sms(id: String, to: String) -> OutboundMessage {
+        OutboundMessage {
+            id,
+            channel: Channel::SMS,
+            from: "+15550001111".into(),
+            to,
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec![],
+        }
+    }
+
     /// Concurrent writes share commits; one that fails (a duplicate id) fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_does_not_take_its_batch_down() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(unavailable)?;
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?);
-        let message = |id: String| OutboundMessage {
-            id,
-            channel: Channel::SMS,
-            from: "+15550001111".into(),
-            to: "+15550002222".into(),
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            tags: vec![],
-        };
+        let message = |id: String| sms(id, "+15550002222".into());
         let taken = uuid::Uuid::now_v7().to_string();
         store.insert(&message(taken.clone()), None).await?;
         let ids: Vec<String> =
@@ -668,19 +672,9 @@ mod batch_tests {
             ids.iter().enumerate().map(|(i, id)| f(Arc::clone(&store), i, id.clone())).collect::<Vec<_>>()
         };
         let insert = |store: Arc<SqliteStore>, i: usize, id: String| {
-            tokio::spawn(async move {
-                let m = OutboundMessage {
-                    id,
-                    channel: Channel::SMS,
-                    from: "+15550001111".into(),
-                    to: format!("+1555000{i:04}"),
-                    subject: None,
-                    body: "hi".into(),
-                    attachments: vec![],
-                    tags: vec![],
-                };
-                store.insert(&m, None).await.map(drop)
-            })
+            tokio::spawn(
+                async move { store.insert(&sms(id, format!("+1555000{i:04}")), None).await.map(drop) },
+            )
         };
         let start = |store: Arc<SqliteStore>, i: usize, id: String| {
             tokio::spawn(async move { store.attempt_started(&id, 1, &format!("p{}", i % 3)).await })
