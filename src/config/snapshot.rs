@@ -70,14 +70,6 @@ pub struct Route {
     turns: Vec<AtomicU64>,
 }
 
-/// Who to try for one message: the rule that matched (`None`: the route's own list) and the
-/// providers in the order to try them.
-#[derive(Debug)]
-pub struct Plan {
-    pub rule: Option<usize>,
-    pub providers: Vec<Arc<ProviderHandle>>,
-}
-
 impl Route {
     /// The rule a message matches, if any.
     pub fn rule_for(&self, message: &OutboundMessage) -> Option<usize> {
@@ -87,10 +79,11 @@ impl Route {
         self.index.find(&self.config.rules, &message.to, &message.tags)
     }
 
-    /// The providers to try for `message` in its `round`-th round, in order. Providers paused
+    /// The providers to try for `message` in its `round`-th round, in order: the first matching
+    /// rule's, else the route's own, ordered by the strategy. Providers paused
     /// or with an open breaker stay in the list (the caller skips them) but are never drawn
     /// first by `weighted`.
-    pub fn plan(&self, message: &OutboundMessage, round: u32, now: Instant) -> Plan {
+    pub fn plan(&self, message: &OutboundMessage, round: u32, now: Instant) -> Vec<Arc<ProviderHandle>> {
         let rule = self.rule_for(message);
         let (strategy, weights, members, turn) = match rule {
             Some(i) => {
@@ -110,7 +103,7 @@ impl Route {
             health.pause.paused_until(now).is_none() && health.breaker.open_until(now).is_none()
         };
         let order = routing::order(strategy, weights, usable, turn, routing::draw(&message.id, round));
-        Plan { rule, providers: order.into_iter().map(|i| Arc::clone(&members[i])).collect() }
+        order.into_iter().map(|i| Arc::clone(&members[i])).collect()
     }
 }
 

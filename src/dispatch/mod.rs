@@ -301,7 +301,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let mut next_available: Option<Instant> = None;
     let mut attempted = false;
     let plan = route.plan(&job.message, job.round, Instant::now());
-    for handle in &plan.providers {
+    for handle in &plan {
         if job.attempts >= max_attempts {
             break;
         }
@@ -383,12 +383,11 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let now = Instant::now();
     let wait_for_provider = next_available.map(|until| until.saturating_duration_since(now));
     let delay = if attempted {
-        let policy = plan.providers.first().map(|p| p.config.settings.retry).unwrap_or(
-            crate::config::resolved::RetryPolicy {
+        let policy =
+            plan.first().map(|p| p.config.settings.retry).unwrap_or(crate::config::resolved::RetryPolicy {
                 initial_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(30),
-            },
-        );
+            });
         backoff::delay(&policy, job.round + 1, backoff::jitter())
     } else {
         // Every provider is paused or open: come back when the first one is usable again.
