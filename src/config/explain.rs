@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::resolved::{Matchers, ResolvedProvider, ResolvedRoute, SettingSource, Strategy};
-use super::routing::RuleIndex;
+use super::routing::{self, RuleIndex};
 use super::settings::PROVIDER_SPECS;
 
 #[derive(Debug, Serialize)]
@@ -63,10 +63,8 @@ pub fn explain<'a>(
         Some(i) => (route.rules[i].strategy, &route.rules[i].providers, &route.rules[i].weights),
         None => (route.strategy, &route.providers, &route.weights),
     };
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    if strategy == Strategy::Weighted {
-        order.sort_by(|a, b| weights[*b].cmp(&weights[*a]));
-    }
+    // The strategy's order before any draw or turn: list order, or heaviest first.
+    let order = routing::order(strategy, weights, |_| false, 0, 0);
     let providers = order
         .into_iter()
         .filter_map(|i| {
