@@ -1,195 +1,184 @@
-//! SQLite writes of one kind, many messages per statement: the writer's batches group plain
-//! inserts, attempt starts and finishes into multi-row statements. Each statement costs a round
-//! trip to sqlx's connection thread; with a statement per group instead of per message the
-//! writer spends its time in SQLite, not in thread hand-offs.
+//! SQLite writes of a batch in one statement: plain inserts, attempt starts and finishes of all
+//! the batch's messages go, as JSON arrays, into one `INSERT` on a temporary view whose
+//! `INSTEAD OF` trigger applies them to the tables (rows drawn with `jsonb_each`).
 //!
-//! Groups are cut into chunks of fixed sizes (32, 8, 1), so that only a few distinct statement
-//! texts exist and each stays prepared.
+//! Why a trigger: sqlx runs each statement on its connection thread and hands every statement's
+//! result back to the async side as it comes, and each hand-off is a thread switch both ways —
+//! on a small machine that was most of the cost of a write. One statement per batch is one
+//! hand-off whatever the batch's size and mix, its text never changes (it stays prepared), and
+//! a single statement is its own transaction: atomic, taking the write lock from its start.
 
 use std::time::SystemTime;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use serde::Serialize;
+use sqlx::SqliteConnection;
 use switchboard_providers::OutboundMessage;
 
-use super::codec::{class_name, json_list, ms, unavailable};
-use super::{Attempt, Final, StoreError};
+use super::codec::{class_name, json_list, ms};
+use super::{Attempt, Final};
 
-const CHUNKS: [usize; 3] = [32, 8, 1];
+/// The view and trigger, created on the writer's connection (temporary objects: they are not
+/// part of the schema and vanish with the connection). An empty array makes its statement a
+/// no-op. `WHERE true` keeps `ON CONFLICT` from being read as a join constraint.
+const SETUP: &str = "\
+CREATE TEMP VIEW IF NOT EXISTS batch_writes (new_messages, attempt_starts, attempt_ends, endings, now) \
+AS SELECT NULL, NULL, NULL, NULL, NULL; \
+CREATE TEMP TRIGGER IF NOT EXISTS batch_writes_apply INSTEAD OF INSERT ON batch_writes BEGIN \
+INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at, owner) \
+SELECT value->>'id', value->>'channel', value->>'sender', value->>'recipient', value->>'subject', value->>'body', \
+value->>'attachments', value->>'tags', 'queued', NEW.now, NEW.now, value->>'owner' FROM jsonb_each(NEW.new_messages); \
+INSERT INTO queue (message_id, not_before) SELECT value->>'id', NEW.now FROM jsonb_each(NEW.new_messages); \
+INSERT INTO attempts (message_id, number, provider, started_at) \
+SELECT value->>'id', value->>'number', value->>'provider', NEW.now FROM jsonb_each(NEW.attempt_starts) WHERE true \
+ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+started_at = excluded.started_at, finished_at = NULL, outcome = NULL; \
+UPDATE messages SET status = 'sending', updated_at = NEW.now \
+WHERE status = 'queued' AND id IN (SELECT value->>'id' FROM jsonb_each(NEW.attempt_starts)); \
+INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) \
+SELECT value->>'id', value->>'number', value->>'provider', value->>'started_at', value->>'finished_at', \
+value->>'outcome', value->>'error_class', value->>'error_code', value->>'error_message', value->>'latency_ms' \
+FROM jsonb_each(NEW.attempt_ends) WHERE true \
+ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+latency_ms = excluded.latency_ms; \
+UPDATE messages SET status = v.value->>'status', provider = v.value->>'provider', \
+provider_message_id = v.value->>'provider_message_id', error_code = v.value->>'error_code', \
+error_message = v.value->>'error_message', updated_at = NEW.now, finished_at = NEW.now \
+FROM jsonb_each(NEW.endings) AS v WHERE messages.id = v.value->>'id'; \
+DELETE FROM queue WHERE message_id IN (SELECT value->>'id' FROM jsonb_each(NEW.endings)); \
+END;";
 
-/// `items` cut into runs of the chunk sizes, largest first.
-fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    for size in CHUNKS {
-        while items.len() >= size {
-            let (chunk, rest) = items.split_at(size);
-            out.push(chunk);
-            items = rest;
+/// Creates the view and trigger [`Group::write`] needs on `conn` (once per connection).
+pub(super) async fn prepare(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(SETUP).execute(conn).await.map(drop)
+}
+
+#[derive(Serialize)]
+struct NewMessage<'a> {
+    id: &'a str,
+    channel: &'a str,
+    sender: &'a str,
+    recipient: &'a str,
+    subject: Option<&'a str>,
+    body: &'a str,
+    /// The column's own JSON text, carried as a string so it is stored exactly as written.
+    attachments: String,
+    tags: String,
+    owner: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Start<'a> {
+    id: &'a str,
+    number: u32,
+    provider: &'a str,
+}
+
+#[derive(Serialize)]
+struct AttemptEnd<'a> {
+    id: &'a str,
+    number: u32,
+    provider: &'a str,
+    started_at: i64,
+    finished_at: i64,
+    outcome: &'static str,
+    error_class: Option<&'static str>,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    latency_ms: i64,
+}
+
+#[derive(Serialize)]
+struct Ending<'a> {
+    id: &'a str,
+    status: &'static str,
+    provider: Option<&'a str>,
+    provider_message_id: Option<&'a str>,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+}
+
+/// The grouped writes of one batch.
+#[derive(Default)]
+pub(super) struct Group<'a> {
+    inserts: Vec<NewMessage<'a>>,
+    starts: Vec<Start<'a>>,
+    attempt_ends: Vec<AttemptEnd<'a>>,
+    endings: Vec<Ending<'a>>,
+}
+
+impl<'a> Group<'a> {
+    /// A new message without an idempotency key, and its queue entry.
+    pub(super) fn insert(&mut self, m: &'a OutboundMessage, owner: Option<&'a str>) {
+        self.inserts.push(NewMessage {
+            id: &m.id,
+            channel: m.channel.as_str(),
+            sender: &m.from,
+            recipient: &m.to,
+            subject: m.subject.as_deref(),
+            body: &m.body,
+            attachments: json_list(&m.attachments),
+            tags: json_list(&m.tags),
+            owner,
+        });
+    }
+
+    /// An attempt about to call a provider: its row, and its message `sending`.
+    pub(super) fn start(&mut self, id: &'a str, number: u32, provider: &'a str) {
+        self.starts.push(Start { id, number, provider });
+    }
+
+    /// How an attempt ended (creating its row if its start was not recorded).
+    pub(super) fn attempt_end(&mut self, id: &'a str, number: u32, attempt: &'a Attempt) {
+        let latency = i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX);
+        self.attempt_ends.push(AttemptEnd {
+            id,
+            number,
+            provider: &attempt.provider,
+            started_at: ms(attempt.time).saturating_sub(latency),
+            finished_at: ms(attempt.time),
+            outcome: attempt.outcome.as_str(),
+            error_class: attempt.error_class.map(class_name),
+            error_code: attempt.error_code.as_deref(),
+            error_message: attempt.error_message.as_deref(),
+            latency_ms: latency,
+        });
+    }
+
+    /// A message ending: its final attempt if it made one, its outcome, its queue entry gone.
+    pub(super) fn finish(&mut self, id: &'a str, end: &'a Final, last_attempt: Option<&'a (u32, Attempt)>) {
+        if let Some((number, attempt)) = last_attempt {
+            self.attempt_end(id, *number, attempt);
         }
-    }
-    out
-}
-
-async fn run(query: &mut QueryBuilder<Sqlite>, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    query.build().execute(&mut *conn).await.map_err(unavailable)?;
-    Ok(())
-}
-
-/// New messages without idempotency keys, and their queue entries.
-pub(super) async fn insert(
-    conn: &mut SqliteConnection,
-    rows: &[(&OutboundMessage, Option<&str>)],
-) -> Result<(), StoreError> {
-    let now = ms(SystemTime::now());
-    for chunk in chunks(rows) {
-        let mut messages = QueryBuilder::new(
-            "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, created_at, updated_at, owner) ",
-        );
-        messages.push_values(chunk, |mut row, (m, owner)| {
-            row.push_bind(m.id.as_str())
-                .push_bind(m.channel.as_str())
-                .push_bind(m.from.as_str())
-                .push_bind(m.to.as_str())
-                .push_bind(m.subject.as_deref())
-                .push_bind(m.body.as_str())
-                .push_bind(json_list(&m.attachments))
-                .push_bind(json_list(&m.tags))
-                .push_bind("queued")
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(*owner);
+        let (status, provider, provider_message_id, failure) = match end {
+            Final::Sent { provider, provider_message_id } => {
+                ("sent", Some(&**provider), provider_message_id.as_deref(), None)
+            }
+            Final::Failed { provider, failure } => ("failed", provider.as_deref(), None, Some(failure)),
+        };
+        self.endings.push(Ending {
+            id,
+            status,
+            provider,
+            provider_message_id,
+            error_code: failure.map(|f| f.code.as_str()),
+            error_message: failure.map(|f| f.message.as_str()),
         });
-        run(&mut messages, conn).await?;
-        let mut queue = QueryBuilder::new("INSERT INTO queue (message_id, not_before) ");
-        queue.push_values(chunk, |mut row, (m, _)| {
-            row.push_bind(m.id.as_str()).push_bind(now);
-        });
-        run(&mut queue, conn).await?;
     }
-    Ok(())
-}
 
-/// Attempts about to call a provider: their rows, and their messages `sending`.
-pub(super) async fn attempts_started(
-    conn: &mut SqliteConnection,
-    rows: &[(&str, u32, &str)],
-) -> Result<(), StoreError> {
-    let now = ms(SystemTime::now());
-    for chunk in chunks(rows) {
-        let mut attempts =
-            QueryBuilder::new("INSERT INTO attempts (message_id, number, provider, started_at) ");
-        attempts.push_values(chunk, |mut row, (id, number, provider)| {
-            row.push_bind(*id).push_bind(i64::from(*number)).push_bind(*provider).push_bind(now);
-        });
-        attempts.push(
-            " ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-             started_at = excluded.started_at, finished_at = NULL, outcome = NULL",
-        );
-        run(&mut attempts, conn).await?;
-        let mut sending = QueryBuilder::new("UPDATE messages SET status = 'sending', updated_at = ");
-        sending.push_bind(now).push(" WHERE status = 'queued' AND id IN (");
-        let mut ids = sending.separated(", ");
-        for (id, _, _) in chunk {
-            ids.push_bind(*id);
-        }
-        sending.push(")");
-        run(&mut sending, conn).await?;
-    }
-    Ok(())
-}
-
-/// How attempts ended (creating rows whose start was not recorded).
-pub(super) async fn write_attempts(
-    conn: &mut SqliteConnection,
-    rows: &[(&str, u32, &Attempt)],
-) -> Result<(), StoreError> {
-    for chunk in chunks(rows) {
-        let mut attempts = QueryBuilder::new(
-            "INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, error_code, error_message, latency_ms) ",
-        );
-        attempts.push_values(chunk, |mut row, (id, number, attempt)| {
-            let latency = i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX);
-            row.push_bind(*id)
-                .push_bind(i64::from(*number))
-                .push_bind(&*attempt.provider)
-                .push_bind(ms(attempt.time).saturating_sub(latency))
-                .push_bind(ms(attempt.time))
-                .push_bind(attempt.outcome.as_str())
-                .push_bind(attempt.error_class.map(class_name))
-                .push_bind(attempt.error_code.as_deref())
-                .push_bind(attempt.error_message.as_deref())
-                .push_bind(latency);
-        });
-        attempts.push(
-            " ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
-             error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
-             latency_ms = excluded.latency_ms",
-        );
-        run(&mut attempts, conn).await?;
-    }
-    Ok(())
-}
-
-/// A message ending: its id, how, and its final attempt if it made one.
-pub(super) type Ending<'a> = (&'a str, &'a Final, Option<&'a (u32, Attempt)>);
-
-/// Messages ending: their final attempts, their outcome, and their queue entries gone.
-pub(super) async fn finish(conn: &mut SqliteConnection, rows: &[Ending<'_>]) -> Result<(), StoreError> {
-    let last: Vec<(&str, u32, &Attempt)> = rows
-        .iter()
-        .filter_map(|(id, _, last)| last.map(|(number, attempt)| (*id, *number, attempt)))
-        .collect();
-    write_attempts(conn, &last).await?;
-    let now = ms(SystemTime::now());
-    for chunk in chunks(rows) {
-        let mut outcome = QueryBuilder::new(
-            "WITH v (id, status, provider, provider_message_id, error_code, error_message) AS (",
-        );
-        outcome.push_values(chunk, |mut row, (id, end, _)| {
-            let (status, provider, provider_message_id, error) = match end {
-                Final::Sent { provider, provider_message_id } => {
-                    ("sent", Some(provider), provider_message_id.as_deref(), None)
-                }
-                Final::Failed { provider, failure } => ("failed", provider.as_ref(), None, Some(failure)),
-            };
-            row.push_bind(*id)
-                .push_bind(status)
-                .push_bind(provider.map(|p| &**p))
-                .push_bind(provider_message_id)
-                .push_bind(error.map(|e| e.code.as_str()))
-                .push_bind(error.map(|e| e.message.as_str()));
-        });
-        outcome.push(
-            ") UPDATE messages SET status = v.status, provider = v.provider, provider_message_id = v.provider_message_id, \
-             error_code = v.error_code, error_message = v.error_message, updated_at = ",
-        );
-        outcome
-            .push_bind(now)
-            .push(", finished_at = ")
-            .push_bind(now)
-            .push(" FROM v WHERE messages.id = v.id");
-        run(&mut outcome, conn).await?;
-        let mut dequeue = QueryBuilder::new("DELETE FROM queue WHERE message_id IN (");
-        let mut ids = dequeue.separated(", ");
-        for (id, _, _) in chunk {
-            ids.push_bind(*id);
-        }
-        dequeue.push(")");
-        run(&mut dequeue, conn).await?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_sizes() {
-        let sizes = |n: usize| chunks(&vec![0u8; n]).iter().map(|c| c.len()).collect::<Vec<_>>();
-        assert_eq!(sizes(0), Vec::<usize>::new());
-        assert_eq!(sizes(3), [1, 1, 1]);
-        assert_eq!(sizes(8), [8]);
-        assert_eq!(sizes(43), [32, 8, 1, 1, 1]);
-        assert_eq!(sizes(64), [32, 32]);
+    /// Applies the writes in one statement: on its own, a transaction of its own; inside a
+    /// transaction the caller began, part of it.
+    pub(super) async fn write(self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        let json =
+            |rows: Result<String, serde_json::Error>| rows.map_err(|e| sqlx::Error::Encode(Box::new(e)));
+        sqlx::query("INSERT INTO batch_writes VALUES (?, ?, ?, ?, ?)")
+            .bind(json(serde_json::to_string(&self.inserts))?)
+            .bind(json(serde_json::to_string(&self.starts))?)
+            .bind(json(serde_json::to_string(&self.attempt_ends))?)
+            .bind(json(serde_json::to_string(&self.endings))?)
+            .bind(ms(SystemTime::now()))
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 }

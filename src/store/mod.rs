@@ -142,7 +142,7 @@ pub enum Final {
     Failed { provider: Option<Arc<str>>, failure: Failure },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),

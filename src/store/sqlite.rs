@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,8 +26,6 @@ pub struct SqliteStore {
     path: String,
     writes: mpsc::Sender<Write>,
     reader: SqlitePool,
-    #[cfg(test)]
-    writer: SqlitePool,
 }
 
 /// One write, waiting for its batch to commit.
@@ -44,6 +42,20 @@ enum Op {
     Schedule { id: String, not_before: SystemTime, attempts: u32, round: u32 },
     Finish { id: String, outcome: Final, last_attempt: Option<(u32, Attempt)> },
     Purge { before: SystemTime, batch: u32 },
+}
+
+impl Op {
+    /// The message the write is for.
+    fn message_id(&self) -> Option<&String> {
+        match self {
+            Op::Insert { message, .. } => Some(&message.id),
+            Op::AttemptStarted { id, .. }
+            | Op::RecordAttempt { id, .. }
+            | Op::Schedule { id, .. }
+            | Op::Finish { id, .. } => Some(id),
+            Op::Purge { .. } => None,
+        }
+    }
 }
 
 /// What a write came to.
@@ -66,26 +78,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
+        // The writer owns its connection (no pool to go through on every batch).
+        let mut writer =
+            options.connect().await.map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
+        MIGRATOR
+            .run(&mut writer)
             .await
-            .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
-        MIGRATOR.run(&writer).await.map_err(|e| unavailable(format!("migrations on {path} failed: {e}")))?;
+            .map_err(|e| unavailable(format!("migrations on {path} failed: {e}")))?;
+        grouped::prepare(&mut writer).await.map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(writer.clone(), queue));
-        Ok(SqliteStore {
-            path: path.to_owned(),
-            writes,
-            reader,
-            #[cfg(test)]
-            writer,
-        })
+        tokio::spawn(write_batches(writer, queue));
+        Ok(SqliteStore { path: path.to_owned(), writes, reader })
     }
 
     /// Hands a write to the writer task and waits for its batch to commit.
@@ -127,10 +135,10 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
 
 /// The only writer: takes every write waiting (up to `MAX_BATCH`), applies them all in one
 /// transaction and commits once, then answers them all: concurrent requests share one commit
-/// (group commit), and no write transaction ever waits on another. If any write of a batch
-/// fails, the batch is rolled back and its writes are applied again one transaction each, so
-/// one bad write never takes others down with it.
-async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
+/// (group commit), and no write transaction ever waits on another. If a write of a batch fails,
+/// the batch is rolled back and its writes are applied again one transaction each, so one bad
+/// write never takes others down with it; a database that is locked or failing fails the batch.
+async fn write_batches(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -140,15 +148,21 @@ async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match apply_together(&pool, &batch).await {
+        match apply_together(&mut conn, &batch).await {
             Ok(results) => {
                 for (write, result) in batch.drain(..).zip(results) {
                     let _ = write.reply.send(Ok(result));
                 }
             }
-            Err(_) => {
+            Err(failed) => {
+                rollback(&mut conn).await;
+                let alone = failed.by_a_write && batch.len() > 1;
                 for write in batch.drain(..) {
-                    let result = apply_alone(&pool, &write.op).await;
+                    let result = if alone {
+                        apply_alone(&mut conn, &write.op).await
+                    } else {
+                        Err(failed.error.clone())
+                    };
                     let _ = write.reply.send(result);
                 }
             }
@@ -156,80 +170,121 @@ async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
     }
 }
 
-/// Applies a batch in one transaction. Plain inserts, attempt starts and finishes go in
-/// multi-row statements ([`grouped`]): a batch never holds two writes for one message (each
-/// write of a message waits for the one before), so grouping by kind changes nothing but the
-/// number of statements. Should two writes for one id meet anyway, the batch is refused and
-/// applied one write at a time.
-async fn apply_together(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<Applied>, StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
-    let mut results = Vec::with_capacity(batch.len());
-    let (mut inserts, mut starts, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
-    let mut ids = std::collections::HashSet::with_capacity(batch.len());
-    for write in batch {
-        // On error the transaction is dropped, which rolls it back.
-        let id = match &write.op {
-            Op::Insert { message, owner, key: None } => {
-                inserts.push((message, owner.as_deref()));
-                results.push(Applied::Inserted(Inserted::New));
-                &message.id
-            }
-            Op::AttemptStarted { id, number, provider } => {
-                starts.push((id.as_str(), *number, provider.as_str()));
-                results.push(Applied::Done);
-                id
-            }
-            Op::Finish { id, outcome, last_attempt } => {
-                finishes.push((id.as_str(), outcome, last_attempt.as_ref()));
-                results.push(Applied::Done);
-                id
-            }
-            op => {
-                results.push(apply(&mut tx, op).await?);
-                continue;
-            }
-        };
-        if !ids.insert(id.as_str()) {
-            return Err(unavailable("two writes for one message in a batch"));
-        }
-    }
-    grouped::insert(&mut tx, &inserts).await?;
-    grouped::attempts_started(&mut tx, &starts).await?;
-    grouped::finish(&mut tx, &finishes).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(results)
+/// Why a batch failed: by one of its writes (which may fail alone), or by the database.
+struct BatchFailed {
+    error: StoreError,
+    by_a_write: bool,
 }
 
-async fn apply_alone(pool: &SqlitePool, op: &Op) -> Result<Applied, StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
-    let result = apply(&mut tx, op).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(result)
+impl From<StoreError> for BatchFailed {
+    fn from(error: StoreError) -> Self {
+        BatchFailed { error, by_a_write: true }
+    }
+}
+
+impl From<sqlx::Error> for BatchFailed {
+    fn from(error: sqlx::Error) -> Self {
+        BatchFailed { by_a_write: !is_busy(&error), error: unavailable(error) }
+    }
+}
+
+/// The database is locked by someone else (after the busy timeout) or failing: no write of the
+/// batch would do better alone.
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), under any extended code.
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed => true,
+        _ => false,
+    }
+}
+
+/// Ends whatever transaction a failed write left open (an error if none is: ignored).
+async fn rollback(conn: &mut SqliteConnection) {
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+}
+
+/// Applies a batch in one transaction. Plain inserts, attempt starts and finishes go in one
+/// statement ([`grouped`]), which is a transaction of its own: a batch of only those (the usual
+/// case) is one round trip to the connection thread. A batch never holds two writes for one
+/// message (each write of a message waits for the one before), so grouping by kind changes
+/// nothing but the number of statements. Should two writes for one id meet anyway, the batch
+/// is refused and applied one write at a time.
+async fn apply_together(conn: &mut SqliteConnection, batch: &[Write]) -> Result<Vec<Applied>, BatchFailed> {
+    let mut group = grouped::Group::default();
+    let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
+    let mut ids = std::collections::HashSet::with_capacity(batch.len());
+    for write in batch {
+        let (id, result) = match &write.op {
+            Op::Insert { message, owner, key: None } => {
+                group.insert(message, owner.as_deref());
+                (Some(&message.id), Some(Applied::Inserted(Inserted::New)))
+            }
+            Op::AttemptStarted { id, number, provider } => {
+                group.start(id, *number, provider);
+                (Some(id), Some(Applied::Done))
+            }
+            Op::Finish { id, outcome, last_attempt } => {
+                group.finish(id, outcome, last_attempt.as_ref());
+                (Some(id), Some(Applied::Done))
+            }
+            op => (op.message_id(), None),
+        };
+        if id.is_some_and(|id| !ids.insert(id.as_str())) {
+            return Err(unavailable("two writes for one message in a batch").into());
+        }
+        results.push(result);
+    }
+    if results.iter().all(Option::is_some) {
+        group.write(conn).await?;
+    } else {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        for (write, result) in batch.iter().zip(&mut results) {
+            if result.is_none() {
+                *result = Some(apply(conn, &write.op).await?);
+            }
+        }
+        group.write(conn).await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+    }
+    Ok(results.into_iter().map(|result| result.unwrap_or(Applied::Done)).collect())
+}
+
+async fn apply_alone(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
+    let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable);
+    let result = match begun {
+        Ok(_) => apply(conn, op).await,
+        Err(error) => Err(error),
+    };
+    let committed = match result {
+        Ok(applied) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| applied).map_err(unavailable),
+        Err(error) => Err(error),
+    };
+    if committed.is_err() {
+        rollback(conn).await;
+    }
+    committed
 }
 
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
-    Ok(match op {
+    let mut group = grouped::Group::default();
+    match op {
         Op::Insert { message, owner, key } => {
-            Applied::Inserted(insert(conn, message, owner.as_deref(), key.as_ref()).await?)
+            return Ok(Applied::Inserted(insert(conn, message, owner.as_deref(), key.as_ref()).await?))
         }
-        Op::AttemptStarted { id, number, provider } => {
-            attempt_started(conn, id, *number, provider).await?;
-            Applied::Done
-        }
-        Op::RecordAttempt { id, number, attempt } => {
-            record_attempt(conn, id, *number, attempt).await?;
-            Applied::Done
-        }
+        Op::AttemptStarted { id, number, provider } => group.start(id, *number, provider),
+        Op::RecordAttempt { id, number, attempt } => record_attempt(conn, id, *number, attempt).await?,
         Op::Schedule { id, not_before, attempts, round } => {
-            schedule(conn, id, *not_before, *attempts, *round).await?;
-            Applied::Done
+            schedule(conn, id, *not_before, *attempts, *round).await?
         }
-        Op::Finish { id, outcome, last_attempt } => {
-            finish(conn, id, outcome, last_attempt.as_ref()).await?;
-            Applied::Done
-        }
-        Op::Purge { before, batch } => Applied::Purged(purge(conn, *before, *batch).await?),
-    })
+        Op::Finish { id, outcome, last_attempt } => group.finish(id, outcome, last_attempt.as_ref()),
+        Op::Purge { before, batch } => return Ok(Applied::Purged(purge(conn, *before, *batch).await?)),
+    }
+    group.write(conn).await.map_err(unavailable)?;
+    Ok(Applied::Done)
 }
 
 async fn insert(
@@ -257,7 +312,9 @@ async fn insert(
             return recorded_answer(key, &row).map_err(unavailable);
         }
     }
-    grouped::insert(conn, &[(message, owner)]).await?;
+    let mut group = grouped::Group::default();
+    group.insert(message, owner);
+    group.write(conn).await.map_err(unavailable)?;
     if let Some(key) = key {
         sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&key.key)
@@ -272,23 +329,15 @@ async fn insert(
     Ok(Inserted::New)
 }
 
-/// The attempt's row, and the message's status `sending` from its first attempt on.
-async fn attempt_started(
-    conn: &mut SqliteConnection,
-    id: &str,
-    number: u32,
-    provider: &str,
-) -> Result<(), StoreError> {
-    grouped::attempts_started(conn, &[(id, number, provider)]).await
-}
-
 async fn record_attempt(
     conn: &mut SqliteConnection,
     id: &str,
     number: u32,
     attempt: &Attempt,
 ) -> Result<(), StoreError> {
-    grouped::write_attempts(conn, &[(id, number, attempt)]).await?;
+    let mut group = grouped::Group::default();
+    group.attempt_end(id, number, attempt);
+    group.write(conn).await.map_err(unavailable)?;
     sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
         .bind(i64::from(number))
         .bind(id)
@@ -314,15 +363,6 @@ async fn schedule(
         .await
         .map_err(unavailable)?;
     Ok(())
-}
-
-async fn finish(
-    conn: &mut SqliteConnection,
-    id: &str,
-    outcome: &Final,
-    last_attempt: Option<&(u32, Attempt)>,
-) -> Result<(), StoreError> {
-    grouped::finish(conn, &[(id, outcome, last_attempt)]).await
 }
 
 async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
@@ -574,7 +614,7 @@ mod tests {
         let old = idempotency_window_start(ms(SystemTime::now())) - 1;
         sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE key = 'k1'")
             .bind(old)
-            .execute(&store.writer)
+            .execute(&SqlitePool::connect(&format!("sqlite://{}", store.path)).await.map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
         assert!(store.find_key(&key("k2", "h1")).await?.is_some());
