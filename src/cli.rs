@@ -94,7 +94,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
     /// Messages dispatched concurrently.
-    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub workers: u32,
     /// How long in-flight work may take to finish on shutdown (e.g. `10s`, `500ms`).
     #[arg(long, env = "SWITCHBOARD_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -452,8 +452,11 @@ impl MessageStore for SqliteStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
-             FROM messages WHERE id = ?",
+            "SELECT id, channel, \
+             CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
+             THEN 'sending' ELSE status END AS status, \
+             provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
+             FROM messages m WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.reader)
