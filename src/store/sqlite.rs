@@ -455,7 +455,8 @@ impl MessageStore for SqliteStore {
             "SELECT id, channel, \
              CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
              THEN 'sending' ELSE status END AS status, \
-             provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
+             provider, provider_message_id, error_code, error_message, tags, owner, created_at, \
+             MAX(updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) AS updated_at \
              FROM messages m WHERE id = ?",
         )
         .bind(id)
