@@ -6,6 +6,7 @@ mod codec;
 mod grouped;
 mod memory;
 mod postgres;
+mod postgres_batches;
 mod sqlite;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use super::codec::{
     channel_of, class_name, from_ms, idempotency_window_start, json_list, ms, parse_list, recorded_answer,
     unavailable, view_of,
 };
+use super::postgres_batches::{self as batches, Batcher, Lease};
 use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -34,6 +35,10 @@ pub struct PostgresStore {
     /// This instance's lease token.
     token: String,
     lease: Duration,
+    /// Plain inserts, attempt starts and message endings, committed in groups.
+    inserts: Batcher<batches::NewMessage>,
+    starts: Batcher<batches::Start>,
+    endings: Batcher<batches::Ending>,
 }
 
 fn lease_lost(id: &str) -> StoreError {
@@ -78,7 +83,12 @@ impl PostgresStore {
         let progress = connect(options.options([("synchronous_commit", "off")]), 20)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
-        Ok(PostgresStore { pool, progress, shown, token: uuid::Uuid::now_v7().to_string(), lease })
+        let token = uuid::Uuid::now_v7().to_string();
+        let held = Lease { token: token.clone(), duration: lease };
+        let inserts = Batcher::start(pool.clone(), held.clone());
+        let starts = Batcher::start(progress.clone(), held.clone());
+        let endings = Batcher::start(progress.clone(), held);
+        Ok(PostgresStore { pool, progress, shown, token, lease, inserts, starts, endings })
     }
 
     /// Runs the migrations only; returns the versions now applied.
@@ -188,7 +198,8 @@ impl MessageStore for PostgresStore {
     ) -> Result<Inserted, StoreError> {
         let now = ms(SystemTime::now());
         let Some(key) = key else {
-            self.insert_message(&self.pool, message, owner, now).await?;
+            let new = batches::NewMessage { message: message.clone(), owner: owner.map(str::to_owned) };
+            self.inserts.write(new).await?;
             return Ok(Inserted::New);
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
@@ -229,33 +240,13 @@ impl MessageStore for PostgresStore {
     }
 
     async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        // One statement (one round trip, atomic): renew the lease (nothing happens if another
-        // instance took the message over), then the attempt's row and the `sending` status.
-        let held: i64 = sqlx::query_scalar(
-            "WITH held AS ( \
-               UPDATE queue SET lease_until = $1 WHERE message_id = $2 AND lease_token = $3 RETURNING message_id), \
-             attempt AS ( \
-               INSERT INTO attempts (message_id, number, provider, started_at) SELECT message_id, $4, $5, $6 FROM held \
-               ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-               started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
-             status AS ( \
-               UPDATE messages SET status = 'sending', updated_at = $6 \
-               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
-             SELECT COUNT(*) FROM held",
-        )
-        .bind(self.lease_until())
-        .bind(id)
-        .bind(&self.token)
-        .bind(i32::try_from(number).unwrap_or(i32::MAX))
-        .bind(provider)
-        .bind(ms(SystemTime::now()))
-        .fetch_one(&self.progress)
-        .await
-        .map_err(unavailable)?;
-        if held == 0 {
-            return Err(lease_lost(id));
+        // Renews the lease (nothing happens if another instance took the message over), then
+        // the attempt's row and the `sending` status, atomically, with other starts.
+        let start = batches::Start { id: id.to_owned(), number, provider: provider.to_owned() };
+        match self.starts.write(start).await? {
+            true => Ok(()),
+            false => Err(lease_lost(id)),
         }
-        Ok(())
     }
 
     async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
@@ -311,56 +302,14 @@ impl MessageStore for PostgresStore {
         outcome: Final,
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError> {
-        let now = ms(SystemTime::now());
-        let (status, provider, provider_message_id, error) = match outcome {
-            Final::Sent { provider, provider_message_id } => {
-                ("sent", Some(provider), provider_message_id, None)
-            }
-            Final::Failed { provider, failure } => ("failed", provider, None, Some(failure)),
-        };
-        let number = last_attempt.as_ref().map(|(number, _)| i32::try_from(*number).unwrap_or(i32::MAX));
-        let attempt = last_attempt.as_ref().map(|(_, attempt)| attempt);
-        // One statement (one round trip, atomic): leave the queue only if the lease is still
-        // ours (otherwise nothing changes and the new holder's result stands), then the final
-        // attempt and the message's end.
-        let held: i64 = sqlx::query_scalar(
-            "WITH held AS (DELETE FROM queue WHERE message_id = $1 AND lease_token = $2 RETURNING message_id), \
-             attempt AS ( \
-               INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, \
-               error_code, error_message, latency_ms) \
-               SELECT message_id, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM held WHERE $3::INTEGER IS NOT NULL \
-               ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
-               error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
-               latency_ms = excluded.latency_ms RETURNING 1), \
-             ended AS ( \
-               UPDATE messages SET status = $12, provider = $13, provider_message_id = $14, error_code = $15, \
-               error_message = $16, updated_at = $17, finished_at = $17 WHERE id IN (SELECT message_id FROM held) RETURNING 1) \
-             SELECT COUNT(*) FROM held",
-        )
-        .bind(id)
-        .bind(&self.token)
-        .bind(number)
-        .bind(attempt.map(|a| a.provider.to_string()))
-        .bind(attempt.map(|a| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0)))
-        .bind(attempt.map(|a| ms(a.time)))
-        .bind(attempt.map(|a| a.outcome.as_str()))
-        .bind(attempt.and_then(|a| a.error_class.map(class_name)))
-        .bind(attempt.and_then(|a| a.error_code.clone()))
-        .bind(attempt.and_then(|a| a.error_message.clone()))
-        .bind(attempt.map(|a| i64::try_from(a.latency_ms).unwrap_or(i64::MAX)))
-        .bind(status)
-        .bind(provider.as_deref())
-        .bind(provider_message_id)
-        .bind(error.as_ref().map(|e| e.code.clone()))
-        .bind(error.map(|e| e.message))
-        .bind(now)
-        .fetch_one(&self.progress)
-        .await
-        .map_err(unavailable)?;
-        if held == 0 {
-            return Err(lease_lost(id));
+        // Leaves the queue only if the lease is still ours (otherwise nothing changes and the
+        // new holder's result stands), then the final attempt and the message's end,
+        // atomically, with other endings.
+        let ending = batches::Ending { id: id.to_owned(), outcome, last_attempt };
+        match self.endings.write(ending).await? {
+            true => Ok(()),
+            false => Err(lease_lost(id)),
         }
-        Ok(())
     }
 
     async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {

@@ -1,0 +1,368 @@
+//! Group commit on PostgreSQL: concurrent writes of one kind — plain inserts (no idempotency
+//! key), attempt starts, message endings — go in one statement per batch, rows passed as arrays
+//! (`UNNEST`), so they share one round trip and one commit instead of one each; for inserts
+//! that is one wait for the WAL flush per batch. A few batches of a kind may be in flight at
+//! once (on separate connections); the next batch gathers while they commit.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sqlx::PgPool;
+use switchboard_providers::OutboundMessage;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::codec::{class_name, json_list, ms, unavailable};
+use super::{Attempt, Final, StoreError};
+
+/// The most writes in one statement.
+const MAX_BATCH: usize = 256;
+/// Batches of one kind committing at once.
+const IN_FLIGHT: usize = 4;
+
+/// The lease new queue entries get, and that progress writes must still hold.
+#[derive(Clone)]
+pub(super) struct Lease {
+    pub token: String,
+    pub duration: Duration,
+}
+
+impl Lease {
+    fn until(&self) -> i64 {
+        ms(SystemTime::now() + self.duration)
+    }
+}
+
+/// Each write's answer, in the batch's order: `Ok(false)` when the lease on its message was
+/// taken over by another instance (nothing was written for it).
+type Answers = Vec<Result<bool, StoreError>>;
+
+type Reply = oneshot::Sender<Result<bool, StoreError>>;
+
+/// Hands writes of one kind to a task that commits them in batches.
+pub(super) struct Batcher<T> {
+    writes: mpsc::Sender<(T, Reply)>,
+}
+
+/// A kind of write and its batch statement.
+pub(super) trait Statement: Sized + Send + Sync + 'static {
+    /// Writes `rows` in one statement; says, per row, whether it applied (`false`: the lease on
+    /// its message is no longer ours).
+    fn apply<'a>(
+        pool: &'a PgPool,
+        lease: &'a Lease,
+        rows: &'a [Self],
+    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'a;
+}
+
+impl<T: Statement> Batcher<T> {
+    pub(super) fn start(pool: PgPool, lease: Lease) -> Batcher<T> {
+        let (writes, queue) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
+        tokio::spawn(gather(pool, lease, queue));
+        Batcher { writes }
+    }
+
+    /// Writes `item` with the batch it lands in; `Ok(false)`: the lease was lost.
+    pub(super) async fn write(&self, item: T) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || unavailable("the database writer stopped");
+        self.writes.send((item, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Cuts batches: waits for a free commit slot, then takes every write waiting.
+async fn gather<T: Statement>(pool: PgPool, lease: Lease, mut queue: mpsc::Receiver<(T, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<T>, Vec<Reply>) = batch.into_iter().unzip();
+        let (pool, lease) = (pool.clone(), lease.clone());
+        tokio::spawn(async move {
+            for (reply, answer) in replies.into_iter().zip(each_or_alone(&pool, &lease, &items).await) {
+                let _ = reply.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Runs a batch statement (which says, per write, whether it applied); if the database refuses
+/// it (one bad row fails the statement), each write is tried alone, so only the bad one fails;
+/// if the database is unreachable, every write gets that error.
+async fn each_or_alone<T: Statement>(pool: &PgPool, lease: &Lease, items: &[T]) -> Answers {
+    match T::apply(pool, lease, items).await {
+        Ok(applied) => applied.into_iter().map(Ok).collect(),
+        Err(sqlx::Error::Database(_)) if items.len() > 1 => {
+            let mut answers = Vec::with_capacity(items.len());
+            for item in items.chunks(1) {
+                let applied = T::apply(pool, lease, item).await;
+                answers.push(applied.map_err(unavailable).map(|a| a.first() == Some(&true)));
+            }
+            answers
+        }
+        Err(error) => {
+            let error = unavailable(error);
+            items.iter().map(|_| Err(error.clone())).collect()
+        }
+    }
+}
+
+/// Which of `ids` are in `held`, in order.
+fn applied(ids: &[&str], held: &[String]) -> Vec<bool> {
+    let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
+    ids.iter().map(|id| held.contains(id)).collect()
+}
+
+/// A new message without idempotency key, and who created it.
+pub(super) struct NewMessage {
+    pub message: OutboundMessage,
+    pub owner: Option<String>,
+}
+
+/// New messages with their queue entries, leased to this instance.
+impl Statement for NewMessage {
+    async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
+        {
+            let refs: Vec<_> = rows.iter().map(|r| (&r.message, r.owner.as_deref())).collect();
+            insert_all(pool, lease, &refs).await.map(|()| vec![true; rows.len()])
+        }
+    }
+}
+
+/// An attempt about to call a provider.
+pub(super) struct Start {
+    pub id: String,
+    pub number: u32,
+    pub provider: String,
+}
+
+/// For each attempt whose message this instance still holds: renews the lease, records the
+/// attempt's row and the message `sending`.
+impl Statement for Start {
+    async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
+        {
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let held: Vec<String> = sqlx::query_scalar(
+                "WITH input AS ( \
+                   SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[]) AS i (id, number, provider)), \
+                 held AS ( \
+                   UPDATE queue SET lease_until = $4 FROM input \
+                   WHERE queue.message_id = input.id AND queue.lease_token = $5 RETURNING queue.message_id), \
+                 attempt AS ( \
+                   INSERT INTO attempts (message_id, number, provider, started_at) \
+                   SELECT input.id, input.number, input.provider, $6 FROM input JOIN held ON held.message_id = input.id \
+                   ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+                   started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
+                 status AS ( \
+                   UPDATE messages SET status = 'sending', updated_at = $6 \
+                   WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
+                 SELECT message_id FROM held",
+            )
+            .bind(&ids)
+            .bind(rows.iter().map(|r| i32::try_from(r.number).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
+            .bind(lease.until())
+            .bind(&lease.token)
+            .bind(ms(SystemTime::now()))
+            .fetch_all(pool)
+            .await?;
+            Ok(applied(&ids, &held))
+        }
+    }
+}
+
+/// A message ending, with its final attempt if it made one.
+pub(super) struct Ending {
+    pub id: String,
+    pub outcome: Final,
+    pub last_attempt: Option<(u32, Attempt)>,
+}
+
+/// For each message this instance still holds: takes it off the queue, records its final
+/// attempt and its end. A message whose lease was taken over is left to the new holder.
+impl Statement for Ending {
+    async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
+        {
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let attempt = |f: fn(u32, &Attempt) -> Option<String>| {
+                rows.iter().map(|r| r.last_attempt.as_ref().and_then(|(n, a)| f(*n, a))).collect::<Vec<_>>()
+            };
+            let number =
+                |r: &Ending| r.last_attempt.as_ref().map(|(n, _)| i32::try_from(*n).unwrap_or(i32::MAX));
+            let started = |a: &Attempt| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0);
+            fn end(r: &Ending) -> (&'static str, Option<String>, Option<String>, Option<&super::Failure>) {
+                match &r.outcome {
+                    Final::Sent { provider, provider_message_id } => {
+                        ("sent", Some(provider.to_string()), provider_message_id.clone(), None)
+                    }
+                    Final::Failed { provider, failure } => {
+                        ("failed", provider.as_ref().map(|p| p.to_string()), None, Some(failure))
+                    }
+                }
+            }
+            let ends: Vec<_> = rows.iter().map(end).collect();
+            let held: Vec<String> = sqlx::query_scalar(
+                "WITH input AS ( \
+                   SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
+                   $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[]) \
+                   AS i (id, number, attempt_provider, started_at, finished_at, outcome, error_class, attempt_error_code, \
+                   attempt_error_message, latency_ms, status, provider, provider_message_id, error_code, error_message)), \
+                 held AS ( \
+                   DELETE FROM queue USING input WHERE queue.message_id = input.id AND queue.lease_token = $16 \
+                   RETURNING queue.message_id), \
+                 attempt AS ( \
+                   INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, \
+                   error_code, error_message, latency_ms) \
+                   SELECT i.id, i.number, i.attempt_provider, i.started_at, i.finished_at, i.outcome, i.error_class, \
+                   i.attempt_error_code, i.attempt_error_message, i.latency_ms \
+                   FROM input i JOIN held ON held.message_id = i.id WHERE i.number IS NOT NULL \
+                   ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+                   error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+                   latency_ms = excluded.latency_ms RETURNING 1), \
+                 ended AS ( \
+                   UPDATE messages SET status = i.status, provider = i.provider, provider_message_id = i.provider_message_id, \
+                   error_code = i.error_code, error_message = i.error_message, updated_at = $17, finished_at = $17 \
+                   FROM input i JOIN held ON held.message_id = i.id WHERE messages.id = i.id RETURNING 1) \
+                 SELECT message_id FROM held",
+            )
+            .bind(&ids)
+            .bind(rows.iter().map(number).collect::<Vec<_>>())
+            .bind(attempt(|_, a| Some(a.provider.to_string())))
+            .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| started(a))).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| ms(a.time))).collect::<Vec<_>>())
+            .bind(attempt(|_, a| Some(a.outcome.as_str().to_owned())))
+            .bind(attempt(|_, a| a.error_class.map(|c| class_name(c).to_owned())))
+            .bind(attempt(|_, a| a.error_code.clone()))
+            .bind(attempt(|_, a| a.error_message.clone()))
+            .bind(
+                rows.iter()
+                    .map(|r| r.last_attempt.as_ref().map(|(_, a)| i64::try_from(a.latency_ms).unwrap_or(i64::MAX)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(ends.iter().map(|e| e.0).collect::<Vec<_>>())
+            .bind(ends.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
+            .bind(ends.iter().map(|e| e.2.clone()).collect::<Vec<_>>())
+            .bind(ends.iter().map(|e| e.3.map(|f| f.code.clone())).collect::<Vec<_>>())
+            .bind(ends.iter().map(|e| e.3.map(|f| f.message.clone())).collect::<Vec<_>>())
+            .bind(&lease.token)
+            .bind(ms(SystemTime::now()))
+            .fetch_all(pool)
+            .await?;
+            Ok(applied(&ids, &held))
+        }
+    }
+}
+
+/// One statement: the messages and their queue entries, atomically.
+async fn insert_all(
+    pool: &PgPool,
+    lease: &Lease,
+    rows: &[(&OutboundMessage, Option<&str>)],
+) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&OutboundMessage) -> &str| rows.iter().map(|(m, _)| f(m)).collect::<Vec<_>>();
+    let now = ms(SystemTime::now());
+    sqlx::query(
+        "WITH message AS ( \
+           INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
+           created_at, updated_at, owner) \
+           SELECT id, channel, sender, recipient, subject, body, attachments, tags, 'queued', $10, $10, owner \
+           FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+             AS row (id, channel, sender, recipient, subject, body, attachments, tags, owner) \
+           RETURNING id) \
+         INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $10, $11, $12 FROM message",
+    )
+    .bind(column(|m| &m.id))
+    .bind(column(|m| m.channel.as_str()))
+    .bind(column(|m| &m.from))
+    .bind(column(|m| &m.to))
+    .bind(rows.iter().map(|(m, _)| m.subject.as_deref()).collect::<Vec<_>>())
+    .bind(column(|m| &m.body))
+    .bind(rows.iter().map(|(m, _)| json_list(&m.attachments)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| json_list(&m.tags)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, owner)| *owner).collect::<Vec<_>>())
+    .bind(now)
+    .bind(&lease.token)
+    .bind(ms(SystemTime::now() + lease.duration))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::PostgresStore;
+    use crate::store::MessageStore;
+    use sqlx::{Connection, PgConnection};
+    use switchboard_providers::Channel;
+
+    fn sms(id: String) -> OutboundMessage {
+        OutboundMessage {
+            id,
+            channel: Channel::SMS,
+            from: "+15550001111".into(),
+            to: "+15550002222".into(),
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec!["t".into()],
+        }
+    }
+
+    /// Concurrent plain inserts share statements; a duplicate id fails alone, every other
+    /// message is stored with its queue entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_insert_fails_alone_in_its_batch() -> Result<(), StoreError> {
+        let Ok(admin) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            return Ok(());
+        };
+        let database = format!("sb_batch_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(&admin).await.map_err(unavailable)?;
+        let create = format!("CREATE DATABASE {database}");
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.map_err(unavailable)?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        let store = Arc::new(PostgresStore::open(&format!("{base}/{database}")).await?);
+
+        let taken = uuid::Uuid::now_v7().to_string();
+        store.insert(&sms(taken.clone()), None).await?;
+        let ids: Vec<String> =
+            (0..80).map(|i| if i == 40 { taken.clone() } else { uuid::Uuid::now_v7().to_string() }).collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, message) = (Arc::clone(&store), sms(id.clone()));
+                tokio::spawn(async move { store.insert(&message, None).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.map_err(unavailable)?);
+        }
+        assert!(results[40].is_err(), "the duplicate must fail");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 79);
+        for id in &ids {
+            let view = store.get(id).await?.ok_or_else(|| unavailable(format!("{id} missing")))?;
+            assert_eq!(view.tags, ["t"]);
+        }
+        assert_eq!(store.pending().await.map(|p| p.len()).unwrap_or(0), 0, "leased to this instance");
+        let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(&mut PgConnection::connect(&format!("{base}/{database}")).await.map_err(unavailable)?)
+            .await
+            .map_err(unavailable)?;
+        assert_eq!(queued, 80, "each message has its queue entry");
+        drop(store);
+        let drop_db = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop_db)).execute(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
