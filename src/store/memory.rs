@@ -249,16 +249,7 @@ mod tests {
     use super::*;
 
     fn message(id: &str) -> OutboundMessage {
-        OutboundMessage {
-            id: id.to_owned(),
-            channel: Channel::SMS,
-            from: "+15550001111".into(),
-            to: "+15550002222".into(),
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            tags: vec!["otp".into()],
-        }
+        crate::store::test_support::sms(id)
     }
 
     #[tokio::test]

@@ -278,3 +278,60 @@ pub async fn open(
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*time))
 }
+
+/// Helpers for the stores' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use switchboard_providers::{Channel, OutboundMessage};
+
+    use super::{MessageStore, StoreError};
+
+    /// An SMS with the given id, tagged `otp`.
+    pub(crate) fn sms(id: &str) -> OutboundMessage {
+        OutboundMessage {
+            id: id.to_owned(),
+            channel: Channel::SMS,
+            from: "+15550001111".into(),
+            to: "+15550002222".into(),
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec!["otp".into()],
+        }
+    }
+
+    /// Inserts `count` messages at once, the middle one reusing an id already stored: it must
+    /// fail alone (a batch refused for one bad row is retried row by row), every other message
+    /// must be stored. Returns the ids inserted.
+    pub(crate) async fn concurrent_inserts_with_a_duplicate(
+        store: Arc<dyn MessageStore>,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let taken = uuid::Uuid::now_v7().to_string();
+        store.insert(&sms(&taken), None).await?;
+        let duplicate = count / 2;
+        let ids: Vec<String> = (0..count)
+            .map(|i| if i == duplicate { taken.clone() } else { uuid::Uuid::now_v7().to_string() })
+            .collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, message) = (Arc::clone(&store), sms(id));
+                tokio::spawn(async move { store.insert(&message, None).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.map_err(|e| StoreError::Unavailable(e.to_string()))?);
+        }
+        assert!(results[duplicate].is_err(), "the duplicate must fail");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), count - 1);
+        for (i, id) in ids.iter().enumerate() {
+            let view = store.get(id).await?;
+            assert_eq!(view.map(|v| v.tags), Some(vec!["otp".to_owned()]), "message {i}");
+        }
+        Ok(ids)
+    }
+}

@@ -131,10 +131,8 @@ pub(super) struct NewMessage {
 /// New messages with their queue entries, leased to this instance.
 impl Statement for NewMessage {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
-        {
-            let refs: Vec<_> = rows.iter().map(|r| (&r.message, r.owner.as_deref())).collect();
-            insert_all(pool, lease, &refs).await.map(|()| vec![true; rows.len()])
-        }
+        let refs: Vec<_> = rows.iter().map(|r| (&r.message, r.owner.as_deref())).collect();
+        insert_all(pool, lease, &refs).await.map(|()| vec![true; rows.len()])
     }
 }
 
@@ -149,34 +147,32 @@ pub(super) struct Start {
 /// attempt's row and the message `sending`.
 impl Statement for Start {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
-        {
-            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-            let held: Vec<String> = sqlx::query_scalar(
-                "WITH input AS ( \
-                   SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[]) AS i (id, number, provider)), \
-                 held AS ( \
-                   UPDATE queue SET lease_until = $4 FROM input \
-                   WHERE queue.message_id = input.id AND queue.lease_token = $5 RETURNING queue.message_id), \
-                 attempt AS ( \
-                   INSERT INTO attempts (message_id, number, provider, started_at) \
-                   SELECT input.id, input.number, input.provider, $6 FROM input JOIN held ON held.message_id = input.id \
-                   ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
-                   started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
-                 status AS ( \
-                   UPDATE messages SET status = 'sending', updated_at = $6 \
-                   WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
-                 SELECT message_id FROM held",
-            )
-            .bind(&ids)
-            .bind(rows.iter().map(|r| i32::try_from(r.number).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
-            .bind(lease.until())
-            .bind(&lease.token)
-            .bind(ms(SystemTime::now()))
-            .fetch_all(pool)
-            .await?;
-            Ok(applied(&ids, &held))
-        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let held: Vec<String> = sqlx::query_scalar(
+            "WITH input AS ( \
+               SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[]) AS i (id, number, provider)), \
+             held AS ( \
+               UPDATE queue SET lease_until = $4 FROM input \
+               WHERE queue.message_id = input.id AND queue.lease_token = $5 RETURNING queue.message_id), \
+             attempt AS ( \
+               INSERT INTO attempts (message_id, number, provider, started_at) \
+               SELECT input.id, input.number, input.provider, $6 FROM input JOIN held ON held.message_id = input.id \
+               ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
+               started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
+             status AS ( \
+               UPDATE messages SET status = 'sending', updated_at = $6 \
+               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
+             SELECT message_id FROM held",
+        )
+        .bind(&ids)
+        .bind(rows.iter().map(|r| i32::try_from(r.number).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
+        .bind(lease.until())
+        .bind(&lease.token)
+        .bind(ms(SystemTime::now()))
+        .fetch_all(pool)
+        .await?;
+        Ok(applied(&ids, &held))
     }
 }
 
@@ -191,74 +187,71 @@ pub(super) struct Ending {
 /// attempt and its end. A message whose lease was taken over is left to the new holder.
 impl Statement for Ending {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
-        {
-            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-            let attempt = |f: fn(u32, &Attempt) -> Option<String>| {
-                rows.iter().map(|r| r.last_attempt.as_ref().and_then(|(n, a)| f(*n, a))).collect::<Vec<_>>()
-            };
-            let number =
-                |r: &Ending| r.last_attempt.as_ref().map(|(n, _)| i32::try_from(*n).unwrap_or(i32::MAX));
-            let started = |a: &Attempt| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0);
-            fn end(r: &Ending) -> (&'static str, Option<String>, Option<String>, Option<&super::Failure>) {
-                match &r.outcome {
-                    Final::Sent { provider, provider_message_id } => {
-                        ("sent", Some(provider.to_string()), provider_message_id.clone(), None)
-                    }
-                    Final::Failed { provider, failure } => {
-                        ("failed", provider.as_ref().map(|p| p.to_string()), None, Some(failure))
-                    }
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let attempt = |f: fn(u32, &Attempt) -> Option<String>| {
+            rows.iter().map(|r| r.last_attempt.as_ref().and_then(|(n, a)| f(*n, a))).collect::<Vec<_>>()
+        };
+        let number = |r: &Ending| r.last_attempt.as_ref().map(|(n, _)| i32::try_from(*n).unwrap_or(i32::MAX));
+        let started = |a: &Attempt| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0);
+        fn end(r: &Ending) -> (&'static str, Option<String>, Option<String>, Option<&super::Failure>) {
+            match &r.outcome {
+                Final::Sent { provider, provider_message_id } => {
+                    ("sent", Some(provider.to_string()), provider_message_id.clone(), None)
+                }
+                Final::Failed { provider, failure } => {
+                    ("failed", provider.as_ref().map(|p| p.to_string()), None, Some(failure))
                 }
             }
-            let ends: Vec<_> = rows.iter().map(end).collect();
-            let held: Vec<String> = sqlx::query_scalar(
-                "WITH input AS ( \
-                   SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
-                   $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[]) \
-                   AS i (id, number, attempt_provider, started_at, finished_at, outcome, error_class, attempt_error_code, \
-                   attempt_error_message, latency_ms, status, provider, provider_message_id, error_code, error_message)), \
-                 held AS ( \
-                   DELETE FROM queue USING input WHERE queue.message_id = input.id AND queue.lease_token = $16 \
-                   RETURNING queue.message_id), \
-                 attempt AS ( \
-                   INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, \
-                   error_code, error_message, latency_ms) \
-                   SELECT i.id, i.number, i.attempt_provider, i.started_at, i.finished_at, i.outcome, i.error_class, \
-                   i.attempt_error_code, i.attempt_error_message, i.latency_ms \
-                   FROM input i JOIN held ON held.message_id = i.id WHERE i.number IS NOT NULL \
-                   ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
-                   error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
-                   latency_ms = excluded.latency_ms RETURNING 1), \
-                 ended AS ( \
-                   UPDATE messages SET status = i.status, provider = i.provider, provider_message_id = i.provider_message_id, \
-                   error_code = i.error_code, error_message = i.error_message, updated_at = $17, finished_at = $17 \
-                   FROM input i JOIN held ON held.message_id = i.id WHERE messages.id = i.id RETURNING 1) \
-                 SELECT message_id FROM held",
-            )
-            .bind(&ids)
-            .bind(rows.iter().map(number).collect::<Vec<_>>())
-            .bind(attempt(|_, a| Some(a.provider.to_string())))
-            .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| started(a))).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| ms(a.time))).collect::<Vec<_>>())
-            .bind(attempt(|_, a| Some(a.outcome.as_str().to_owned())))
-            .bind(attempt(|_, a| a.error_class.map(|c| class_name(c).to_owned())))
-            .bind(attempt(|_, a| a.error_code.clone()))
-            .bind(attempt(|_, a| a.error_message.clone()))
-            .bind(
-                rows.iter()
-                    .map(|r| r.last_attempt.as_ref().map(|(_, a)| i64::try_from(a.latency_ms).unwrap_or(i64::MAX)))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(ends.iter().map(|e| e.0).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.2.clone()).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.3.map(|f| f.code.clone())).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.3.map(|f| f.message.clone())).collect::<Vec<_>>())
-            .bind(&lease.token)
-            .bind(ms(SystemTime::now()))
-            .fetch_all(pool)
-            .await?;
-            Ok(applied(&ids, &held))
         }
+        let ends: Vec<_> = rows.iter().map(end).collect();
+        let held: Vec<String> = sqlx::query_scalar(
+            "WITH input AS ( \
+               SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
+               $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[]) \
+               AS i (id, number, attempt_provider, started_at, finished_at, outcome, error_class, attempt_error_code, \
+               attempt_error_message, latency_ms, status, provider, provider_message_id, error_code, error_message)), \
+             held AS ( \
+               DELETE FROM queue USING input WHERE queue.message_id = input.id AND queue.lease_token = $16 \
+               RETURNING queue.message_id), \
+             attempt AS ( \
+               INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome, error_class, \
+               error_code, error_message, latency_ms) \
+               SELECT i.id, i.number, i.attempt_provider, i.started_at, i.finished_at, i.outcome, i.error_class, \
+               i.attempt_error_code, i.attempt_error_message, i.latency_ms \
+               FROM input i JOIN held ON held.message_id = i.id WHERE i.number IS NOT NULL \
+               ON CONFLICT (message_id, number) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome, \
+               error_class = excluded.error_class, error_code = excluded.error_code, error_message = excluded.error_message, \
+               latency_ms = excluded.latency_ms RETURNING 1), \
+             ended AS ( \
+               UPDATE messages SET status = i.status, provider = i.provider, provider_message_id = i.provider_message_id, \
+               error_code = i.error_code, error_message = i.error_message, updated_at = $17, finished_at = $17 \
+               FROM input i JOIN held ON held.message_id = i.id WHERE messages.id = i.id RETURNING 1) \
+             SELECT message_id FROM held",
+        )
+        .bind(&ids)
+        .bind(rows.iter().map(number).collect::<Vec<_>>())
+        .bind(attempt(|_, a| Some(a.provider.to_string())))
+        .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| started(a))).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_attempt.as_ref().map(|(_, a)| ms(a.time))).collect::<Vec<_>>())
+        .bind(attempt(|_, a| Some(a.outcome.as_str().to_owned())))
+        .bind(attempt(|_, a| a.error_class.map(|c| class_name(c).to_owned())))
+        .bind(attempt(|_, a| a.error_code.clone()))
+        .bind(attempt(|_, a| a.error_message.clone()))
+        .bind(
+            rows.iter()
+                .map(|r| r.last_attempt.as_ref().map(|(_, a)| i64::try_from(a.latency_ms).unwrap_or(i64::MAX)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(ends.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.2.clone()).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.3.map(|f| f.code.clone())).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.3.map(|f| f.message.clone())).collect::<Vec<_>>())
+        .bind(&lease.token)
+        .bind(ms(SystemTime::now()))
+        .fetch_all(pool)
+        .await?;
+        Ok(applied(&ids, &held))
     }
 }
 
@@ -301,22 +294,9 @@ async fn insert_all(
 mod tests {
     use super::*;
     use crate::store::postgres::PostgresStore;
+    use crate::store::test_support::concurrent_inserts_with_a_duplicate;
     use crate::store::MessageStore;
     use sqlx::{Connection, PgConnection};
-    use switchboard_providers::Channel;
-
-    fn sms(id: String) -> OutboundMessage {
-        OutboundMessage {
-            id,
-            channel: Channel::SMS,
-            from: "+15550001111".into(),
-            to: "+15550002222".into(),
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            tags: vec!["t".into()],
-        }
-    }
 
     /// Concurrent plain inserts share statements; a duplicate id fails alone, every other
     /// message is stored with its queue entry.
@@ -330,36 +310,14 @@ mod tests {
         let mut conn = PgConnection::connect(&admin).await.map_err(unavailable)?;
         let create = format!("CREATE DATABASE {database}");
         sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.map_err(unavailable)?;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-        let store = Arc::new(PostgresStore::open(&format!("{base}/{database}")).await?);
-
-        let taken = uuid::Uuid::now_v7().to_string();
-        store.insert(&sms(taken.clone()), None).await?;
-        let ids: Vec<String> =
-            (0..80).map(|i| if i == 40 { taken.clone() } else { uuid::Uuid::now_v7().to_string() }).collect();
-        let tasks: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let (store, message) = (Arc::clone(&store), sms(id.clone()));
-                tokio::spawn(async move { store.insert(&message, None).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.map_err(unavailable)?);
-        }
-        assert!(results[40].is_err(), "the duplicate must fail");
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 79);
-        for id in &ids {
-            let view = store.get(id).await?.ok_or_else(|| unavailable(format!("{id} missing")))?;
-            assert_eq!(view.tags, ["t"]);
-        }
-        assert_eq!(store.pending().await.map(|p| p.len()).unwrap_or(0), 0, "leased to this instance");
+        let url = format!("{}/{database}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
+        let store: Arc<dyn MessageStore> = Arc::new(PostgresStore::open(&url).await?);
+        concurrent_inserts_with_a_duplicate(Arc::clone(&store), 80).await?;
         let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
-            .fetch_one(&mut PgConnection::connect(&format!("{base}/{database}")).await.map_err(unavailable)?)
+            .fetch_one(&mut PgConnection::connect(&url).await.map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
-        assert_eq!(queued, 80, "each message has its queue entry");
+        assert_eq!(queued, 80, "each stored message has its queue entry");
         drop(store);
         let drop_db = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
         sqlx::query(sqlx::AssertSqlSafe(drop_db)).execute(&mut conn).await.map_err(unavailable)?;

@@ -579,6 +579,10 @@ mod tests {
         );
         assert_eq!(view.attempts[0].error_class, Some(ErrorClass::Ambiguous));
         assert_eq!(view.tags, ["otp"]);
+        // `sending` is read from the attempts: started and unfinished → sending; none → queued.
+        let status = |view: Option<MessageView>| view.map(|v| v.status);
+        assert_eq!(status(store.get(&interrupted.id).await?), Some(Status::Sending));
+        assert_eq!(status(store.get(&waiting.id).await?), Some(Status::Queued));
 
         let pending = store.pending().await?;
         let summary: Vec<(String, u32, u32, bool)> =
@@ -660,48 +664,17 @@ mod tests {
 mod batch_tests {
     use super::*;
     use std::sync::Arc;
-    use switchboard_providers::Channel;
 
     fn sms(id: String, to: String) -> OutboundMessage {
-        OutboundMessage {
-            id,
-            channel: Channel::SMS,
-            from: "+15550001111".into(),
-            to,
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            tags: vec![],
-        }
+        OutboundMessage { to, ..crate::store::test_support::sms(&id) }
     }
 
     /// Concurrent writes share commits; one that fails (a duplicate id) fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_does_not_take_its_batch_down() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(unavailable)?;
-        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?);
-        let message = |id: String| sms(id, "+15550002222".into());
-        let taken = uuid::Uuid::now_v7().to_string();
-        store.insert(&message(taken.clone()), None).await?;
-        let ids: Vec<String> =
-            (0..50).map(|i| if i == 25 { taken.clone() } else { uuid::Uuid::now_v7().to_string() }).collect();
-        let tasks: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let (store, m) = (Arc::clone(&store), message(id.clone()));
-                tokio::spawn(async move { store.insert(&m, None).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.map_err(unavailable)?);
-        }
-        assert!(results[25].is_err(), "the duplicate must fail");
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
-        for (i, id) in ids.iter().enumerate() {
-            assert!(store.get(id).await?.is_some(), "message {i} missing");
-        }
-        Ok(())
+        let store = SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?;
+        crate::store::test_support::concurrent_inserts_with_a_duplicate(Arc::new(store), 50).await.map(drop)
     }
 
     /// Many messages going through start and finish at once (grouped statements) end exactly

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# CPU time per delivered message: runs `switchboard serve` pinned to core 0 with the repo's
+# routes.toml, drives it with the kit's wrk load (64 connections, 8 s) from core 1, and divides
+# the server's CPU time (utime + stime from /proc/PID/stat) by the messages completed meanwhile.
+# Steadier than req/s on a noisy machine for A/B comparisons of two builds:
+#   SB_BIN=/tmp/old benches/cpu_per_message.sh; SB_BIN=/tmp/new benches/cpu_per_message.sh
+# Extra arguments go to `serve` (e.g. --workers 1024); STORE_URL overrides the store
+# (default: a fresh SQLite file).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+kit=$root/../shared/bench
+bin=${SB_BIN:-${CARGO_TARGET_DIR:-/tmp/sb-bench-target}/release/switchboard}
+dir=$(mktemp -d); port=18090
+taskset -c 0 "$bin" serve --config "$root/routes.toml" --listen "127.0.0.1:$port" \
+  --store "${STORE_URL:-sqlite://$dir/bench.db}" "$@" >"$dir/log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
+counter() { curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
+url=http://127.0.0.1:$port/api/messages/sms
+WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 1 >/dev/null
+ticks0=$(awk '{print $14+$15}' "/proc/$pid/stat"); done0=$(counter switchboard_messages_completed_total)
+line=$(WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 8)
+sleep 0.5
+ticks1=$(awk '{print $14+$15}' "/proc/$pid/stat"); done1=$(counter switchboard_messages_completed_total)
+hz=$(getconf CLK_TCK)
+printf '%s cpu_us_per_message=%.2f delivered=%s\n' "$line" \
+  "$(echo "($ticks1 - $ticks0) * 1000000 / $hz / ($done1 - $done0)" | bc -l)" "$((done1 - done0))"
