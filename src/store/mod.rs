@@ -286,6 +286,7 @@ pub(crate) mod test_support {
 
     use switchboard_providers::{Channel, OutboundMessage};
 
+    use super::codec::unavailable;
     use super::{MessageStore, StoreError};
 
     /// An SMS with the given id, tagged `otp`.
@@ -324,7 +325,7 @@ pub(crate) mod test_support {
             .collect();
         let mut results = Vec::new();
         for task in tasks {
-            results.push(task.await.map_err(|e| StoreError::Unavailable(e.to_string()))?);
+            results.push(task.await.map_err(unavailable)?);
         }
         assert!(results[duplicate].is_err(), "the duplicate must fail");
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), count - 1);

@@ -13,8 +13,8 @@ use sqlx::Row;
 use switchboard_providers::OutboundMessage;
 
 use super::codec::{
-    channel_of, class_name, from_ms, idempotency_window_start, json_list, ms, parse_list, recorded_answer,
-    unavailable, view_of,
+    channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list, recorded_answer, unavailable,
+    view_of,
 };
 use super::postgres_batches::{self as batches, Batcher, Lease};
 use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
@@ -32,9 +32,8 @@ pub struct PostgresStore {
     /// and then a message is at worst sent again, never lost.
     progress: PgPool,
     shown: String,
-    /// This instance's lease token.
-    token: String,
-    lease: Duration,
+    /// This instance's lease token and how long a lease lasts.
+    lease: Lease,
     /// Plain inserts, attempt starts and message endings, committed in groups.
     inserts: Batcher<batches::NewMessage>,
     starts: Batcher<batches::Start>,
@@ -83,12 +82,11 @@ impl PostgresStore {
         let progress = connect(options.options([("synchronous_commit", "off")]), 20)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
-        let token = uuid::Uuid::now_v7().to_string();
-        let held = Lease { token: token.clone(), duration: lease };
-        let inserts = Batcher::start(pool.clone(), held.clone());
-        let starts = Batcher::start(progress.clone(), held.clone());
-        let endings = Batcher::start(progress.clone(), held);
-        Ok(PostgresStore { pool, progress, shown, token, lease, inserts, starts, endings })
+        let lease = Lease { token: uuid::Uuid::now_v7().to_string(), duration: lease };
+        let inserts = Batcher::start(pool.clone(), lease.clone());
+        let starts = Batcher::start(progress.clone(), lease.clone());
+        let endings = Batcher::start(progress.clone(), lease.clone());
+        Ok(PostgresStore { pool, progress, shown, lease, inserts, starts, endings })
     }
 
     /// Runs the migrations only; returns the versions now applied.
@@ -99,43 +97,6 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(rows.iter().filter_map(|row| row.try_get::<i64, _>(0).ok()).collect())
-    }
-
-    fn lease_until(&self) -> i64 {
-        ms(SystemTime::now() + self.lease)
-    }
-
-    /// One statement: the message and its queue entry, leased to this instance (which
-    /// dispatches it right away), atomically.
-    async fn insert_message<'e>(
-        &self,
-        executor: impl sqlx::PgExecutor<'e>,
-        message: &OutboundMessage,
-        owner: Option<&str>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "WITH message AS ( \
-               INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-               created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9, $12) RETURNING id) \
-             INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $9, $10, $11 FROM message",
-        )
-        .bind(&message.id)
-        .bind(message.channel.as_str())
-        .bind(&message.from)
-        .bind(&message.to)
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(json_list(&message.attachments))
-        .bind(json_list(&message.tags))
-        .bind(now)
-        .bind(&self.token)
-        .bind(self.lease_until())
-        .bind(owner)
-        .execute(executor)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 }
 
@@ -234,7 +195,7 @@ impl MessageStore for PostgresStore {
             tx.commit().await.map_err(unavailable)?;
             return recorded_answer(key, &row).map_err(unavailable);
         }
-        self.insert_message(&mut *tx, message, owner, now).await?;
+        batches::insert_all(&mut *tx, &self.lease, &[(message, owner)]).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted::New)
     }
@@ -256,7 +217,7 @@ impl MessageStore for PostgresStore {
         )
         .bind(i32::try_from(number).unwrap_or(i32::MAX))
         .bind(id)
-        .bind(&self.token)
+        .bind(&self.lease.token)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?
@@ -285,7 +246,7 @@ impl MessageStore for PostgresStore {
         .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
         .bind(i32::try_from(round).unwrap_or(i32::MAX))
         .bind(id)
-        .bind(&self.token)
+        .bind(&self.lease.token)
         .execute(&self.progress)
         .await
         .map_err(unavailable)?
@@ -386,8 +347,8 @@ impl MessageStore for PostgresStore {
             "UPDATE queue SET lease_token = $1, lease_until = $2 WHERE message_id = $3 AND not_before <= $4 \
              AND (lease_until IS NULL OR lease_until < $4 OR lease_token = $1)",
         )
-        .bind(&self.token)
-        .bind(self.lease_until())
+        .bind(&self.lease.token)
+        .bind(self.lease.until())
         .bind(id)
         .bind(now)
         .execute(&self.progress)
@@ -411,8 +372,8 @@ impl MessageStore for PostgresStore {
                EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
              FROM claimed c JOIN messages m ON m.id = c.message_id ORDER BY c.not_before",
         )
-        .bind(&self.token)
-        .bind(self.lease_until())
+        .bind(&self.lease.token)
+        .bind(self.lease.until())
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.progress)

@@ -28,7 +28,8 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    fn until(&self) -> i64 {
+    /// When a lease taken or renewed now runs out.
+    pub(super) fn until(&self) -> i64 {
         ms(SystemTime::now() + self.duration)
     }
 }
@@ -256,8 +257,8 @@ impl Statement for Ending {
 }
 
 /// One statement: the messages and their queue entries, atomically.
-async fn insert_all(
-    pool: &PgPool,
+pub(super) async fn insert_all<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     lease: &Lease,
     rows: &[(&OutboundMessage, Option<&str>)],
 ) -> Result<(), sqlx::Error> {
@@ -285,7 +286,7 @@ async fn insert_all(
     .bind(now)
     .bind(&lease.token)
     .bind(ms(SystemTime::now() + lease.duration))
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
