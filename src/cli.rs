@@ -292,11 +292,11 @@ fn migrate(args: &StoreArgs) -> ExitCode {
             runtime.block_on(crate::store::PostgresStore::migrate(url))
         }
         None if url.starts_with("memory:") => Ok(Vec::new()),
-        None => Err(crate::store::StoreError::UnsupportedUrl(url.to_owned())),
+        None => Err(crate::store::StoreError::UnsupportedUrl(crate::store::redact_url(url))),
     };
     match outcome {
         Ok(versions) => {
-            let shown = if url.contains('@') { "the database" } else { url };
+            let shown = crate::store::redact_url(url);
             print_out(&format!("{shown}: schema up to date (migrations applied: {versions:?})\n"));
             ExitCode::SUCCESS
         }

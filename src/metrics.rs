@@ -76,6 +76,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     possible_duplicates: Counter,
+    store_write_failures: Counter,
+    orphans_picked_up: Counter,
     config_info: Family<VersionLabels, Gauge>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -105,6 +107,8 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let reloads = Family::default();
         let possible_duplicates = Counter::default();
+        let store_write_failures = Counter::default();
+        let orphans_picked_up = Counter::default();
         let config_info = Family::default();
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
@@ -164,8 +168,20 @@ impl Metrics {
             "Messages resumed after a crash interrupted an attempt: the provider may have sent them twice",
             possible_duplicates.clone(),
         );
+        registry.register(
+            "switchboard_store_write_failures",
+            "Dispatch progress writes the store refused (each is retried until it succeeds)",
+            store_write_failures.clone(),
+        );
+        registry.register(
+            "switchboard_orphans_picked_up",
+            "Queued messages found in the store with no worker holding them, and dispatched",
+            orphans_picked_up.clone(),
+        );
         Metrics {
             registry,
+            store_write_failures,
+            orphans_picked_up,
             accepted,
             completed,
             attempts,
@@ -233,6 +249,14 @@ impl Metrics {
 
     pub fn possible_duplicate(&self) {
         self.possible_duplicates.inc();
+    }
+
+    pub fn store_write_failed(&self) {
+        self.store_write_failures.inc();
+    }
+
+    pub fn orphan_picked_up(&self) {
+        self.orphans_picked_up.inc();
     }
 
     pub fn reload(&self, result: &str) {

@@ -124,7 +124,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
         snapshot,
         dispatcher: dispatcher.clone(),
-        store,
+        store: Arc::clone(&store),
         metrics,
         reloader,
         ready: AtomicBool::new(true),
@@ -172,7 +172,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = purger.await;
     let remaining = workers.shutdown(options.grace_period).await;
-    if remaining > 0 && durable {
+    if remaining > 0 && store.shared_queue() {
+        tracing::info!(
+            queued = remaining,
+            "stopped with {remaining} messages still queued in the shared store (any instance carries them on)"
+        );
+    } else if remaining > 0 && durable {
         tracing::info!(
             queued = remaining,
             "stopped with {remaining} messages still queued (stored: they resume at the next start)"

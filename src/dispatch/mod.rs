@@ -4,11 +4,15 @@
 
 mod backoff;
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use switchboard_providers::{mask_recipient, OutboundMessage, SendError};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -17,7 +21,8 @@ use crate::config::{ProviderHandle, Snapshot};
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
 use crate::store::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending, Status, StoreError,
+    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending, QueuePosition, Status,
+    StoreError,
 };
 
 /// How long a provider that answered 429 without Retry-After is left alone.
@@ -28,6 +33,15 @@ const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 const CLAIM_BATCH: usize = 256;
 /// How soon to look again when every half-open probe slot is taken.
 const PROBE_RECHECK: Duration = Duration::from_millis(50);
+/// How often the store's queue is compared with what this process holds.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Queue entries read per page of a sweep, and pages per sweep at most.
+const SWEEP_PAGE: u32 = 1000;
+const SWEEP_PAGES: usize = 100;
+/// The first wait before writing dispatch progress again after the store refused it, and the
+/// longest.
+const PERSIST_FIRST_RETRY: Duration = Duration::from_millis(50);
+const PERSIST_MAX_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchConfig {
@@ -74,7 +88,35 @@ struct Shared {
     tx: mpsc::Sender<Job>,
     /// Jobs waiting out a backoff, a pause or an open breaker.
     scheduled: AtomicUsize,
+    held: Held,
 }
+
+/// The messages this process holds: being accepted, in the queue, in flight or waiting out a
+/// retry. The store's queue is the truth and this the cache: a queued message that is not here
+/// belongs to no worker, and the sweep picks it up. A message is held before it is stored and
+/// let go only after its end is stored (or another instance took it over), so a message that
+/// is in the store's queue and not here is never one a worker is about to finish.
+#[derive(Default)]
+struct Held(Mutex<HashSet<String>>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Every critical section leaves the set whole: a panic elsewhere cannot poison it.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks a message held; `false` if it already was.
+    fn hold(&self, id: &str) -> bool {
+        self.lock().insert(id.to_owned())
+    }
+
+    fn release(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
+/// Another instance holds the message now (shared queue): it is theirs to finish.
+struct Lost;
 
 /// The handle the HTTP layer submits to.
 #[derive(Clone)]
@@ -99,13 +141,21 @@ impl Dispatcher {
         config: DispatchConfig,
     ) -> (Dispatcher, Workers) {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let shared = Arc::new(Shared { snapshot, store, metrics, tx, scheduled: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            snapshot,
+            store,
+            metrics,
+            tx,
+            scheduled: AtomicUsize::new(0),
+            held: Held::default(),
+        });
         let workers = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
         let slots = Arc::new(Semaphore::new(workers as usize));
         let (stop, stopped) = watch::channel(false);
         if shared.store.shared_queue() {
             tokio::spawn(claim_due_work(Arc::clone(&shared), stopped.clone()));
         }
+        tokio::spawn(sweep(Arc::clone(&shared), stopped.clone()));
         let receiver = tokio::spawn(receive(Arc::clone(&shared), rx, Arc::clone(&slots), stopped));
         (Dispatcher { shared: Arc::clone(&shared) }, Workers { stop, receiver, slots, workers, shared })
     }
@@ -113,27 +163,45 @@ impl Dispatcher {
     /// Accepts a message: checks its channel has a route, takes a queue slot, stores it (with
     /// its idempotency key, in one transaction), queues it. Nothing is stored unless all of that
     /// succeeds.
+    ///
+    /// Cancel-safe: storing and queueing run in a task of their own, so a caller that goes away
+    /// (a client that hangs up) cannot leave a stored message unqueued.
     pub async fn submit(
         &self,
         message: OutboundMessage,
         owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
-        let shared = &self.shared;
+        let shared = Arc::clone(&self.shared);
         let channel = message.channel.as_str();
         if shared.snapshot.load().route(channel).is_none() {
             shared.metrics.routing_error(channel, "no_route");
             return Err(SubmitError::NoRoute(channel.to_owned()));
         }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
-        match shared.store.insert_for(&message, owner, key).await? {
-            Inserted::New => {}
-            Inserted::Replay { id, channel } => return Ok(Submitted::Replayed { id, channel }),
-            Inserted::KeyReused => return Err(SubmitError::KeyReused),
+        let (owner, key) = (owner.map(str::to_owned), key.cloned());
+        let accept = tokio::spawn(async move {
+            // Held before it is stored: the sweep never mistakes it for an orphan.
+            shared.held.hold(&message.id);
+            let inserted = shared.store.insert_for(&message, owner.as_deref(), key.as_ref()).await;
+            if !matches!(inserted, Ok(Inserted::New)) {
+                shared.held.release(&message.id);
+            }
+            match inserted? {
+                Inserted::New => {}
+                Inserted::Replay { id, channel } => return Ok(Submitted::Replayed { id, channel }),
+                Inserted::KeyReused => return Err(SubmitError::KeyReused),
+            }
+            shared.metrics.accepted(message.channel.as_str());
+            slot.send(Job { message: Arc::new(message), attempts: 0, round: 0, last_error: None });
+            Ok(Submitted::Accepted)
+        });
+        match accept.await {
+            Ok(result) => result,
+            Err(error) => {
+                Err(SubmitError::Store(StoreError::Unavailable(format!("accepting failed: {error}"))))
+            }
         }
-        shared.metrics.accepted(channel);
-        slot.send(Job { message: Arc::new(message), attempts: 0, round: 0, last_error: None });
-        Ok(Submitted::Accepted)
     }
 
     /// Resumes messages a durable store still holds from before a restart: due ones now, the
@@ -141,6 +209,9 @@ impl Dispatcher {
     pub fn resume(&self, pending: Vec<Pending>) {
         let now = SystemTime::now();
         for item in pending {
+            if !self.shared.held.hold(&item.message.id) {
+                continue;
+            }
             let delay = item.not_before.duration_since(now).unwrap_or_default();
             schedule_local(&self.shared, job_of(&self.shared, item), delay);
         }
@@ -159,8 +230,21 @@ impl Shared {
 
 impl Workers {
     /// Stops taking messages, waits up to `grace` for dispatches in flight, and returns how
-    /// many messages were still waiting.
+    /// many messages were still waiting: as the store's queue counts them (it also holds what no
+    /// worker had; on a shared queue, other instances' too), else as this process knew them.
     pub async fn shutdown(self, grace: Duration) -> usize {
+        let store = Arc::clone(&self.shared.store);
+        let known = self.stop_workers(grace).await;
+        match store.queued().await {
+            Ok(count) => usize::try_from(count).unwrap_or(usize::MAX),
+            Err(error) => {
+                tracing::warn!(error = %error, "could not count the store's queue at shutdown");
+                known
+            }
+        }
+    }
+
+    async fn stop_workers(self, grace: Duration) -> usize {
         let _ = self.stop.send(true);
         let queued = match self.receiver.await {
             Ok(rx) => rx.len(),
@@ -198,8 +282,26 @@ async fn receive(
     rx
 }
 
+/// Dispatches one job. A dispatch that fails for any reason (a panic included) still ends its
+/// message: `failed` with code `internal_error`, never left `sending`.
 async fn work(shared: Arc<Shared>, job: Job, slot: OwnedSemaphorePermit) {
-    dispatch(&shared, job).await;
+    let message = Arc::clone(&job.message);
+    if let Err(panic) = AssertUnwindSafe(dispatch(&shared, job)).catch_unwind().await {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(message_id = %message.id, reason, "dispatch failed unexpectedly; the message is finished as failed");
+        let failure = Failure {
+            code: "internal_error".into(),
+            message: "dispatch failed unexpectedly (the service log has the cause); not retried".into(),
+        };
+        let failed = Final::Failed { provider: None, failure };
+        if finish_message(&shared, &message, 0, failed, None).await.is_ok() {
+            shared.held.release(&message.id);
+        }
+    }
     drop(slot);
 }
 
@@ -212,13 +314,61 @@ enum Round {
 
 async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
     match round(shared, &mut job).await {
-        Round::Done => {}
+        Round::Done => shared.held.release(&job.message.id),
         Round::Retry(delay) => {
             job.round += 1;
-            let not_before = SystemTime::now() + delay;
-            let stored = shared.store.schedule(&job.message.id, not_before, job.attempts, job.round).await;
-            log_store_error(&job.message.id, stored);
-            schedule_local(shared, job, delay);
+            let not_before = SystemTime::now().checked_add(delay).unwrap_or_else(SystemTime::now);
+            let (id, attempts, round) = (&job.message.id, job.attempts, job.round);
+            let stored =
+                persist(shared, id, "retry time", || shared.store.schedule(id, not_before, attempts, round));
+            match stored.await {
+                Ok(()) => schedule_local(shared, job, delay),
+                Err(Lost) => shared.held.release(&job.message.id),
+            }
+        }
+    }
+}
+
+/// Writes dispatch progress, again and again until the store takes it (disk full, I/O error,
+/// database restarting): progress that is not recorded would leave the message behind or send it
+/// twice after a restart. `Err` only when another instance holds the message now.
+async fn persist<F, Fut>(shared: &Shared, id: &str, what: &'static str, write: F) -> Result<(), Lost>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut wait = PERSIST_FIRST_RETRY;
+    let mut failures: u32 = 0;
+    loop {
+        match write().await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        message_id = id,
+                        what,
+                        failures,
+                        "dispatch progress recorded after the store recovered"
+                    );
+                }
+                return Ok(());
+            }
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(
+                    message_id = id,
+                    what,
+                    "leaving the message to the instance that holds it now"
+                );
+                return Err(Lost);
+            }
+            Err(error) => {
+                failures += 1;
+                shared.metrics.store_write_failed();
+                if failures.is_power_of_two() {
+                    tracing::error!(message_id = id, what, failures, error = %error, "could not record dispatch progress; retrying until the store takes it");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PERSIST_MAX_RETRY);
+            }
         }
     }
 }
@@ -248,6 +398,9 @@ fn schedule_local(shared: &Arc<Shared>, job: Job, delay: Duration) {
             tokio::time::sleep(delay).await;
         }
         let ours = !shared.store.shared_queue() || shared.store.claim(&job.message.id).await.unwrap_or(false);
+        if !ours {
+            shared.held.release(&job.message.id);
+        }
         let requeued = if ours { shared.tx.send(job).await.map_err(|unsent| unsent.0) } else { Ok(()) };
         shared.scheduled.fetch_sub(1, Ordering::Relaxed);
         if let Err(unsent) = requeued {
@@ -274,6 +427,10 @@ async fn claim_due_work(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>)
         match shared.store.claim_due(room).await {
             Ok(items) => {
                 for item in items {
+                    // One of ours already (a retry whose timer is about to requeue it).
+                    if !shared.held.hold(&item.message.id) {
+                        continue;
+                    }
                     let job = job_of(&shared, item);
                     if shared.tx.send(job).await.is_err() {
                         return;
@@ -283,6 +440,67 @@ async fn claim_due_work(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>)
             Err(error) => tracing::warn!(error = %error, "could not claim due messages"),
         }
     }
+}
+
+/// Compares the store's queue with what this process holds, every few seconds: a due message
+/// that no worker holds (its request went away at the wrong moment, its job was lost) is
+/// dispatched. On a shared queue, only the messages leased to this instance are looked at;
+/// those nobody holds are [`claim_due_work`]'s.
+async fn sweep(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = every.tick() => {}
+        }
+        let mut after: Option<QueuePosition> = None;
+        for _ in 0..SWEEP_PAGES {
+            let page = match shared.store.due(after.as_ref(), SWEEP_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not read the queue to pick up messages no worker holds");
+                    break;
+                }
+            };
+            let orphans: Vec<String> = {
+                let mut held = shared.held.lock();
+                page.iter().filter(|p| held.insert(p.id.clone())).map(|p| p.id.clone()).collect()
+            };
+            if !orphans.is_empty() && !adopt(&shared, orphans).await {
+                return;
+            }
+            let full = page.len() == SWEEP_PAGE as usize;
+            after = page.into_iter().last();
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+/// Dispatches the queued messages among `ids`, which were just marked held; lets go of the rest
+/// (finished meanwhile). `false` once the queue is closed (shutting down).
+async fn adopt(shared: &Arc<Shared>, ids: Vec<String>) -> bool {
+    let found = match shared.store.pending_of(&ids).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!(error = %error, "could not load queued messages no worker holds");
+            Vec::new()
+        }
+    };
+    let adopted: HashSet<&str> = found.iter().map(|item| item.message.id.as_str()).collect();
+    for id in ids.iter().filter(|id| !adopted.contains(id.as_str())) {
+        shared.held.release(id);
+    }
+    for item in found {
+        tracing::warn!(message_id = %item.message.id, "picking up a queued message no worker held");
+        shared.metrics.orphan_picked_up();
+        if shared.tx.send(job_of(shared, item)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn round(shared: &Shared, job: &mut Job) -> Round {
@@ -326,13 +544,12 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         // Recorded before the call: after a crash, an attempt with no outcome is a possible
         // duplicate. On a shared queue this also renews the lease, and refuses if another
         // instance took the message over: then it is theirs to send.
-        if let Err(error) = shared.store.attempt_started(&job.message.id, job.attempts, &handle.label).await {
-            if shared.store.shared_queue() {
-                let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
-                tracing::warn!(message_id = %job.message.id, error = %error, "leaving the message to the instance that holds it now");
-                return Round::Done;
-            }
-            log_store_error(&job.message.id, Err(error));
+        let (id, number, label) = (&job.message.id, job.attempts, &handle.label);
+        let started =
+            persist(shared, id, "attempt start", || shared.store.attempt_started(id, number, label));
+        if started.await.is_err() {
+            let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
+            return Round::Done;
         }
         let (result, record) = attempt(shared, handle, job).await;
         let verdict = match &result {
@@ -357,8 +574,13 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
                 return Round::Done;
             }
             Err(error) => {
-                let stored = shared.store.record_attempt(&job.message.id, job.attempts, record).await;
-                log_store_error(&job.message.id, stored);
+                let (id, number) = (&job.message.id, job.attempts);
+                let recorded = persist(shared, id, "attempt", || {
+                    shared.store.record_attempt(id, number, record.clone())
+                });
+                if recorded.await.is_err() {
+                    return Round::Done;
+                }
                 if let SendError::RateLimited { retry_after } = &error {
                     let until = Instant::now() + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
                     handle.health().pause.pause_until(until);
@@ -442,22 +664,34 @@ async fn attempt(
 }
 
 async fn finish(shared: &Shared, job: &Job, outcome: Final, last_attempt: Option<Attempt>) {
-    let message = &job.message;
+    // The held mark goes when the job ends (`dispatch`), after this.
+    let _ = finish_message(shared, &job.message, job.attempts, outcome, last_attempt).await;
+}
+
+/// Ends a message: logs and counts it, and stores its end (retried until the store takes it).
+async fn finish_message(
+    shared: &Shared,
+    message: &OutboundMessage,
+    attempts: u32,
+    outcome: Final,
+    last_attempt: Option<Attempt>,
+) -> Result<(), Lost> {
     let status = match &outcome {
         Final::Sent { .. } => Status::Sent,
         Final::Failed { .. } => Status::Failed,
     };
     match &outcome {
         Final::Sent { provider, .. } => {
-            tracing::debug!(message_id = %message.id, channel = message.channel.as_str(), provider = &**provider, attempts = job.attempts, "message sent");
+            tracing::debug!(message_id = %message.id, channel = message.channel.as_str(), provider = &**provider, attempts, "message sent");
         }
         Final::Failed { provider, failure } => {
-            tracing::warn!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_deref().unwrap_or("-"), attempts = job.attempts, reason = failure.code.as_str(), error = failure.message.as_str(), "message failed");
+            tracing::warn!(message_id = %message.id, channel = message.channel.as_str(), provider = provider.as_deref().unwrap_or("-"), attempts, reason = failure.code.as_str(), error = failure.message.as_str(), "message failed");
         }
     }
     shared.metrics.completed(message.channel.as_str(), status);
-    let last_attempt = last_attempt.map(|record| (job.attempts, record));
-    log_store_error(&message.id, shared.store.finish(&message.id, outcome, last_attempt).await);
+    let last_attempt = last_attempt.map(|record| (attempts, record));
+    let id = &message.id;
+    persist(shared, id, "end", || shared.store.finish(id, outcome.clone(), last_attempt.clone())).await
 }
 
 fn breaker_changed(shared: &Shared, handle: &ProviderHandle, state: BreakerState) {
@@ -466,12 +700,6 @@ fn breaker_changed(shared: &Shared, handle: &ProviderHandle, state: BreakerState
     match state {
         BreakerState::Open => tracing::warn!(provider, "circuit breaker opened"),
         _ => tracing::info!(provider, state = state.as_str(), "circuit breaker changed"),
-    }
-}
-
-fn log_store_error(id: &str, result: Result<(), StoreError>) {
-    if let Err(error) = result {
-        tracing::error!(message_id = id, error = %error, "could not record dispatch progress");
     }
 }
 

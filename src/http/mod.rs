@@ -267,12 +267,24 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `/readyz` waits for the store to show it takes writes.
+const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        Json(json!({"status": "ready", "config_version": state.snapshot.load().version})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response()
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response();
     }
+    let reason = match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.check()).await {
+        Ok(Ok(())) => {
+            let version = &state.snapshot.load().version;
+            return Json(json!({"status": "ready", "config_version": version})).into_response();
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("the message store did not answer within {}s", STORE_CHECK_TIMEOUT.as_secs()),
+    };
+    tracing::warn!(reason, "not ready: the message store does not take writes");
+    let error = json!({"code": "store_unavailable", "message": "the message store does not take writes; sends are refused until it does"});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "error": error}))).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -106,9 +106,13 @@ where
     let tags: String = row.try_get("tags")?;
     let channel: String = row.try_get("channel")?;
     let status: String = row.try_get("status")?;
+    let attachments: String = row.try_get("attachments")?;
     Ok(MessageView {
         id: row.try_get("id")?,
         channel: channel_of(&channel),
+        from: row.try_get("sender")?,
+        to: row.try_get("recipient")?,
+        attachments: parse_list(&attachments),
         status: status_of(&status),
         provider: provider.map(Arc::from),
         provider_message_id: row.try_get("provider_message_id")?,

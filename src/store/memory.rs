@@ -11,9 +11,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
+use super::codec::ms as codec_ms;
 use super::{
     replay_or_reused, Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending,
-    Status, StoreError, IDEMPOTENCY_WINDOW,
+    QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
 const SHARDS: usize = 32;
@@ -46,6 +47,12 @@ type Shard = HashMap<u128, Record, BuildHasherDefault<IdHasher>>;
 
 struct Record {
     channel: Channel,
+    from: Box<str>,
+    to: Box<str>,
+    attachments: Box<[String]>,
+    /// Until the message is finished: what dispatch needs to carry on (the sweep and shutdown
+    /// read it; the body is dropped once the message ends).
+    unfinished: Option<Box<Unfinished>>,
     status: Status,
     provider: Option<Arc<str>>,
     provider_message_id: Option<Box<str>>,
@@ -55,6 +62,14 @@ struct Record {
     owner: Option<Box<str>>,
     created_at: SystemTime,
     updated_at: SystemTime,
+}
+
+struct Unfinished {
+    subject: Option<String>,
+    body: String,
+    not_before: SystemTime,
+    attempts: u32,
+    round: u32,
 }
 
 pub struct MemoryStore {
@@ -123,6 +138,16 @@ impl MessageStore for MemoryStore {
         }
         let record = Record {
             channel: message.channel.clone(),
+            from: message.from.as_str().into(),
+            to: message.to.as_str().into(),
+            attachments: message.attachments.clone().into_boxed_slice(),
+            unfinished: Some(Box::new(Unfinished {
+                subject: message.subject.clone(),
+                body: message.body.clone(),
+                not_before: now,
+                attempts: 0,
+                round: 0,
+            })),
             status: Status::Queued,
             provider: None,
             provider_message_id: None,
@@ -156,12 +181,17 @@ impl MessageStore for MemoryStore {
 
     async fn schedule(
         &self,
-        _id: &str,
-        _not_before: SystemTime,
-        _attempts: u32,
-        _round: u32,
+        id: &str,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
     ) -> Result<(), StoreError> {
-        Ok(())
+        self.update(id, |record| {
+            if let Some(unfinished) = record.unfinished.as_mut() {
+                (unfinished.not_before, unfinished.attempts, unfinished.round) =
+                    (not_before, attempts, round);
+            }
+        })
     }
 
     async fn finish(
@@ -172,6 +202,7 @@ impl MessageStore for MemoryStore {
     ) -> Result<(), StoreError> {
         self.update(id, |record| {
             record.attempts.extend(last_attempt.map(|(_, attempt)| attempt));
+            record.unfinished = None;
             match outcome {
                 Final::Sent { provider, provider_message_id } => {
                     record.status = Status::Sent;
@@ -214,6 +245,9 @@ impl MessageStore for MemoryStore {
         Ok(self.shard(key).get(&key).map(|r| MessageView {
             id: id.to_owned(),
             channel: r.channel.clone(),
+            from: r.from.to_string(),
+            to: r.to.to_string(),
+            attachments: r.attachments.to_vec(),
             status: r.status,
             provider: r.provider.clone(),
             provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
@@ -228,6 +262,59 @@ impl MessageStore for MemoryStore {
 
     async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
         Ok(Vec::new())
+    }
+
+    async fn due(&self, after: Option<&QueuePosition>, limit: u32) -> Result<Vec<QueuePosition>, StoreError> {
+        let now = codec_ms(SystemTime::now());
+        let mut due: Vec<QueuePosition> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            due.extend(shard.iter().filter_map(|(key, record)| {
+                let not_before = codec_ms(record.unfinished.as_ref()?.not_before);
+                let position = QueuePosition { not_before, id: uuid::Uuid::from_u128(*key).to_string() };
+                (not_before <= now && after.is_none_or(|after| &position > after)).then_some(position)
+            }));
+        }
+        due.sort_unstable();
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(due)
+    }
+
+    async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let key = key(id)?;
+                let shard = self.shard(key);
+                let record = shard.get(&key)?;
+                let unfinished = record.unfinished.as_ref()?;
+                Some(Pending {
+                    message: OutboundMessage {
+                        id: id.clone(),
+                        channel: record.channel.clone(),
+                        from: record.from.to_string(),
+                        to: record.to.to_string(),
+                        subject: unfinished.subject.clone(),
+                        body: unfinished.body.clone(),
+                        attachments: record.attachments.to_vec(),
+                        tags: record.tags.to_vec(),
+                    },
+                    attempts: unfinished.attempts,
+                    round: unfinished.round,
+                    not_before: unfinished.not_before,
+                    interrupted: false,
+                })
+            })
+            .collect())
+    }
+
+    async fn queued(&self) -> Result<u64, StoreError> {
+        let count: usize = self
+            .shards
+            .iter()
+            .map(|shard| lock(shard).values().filter(|record| record.unfinished.is_some()).count())
+            .sum();
+        Ok(u64::try_from(count).unwrap_or(u64::MAX))
     }
 
     async fn purge(&self, _before: SystemTime, _batch: u32) -> Result<u64, StoreError> {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use switchboard_providers::{Channel, ErrorClass, OutboundMessage, SendError};
 
 pub use memory::MemoryStore;
-pub use postgres::PostgresStore;
+pub use postgres::{redact as redact_url, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -120,6 +120,10 @@ pub struct Failure {
 pub struct MessageView {
     pub id: String,
     pub channel: Channel,
+    pub from: String,
+    /// The recipient; shown in full only to the message's owner (see `http::get_message`).
+    pub to: String,
+    pub attachments: Vec<String>,
     pub status: Status,
     /// The provider that finally handled it (sent it, or gave the final answer).
     pub provider: Option<Arc<str>>,
@@ -147,6 +151,9 @@ pub enum Final {
 pub enum StoreError {
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
+    /// On a shared queue: another instance holds the message now; it is theirs to finish.
+    #[error("the lease on message {0} was taken over by another instance")]
+    LeaseLost(String),
     #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://… or memory://")]
     UnsupportedUrl(String),
 }
@@ -168,6 +175,14 @@ pub enum Inserted {
     Replay { id: String, channel: String },
     /// The key was used within the window for a different request.
     KeyReused,
+}
+
+/// A queued message's place in the queue: when it is due, then its id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuePosition {
+    /// Unix milliseconds.
+    pub not_before: i64,
+    pub id: String,
 }
 
 /// A message still to be dispatched, as found in a store at start-up.
@@ -248,6 +263,32 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Ids of the due messages in the queue this instance answers for (every queued message; on a
+    /// shared queue, those leased to it), ordered by `(not_before, id)`, after `after`, at most
+    /// `limit`. The dispatcher compares them with what it holds: the store's queue is the truth.
+    async fn due(
+        &self,
+        _after: Option<&QueuePosition>,
+        _limit: u32,
+    ) -> Result<Vec<QueuePosition>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The messages among `ids` still in the queue (on a shared queue: still leased to this
+    /// instance), to be dispatched again.
+    async fn pending_of(&self, _ids: &[String]) -> Result<Vec<Pending>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// How many messages the queue holds (on a shared queue: all instances' together).
+    async fn queued(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store takes writes now: `/readyz` asks. Cheap while nothing failed; after a
+    /// failed write it tries a real one.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A short description for logs (`memory://`, `sqlite://…`); never a password.
     fn describe(&self) -> String;
     /// Whether accepted messages survive a restart.
@@ -265,14 +306,14 @@ pub async fn open(
     }
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
         }
         return Ok(std::sync::Arc::new(SqliteStore::open(path).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(std::sync::Arc::new(PostgresStore::open(url).await?));
     }
-    Err(StoreError::UnsupportedUrl(url.to_owned()))
+    Err(StoreError::UnsupportedUrl(redact_url(url)))
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

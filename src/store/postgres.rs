@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use switchboard_providers::OutboundMessage;
 
 use super::codec::{
@@ -17,12 +17,16 @@ use super::codec::{
     view_of,
 };
 use super::postgres_batches::{self as batches, Batcher, Lease};
-use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
+use super::{
+    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
+};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a lease lasts unless renewed (each attempt renews it).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How long connecting to the server may take at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PostgresStore {
     /// Accepting messages and reading: commits wait for the WAL flush (a 202 is a promise).
@@ -41,19 +45,92 @@ pub struct PostgresStore {
 }
 
 fn lease_lost(id: &str) -> StoreError {
-    StoreError::Unavailable(format!("lease on message {id} was taken over by another instance"))
+    StoreError::LeaseLost(id.to_owned())
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// The URL without its passwords (in the user info and any `password`-like query parameter),
+/// for logs and errors.
+pub fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
+            let credentials = &base[scheme + 3..at];
             let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            format!("{}{user}:***{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
     }
+    shown
+}
+
+fn is_password_key(key: &str) -> bool {
+    percent_decode(key).to_ascii_lowercase().contains("password")
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every password the URL carries, as written and decoded, to take out of error texts that
+/// might quote them.
+fn passwords_in(url: &str) -> Vec<String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut found = Vec::new();
+    if let (Some(scheme), Some(at)) = (base.find("://"), base.rfind('@')) {
+        if let Some((_, password)) = base.get(scheme + 3..at).and_then(|c| c.split_once(':')) {
+            found.push(password.to_owned());
+        }
+    }
+    for pair in query.split('&') {
+        if let Some((key, value)) = pair.split_once('=') {
+            if is_password_key(key) {
+                found.push(value.to_owned());
+            }
+        }
+    }
+    let decoded: Vec<String> = found.iter().map(|p| percent_decode(p)).collect();
+    found.extend(decoded);
+    found.retain(|p| !p.is_empty());
+    found
+}
+
+/// An error text with the URL's passwords taken out.
+fn scrubbed(error: impl std::fmt::Display, passwords: &[String]) -> String {
+    passwords.iter().fold(error.to_string(), |text, password| text.replace(password.as_str(), "***"))
 }
 
 impl PostgresStore {
@@ -67,21 +144,35 @@ impl PostgresStore {
 
     pub async fn open_with(url: &str, lease: Duration) -> Result<PostgresStore, StoreError> {
         let shown = redact(url);
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| unavailable(format!("bad database URL {shown}: {e}")))?;
-        let connect = |options: PgConnectOptions, size: u32| {
-            PgPoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
+        let passwords = passwords_in(url);
+        let failed = |what: &str, error: &dyn std::fmt::Display| {
+            unavailable(format!("{what} {shown}: {}", scrubbed(error, &passwords)))
         };
-        let pool = connect(options.clone(), 20)
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
-        MIGRATOR.run(&pool).await.map_err(|e| unavailable(format!("migrations on {shown} failed: {e}")))?;
+        let options = PgConnectOptions::from_str(url).map_err(|e| failed("bad database URL", &e))?;
+        // One connection first, on its own: its error says why (refused, authentication,
+        // unknown database) at once, where a pool would only time out waiting.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await;
+        match first {
+            Ok(Ok(conn)) => drop(conn),
+            Ok(Err(error)) => return Err(failed("cannot connect to", &error)),
+            Err(_) => {
+                return Err(failed(
+                    "cannot connect to",
+                    &format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                ))
+            }
+        }
+        let connect = |options: PgConnectOptions, size: u32| {
+            PgPoolOptions::new().max_connections(size).acquire_timeout(CONNECT_TIMEOUT).connect_with(options)
+        };
+        let pool = connect(options.clone(), 20).await.map_err(|e| failed("cannot connect to", &e))?;
+        MIGRATOR.run(&pool).await.map_err(|e| failed("migrations failed on", &e))?;
+        // A read-only server (a standby, `default_transaction_read_only`) is refused now rather
+        // than answering the first send with 503.
+        probe(&pool).await.map_err(|e| failed("cannot write to", &e))?;
         let progress = connect(options.options([("synchronous_commit", "off")]), 20)
             .await
-            .map_err(|e| unavailable(format!("cannot connect to {shown}: {e}")))?;
+            .map_err(|e| failed("cannot connect to", &e))?;
         let lease = Lease { token: uuid::Uuid::now_v7().to_string(), duration: lease };
         let inserts = Batcher::start(pool.clone(), lease.clone());
         let starts = Batcher::start(progress.clone(), lease.clone());
@@ -98,6 +189,16 @@ impl PostgresStore {
             .map_err(unavailable)?;
         Ok(rows.iter().filter_map(|row| row.try_get::<i64, _>(0).ok()).collect())
     }
+}
+
+async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO liveness (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .bind(ms(SystemTime::now()))
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 fn pending_of(row: &PgRow) -> Result<Pending, sqlx::Error> {
@@ -288,7 +389,7 @@ impl MessageStore for PostgresStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
+            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
              FROM messages WHERE id = $1",
         )
         .bind(id)
@@ -382,6 +483,61 @@ impl MessageStore for PostgresStore {
         rows.iter().map(pending_of).collect::<Result<_, sqlx::Error>>().map_err(unavailable)
     }
 
+    async fn queued(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn due(&self, after: Option<&QueuePosition>, limit: u32) -> Result<Vec<QueuePosition>, StoreError> {
+        let (not_before, id) = after.map_or((i64::MIN, ""), |p| (p.not_before, p.id.as_str()));
+        let rows = sqlx::query(
+            "SELECT not_before, message_id FROM queue WHERE lease_token = $1 AND not_before <= $2 \
+             AND (not_before, message_id) > ($3, $4) ORDER BY not_before, message_id LIMIT $5",
+        )
+        .bind(&self.lease.token)
+        .bind(ms(SystemTime::now()))
+        .bind(not_before)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.progress)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| Ok(QueuePosition { not_before: row.try_get(0)?, id: row.try_get(1)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Renews the lease on those still ours, as an attempt would.
+        let rows = sqlx::query(
+            "WITH ours AS ( \
+               UPDATE queue SET lease_until = $2 WHERE lease_token = $1 AND message_id = ANY($3) \
+               RETURNING message_id, attempts, round, not_before) \
+             SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, o.not_before, o.round, \
+               GREATEST(o.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
+               EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
+             FROM ours o JOIN messages m ON m.id = o.message_id ORDER BY o.not_before",
+        )
+        .bind(&self.lease.token)
+        .bind(self.lease.until())
+        .bind(ids)
+        .fetch_all(&self.progress)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(pending_of).collect::<Result<_, sqlx::Error>>().map_err(unavailable)
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop).map_err(unavailable)
+    }
+
     fn describe(&self) -> String {
         self.shown.clone()
     }
@@ -401,8 +557,23 @@ mod tests {
             ("postgres://sb:s3cret@db:5432/x", "postgres://sb:***@db:5432/x"),
             ("postgres://127.0.0.1/test", "postgres://127.0.0.1/test"),
             ("postgres://user@host/db", "postgres://user:***@host/db"),
+            ("postgres://u@h/db?password=hunter2", "postgres://u:***@h/db?password=***"),
+            (
+                "postgres://h/db?sslmode=disable&password=p%40ss&user=a@b",
+                "postgres://h/db?sslmode=disable&password=***&user=a@b",
+            ),
+            ("postgres://h/db?PassWord=x&pass%77ord=y", "postgres://h/db?PassWord=***&pass%77ord=***"),
+            ("postgres://h/db?user=bob", "postgres://h/db?user=bob"),
         ] {
             assert_eq!(redact(url), shown);
         }
+    }
+
+    #[test]
+    fn passwords_are_taken_out_of_errors() {
+        let url = "postgres://u:s%21cret@h/db?password=hunter2";
+        let passwords = passwords_in(url);
+        let error = "password authentication failed (tried s!cret, s%21cret and hunter2)";
+        assert_eq!(scrubbed(error, &passwords), "password authentication failed (tried ***, *** and ***)");
     }
 }

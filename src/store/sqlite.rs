@@ -2,7 +2,10 @@
 //! one connection, so write transactions never deadlock upgrading a read lock; reads use a pool of
 //! their own. Migrations are embedded and run on open.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -14,10 +17,13 @@ use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
-    channel_of, from_ms, idempotency_window_start, ms, parse_list, recorded_answer, unavailable, view_of,
+    channel_of, from_ms, idempotency_window_start, json_list, ms, parse_list, recorded_answer, unavailable,
+    view_of,
 };
 use super::grouped;
-use super::{Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, StoreError};
+use super::{
+    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
+};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -28,6 +34,35 @@ pub struct SqliteStore {
     path: String,
     writes: mpsc::Sender<Write>,
     reader: SqlitePool,
+    file: Arc<DatabaseFile>,
+}
+
+/// The database file the store opened, watched so that writes never go into a file that was
+/// deleted or replaced while serving, and whether the last write failed.
+struct DatabaseFile {
+    path: PathBuf,
+    /// Device and inode at open; `None` when the path is not a file (nothing to watch).
+    identity: Option<(u64, u64)>,
+    /// The last batch failed for a reason other than one bad write (disk full, I/O error, …).
+    failing: AtomicBool,
+}
+
+impl DatabaseFile {
+    fn identity(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Fails when the file opened is no longer the one at its path.
+    fn still_there(&self) -> Result<(), StoreError> {
+        match self.identity {
+            Some(opened) if Self::identity(&self.path) != Some(opened) => Err(unavailable(format!(
+                "the database file {} was deleted or replaced while serving: nothing more is written to it; restart the service",
+                self.path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One write, waiting for its batch to commit.
@@ -38,12 +73,38 @@ struct Write {
 
 #[derive(Clone)]
 enum Op {
-    Insert { message: OutboundMessage, owner: Option<String>, key: Option<IdempotencyKey> },
-    AttemptStarted { id: String, number: u32, provider: String },
-    RecordAttempt { id: String, number: u32, attempt: Attempt },
-    Schedule { id: String, not_before: SystemTime, attempts: u32, round: u32 },
-    Finish { id: String, outcome: Final, last_attempt: Option<(u32, Attempt)> },
-    Purge { before: SystemTime, batch: u32 },
+    Insert {
+        message: OutboundMessage,
+        owner: Option<String>,
+        key: Option<IdempotencyKey>,
+    },
+    AttemptStarted {
+        id: String,
+        number: u32,
+        provider: String,
+    },
+    RecordAttempt {
+        id: String,
+        number: u32,
+        attempt: Attempt,
+    },
+    Schedule {
+        id: String,
+        not_before: SystemTime,
+        attempts: u32,
+        round: u32,
+    },
+    Finish {
+        id: String,
+        outcome: Final,
+        last_attempt: Option<(u32, Attempt)>,
+    },
+    Purge {
+        before: SystemTime,
+        batch: u32,
+    },
+    /// Rewrites the `liveness` row: proves the database takes writes.
+    Probe,
 }
 
 impl Op {
@@ -55,7 +116,7 @@ impl Op {
             | Op::RecordAttempt { id, .. }
             | Op::Schedule { id, .. }
             | Op::Finish { id, .. } => Some(id),
-            Op::Purge { .. } => None,
+            Op::Purge { .. } | Op::Probe => None,
         }
     }
 }
@@ -88,14 +149,23 @@ impl SqliteStore {
             .await
             .map_err(|e| unavailable(format!("migrations on {path} failed: {e}")))?;
         grouped::prepare(&mut writer).await.map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
+        // Refuses a database that cannot be written (read-only file system, full disk) now,
+        // rather than answering the first send with 503.
+        probe(&mut writer).await.map_err(|e| unavailable(format!("cannot write to {path}: {e}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(writer, queue));
-        Ok(SqliteStore { path: path.to_owned(), writes, reader })
+        let file_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+        let file = Arc::new(DatabaseFile {
+            identity: DatabaseFile::identity(&file_path),
+            path: file_path,
+            failing: AtomicBool::new(false),
+        });
+        tokio::spawn(write_batches(writer, queue, Arc::clone(&file)));
+        Ok(SqliteStore { path: path.to_owned(), writes, reader, file })
     }
 
     /// Hands a write to the writer task and waits for its batch to commit.
@@ -122,6 +192,32 @@ impl SqliteStore {
     }
 }
 
+/// Queued messages with what dispatch needs to carry on (filtered and ordered by the caller).
+macro_rules! pending_select {
+    () => {
+        "SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
+     q.not_before, q.round, \
+     MAX(q.attempts, COALESCE((SELECT MAX(number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
+     EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
+     FROM queue q JOIN messages m ON m.id = q.message_id"
+    };
+}
+
+fn pending_rows(rows: &[SqliteRow]) -> Result<Vec<Pending>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(Pending {
+                message: message_of(row)?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                round: u32::try_from(row.try_get::<i64, _>("round")?).unwrap_or(0),
+                not_before: from_ms(row.try_get("not_before")?),
+                interrupted: row.try_get::<bool, _>("interrupted")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(unavailable)
+}
+
 fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
     Ok(OutboundMessage {
         id: row.try_get("id")?,
@@ -140,7 +236,11 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
 /// (group commit), and no write transaction ever waits on another. If a write of a batch fails,
 /// the batch is rolled back and its writes are applied again one transaction each, so one bad
 /// write never takes others down with it; a database that is locked or failing fails the batch.
-async fn write_batches(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Write>) {
+async fn write_batches(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::Receiver<Write>,
+    file: Arc<DatabaseFile>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -156,8 +256,17 @@ async fn write_batches(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Wri
                 Err(_) => break,
             }
         }
+        // A deleted or replaced file would take writes and lose them: refuse the batch.
+        if let Err(error) = file.still_there() {
+            file.failing.store(true, Ordering::Relaxed);
+            for write in batch.drain(..) {
+                let _ = write.reply.send(Err(error.clone()));
+            }
+            continue;
+        }
         match apply_together(&mut conn, &batch).await {
             Ok(results) => {
+                file.failing.store(false, Ordering::Relaxed);
                 for (write, result) in batch.drain(..).zip(results) {
                     let _ = write.reply.send(Ok(result));
                 }
@@ -165,14 +274,17 @@ async fn write_batches(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Wri
             Err(failed) => {
                 rollback(&mut conn).await;
                 let alone = failed.by_a_write && batch.len() > 1;
+                let mut any_applied = false;
                 for write in batch.drain(..) {
                     let result = if alone {
                         apply_alone(&mut conn, &write.op).await
                     } else {
                         Err(failed.error.clone())
                     };
+                    any_applied |= result.is_ok();
                     let _ = write.reply.send(result);
                 }
+                file.failing.store(!any_applied, Ordering::Relaxed);
             }
         }
     }
@@ -290,9 +402,21 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreErr
         }
         Op::Finish { id, outcome, last_attempt } => group.finish(id, outcome, last_attempt.as_ref()),
         Op::Purge { before, batch } => return Ok(Applied::Purged(purge(conn, *before, *batch).await?)),
+        Op::Probe => {
+            probe(conn).await.map_err(unavailable)?;
+            return Ok(Applied::Done);
+        }
     }
     group.write(conn).await.map_err(unavailable)?;
     Ok(Applied::Done)
+}
+
+async fn probe(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO liveness (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+        .bind(ms(SystemTime::now()))
+        .execute(&mut *conn)
+        .await
+        .map(drop)
 }
 
 async fn insert(
@@ -463,6 +587,7 @@ impl MessageStore for SqliteStore {
             "SELECT id, channel, \
              CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
              THEN 'sending' ELSE status END AS status, \
+             sender, recipient, attachments, \
              provider, provider_message_id, error_code, error_message, tags, owner, created_at, \
              MAX(updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) AS updated_at \
              FROM messages m WHERE id = ?",
@@ -487,28 +612,61 @@ impl MessageStore for SqliteStore {
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let rows = sqlx::query(concat!(pending_select!(), " ORDER BY q.not_before"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        pending_rows(&rows)
+    }
+
+    async fn due(&self, after: Option<&QueuePosition>, limit: u32) -> Result<Vec<QueuePosition>, StoreError> {
+        let (not_before, id) = after.map_or((i64::MIN, ""), |p| (p.not_before, p.id.as_str()));
         let rows = sqlx::query(
-            "SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
-             q.not_before, q.round, \
-             MAX(q.attempts, COALESCE((SELECT MAX(number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
-             EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
-             FROM queue q JOIN messages m ON m.id = q.message_id ORDER BY q.not_before",
+            "SELECT not_before, message_id FROM queue WHERE not_before <= ? AND (not_before, message_id) > (?, ?) \
+             ORDER BY not_before, message_id LIMIT ?",
         )
+        .bind(ms(SystemTime::now()))
+        .bind(not_before)
+        .bind(id)
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
         rows.iter()
-            .map(|row| {
-                Ok(Pending {
-                    message: message_of(row)?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    round: u32::try_from(row.try_get::<i64, _>("round")?).unwrap_or(0),
-                    not_before: from_ms(row.try_get("not_before")?),
-                    interrupted: row.try_get::<bool, _>("interrupted")?,
-                })
-            })
+            .map(|row| Ok(QueuePosition { not_before: row.try_get(0)?, id: row.try_get(1)? }))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(unavailable)
+    }
+
+    async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            pending_select!(),
+            " WHERE q.message_id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(json_list(ids))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        pending_rows(&rows)
+    }
+
+    async fn queued(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.file.still_there()?;
+        if self.file.failing.load(Ordering::Relaxed) {
+            self.write(Op::Probe).await?;
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
