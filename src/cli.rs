@@ -242,7 +242,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             body_timeout: args.request_timeout,
         },
     };
-    match runtime.block_on(crate::serve::serve(options)) {
+    let outcome = runtime.block_on(crate::serve::serve(options));
+    // A blocking task still running (a config read stuck on a hung file system) must not hold
+    // the process: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchboard: {error}");

@@ -238,3 +238,87 @@ fn warnings_alone_exit_0() {
     assert_eq!(output.status.code(), Some(0));
     assert!(stdout(&output).contains("warning[unused-provider]"));
 }
+
+/// Like `switchboard`, but fails instead of hanging when the command has not exited after 30 s
+/// (reading a FIFO as the config once blocked forever).
+fn switchboard_or_hang(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|error| panic!("cannot run switchboard: {error}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchboard {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+}
+
+/// Only a regular file of at most 16 MiB is read as the config (a symlink to one is followed):
+/// anything else is "could not validate" (exit 2) saying what the path is, without blocking.
+#[cfg(unix)]
+#[test]
+fn only_a_regular_file_of_at_most_16_mib_is_read() {
+    let dir = temp_config(VALID);
+    let path = |name: &str| dir.path().join(name);
+    mkfifo(&path("fifo.toml"));
+    let symlink = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, path(name)).unwrap_or_else(|e| panic!("{e}"));
+    };
+    symlink("/dev/zero", "zero.toml");
+    symlink("routes.toml", "link.toml");
+    let limit = 16 * 1024 * 1024;
+    let large = format!("{}\n{}", VALID, "#".repeat(limit - VALID.len()));
+    std::fs::write(path("large.toml"), &large).unwrap_or_else(|e| panic!("{e}"));
+    let at_limit = &large[..limit];
+    std::fs::write(path("at-limit.toml"), at_limit).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(path("dir.toml")).unwrap_or_else(|e| panic!("{e}"));
+
+    let refused = [
+        ("fifo.toml", "cannot read config file fifo.toml: it is a FIFO (named pipe), not a regular file"),
+        ("zero.toml", "cannot read config file zero.toml: it is a character device, not a regular file"),
+        ("dir.toml", "cannot read config file dir.toml: it is a directory, not a regular file"),
+        (
+            "large.toml",
+            "cannot read config file large.toml: it is 16777217 bytes, over the limit of 16 MiB (16777216 bytes)",
+        ),
+    ];
+    for (name, reason) in refused {
+        for command in ["validate", "explain"] {
+            let mut args = vec![command, "--config", name];
+            if command == "explain" {
+                args.extend(["--channel", "sms", "--to", "+15005550006"]);
+            }
+            let output = switchboard_or_hang(dir.path(), &args, &[]);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+            assert_eq!(stderr(&output), format!("switchboard: {reason}\n"), "{args:?}");
+            assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+        }
+        let serve = switchboard_or_hang(
+            dir.path(),
+            &["serve", "--config", name, "--listen", "127.0.0.1:0", "--store", "memory://"],
+            &[],
+        );
+        assert_eq!(serve.status.code(), Some(2), "serve {name}: {}", stderr(&serve));
+        assert!(stderr(&serve).contains(reason), "serve {name}: {}", stderr(&serve));
+    }
+    for name in ["link.toml", "at-limit.toml"] {
+        let output = switchboard_or_hang(dir.path(), &["validate", "--config", name], &[]);
+        assert_eq!(output.status.code(), Some(0), "{name}: {}{}", stdout(&output), stderr(&output));
+    }
+}
