@@ -322,3 +322,64 @@ fn only_a_regular_file_of_at_most_16_mib_is_read() {
         assert_eq!(output.status.code(), Some(0), "{name}: {}{}", stdout(&output), stderr(&output));
     }
 }
+
+/// Whether `actual` is `expected` where an expected line `…` stands for any run of lines.
+fn matches_with_elision(expected: &[&str], actual: &[&str]) -> bool {
+    match expected.split_first() {
+        None => actual.is_empty(),
+        Some((line, rest)) if line.trim() == "…" => {
+            (0..=actual.len()).any(|skip| matches_with_elision(rest, &actual[skip..]))
+        }
+        Some((line, rest)) => {
+            actual.first().is_some_and(|a| a.trim_end() == line.trim_end())
+                && matches_with_elision(rest, &actual[1..])
+        }
+    }
+}
+
+/// The ```console example in `section` of specs/cli.md: the command's arguments and the lines
+/// it shows.
+fn console_example(section: &str) -> (Vec<String>, Vec<String>) {
+    let spec = std::fs::read_to_string(repo_root().join("specs/cli.md")).unwrap_or_default();
+    let text = spec.split(section).nth(1).unwrap_or_default();
+    let block = text.split("```console\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or_default();
+    let mut lines = block.lines();
+    let command = lines.next().and_then(|l| l.strip_prefix("$ switchboard ")).unwrap_or_default();
+    (command.split_whitespace().map(str::to_owned).collect(), lines.map(str::to_owned).collect())
+}
+
+/// The examples of specs/cli.md are what the binary prints.
+#[test]
+fn cli_spec_examples_match_the_binary() {
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (section, cwd) in
+        [("## `switchboard explain`", repo_root()), ("## `switchboard migrate`", scratch.path().to_owned())]
+    {
+        let (args, expected) = console_example(section);
+        assert!(!args.is_empty() && !expected.is_empty(), "{section}: no console example");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = switchboard(&cwd, &args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
+        let got = stdout(&output);
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert!(
+            matches_with_elision(&expected, &got.lines().collect::<Vec<_>>()),
+            "specs/cli.md {section}: the example\n{}\nis not what `switchboard {}` prints:\n{got}",
+            expected.join("\n"),
+            args.join(" ")
+        );
+    }
+}
+
+/// specs/routes-toml.md names exactly the kinds built into the binary.
+#[test]
+fn routes_spec_names_the_built_in_kinds() {
+    let spec = std::fs::read_to_string(repo_root().join("specs/routes-toml.md")).unwrap_or_default();
+    let names = spec.split("Built in: ").nth(1).and_then(|t| t.split(".\n").next()).unwrap_or_default();
+    let mut documented: Vec<&str> = names.split('`').skip(1).step_by(2).collect();
+    documented.sort_unstable();
+    let catalog = json(&switchboard(&repo_root(), &["providers", "--format", "json"], &[]));
+    let registered: Vec<&str> =
+        catalog["kinds"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
+    assert_eq!(documented, registered, "specs/routes-toml.md: {names}");
+}
