@@ -383,3 +383,37 @@ fn routes_spec_names_the_built_in_kinds() {
         catalog["kinds"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
     assert_eq!(documented, registered, "specs/routes-toml.md: {names}");
 }
+
+/// benches/http_load.sh, run without its tools and its kit, says what is missing and how to get
+/// it, and stops before building anything.
+#[cfg(unix)]
+#[test]
+fn bench_script_lists_what_it_needs() {
+    // A PATH with only what the script uses before its check: no wrk, curl, cargo, ….
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for tool in ["dirname", "nproc"] {
+        for dir in ["/usr/bin", "/bin"] {
+            let path = std::path::Path::new(dir).join(tool);
+            if path.exists() {
+                let _ = std::os::unix::fs::symlink(&path, bin.path().join(tool));
+                break;
+            }
+        }
+    }
+    let output = std::process::Command::new("/bin/bash")
+        .arg(repo_root().join("benches/http_load.sh"))
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("BENCH_KIT", "/nonexistent/bench")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    for needed in [
+        "wrk (not on PATH): apt-get install -y wrk",
+        "cargo (not on PATH)",
+        "the bench kit at /nonexistent/bench: it is not in this repository",
+    ] {
+        assert!(err.contains(needed), "{needed} not in:\n{err}");
+    }
+}
