@@ -417,3 +417,35 @@ fn bench_script_lists_what_it_needs() {
         assert!(err.contains(needed), "{needed} not in:\n{err}");
     }
 }
+
+/// The README's quick start: its first two commands stay first, it says how to call
+/// `switchboard`, and its send-then-read block reads back the message it sent (the id is taken
+/// from the first answer, not written out).
+#[test]
+fn readme_quick_start_works_as_written() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();
+    let blocks: Vec<&str> = readme.split("```sh\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+    let first: Vec<&str> = blocks.first().map(|b| b.lines().collect()).unwrap_or_default();
+    assert!(
+        first.len() >= 2
+            && first[0].starts_with("cargo run --release -- serve ")
+            && first[1].starts_with("cargo test --workspace "),
+        "{first:?}"
+    );
+    assert!(readme.contains("cargo install --path .") && readme.contains("./target/release/switchboard"));
+
+    let config = std::fs::read_to_string(repo_root().join("routes.toml")).unwrap_or_default();
+    let server = common::Server::start(&config, &["--store", "memory://"], &[]);
+    let address = server.base.trim_start_matches("http://");
+    let script = blocks.get(1).copied().unwrap_or_default().replace("localhost:8080", address);
+    assert!(script.contains("curl"), "{script}");
+    let output = std::process::Command::new("sh").args(["-c", &script]).output();
+    let output = output.unwrap_or_else(|e| panic!("{e}"));
+    let answers: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap_or_default()).collect();
+    assert_eq!(answers.len(), 2, "{}{}", stdout(&output), stderr(&output));
+    assert_eq!(answers[0]["status"], "queued", "{}", answers[0]);
+    assert!(answers[0]["id"].is_string(), "{}", answers[0]);
+    assert_eq!(answers[1]["id"], answers[0]["id"], "{}", answers[1]);
+    assert!(answers[1]["status"].is_string(), "{}", answers[1]);
+}
