@@ -9,10 +9,46 @@
 # the default sends through the repo's routes.toml (mock kind) against MODE=accept.
 # Pins each server to core 0 and wrk (and the mock provider) to core 1; prints one line per
 # run and the medians.
+# Needs: wrk, curl, taskset, bc, cargo, 2 cores; psql for STORE=postgres; and the bench kit
+# (load.sh, post.lua, sms.json, rust/), which is not part of this repository: it is
+# ../shared/bench beside the clone, or BENCH_KIT=/path/to/bench. What is missing is listed, with
+# how to get it, before anything is built.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-kit=$root/../shared/bench
+kit=${BENCH_KIT:-$root/../shared/bench}
 runs=${1:-3}; secs=${2:-10}; conns=${3:-64}
+
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 (not on PATH): $2"); }
+need wrk "apt-get install -y wrk   (the load driver the kit's load.sh runs)"
+need curl "apt-get install -y curl"
+need taskset "apt-get install -y util-linux   (pins the servers and wrk to cores)"
+need bc "apt-get install -y bc"
+need cargo "install Rust with rustup   (builds switchboard and the kit's ceiling and mock provider)"
+case ${STORE:-memory} in
+  memory|sqlite) ;;
+  postgres) need psql "apt-get install -y postgresql-client   (STORE=postgres creates a database per run on PG_ADMIN_URL)" ;;
+  *) missing+=("STORE=${STORE}: use STORE=memory, sqlite or postgres") ;;
+esac
+case ${PROVIDER:-mock} in
+  mock|twilio) ;;
+  *) missing+=("PROVIDER=${PROVIDER}: use PROVIDER=mock or twilio") ;;
+esac
+if [[ ! -d $kit ]]; then
+  missing+=("the bench kit at $kit: it is not in this repository; put the team's shared/ directory beside the clone (shared/bench), or set BENCH_KIT=/path/to/bench")
+else
+  for file in load.sh post.lua sms.json rust/Cargo.toml; do
+    [[ -e $kit/$file ]] || missing+=("$kit/$file: the bench kit is incomplete (it needs load.sh, post.lua, sms.json, rust/)")
+  done
+fi
+if command -v nproc >/dev/null 2>&1 && (( $(nproc) < 2 )); then
+  missing+=("a second CPU core: the servers are pinned to core 0, wrk and the mock provider to core 1")
+fi
+if (( ${#missing[@]} )); then
+  echo "benches/http_load.sh cannot run; missing:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 2
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sb-bench-target}
 cargo build --release -q --manifest-path "$kit/rust/Cargo.toml"
 cargo build --release -q --manifest-path "$root/Cargo.toml" --bin switchboard

@@ -242,7 +242,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             body_timeout: args.request_timeout,
         },
     };
-    match runtime.block_on(crate::serve::serve(options)) {
+    let outcome = runtime.block_on(crate::serve::serve(options));
+    // A blocking task still running (a config read stuck on a hung file system) must not hold
+    // the process: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchboard: {error}");
@@ -351,8 +355,36 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     }
 }
 
+/// Why the send API would refuse a message on `channel` to `to` with `tags`, in its own words;
+/// `None` when it would accept them. The API's own parser judges them, in a message whose other
+/// fields (sender, body, attachments: explain does not take them) are filled in with values it
+/// accepts: which ones depends on the channel, so they are tried in turn.
+fn refused_by_api(channel: &str, to: &str, tags: &[String]) -> Option<String> {
+    use crate::http::payload::{parse, Endpoint};
+    use crate::http::ApiError;
+    const SENDERS: [&str; 2] = ["+15005550006", "explain@example.com"];
+    const ATTACHMENTS: [&[&str]; 2] = [&[], &["https://example.com/explain.png"]];
+    for from in SENDERS {
+        for attachments in ATTACHMENTS {
+            let message = serde_json::json!({
+                "channel": channel, "from": from, "to": to, "body": "explain", "attachments": attachments, "tags": tags,
+            });
+            match parse(Endpoint::Native, message.to_string().as_bytes(), String::new(), |_| true) {
+                Ok(_) => return None,
+                Err(ApiError::InvalidField { field, .. }) if field == "from" || field == "attachments" => {}
+                Err(ApiError::InvalidField { message, .. } | ApiError::InvalidJson(message)) => {
+                    return Some(message)
+                }
+                Err(other) => return Some(format!("{other:?}")),
+            }
+        }
+    }
+    None
+}
+
 /// `explain`: exit 0 with the explanation; 1 (diagnostics on stderr) for an invalid config; 2
-/// when the file cannot be read or the channel has no route.
+/// when the file cannot be read, the channel has no route, or the send API would refuse the
+/// recipient or a tag.
 fn explain(args: &ExplainArgs) -> ExitCode {
     let loaded = match config::load_file(&args.config, &Environment::from_process()) {
         Ok(loaded) => loaded,
@@ -381,6 +413,10 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CANNOT_RUN);
     };
+    if let Some(refusal) = refused_by_api(&args.channel, &args.to, &args.tags) {
+        eprintln!("switchboard: the send API would refuse this message: {refusal}");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
     let by_name = |name: &str| resolved.providers.iter().find(|p| p.name == name);
     let explanation = config::explain::explain(route, by_name, &args.to, &args.tags);
     let output = match args.format {

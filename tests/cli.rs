@@ -238,3 +238,214 @@ fn warnings_alone_exit_0() {
     assert_eq!(output.status.code(), Some(0));
     assert!(stdout(&output).contains("warning[unused-provider]"));
 }
+
+/// Like `switchboard`, but fails instead of hanging when the command has not exited after 30 s
+/// (reading a FIFO as the config once blocked forever).
+fn switchboard_or_hang(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|error| panic!("cannot run switchboard: {error}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchboard {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+}
+
+/// Only a regular file of at most 16 MiB is read as the config (a symlink to one is followed):
+/// anything else is "could not validate" (exit 2) saying what the path is, without blocking.
+#[cfg(unix)]
+#[test]
+fn only_a_regular_file_of_at_most_16_mib_is_read() {
+    let dir = temp_config(VALID);
+    let path = |name: &str| dir.path().join(name);
+    mkfifo(&path("fifo.toml"));
+    let symlink = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, path(name)).unwrap_or_else(|e| panic!("{e}"));
+    };
+    symlink("/dev/zero", "zero.toml");
+    symlink("routes.toml", "link.toml");
+    let limit = 16 * 1024 * 1024;
+    let large = format!("{}\n{}", VALID, "#".repeat(limit - VALID.len()));
+    std::fs::write(path("large.toml"), &large).unwrap_or_else(|e| panic!("{e}"));
+    let at_limit = &large[..limit];
+    std::fs::write(path("at-limit.toml"), at_limit).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(path("dir.toml")).unwrap_or_else(|e| panic!("{e}"));
+
+    let refused = [
+        ("fifo.toml", "cannot read config file fifo.toml: it is a FIFO (named pipe), not a regular file"),
+        ("zero.toml", "cannot read config file zero.toml: it is a character device, not a regular file"),
+        ("dir.toml", "cannot read config file dir.toml: it is a directory, not a regular file"),
+        (
+            "large.toml",
+            "cannot read config file large.toml: it is 16777217 bytes, over the limit of 16 MiB (16777216 bytes)",
+        ),
+    ];
+    for (name, reason) in refused {
+        for command in ["validate", "explain"] {
+            let mut args = vec![command, "--config", name];
+            if command == "explain" {
+                args.extend(["--channel", "sms", "--to", "+15005550006"]);
+            }
+            let output = switchboard_or_hang(dir.path(), &args, &[]);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+            assert_eq!(stderr(&output), format!("switchboard: {reason}\n"), "{args:?}");
+            assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+        }
+        let serve = switchboard_or_hang(
+            dir.path(),
+            &["serve", "--config", name, "--listen", "127.0.0.1:0", "--store", "memory://"],
+            &[],
+        );
+        assert_eq!(serve.status.code(), Some(2), "serve {name}: {}", stderr(&serve));
+        assert!(stderr(&serve).contains(reason), "serve {name}: {}", stderr(&serve));
+    }
+    for name in ["link.toml", "at-limit.toml"] {
+        let output = switchboard_or_hang(dir.path(), &["validate", "--config", name], &[]);
+        assert_eq!(output.status.code(), Some(0), "{name}: {}{}", stdout(&output), stderr(&output));
+    }
+}
+
+/// Whether `actual` is `expected` where an expected line `…` stands for any run of lines.
+fn matches_with_elision(expected: &[&str], actual: &[&str]) -> bool {
+    match expected.split_first() {
+        None => actual.is_empty(),
+        Some((line, rest)) if line.trim() == "…" => {
+            (0..=actual.len()).any(|skip| matches_with_elision(rest, &actual[skip..]))
+        }
+        Some((line, rest)) => {
+            actual.first().is_some_and(|a| a.trim_end() == line.trim_end())
+                && matches_with_elision(rest, &actual[1..])
+        }
+    }
+}
+
+/// The ```console example in `section` of specs/cli.md: the command's arguments and the lines
+/// it shows.
+fn console_example(section: &str) -> (Vec<String>, Vec<String>) {
+    let spec = std::fs::read_to_string(repo_root().join("specs/cli.md")).unwrap_or_default();
+    let text = spec.split(section).nth(1).unwrap_or_default();
+    let block = text.split("```console\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or_default();
+    let mut lines = block.lines();
+    let command = lines.next().and_then(|l| l.strip_prefix("$ switchboard ")).unwrap_or_default();
+    (command.split_whitespace().map(str::to_owned).collect(), lines.map(str::to_owned).collect())
+}
+
+/// The examples of specs/cli.md are what the binary prints.
+#[test]
+fn cli_spec_examples_match_the_binary() {
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (section, cwd) in
+        [("## `switchboard explain`", repo_root()), ("## `switchboard migrate`", scratch.path().to_owned())]
+    {
+        let (args, expected) = console_example(section);
+        assert!(!args.is_empty() && !expected.is_empty(), "{section}: no console example");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = switchboard(&cwd, &args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
+        let got = stdout(&output);
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert!(
+            matches_with_elision(&expected, &got.lines().collect::<Vec<_>>()),
+            "specs/cli.md {section}: the example\n{}\nis not what `switchboard {}` prints:\n{got}",
+            expected.join("\n"),
+            args.join(" ")
+        );
+    }
+}
+
+/// specs/routes-toml.md names exactly the kinds built into the binary.
+#[test]
+fn routes_spec_names_the_built_in_kinds() {
+    let spec = std::fs::read_to_string(repo_root().join("specs/routes-toml.md")).unwrap_or_default();
+    let names = spec.split("Built in: ").nth(1).and_then(|t| t.split(".\n").next()).unwrap_or_default();
+    let mut documented: Vec<&str> = names.split('`').skip(1).step_by(2).collect();
+    documented.sort_unstable();
+    let catalog = json(&switchboard(&repo_root(), &["providers", "--format", "json"], &[]));
+    let registered: Vec<&str> =
+        catalog["kinds"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
+    assert_eq!(documented, registered, "specs/routes-toml.md: {names}");
+}
+
+/// benches/http_load.sh, run without its tools and its kit, says what is missing and how to get
+/// it, and stops before building anything.
+#[cfg(unix)]
+#[test]
+fn bench_script_lists_what_it_needs() {
+    // A PATH with only what the script uses before its check: no wrk, curl, cargo, ….
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for tool in ["dirname", "nproc"] {
+        for dir in ["/usr/bin", "/bin"] {
+            let path = std::path::Path::new(dir).join(tool);
+            if path.exists() {
+                let _ = std::os::unix::fs::symlink(&path, bin.path().join(tool));
+                break;
+            }
+        }
+    }
+    let output = std::process::Command::new("/bin/bash")
+        .arg(repo_root().join("benches/http_load.sh"))
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("BENCH_KIT", "/nonexistent/bench")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    for needed in [
+        "wrk (not on PATH): apt-get install -y wrk",
+        "cargo (not on PATH)",
+        "the bench kit at /nonexistent/bench: it is not in this repository",
+    ] {
+        assert!(err.contains(needed), "{needed} not in:\n{err}");
+    }
+}
+
+/// The README's quick start: its first two commands stay first, it says how to call
+/// `switchboard`, and its send-then-read block reads back the message it sent (the id is taken
+/// from the first answer, not written out).
+#[test]
+fn readme_quick_start_works_as_written() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();
+    let blocks: Vec<&str> = readme.split("```sh\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+    let first: Vec<&str> = blocks.first().map(|b| b.lines().collect()).unwrap_or_default();
+    assert!(
+        first.len() >= 2
+            && first[0].starts_with("cargo run --release -- serve ")
+            && first[1].starts_with("cargo test --workspace "),
+        "{first:?}"
+    );
+    assert!(readme.contains("cargo install --path .") && readme.contains("./target/release/switchboard"));
+
+    let config = std::fs::read_to_string(repo_root().join("routes.toml")).unwrap_or_default();
+    let server = common::Server::start(&config, &["--store", "memory://"], &[]);
+    let address = server.base.trim_start_matches("http://");
+    let script = blocks.get(1).copied().unwrap_or_default().replace("localhost:8080", address);
+    assert!(script.contains("curl"), "{script}");
+    let output = std::process::Command::new("sh").args(["-c", &script]).output();
+    let output = output.unwrap_or_else(|e| panic!("{e}"));
+    let answers: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap_or_default()).collect();
+    assert_eq!(answers.len(), 2, "{}{}", stdout(&output), stderr(&output));
+    assert_eq!(answers[0]["status"], "queued", "{}", answers[0]);
+    assert!(answers[0]["id"].is_string(), "{}", answers[0]);
+    assert_eq!(answers[1]["id"], answers[0]["id"], "{}", answers[1]);
+    assert!(answers[1]["status"].is_string(), "{}", answers[1]);
+}

@@ -65,6 +65,46 @@ fn explain_refuses_what_it_cannot_answer() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
+/// `--to` and `--tag` are judged exactly as the send API judges them: what it refuses, explain
+/// refuses with the API's reason (exit 2, nothing on stdout).
+#[test]
+fn explain_refuses_recipients_and_tags_the_send_api_refuses() {
+    let refused: &[(&[&str], &str)] = &[
+        (&["--channel", "sms", "--to", "foo"], "`to` must be an E.164 number"),
+        (&["--channel", "sms", "--to", "+1"], "`to` must be an E.164 number"),
+        (&["--channel", "sms", "--to", "ops@mail.example.org"], "`to` must be an E.164 number"),
+        (&["--channel", "email", "--to", "+447700900123"], "`to` must be an email address"),
+        (&["--channel", "email", "--to", "Ops <ops@mail.example.org>"], "`to` must be an email address"),
+        (
+            &["--channel", "sms", "--to", "+447700900123", "--tag", ""],
+            "tags are 1 to 64 printable characters",
+        ),
+    ];
+    for (args, reason) in refused {
+        let full = [&["explain"], *args].concat();
+        let output = switchboard(&dir(), &full, &ENV);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", common::stderr(&output));
+        assert_eq!(common::stderr(&output).lines().count(), 1, "{args:?}: {}", common::stderr(&output));
+        assert!(
+            common::stderr(&output).starts_with("switchboard: the send API would refuse this message: "),
+            "{args:?}: {}",
+            common::stderr(&output)
+        );
+        assert!(common::stderr(&output).contains(reason), "{args:?}: {}", common::stderr(&output));
+        assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+    }
+    // What the API accepts is explained: a short code, an E.164 number, an address.
+    for args in [
+        &["--channel", "sms", "--to", "12345"][..],
+        &["--channel", "sms", "--to", "+447700900123", "--tag", "otp"],
+        &["--channel", "email", "--to", "ops@mail.example.org"],
+    ] {
+        let full = [&["explain"], args].concat();
+        let output = switchboard(&dir(), &full, &ENV);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", common::stderr(&output));
+    }
+}
+
 #[test]
 fn admin_explain_matches_the_cli_with_live_state() {
     let config = std::fs::read_to_string(dir().join("routes.toml")).unwrap_or_default();

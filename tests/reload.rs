@@ -165,6 +165,65 @@ fn a_deleted_file_keeps_the_last_good_config_until_it_returns() {
     wait_version(&server, &content_version(routes_to("b").as_bytes()));
 }
 
+/// A config replaced by a FIFO (or a device) is rejected at once, whatever triggers the reload,
+/// and the service keeps serving and still stops on SIGTERM: reading it once blocked the
+/// reload, `/admin/reload` and shutdown forever.
+#[cfg(unix)]
+#[test]
+fn a_config_replaced_by_a_fifo_is_rejected_and_the_service_still_stops() {
+    let mut server = Server::start(&routes_to("a"), &[], &[]);
+    let path = config_path(&server);
+    let fifo = path.with_extension("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()));
+    std::fs::rename(&fifo, &path).unwrap_or_else(|e| panic!("{e}"));
+    let reason = "it is a FIFO (named pipe), not a regular file";
+    wait_for("the rejection", &server, || {
+        get_json(&server, "/admin/routes")["last_rejected"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(reason))
+    });
+    assert_eq!(provider_of_new_sms(&server), "a");
+
+    let answer = client().post(server.url("/admin/reload")).send();
+    let (status, body) = match answer {
+        Ok(r) => (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)),
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(status, 422, "{body}");
+    assert!(body["rejected"]["error"].as_str().is_some_and(|e| e.contains(reason)), "{body}");
+    assert_eq!(body["rejected"]["active_version"], content_version(routes_to("a").as_bytes()));
+    let rejected = metrics(&server)
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_config_reloads_total{result=\"rejected\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(rejected.is_some_and(|n| n >= 2), "{rejected:?}");
+    assert!(server.logs().contains(reason), "{}", server.logs());
+
+    assert_eq!(server.terminate(), Some(0), "{}", server.logs());
+}
+
+/// The fix `validate` suggests (did-you-mean) is in the reload's log line and in
+/// `/admin/routes`' last rejection.
+#[test]
+fn a_rejected_reload_shows_the_suggested_fix() {
+    let server =
+        Server::start(&routes_to("a"), &["--reload-debounce", "60s", "--reload-poll-interval", "1h"], &[]);
+    std::fs::write(config_path(&server), routes_to("a").replace("\"mock\"", "\"mokc\"")).unwrap_or_default();
+    let answer = client().post(server.url("/admin/reload")).send().and_then(|r| r.json::<Value>());
+    let body = answer.unwrap_or(Value::Null);
+    assert_eq!(body["result"], "rejected", "{body}");
+    let help = "did you mean `mock`?";
+    let diagnostics = get_json(&server, "/admin/routes")["last_rejected"]["diagnostics"].clone();
+    assert!(diagnostics.as_array().is_some_and(|ds| ds.iter().all(|d| d["help"] == help)), "{diagnostics}");
+    wait_for("the log line", &server, || {
+        server
+            .logs()
+            .lines()
+            .any(|l| l.contains("error[unknown-kind]") && l.contains(&format!("help: {help}")))
+    });
+}
+
 #[test]
 fn sighup_and_admin_reload_apply_at_once() {
     // A long debounce keeps the watcher out of the way: only the explicit triggers act.

@@ -185,8 +185,8 @@ mod tests {
         check(json!({"error_pct": 60, "rate_limited_pct": 40}), &[]);
         check(json!({"error_pct": 101}), &["`error_pct` must be between 0 and 100, got 101"]);
         check(json!({"error_pct": 60, "timeout_pct": 50}), &["outcome percentages add up to 110, over 100"]);
-        check(json!({"error_pct": -1}), &["invalid value: integer `-1`, expected u32"]);
-        check(json!({"seed": "x"}), &["invalid type: string \"x\", expected u64"]);
+        check(json!({"error_pct": -1}), &["`error_pct` must be u32, got integer `-1`"]);
+        check(json!({"seed": "x"}), &["`seed` must be u64, found string \"x\""]);
     }
 
     #[test]

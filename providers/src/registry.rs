@@ -187,17 +187,34 @@ pub fn find(kind: &str) -> Option<&'static Registration> {
 }
 
 fn parse<K: Kind>(settings: Value) -> Result<K::Settings, Vec<SettingIssue>> {
-    let parsed: K::Settings = serde_path_to_error::deserialize(settings).map_err(|error| {
-        let path = error.path().to_string();
-        let field = (path != ".").then(|| path.split('.').next().unwrap_or_default().to_owned());
-        vec![SettingIssue { field, message: error.inner().to_string(), help: None }]
-    })?;
+    let parsed: K::Settings = serde_path_to_error::deserialize(settings)
+        .map_err(|error| vec![deserialize_issue(&error.path().to_string(), &error.inner().to_string())])?;
     let issues = K::validate(&parsed);
     if issues.is_empty() {
         Ok(parsed)
     } else {
         Err(issues)
     }
+}
+
+/// A settings value serde refused, as an issue naming the setting by its path (`seed`,
+/// `headers.X-Api`) the way the common settings' diagnostics do: `` `seed` must be u64, found
+/// string "one" `` rather than serde's bare `invalid type: string "one", expected u64`. `path` is
+/// serde_path_to_error's (`.` for the settings as a whole, e.g. a missing field).
+fn deserialize_issue(path: &str, message: &str) -> SettingIssue {
+    if path == "." {
+        return SettingIssue { field: None, message: message.to_owned(), help: None };
+    }
+    let field = path.split(['.', '[']).next().unwrap_or(path).to_owned();
+    let split = |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split_once(", expected "));
+    let message = if let Some((found, expected)) = split("invalid type: ") {
+        format!("`{path}` must be {expected}, found {found}")
+    } else if let Some((got, expected)) = split("invalid value: ").or_else(|| split("invalid length ")) {
+        format!("`{path}` must be {expected}, got {got}")
+    } else {
+        format!("`{path}`: {message}")
+    };
+    SettingIssue { field: Some(field), message, help: None }
 }
 
 fn parse_and_check<K: Kind>(settings: Value) -> Vec<SettingIssue> {
@@ -286,5 +303,45 @@ fn type_name(property: &Value, defs: Option<&Value>) -> String {
         format!("{base}?")
     } else {
         base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str, serde_message: &str, expected: (Option<&str>, &str)) {
+        let issue = deserialize_issue(path, serde_message);
+        assert_eq!((issue.field.as_deref(), issue.message.as_str()), expected, "{path}: {serde_message}");
+    }
+
+    #[test]
+    fn serde_errors_name_the_setting() {
+        check(
+            "seed",
+            "invalid type: string \"one\", expected u64",
+            (Some("seed"), "`seed` must be u64, found string \"one\""),
+        );
+        check(
+            "latency_ms",
+            "invalid value: integer `-5`, expected u64",
+            (Some("latency_ms"), "`latency_ms` must be u64, got integer `-5`"),
+        );
+        check(
+            "headers.X-Api",
+            "invalid type: integer `5`, expected a string",
+            (Some("headers"), "`headers.X-Api` must be a string, found integer `5`"),
+        );
+        check(
+            "channels[1]",
+            "invalid type: integer `5`, expected a string",
+            (Some("channels"), "`channels[1]` must be a string, found integer `5`"),
+        );
+        check(
+            "security",
+            "unknown variant `ssl`, expected one of `tls`, `starttls`",
+            (Some("security"), "`security`: unknown variant `ssl`, expected one of `tls`, `starttls`"),
+        );
+        check(".", "missing field `account_sid`", (None, "missing field `account_sid`"));
     }
 }

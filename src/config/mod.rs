@@ -45,23 +45,97 @@ impl Loaded {
     }
 }
 
+/// The largest config file read: 16 MiB. Nothing legitimate comes near it (10,000 providers
+/// take about 1 MiB), and it bounds what a mistaken path (`/dev/zero`, a log file) can cost.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The config could not be read at all (as opposed to read and found invalid).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("config file {path} not found")]
     NotFound { path: String },
+    /// A FIFO, a device, a directory, a socket: reading it could block forever or never end.
+    #[error("cannot read config file {path}: it is {what}, not a regular file")]
+    NotRegular { path: String, what: &'static str },
+    #[error(
+        "cannot read config file {path}: it is {size} bytes, over the limit of {} MiB ({} bytes)",
+        MAX_CONFIG_BYTES / (1024 * 1024),
+        MAX_CONFIG_BYTES
+    )]
+    TooLarge { path: String, size: u64 },
     #[error("cannot read config file {path}: {source}")]
     Unreadable { path: String, source: std::io::Error },
 }
 
 /// Reads and validates the file at `path`.
 pub fn load_file(path: &Path, env: &Environment) -> Result<Loaded, LoadError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound { path: shown.clone() },
-        _ => LoadError::Unreadable { path: shown.clone(), source },
-    })?;
-    Ok(load_bytes(&shown, &bytes, env))
+    let bytes = read_file(path)?;
+    Ok(load_bytes(&path.display().to_string(), &bytes, env))
+}
+
+/// Reads the config file's bytes: only a regular file (a symlink to one is followed), of at
+/// most [`MAX_CONFIG_BYTES`]. Never blocks on what is not a regular file: the type is checked
+/// before opening, the open itself does not wait (`O_NONBLOCK`: opening a FIFO otherwise waits
+/// for a writer), and the opened file is checked again, so a file swapped in between is caught.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let shown = || path.display().to_string();
+    let failed = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: shown() },
+        _ => LoadError::Unreadable { path: shown(), source },
+    };
+    let check = |metadata: &std::fs::Metadata| -> Result<(), LoadError> {
+        if !metadata.is_file() {
+            return Err(LoadError::NotRegular { path: shown(), what: describe(&metadata.file_type()) });
+        }
+        if metadata.len() > MAX_CONFIG_BYTES {
+            return Err(LoadError::TooLarge { path: shown(), size: metadata.len() });
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path).map_err(failed)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path).map_err(failed)?;
+    let metadata = file.metadata().map_err(failed)?;
+    check(&metadata)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or_default());
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(failed)?;
+    // The file grew after it was checked.
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(LoadError::TooLarge { path: shown(), size: bytes.len() as u64 });
+    }
+    Ok(bytes)
+}
+
+/// What a path that is not a regular file is, for the error.
+fn describe(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// Validates config text; `name` is how diagnostics name the file.

@@ -137,8 +137,11 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Er
     s.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
-/// What `last_seen` holds while the file cannot be read.
-const UNREADABLE: &str = "<unreadable>";
+/// What `last_seen` holds while the file cannot be read: the reason, so that the same reason is
+/// reported once but a different one (deleted, then replaced by a FIFO) again.
+fn unreadable(error: &str) -> String {
+    format!("<unreadable: {error}>")
+}
 
 /// Serializes reloads and swaps snapshots.
 pub struct Reloader {
@@ -181,9 +184,18 @@ impl Reloader {
     /// Whether the file's content differs from what was last looked at (applied or rejected).
     pub async fn file_changed(&self) -> bool {
         let last_seen = self.running.lock().await.clone();
-        match tokio::fs::read(&self.path).await {
+        match self.read().await {
             Ok(bytes) => config::content_version(&bytes) != last_seen,
-            Err(_) => last_seen != UNREADABLE,
+            Err(error) => last_seen != unreadable(&error),
+        }
+    }
+
+    /// Reads the file off the async workers, as `validate` does (a regular file, size-capped).
+    async fn read(&self) -> Result<Vec<u8>, String> {
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || config::read_file(&path)).await {
+            Ok(read) => read.map_err(|error| error.to_string()),
+            Err(join) => Err(format!("reading the config failed: {join}")),
         }
     }
 
@@ -193,18 +205,14 @@ impl Reloader {
         let current = self.snapshot.load_full();
         let shown = self.path.display().to_string();
         let passive = matches!(trigger, Trigger::Watch | Trigger::Poll);
-        let bytes = match tokio::fs::read(&self.path).await {
+        let bytes = match self.read().await {
             Ok(bytes) => bytes,
             Err(error) => {
                 // A file still missing is reported once, not at every event in its directory.
-                if passive && *last_seen == UNREADABLE {
+                if passive && *last_seen == unreadable(&error) {
                     return Outcome::Unchanged { version: current.version.clone() };
                 }
-                *last_seen = UNREADABLE.to_owned();
-                let error = match error.kind() {
-                    std::io::ErrorKind::NotFound => format!("config file {shown} not found"),
-                    _ => format!("cannot read config file {shown}: {error}"),
-                };
+                *last_seen = unreadable(&error);
                 return self.reject(trigger, None, Some(error), Vec::new(), &current.version);
             }
         };
@@ -304,7 +312,9 @@ impl Reloader {
                 (_, _, Some(var)) => format!("environment variable {var}"),
                 _ => d.file.clone(),
             };
-            tracing::warn!(code = d.code, "error[{}]: {} --> {at}", d.code, d.message);
+            // The fix validate would suggest (did-you-mean) belongs in the log too.
+            let help = d.help.as_deref().map(|help| format!("; help: {help}")).unwrap_or_default();
+            tracing::warn!(code = d.code, "error[{}]: {} --> {at}{help}", d.code, d.message);
         }
         let rejection = Rejection {
             at: SystemTime::now(),

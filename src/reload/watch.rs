@@ -130,15 +130,35 @@ async fn watch_directory(
                 tokio::time::sleep(options.debounce).await;
                 while events.try_recv().is_ok() {}
                 rearm_if_replaced(&dir, &file_name, &mut armed, &events_tx);
-                reloader.reload(Trigger::Watch).await;
+                if unless_stopped(reloader.reload(Trigger::Watch), &mut stop).await.is_none() {
+                    break;
+                }
             }
             _ = poll.tick() => {
                 rearm_if_replaced(&dir, &file_name, &mut armed, &events_tx);
-                if reloader.file_changed().await {
-                    reloader.reload(Trigger::Poll).await;
+                let check = async {
+                    if reloader.file_changed().await {
+                        reloader.reload(Trigger::Poll).await;
+                    }
+                };
+                if unless_stopped(check, &mut stop).await.is_none() {
+                    break;
                 }
             }
         }
+    }
+}
+
+/// Runs `work` unless `stop` turns true first (`None`): shutdown never waits for a reload. A
+/// reload given up this way leaves at most a read in its blocking thread; the config it would
+/// have swapped in is of no use to a stopping service.
+async fn unless_stopped<T>(
+    work: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = stop.changed() => None,
     }
 }
 
@@ -172,7 +192,9 @@ async fn on_sighup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
             Some(()) = hangups.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
-                reloader.reload(Trigger::Signal).await;
+                if unless_stopped(reloader.reload(Trigger::Signal), &mut stop).await.is_none() {
+                    break;
+                }
             }
         }
     }
