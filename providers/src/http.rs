@@ -184,8 +184,10 @@ fn fallback_reason(answer: &Answer) -> String {
         &text
     };
     let text = text.trim();
+    let status = answer.status.canonical_reason().unwrap_or("no reason given");
     match (text.is_empty(), answer.truncated) {
-        (true, _) => answer.status.canonical_reason().unwrap_or("no reason given").to_owned(),
+        (true, false) => status.to_owned(),
+        (true, true) => format!("{status} (body over {MAX_RESPONSE_BYTES} bytes)"),
         (false, true) => format!("(body over {MAX_RESPONSE_BYTES} bytes) {text}"),
         (false, false) => text.to_owned(),
     }
