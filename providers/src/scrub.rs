@@ -494,6 +494,55 @@ mod tests {
         check(SentCredentials::none(), "2 < 3 and <x>", "2 < 3 and <x>");
     }
 
+    /// Generated texts from pieces that stress every step (entities, tags, percent signs,
+    /// pluses and digits, multi-byte characters, pieces of the credential): no panic, never
+    /// over the limit, never the credential.
+    #[test]
+    fn any_text_is_cleaned_within_bounds() {
+        const PIECES: [&str; 24] = [
+            "<",
+            ">",
+            "&",
+            ";",
+            "#",
+            "x",
+            "%",
+            "2",
+            "B",
+            "+",
+            "1",
+            "8005550400",
+            "é",
+            "€",
+            "\u{1F600}",
+            " ",
+            "\n",
+            "<script>",
+            "</p>",
+            "&#",
+            "&amp",
+            "tok/en",
+            "+secret=42",
+            "\u{202E}",
+        ];
+        let sent = twilio();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..600 {
+            let mut text = String::new();
+            for _ in 0..(round % 300) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            for max in [0, 1, 3, 4, MAX_CODE_BYTES, MAX_TEXT_BYTES] {
+                let cleaned = sent.clean_text(&text, TO, max, true);
+                assert!(cleaned.len() <= max.max(CUT.len()), "{max}: {cleaned:?}");
+                assert!(!cleaned.contains(TOKEN), "{text:?} → {cleaned:?}");
+            }
+        }
+    }
+
     #[test]
     fn errors_and_message_ids() {
         let sent = twilio();
