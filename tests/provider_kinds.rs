@@ -490,7 +490,8 @@ async fn every_kind_declares_the_credentials_it_sends() {
     let echo = || Reply::echo(400, |request| format!("you sent: {}", request.as_text()));
     let url_token = "marker-url-token-77";
     let webhook_with_token = move |fake: &FakeHttp| json!({"url": format!("{}/hooks/send?token={url_token}", fake.base), "secret": "marker-webhook-secret"});
-    let kinds: [(&str, &dyn Fn(&FakeHttp) -> serde_json::Value, &[&str]); 4] = [
+    type Settings<'a> = &'a dyn Fn(&FakeHttp) -> serde_json::Value;
+    let kinds: [(&str, Settings, &[&str]); 4] = [
         ("twilio", &twilio, &[TOKEN]),
         ("sendgrid", &sendgrid, &["marker-sendgrid-key"]),
         ("webhook", &webhook, &["marker-webhook-secret"]),
