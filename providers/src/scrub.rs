@@ -282,16 +282,28 @@ fn mask_recipients(text: &str, recipient: &str) -> String {
         if let Some((local, domain)) = recipient.rsplit_once('@') {
             forms.push(format!("{local}%40{domain}"));
         }
-        let forms: Vec<String> = forms.into_iter().filter(|f| f.len() >= MIN_CREDENTIAL_BYTES).collect();
-        if let Ok(matcher) = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&forms)
-        {
-            text = matcher.replace_all(&text, &vec![masked.as_str(); forms.len()]);
+        // Longest first: the other forms of a number are parts of `%2B…`.
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        for form in forms.iter().filter(|f| f.len() >= MIN_CREDENTIAL_BYTES) {
+            text = replace_ignoring_ascii_case(&text, form, &masked);
         }
     }
     mask_phone_numbers(&text)
+}
+
+/// Every occurrence of `needle`, ASCII case ignored, replaced by `with`.
+fn replace_ignoring_ascii_case(text: &str, needle: &str, with: &str) -> String {
+    // ASCII lower-casing keeps every byte offset.
+    let (lower, needle) = (text.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        out.push_str(&text[copied..at]);
+        out.push_str(with);
+        copied = at + needle.len();
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// `+` (or `%2B`) and 8 to 15 digits, not part of a longer digit run: masked.
