@@ -48,11 +48,13 @@ const MIN_BASE64_CORE: usize = 8;
 /// The credentials a provider puts on the wire, with every form they may come back in derived
 /// once (when the provider is built), and the matcher that finds them all in one pass.
 pub struct SentCredentials {
+    /// Longest first.
+    forms: Vec<String>,
+    /// `None` without forms (or, should building it fail, searched for one by one).
     matcher: Option<AhoCorasick>,
-    forms: usize,
 }
 
-static NONE: SentCredentials = SentCredentials { matcher: None, forms: 0 };
+static NONE: SentCredentials = SentCredentials { forms: Vec::new(), matcher: None };
 
 impl SentCredentials {
     /// From the exact strings the provider sends that carry a credential (a token, the
@@ -65,12 +67,14 @@ impl SentCredentials {
                 forms.extend(forms_of(credential));
             }
         }
-        if forms.is_empty() {
-            return SentCredentials { matcher: None, forms: 0 };
-        }
-        let count = forms.len();
-        let matcher = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(forms).ok();
-        SentCredentials { matcher, forms: count }
+        let mut forms: Vec<String> = forms.into_iter().collect();
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        let matcher = if forms.is_empty() {
+            None
+        } else {
+            AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).ok()
+        };
+        SentCredentials { forms, matcher }
     }
 
     /// A provider that sends no credential.
@@ -80,7 +84,7 @@ impl SentCredentials {
 
     /// How many forms are searched for (for tests and debugging).
     pub fn forms(&self) -> usize {
-        self.forms
+        self.forms.len()
     }
 
     /// The error with its code and text cleaned (see the module doc); its class and
@@ -132,14 +136,17 @@ impl SentCredentials {
                 });
                 out
             }
-            None => text.to_owned(),
+            None => {
+                let mark = MARK.to_string();
+                self.forms.iter().fold(text.to_owned(), |text, form| text.replace(form.as_str(), &mark))
+            }
         }
     }
 }
 
 impl fmt::Debug for SentCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SentCredentials({} forms, <redacted>)", self.forms)
+        write!(f, "SentCredentials({} forms, <redacted>)", self.forms.len())
     }
 }
 
@@ -400,6 +407,17 @@ mod tests {
         for (input, expected) in cases {
             check(&sent, &input, expected);
         }
+    }
+
+    #[test]
+    fn without_a_matcher_the_forms_are_searched_one_by_one() {
+        let fallback = SentCredentials { matcher: None, ..twilio() };
+        let pair = format!("{SID}:{TOKEN}");
+        check(
+            &fallback,
+            &format!("Basic {} and {TOKEN}", STANDARD.encode(&pair)),
+            "Basic <redacted> and <redacted>",
+        );
     }
 
     #[test]
