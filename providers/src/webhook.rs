@@ -203,6 +203,39 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_the_url() {
+        let check = |url: &str, expected: &[&str]| {
+            let settings = WebhookSettings { url: url.into(), secret: Secret::new("0123456789abcdef") };
+            let mut expected: Vec<&str> = expected.to_vec();
+            expected.insert(0, "0123456789abcdef");
+            assert_eq!(credentials_in(&settings), expected, "{url}");
+        };
+        check(
+            "https://gw.example.com/send",
+            &["https://gw.example.com/send", "https://gw.example.com/send", "/send"],
+        );
+        check(
+            "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+            &[
+                "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+                "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+                "/send?token=a%2Bb-12345&v=2",
+                "a%2Bb-12345",
+                "a+b-12345",
+            ],
+        );
+        check(
+            "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+            &[
+                "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "XXXXXXXXXXXXXXXXXXXXXXXX",
+            ],
+        );
+    }
+
+    #[test]
     fn signature_matches_a_known_vector() {
         // echo -n '1700000000.{"a":1}' | openssl dgst -sha256 -hmac 'key-of-sixteen-b'
         assert_eq!(
