@@ -84,7 +84,9 @@ async fn check(
     let fake = FakeHttp::start(reply);
     let provider = build(kind, settings(&fake));
     let message = if kind == "twilio" { sms(&[]) } else { email("Hi") };
-    let outcome = provider.send(&message).await;
+    // Cleaned as the dispatcher cleans every answer.
+    let outcome =
+        provider.send(&message).await.map_err(|e| provider.credentials_sent().clean_error(e, &message.to));
     match (&outcome, &expected) {
         (Ok(receipt), Expect::Sent(id)) => assert_eq!(receipt.provider_message_id.as_deref(), *id),
         (Err(SendError::RateLimited { retry_after }), Expect::LimitedFor(seconds)) => {
@@ -130,7 +132,7 @@ async fn twilio_answers() {
         "twilio",
         twilio,
         Reply::json(401, echo),
-        Expect::Failed(Misconfigured, Some("20003"), "abcdef:<redacted>"),
+        Expect::Failed(Misconfigured, Some("20003"), "bad credentials <redacted>"),
     )
     .await;
     let limited =
@@ -479,4 +481,41 @@ async fn smtp_relay_that_never_answers_times_out() {
     let error = provider.send(&email("Hi")).await.err();
     assert!(matches!(error, Some(SendError::Timeout)), "{error:?}");
     assert!(started.elapsed() < TIMEOUT * 6, "took {:?}", started.elapsed());
+}
+
+/// A gateway that answers with the whole request it got: cleaned as the dispatcher cleans it,
+/// the answer keeps no credential of any kind in any form it was sent in, nor the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_declares_the_credentials_it_sends() {
+    let echo = || Reply::echo(400, |request| format!("you sent: {}", request.as_text()));
+    let url_token = "marker-url-token-77";
+    let webhook_with_token = move |fake: &FakeHttp| json!({"url": format!("{}/hooks/send?token={url_token}", fake.base), "secret": "marker-webhook-secret"});
+    type Settings<'a> = &'a dyn Fn(&FakeHttp) -> serde_json::Value;
+    let kinds: [(&str, Settings, &[&str]); 4] = [
+        ("twilio", &twilio, &[TOKEN]),
+        ("sendgrid", &sendgrid, &["marker-sendgrid-key"]),
+        ("webhook", &webhook, &["marker-webhook-secret"]),
+        ("webhook", &webhook_with_token, &["marker-webhook-secret", url_token]),
+    ];
+    for (kind, settings, secrets) in kinds {
+        let fake = FakeHttp::start(echo());
+        let provider = build(kind, settings(&fake));
+        let message = if kind == "sendgrid" { email("Hi") } else { sms(&[]) };
+        let Err(error) = provider.send(&message).await else { panic!("{kind}: sent") };
+        let raw = error.to_string();
+        let request = fake.last();
+        let authorization = request.header("authorization").and_then(|v| v.split_once(' ')).map(|(_, v)| v);
+        let sent: Vec<&str> = secrets.iter().copied().chain(authorization).collect();
+        // The raw answer quotes what was sent (the webhook's secret itself never is): the test
+        // would show nothing otherwise.
+        let quoted = sent.iter().filter(|s| raw.contains(**s)).count();
+        assert!(quoted > 0 || secrets == ["marker-webhook-secret"], "{kind}: {raw}");
+        let clean = provider.credentials_sent().clean_error(error, &message.to).to_string();
+        for secret in &sent {
+            assert!(!clean.contains(secret), "{kind}: {secret} in {clean}");
+        }
+        assert!(!clean.contains(&request.uri) || !request.uri.contains("token"), "{kind}: {clean}");
+        assert!(!clean.contains(&message.to) && !clean.contains(&message.to[1..]), "{kind}: {clean}");
+        assert!(clean.len() <= 640, "{kind}: {} bytes", clean.len());
+    }
 }

@@ -11,12 +11,13 @@ pub(crate) fn looks_like_html(body: &str) -> bool {
     lower.contains("</") || lower.contains("/>") || lower.contains("<br") || lower.contains("<!doctype")
 }
 
-/// A readable plain-text version of an HTML body: tags dropped (a line break before `<br>`,
-/// `<p>`, `<div>`, `<li>`, `<tr>` and headings), the common entities decoded, blank runs
-/// collapsed.
+/// A readable plain-text version of an HTML body: scripts, styles and comments dropped, tags
+/// dropped (a line break before `<br>`, `<p>`, `<div>`, `<li>`, `<tr>` and headings), the
+/// common and numeric entities decoded, blank runs collapsed.
 pub(crate) fn text_from_html(html: &str) -> String {
+    let html = without_blocks(html);
     let mut text = String::with_capacity(html.len());
-    let mut rest = html;
+    let mut rest = html.as_str();
     while let Some(open) = rest.find('<') {
         text.push_str(&rest[..open]);
         let Some(close) = rest[open..].find('>') else {
@@ -52,14 +53,64 @@ pub(crate) fn text_from_html(html: &str) -> String {
     out.trim_end().to_owned()
 }
 
-fn decode_entities(text: &str) -> String {
-    const ENTITIES: [(&str, &str); 6] =
-        [("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&#39;", "'"), ("&amp;", "&")];
-    let mut text = text.to_owned();
-    for (entity, plain) in ENTITIES {
-        text = text.replace(entity, plain);
+/// `html` without `<script>…</script>`, `<style>…</style>` and `<!-- … -->` (an unclosed one
+/// runs to the end).
+fn without_blocks(html: &str) -> String {
+    // ASCII lower-casing keeps every byte offset.
+    let lower = html.to_ascii_lowercase();
+    let mut out = String::with_capacity(html.len());
+    let mut at = 0;
+    loop {
+        let next = [("<script", "</script>"), ("<style", "</style>"), ("<!--", "-->")]
+            .iter()
+            .filter_map(|(open, close)| lower[at..].find(open).map(|i| (at + i, *close)))
+            .min_by_key(|(i, _)| *i);
+        let Some((start, close)) = next else { break };
+        out.push_str(&html[at..start]);
+        at = match lower[start..].find(close) {
+            Some(end) => start + end + close.len(),
+            None => html.len(),
+        };
     }
-    text
+    out.push_str(&html[at..]);
+    out
+}
+
+/// The named entities HTML bodies commonly use, and numeric ones (`&#38;`, `&#x26;`), decoded
+/// in one pass (`&amp;lt;` is `&lt;`); anything else is left as it is.
+fn decode_entities(text: &str) -> String {
+    const NAMED: [(&str, char); 6] =
+        [("nbsp", ' '), ("lt", '<'), ("gt", '>'), ("quot", '"'), ("apos", '\''), ("amp", '&')];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let entity = rest[1..].find(';').filter(|end| *end <= 10).map(|end| &rest[1..=end]);
+        let decoded = entity.and_then(|name| {
+            let numeric = match name.strip_prefix('#') {
+                Some(hex) if hex.starts_with(['x', 'X']) => u32::from_str_radix(&hex[1..], 16).ok(),
+                Some(decimal) => decimal.parse().ok(),
+                None => None,
+            };
+            numeric
+                .and_then(char::from_u32)
+                .or_else(|| NAMED.iter().find(|(n, _)| *n == name).map(|(_, c)| *c))
+                .map(|c| (c, name.len() + 2))
+        });
+        match decoded {
+            Some((c, length)) => {
+                out.push(c);
+                rest = &rest[length..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The body with the attachment URLs appended as links (HTML links in an HTML body).
@@ -117,6 +168,9 @@ mod tests {
             ("<ul><li>one</li><li>two</li></ul>", "one\ntwo"),
             ("x &lt;y&gt; <unclosed", "x <y> <unclosed"),
             ("&amp;lt;", "&lt;"),
+            ("a &#38; b &#x41; &#X42; &apos;c&apos; &bogus; & &#xZZ;", "a & b A B 'c' &bogus; & &#xZZ;"),
+            ("<style>p { x: 1 }</style><p>kept</p><script>alert(1)</SCRIPT>!<!-- gone -->", "kept!"),
+            ("before<script>never closed", "before"),
         ] {
             assert_eq!(text_from_html(html), text, "{html:?}");
         }

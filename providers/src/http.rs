@@ -173,14 +173,22 @@ pub(crate) fn status_error(answer: &Answer, detail: Option<(String, String)>) ->
     }
 }
 
-/// The start of a body that is not in the provider's error format, fit for an attempt record.
+/// A body that is not in the provider's error format, as text. The dispatcher cleans and
+/// shortens it (see [`crate::scrub`]); a body cut at [`MAX_RESPONSE_BYTES`] loses its last,
+/// possibly partial, word first: half a credential would not be recognised.
 fn fallback_reason(answer: &Answer) -> String {
     let text = String::from_utf8_lossy(&answer.body);
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    let text = if answer.truncated {
+        text.trim_end_matches(|c: char| !c.is_whitespace() && !c.is_control())
+    } else {
+        &text
+    };
     let text = text.trim();
+    let status = answer.status.canonical_reason().unwrap_or("no reason given");
     match (text.is_empty(), answer.truncated) {
-        (true, _) => answer.status.canonical_reason().unwrap_or("no reason given").to_owned(),
-        (false, true) => format!("{text}… (response body over {MAX_RESPONSE_BYTES} bytes)"),
+        (true, false) => status.to_owned(),
+        (true, true) => format!("{status} (body over {MAX_RESPONSE_BYTES} bytes)"),
+        (false, true) => format!("(body over {MAX_RESPONSE_BYTES} bytes) {text}"),
         (false, false) => text.to_owned(),
     }
 }
@@ -190,10 +198,13 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
 }
 
+/// Delay-seconds (digits only; more than fit in a `u64` saturate to `u64::MAX`) or an HTTP-date
+/// (a past one is zero); anything else is `None`. Never panics: the caller caps the result
+/// with the provider's `max_retry_after_ms`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -216,15 +227,40 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
+        let max = Some(u64::MAX);
         check_retry("120", Some(120));
         check_retry(" 0 ", Some(0));
+        check_retry("007", Some(7));
         check_retry("Sun, 06 Nov 1994 08:50:07 GMT", Some(30));
         check_retry("Sun, 06 Nov 1994 08:40:00 GMT", Some(0));
+        check_retry("Fri, 31 Dec 9999 23:59:59 GMT", Some(253_402_300_799 - 784_111_777));
+        // Too large to hold: saturated (the dispatcher caps it).
+        check_retry("18446744073709551615", max);
+        check_retry("18446744073709551616", max);
+        check_retry("99999999999999999999999", max);
+        check_retry("100000000000000000", Some(100_000_000_000_000_000));
         check_retry("-5", None);
+        check_retry("+5", None);
         check_retry("1.5", None);
+        check_retry("1e13", None);
+        check_retry("1e17", None);
+        check_retry("5 s", None);
         check_retry("soon", None);
         check_retry("", None);
-        check_retry("99999999999999999999999", None);
+        check_retry("   ", None);
+        check_retry("\u{660}", None);
+        check_retry("Sun, 06 Nov 1994 25:61:61 GMT", None);
+    }
+
+    #[test]
+    fn retry_after_never_panics() {
+        let now = SystemTime::now();
+        let mut inputs: Vec<String> = (0..=u8::MAX).map(|b| char::from(b).to_string().repeat(3)).collect();
+        inputs.extend(["9".repeat(10_000), "Sun, 06 Nov 1994 08:49:37 GMT".repeat(3), "\u{FFFF}".into()]);
+        for input in inputs {
+            let _ = parse_retry_after(&input, now);
+            let _ = parse_retry_after(&input, SystemTime::UNIX_EPOCH);
+        }
     }
 
     fn check_url_issue(value: &str, expected: Option<&str>) {
@@ -298,8 +334,14 @@ mod tests {
         }
         let limited = status_error(&answer(429, &[("retry-after", "7")], ""), None);
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
-        let rejected = status_error(&answer(400, &[], "bad\nthing"), None);
-        assert_eq!(rejected.to_string(), "rejected by the provider (400): HTTP 400: badthing");
+        let rejected = status_error(&answer(400, &[], " bad\nthing "), None);
+        assert_eq!(rejected.to_string(), "rejected by the provider (400): HTTP 400: bad\nthing");
+        let mut cut = answer(500, &[], "start of a body AC1:tok-partial");
+        cut.truncated = true;
+        assert_eq!(
+            status_error(&cut, None).to_string(),
+            "provider error 500: HTTP 500: (body over 65536 bytes) start of a body"
+        );
         let detailed = status_error(&answer(400, &[], ""), Some(("21211".into(), "Invalid 'To'".into())));
         assert_eq!(detailed.code(), Some("21211"));
     }

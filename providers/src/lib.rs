@@ -13,6 +13,7 @@ mod email;
 pub mod http;
 mod message;
 mod registry;
+pub mod scrub;
 mod secret;
 #[cfg(test)]
 mod test_support;
@@ -22,6 +23,7 @@ pub use message::{mask_recipient, ErrorClass, OutboundMessage, Receipt, SendErro
 pub use registry::{
     find, registry, BuildContext, Kind, Provider, Registration, SettingDoc, SettingIssue, SettingsError,
 };
+pub use scrub::SentCredentials;
 pub use secret::Secret;
 
 // Built-in kinds: one file each, registered from inside the file.

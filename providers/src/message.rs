@@ -103,29 +103,6 @@ impl SendError {
         }
     }
 
-    /// The error with every occurrence of `secret` in its text replaced: a provider that echoes
-    /// the request (or its credentials) in an error body must not put them in an attempt record.
-    pub fn scrubbed(self, secret: &str) -> SendError {
-        if secret.len() < 4 {
-            return self;
-        }
-        let scrub =
-            |text: String| if text.contains(secret) { text.replace(secret, "<redacted>") } else { text };
-        match self {
-            SendError::NotSent { reason } => SendError::NotSent { reason: scrub(reason) },
-            SendError::Ambiguous { code, reason } => {
-                SendError::Ambiguous { code: scrub(code), reason: scrub(reason) }
-            }
-            SendError::Rejected { code, reason } => {
-                SendError::Rejected { code: scrub(code), reason: scrub(reason) }
-            }
-            SendError::Misconfigured { code, reason } => {
-                SendError::Misconfigured { code: scrub(code), reason: scrub(reason) }
-            }
-            other @ (SendError::RateLimited { .. } | SendError::Timeout) => other,
-        }
-    }
-
     /// How long the provider asked us to wait, for a 429 that said so.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -189,18 +166,6 @@ mod tests {
         for (error, class) in cases {
             assert_eq!(error.class(), class, "{error:?}");
         }
-    }
-
-    #[test]
-    fn scrubs_secrets_from_reasons() {
-        let error =
-            SendError::Misconfigured { code: "401".into(), reason: "bad token tok-123 for tok-123".into() };
-        assert_eq!(
-            error.scrubbed("tok-123").to_string(),
-            "provider refused the credentials (401): bad token <redacted> for <redacted>"
-        );
-        let short = SendError::Rejected { code: "400".into(), reason: "a b c".into() };
-        assert_eq!(short.clone().scrubbed("a"), short);
     }
 
     #[test]

@@ -8,14 +8,26 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{OutboundMessage, Receipt, SendError};
+use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
 /// One configured provider instance, able to send messages. Object-safe: the service holds
 /// `Arc<dyn Provider>`.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Sends one message. The caller enforces the attempt's timeout; implementations need not.
+    ///
+    /// Error texts and the receipt's message id may quote whatever the provider answered: the
+    /// caller cleans them (credentials, recipients, HTML, length; see [`crate::scrub`]) before
+    /// anything logs, stores or returns them. Implementations do not scrub.
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError>;
+
+    /// Every string this provider puts on the wire that carries a credential, exactly as sent
+    /// (a token, the `user:password` of a Basic header, a SASL payload, a secret-bearing URL),
+    /// made into [`SentCredentials`] once when the provider is built. Its answers are cleaned of
+    /// each of them in every encoding. Default: none.
+    fn credentials_sent(&self) -> &SentCredentials {
+        SentCredentials::none()
+    }
 }
 
 /// What a factory knows about the provider it builds besides the kind's own settings.

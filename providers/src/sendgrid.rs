@@ -17,8 +17,8 @@ use crate::address::is_email;
 use crate::email::{looks_like_html, with_attachment_links};
 use crate::http::{self, check_url, Answer};
 use crate::{
-    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
-    SettingsError,
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
+    SettingIssue, SettingsError,
 };
 
 /// Settings of a `sendgrid` provider.
@@ -73,7 +73,13 @@ impl Kind for SendgridKind {
         context: &BuildContext<'_>,
     ) -> Result<Arc<dyn Provider>, SettingsError> {
         let endpoint = http::join(&settings.base_url, "/v3/mail/send");
-        Ok(Arc::new(SendgridProvider { client: http::client(context.timeout)?, endpoint, settings }))
+        let credentials = SentCredentials::new([settings.api_key.expose()]);
+        Ok(Arc::new(SendgridProvider {
+            client: http::client(context.timeout)?,
+            endpoint,
+            settings,
+            credentials,
+        }))
     }
 }
 
@@ -84,6 +90,8 @@ struct SendgridProvider {
     client: reqwest::Client,
     endpoint: String,
     settings: SendgridSettings,
+    /// The API key.
+    credentials: SentCredentials,
 }
 
 /// SendGrid rejects a message without a subject; one without is sent with this.
@@ -152,19 +160,23 @@ impl Provider for SendgridProvider {
             .post(&self.endpoint)
             .bearer_auth(self.settings.api_key.expose())
             .json(&mail_send_body(message, from));
-        let answer = http::execute(request).await.map_err(|e| e.scrubbed(self.settings.api_key.expose()))?;
+        let answer = http::execute(request).await?;
         if answer.status.is_success() {
             return Ok(Receipt {
                 provider_message_id: http::header(&answer, "x-message-id").map(str::to_owned),
                 latency: started.elapsed(),
             });
         }
-        match http::status_error(&answer, error_detail(&answer)).scrubbed(self.settings.api_key.expose()) {
+        match http::status_error(&answer, error_detail(&answer)) {
             SendError::RateLimited { retry_after: None } => {
                 Err(SendError::RateLimited { retry_after: rate_limit_reset(&answer, SystemTime::now()) })
             }
             error => Err(error),
         }
+    }
+
+    fn credentials_sent(&self) -> &SentCredentials {
+        &self.credentials
     }
 }
 

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::address::is_email;
 use crate::email::{looks_like_html, text_from_html, with_attachment_links};
 use crate::{
-    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
-    SettingsError,
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
+    SettingIssue, SettingsError,
 };
 
 /// How the connection to the relay is secured.
@@ -146,14 +146,19 @@ impl Kind for SmtpKind {
         if let Some(port) = settings.port {
             builder = builder.port(port);
         }
-        if let (Some(username), Some(password)) = (&settings.username, &settings.password) {
-            builder = builder.credentials(Credentials::new(username.clone(), password.expose().to_owned()));
-        }
+        let credentials = match (&settings.username, &settings.password) {
+            (Some(username), Some(password)) => {
+                builder =
+                    builder.credentials(Credentials::new(username.clone(), password.expose().to_owned()));
+                SentCredentials::new(sasl_payloads(username, password.expose()))
+            }
+            _ => SentCredentials::new(std::iter::empty::<String>()),
+        };
         Ok(Arc::new(SmtpProvider {
             transport: builder.build(),
             timeout: context.timeout,
             from: settings.from,
-            password: settings.password,
+            credentials,
         }))
     }
 }
@@ -165,7 +170,18 @@ struct SmtpProvider {
     /// lettre's own timeout does not cover a relay that accepts and never greets.
     timeout: Duration,
     from: Option<String>,
-    password: Option<Secret>,
+    /// The password and the SASL payloads carrying it.
+    credentials: SentCredentials,
+}
+
+/// What SMTP AUTH sends (each base64-encoded on the wire, which the scrubber derives): the
+/// password alone (`LOGIN`), `\0user\0password` (`PLAIN`), the `XOAUTH2` string.
+fn sasl_payloads(username: &str, password: &str) -> [String; 3] {
+    [
+        password.to_owned(),
+        format!("\u{0}{username}\u{0}{password}"),
+        format!("user={username}\x01auth=Bearer {password}\x01\x01"),
+    ]
 }
 
 /// The `Message-ID` for a Switchboard id sent from `from`.
@@ -241,14 +257,12 @@ impl Provider for SmtpProvider {
         let sent = tokio::time::timeout(self.timeout, self.transport.send(built))
             .await
             .map_err(|_| SendError::Timeout)?;
-        sent.map_err(|error| {
-            let error = classify(&error);
-            match &self.password {
-                Some(password) => error.scrubbed(password.expose()),
-                None => error,
-            }
-        })?;
+        sent.map_err(|error| classify(&error))?;
         Ok(Receipt { provider_message_id: Some(id), latency: started.elapsed() })
+    }
+
+    fn credentials_sent(&self) -> &SentCredentials {
+        &self.credentials
     }
 }
 

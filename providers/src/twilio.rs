@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::address::{is_alphanumeric_sender, is_phone};
 use crate::http::{self, check_url};
 use crate::{
-    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
-    SettingsError,
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
+    SettingIssue, SettingsError,
 };
 
 /// Settings of a `twilio` provider.
@@ -108,7 +108,15 @@ impl Kind for TwilioKind {
             &settings.base_url,
             &format!("/2010-04-01/Accounts/{}/Messages.json", settings.account_sid),
         );
-        Ok(Arc::new(TwilioProvider { client: http::client(context.timeout)?, endpoint, settings }))
+        let token = settings.auth_token.expose();
+        let credentials =
+            SentCredentials::new([token.to_owned(), format!("{}:{token}", settings.account_sid)]);
+        Ok(Arc::new(TwilioProvider {
+            client: http::client(context.timeout)?,
+            endpoint,
+            settings,
+            credentials,
+        }))
     }
 }
 
@@ -119,6 +127,8 @@ struct TwilioProvider {
     client: reqwest::Client,
     endpoint: String,
     settings: TwilioSettings,
+    /// The auth token and the Basic pair.
+    credentials: SentCredentials,
 }
 
 /// The fields of Twilio's Message resource and error body that matter here.
@@ -150,8 +160,7 @@ impl Provider for TwilioProvider {
             .post(&self.endpoint)
             .basic_auth(&s.account_sid, Some(s.auth_token.expose()))
             .form(&form);
-        let answer =
-            http::execute(request).await.map_err(|e| e.scrubbed(self.settings.auth_token.expose()))?;
+        let answer = http::execute(request).await?;
         let parsed: Option<TwilioAnswer> = serde_json::from_slice(&answer.body).ok();
         if answer.status.is_success() {
             return Ok(Receipt {
@@ -160,7 +169,11 @@ impl Provider for TwilioProvider {
             });
         }
         let detail = parsed.and_then(|p| Some((p.code?.to_string(), p.message.unwrap_or_default())));
-        Err(http::status_error(&answer, detail).scrubbed(s.auth_token.expose()))
+        Err(http::status_error(&answer, detail))
+    }
+
+    fn credentials_sent(&self) -> &SentCredentials {
+        &self.credentials
     }
 }
 

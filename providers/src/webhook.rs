@@ -18,8 +18,8 @@ use sha2::Sha256;
 
 use crate::http::{self, check_url};
 use crate::{
-    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SettingIssue,
-    SettingsError,
+    BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
+    SettingIssue, SettingsError,
 };
 
 pub const TIMESTAMP_HEADER: &str = "x-switchboard-timestamp";
@@ -66,7 +66,8 @@ impl Kind for WebhookKind {
         settings: WebhookSettings,
         context: &BuildContext<'_>,
     ) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(WebhookProvider { client: http::client(context.timeout)?, settings }))
+        let credentials = SentCredentials::new(credentials_in(&settings));
+        Ok(Arc::new(WebhookProvider { client: http::client(context.timeout)?, settings, credentials }))
     }
 }
 
@@ -76,6 +77,37 @@ inventory::submit! { Registration::of::<WebhookKind>() }
 struct WebhookProvider {
     client: reqwest::Client,
     settings: WebhookSettings,
+    credentials: SentCredentials,
+}
+
+/// Query values shorter than this are not taken for credentials (`?format=json`).
+const MIN_QUERY_SECRET_BYTES: usize = 8;
+/// Path segments this long are taken for credentials (`/services/T0/B0/<token>`).
+const MIN_PATH_SECRET_BYTES: usize = 16;
+
+/// What a webhook request carries that may be a credential: the signing secret (never sent
+/// itself, listed all the same) and the URL, which usually comes from the environment whole
+/// and often holds the gateway's token (`?token=…`, a long path segment): the URL as given and
+/// as sent, its path and query, each query value of 8 bytes or more (as written and decoded),
+/// each path segment of 16 bytes or more.
+fn credentials_in(settings: &WebhookSettings) -> Vec<String> {
+    let mut sent = vec![settings.secret.expose().to_owned(), settings.url.clone()];
+    let Ok(url) = reqwest::Url::parse(&settings.url) else { return sent };
+    sent.push(url.as_str().to_owned());
+    sent.push(match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    });
+    let written = url
+        .query()
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .map(|pair| pair.split_once('=').map_or(pair, |(_, value)| value).to_owned());
+    let decoded = url.query_pairs().map(|(_, value)| value.into_owned());
+    sent.extend(written.chain(decoded).filter(|value| value.len() >= MIN_QUERY_SECRET_BYTES));
+    let segments = url.path_segments().into_iter().flatten();
+    sent.extend(segments.filter(|segment| segment.len() >= MIN_PATH_SECRET_BYTES).map(str::to_owned));
+    sent
 }
 
 #[derive(Serialize)]
@@ -139,12 +171,16 @@ impl Provider for WebhookProvider {
             .header(SIGNATURE_HEADER, signature(self.settings.secret.expose().as_bytes(), timestamp, &body))
             .header(MESSAGE_ID_HEADER, &message.id)
             .body(body);
-        let answer = http::execute(request).await.map_err(|e| e.scrubbed(self.settings.secret.expose()))?;
+        let answer = http::execute(request).await?;
         if answer.status.is_success() {
             let id = serde_json::from_slice::<GatewayAnswer>(&answer.body).ok().and_then(|a| a.id);
             return Ok(Receipt { provider_message_id: id, latency: started.elapsed() });
         }
-        Err(http::status_error(&answer, None).scrubbed(self.settings.secret.expose()))
+        Err(http::status_error(&answer, None))
+    }
+
+    fn credentials_sent(&self) -> &SentCredentials {
+        &self.credentials
     }
 }
 
@@ -164,6 +200,39 @@ mod tests {
         check(json!({"url": "https://gw.example.com"}), &["missing"]);
         check(json!({"url": "http://gw.example.com", "secret": secret}), &["url"]);
         check(json!({"url": "https://gw.example.com", "secret": "short"}), &["secret"]);
+    }
+
+    #[test]
+    fn credentials_in_the_url() {
+        let check = |url: &str, expected: &[&str]| {
+            let settings = WebhookSettings { url: url.into(), secret: Secret::new("0123456789abcdef") };
+            let mut expected: Vec<&str> = expected.to_vec();
+            expected.insert(0, "0123456789abcdef");
+            assert_eq!(credentials_in(&settings), expected, "{url}");
+        };
+        check(
+            "https://gw.example.com/send",
+            &["https://gw.example.com/send", "https://gw.example.com/send", "/send"],
+        );
+        check(
+            "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+            &[
+                "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+                "https://gw.example.com/send?token=a%2Bb-12345&v=2",
+                "/send?token=a%2Bb-12345&v=2",
+                "a%2Bb-12345",
+                "a+b-12345",
+            ],
+        );
+        check(
+            "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+            &[
+                "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "https://hooks.example.com/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "/services/T0/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "XXXXXXXXXXXXXXXXXXXXXXXX",
+            ],
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct RateLimit {
 pub struct ProviderSettings {
     #[serde(rename = "timeout_ms", serialize_with = "as_ms")]
     pub timeout: Duration,
+    /// The longest a 429 pauses the provider, whatever it asked for.
+    #[serde(rename = "max_retry_after_ms", serialize_with = "as_ms")]
+    pub max_retry_after: Duration,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
     /// `None`: unlimited.

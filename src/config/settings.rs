@@ -58,6 +58,13 @@ pub const PROVIDER_SPECS: &[Spec] = &[
         doc: "Per-attempt timeout, in milliseconds.",
     },
     Spec {
+        key: "max_retry_after_ms",
+        ty: Ty::Int { min: 0, max: MS_MAX },
+        default: Some("3600000"),
+        doc: "The longest a provider's 429 may pause it (its Retry-After or rate-limit reset), in \
+              milliseconds; longer asks are cut to this.",
+    },
+    Spec {
         key: "retry.initial_backoff_ms",
         ty: Ty::Int { min: 0, max: MS_MAX },
         default: Some("200"),
@@ -414,6 +421,15 @@ impl<'a> Lookup<'a> {
     }
 }
 
+/// A provider setting's built-in default, as its spec states it.
+fn built_in(key: &str) -> i64 {
+    PROVIDER_SPECS
+        .iter()
+        .find(|spec| spec.key == key)
+        .and_then(|spec| spec.default?.parse().ok())
+        .unwrap_or_default()
+}
+
 /// Resolves a provider's common settings from its layers (provider, kind, defaults).
 pub fn resolve_provider(
     layers: &[&Layer],
@@ -465,7 +481,13 @@ pub fn resolve_provider(
         }
         (None, None) => None,
     };
-    let settings = ProviderSettings { timeout: lookup.ms("timeout_ms", 10_000), retry, breaker, rate_limit };
+    let settings = ProviderSettings {
+        timeout: lookup.ms("timeout_ms", 10_000),
+        max_retry_after: lookup.ms("max_retry_after_ms", built_in("max_retry_after_ms")),
+        retry,
+        breaker,
+        rate_limit,
+    };
     (settings, lookup.sources)
 }
 

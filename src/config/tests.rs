@@ -102,6 +102,37 @@ fn rate_limit_is_unlimited_unless_set_and_burst_follows_the_rate() {
     );
 }
 
+#[test]
+fn max_retry_after_resolves_like_timeout_and_is_range_checked() {
+    use serde_json::json;
+    use SettingSource::*;
+    check(P, &[], "max_retry_after_ms", json!(3_600_000), BuiltIn);
+    check(&format!("[defaults]\nmax_retry_after_ms = 0\n{P}"), &[], "max_retry_after_ms", json!(0), Defaults);
+    check(
+        &format!("[defaults]\nmax_retry_after_ms = 7\n[kinds.mock]\nmax_retry_after_ms = 60000\n{P}"),
+        &[],
+        "max_retry_after_ms",
+        json!(60000),
+        Kind("mock".into()),
+    );
+    check(
+        &format!("[kinds.mock]\nmax_retry_after_ms = 60000\n{P}max_retry_after_ms = 500\n"),
+        &[],
+        "max_retry_after_ms",
+        json!(500),
+        Provider("p".into()),
+    );
+    for bad in ["-1", "31536000001", "\"1h\""] {
+        let text = format!("{P}max_retry_after_ms = {bad}\n{ROUTES}");
+        let loaded = load_bytes("t.toml", text.as_bytes(), &Environment::from_pairs([]));
+        let messages: Vec<&str> = loaded.diagnostics.iter().map(|d| d.message.as_str()).collect();
+        assert!(
+            loaded.config.is_none() && messages.iter().any(|m| m.contains("max_retry_after_ms")),
+            "{bad}: {messages:?}"
+        );
+    }
+}
+
 /// Checks the route settings of channel `sms`.
 fn check_route(config: &str, env: &[(&str, &str)], max_attempts: u32, source: SettingSource) {
     let text = format!("{P}{config}");

@@ -582,7 +582,12 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
                     return Round::Done;
                 }
                 if let SendError::RateLimited { retry_after } = &error {
-                    let until = Instant::now() + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
+                    // A provider-given delay is capped (`max_retry_after_ms`), and adding it to
+                    // the clock cannot overflow.
+                    let cap = handle.config.settings.max_retry_after;
+                    let pause = retry_after.map(|d| d.min(cap)).unwrap_or(DEFAULT_RATE_LIMIT_PAUSE.min(cap));
+                    let now = Instant::now();
+                    let until = now.checked_add(pause).unwrap_or(now);
                     handle.health().pause.pause_until(until);
                     next_available = earliest(next_available, until);
                 }
@@ -630,13 +635,21 @@ async fn attempt(
     job: &Job,
 ) -> (Result<Option<String>, SendError>, Attempt) {
     let message = &job.message;
+    let instance = handle.instance();
     let started = Instant::now();
-    let result =
-        match tokio::time::timeout(handle.config.settings.timeout, handle.instance().send(message)).await {
-            Ok(result) => result.map(|receipt| receipt.provider_message_id),
-            Err(_) => Err(SendError::Timeout),
-        };
+    let result = match tokio::time::timeout(handle.config.settings.timeout, instance.send(message)).await {
+        Ok(result) => result.map(|receipt| receipt.provider_message_id),
+        Err(_) => Err(SendError::Timeout),
+    };
     let latency = started.elapsed();
+    // What the provider said is hostile input: cleaned here, the one place, of the credentials
+    // it was sent, of recipients, of HTML and excess length, before any log line, record,
+    // `last_error` or final failure sees it.
+    let sent = instance.credentials_sent();
+    let result = match result {
+        Ok(provider_message_id) => Ok(sent.clean_message_id(provider_message_id, &message.to)),
+        Err(error) => Err(sent.clean_error(error, &message.to)),
+    };
     let error = result.as_ref().err();
     let outcome = Outcome::of(error);
     let provider = &*handle.label;

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The path with the query, as requested.
+    pub uri: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -26,6 +28,18 @@ impl Recorded {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    /// The whole request as text: request line, headers, blank line, body (what a gateway that
+    /// echoes the request would answer).
+    pub fn as_text(&self) -> String {
+        let mut text = format!("{} {}\n", self.method, self.uri);
+        for (name, value) in &self.headers {
+            text.push_str(&format!("{name}: {value}\n"));
+        }
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&self.body));
+        text
     }
 
     /// The form-encoded body as (name, value) pairs, in order.
@@ -48,11 +62,34 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Makes the body from the request instead (a gateway echoing what it got).
+    pub echo: Option<Echo>,
+}
+
+/// A reply body made from the request.
+#[derive(Clone)]
+pub struct Echo(Arc<dyn Fn(&Recorded) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Echo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Echo(..)")
+    }
 }
 
 impl Reply {
     pub fn new(status: u16, body: &str) -> Reply {
-        Reply { status, headers: Vec::new(), body: body.as_bytes().to_vec(), delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+            echo: None,
+        }
+    }
+
+    /// Answers `status` with a body `echo` makes from the request.
+    pub fn echo(status: u16, echo: impl Fn(&Recorded) -> String + Send + Sync + 'static) -> Reply {
+        Reply { echo: Some(Echo(Arc::new(echo))), ..Reply::new(status, "") }
     }
 
     pub fn json(status: u16, body: serde_json::Value) -> Reply {
@@ -70,7 +107,7 @@ impl Reply {
     }
 
     pub fn sized(status: u16, bytes: usize) -> Reply {
-        Reply { status, headers: Vec::new(), body: vec![b'x'; bytes], delay: Duration::ZERO }
+        Reply { body: vec![b'x'; bytes], ..Reply::new(status, "") }
     }
 }
 
@@ -155,6 +192,7 @@ async fn handle(
     let recorded = Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
+        uri: uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string),
         headers: headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -162,13 +200,16 @@ async fn handle(
         body: body.to_vec(),
     };
     if let Ok(mut requests) = shared.requests.lock() {
-        requests.push(recorded);
+        requests.push(recorded.clone());
     }
     let scripted = shared.script.lock().ok().and_then(|mut s| s.pop_front());
-    let reply = match scripted {
+    let mut reply = match scripted {
         Some(reply) => reply,
         None => shared.default.lock().map(|d| d.clone()).unwrap_or_else(|_| Reply::new(500, "")),
     };
+    if let Some(Echo(echo)) = &reply.echo {
+        reply.body = echo(&recorded).into_bytes();
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
