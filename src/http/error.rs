@@ -103,7 +103,11 @@ impl ApiError {
         let mut detail = error.to_string();
         let mut cause = error.source();
         while let Some(inner) = cause {
-            detail = format!("{detail}: {inner}");
+            let text = inner.to_string();
+            // Wrappers often repeat their cause's text.
+            if !detail.ends_with(&text) {
+                detail = format!("{detail}: {text}");
+            }
             cause = inner.source();
         }
         ApiError::InvalidBody(detail)

@@ -9,15 +9,23 @@
 //! cannot hold (414), a malformed request line or header (400). [`EdgeIo`] recognises those
 //! answers as hyper writes them and sends the matching [`ApiError`] instead. Heads within the
 //! buffer reach the guard (`http/guard.rs`), which applies the configured limits.
+//!
+//! Out of file descriptors, the accept loop sheds: every connection that has been waiting for
+//! a request head for a while (slow or idle clients) is closed, so that new clients, health
+//! checks first of all, get in.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::response::Response;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -36,6 +44,8 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this long about failing accepts.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Out of file descriptors, connections waiting this long for a request head are closed.
+const SHED_AFTER: Duration = Duration::from_millis(250);
 
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets every
 /// connection finish the request it is answering (idle ones are closed), and returns once all
@@ -47,8 +57,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     raise_open_files_limit();
-    let edge =
-        Arc::new(Edge { max_header_bytes: limits.max_header_bytes, header_timeout: limits.header_timeout });
+    let edge = Arc::new(Edge {
+        max_header_bytes: limits.max_header_bytes,
+        header_timeout: limits.header_timeout,
+        started: Instant::now(),
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -59,6 +72,7 @@ pub async fn serve(
         .writev(false);
     let service = TowerToHyperService::new(router);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (shed_tx, shed_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = AcceptFailures::default();
     loop {
@@ -68,6 +82,9 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     failures.failed(&error);
+                    if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        shed_tx.send_replace(());
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -75,30 +92,124 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(EdgeIo::new(stream, Arc::clone(&edge)));
-        let connection = builder.serve_connection(io, service.clone());
-        tokio::spawn(serve_connection(connection, stop_rx.clone()));
+        let activity = Arc::new(Activity::new(&edge));
+        let tracked = Tracked { inner: service.clone(), activity: Arc::clone(&activity) };
+        let connection = builder.serve_connection(io, tracked);
+        let signals = Signals { stop: stop_rx.clone(), shed: shed_rx.clone() };
+        tokio::spawn(serve_connection(connection, activity, signals));
     }
     drop(listener);
-    drop(stop_rx);
+    drop((stop_rx, shed_rx));
     let _ = stop_tx.send(true);
     // Every connection holds a receiver: this returns once the last one is closed.
     stop_tx.closed().await;
+    drop(shed_tx);
     Ok(())
 }
 
-type Connection = http1::Connection<TokioIo<EdgeIo>, TowerToHyperService<Router>>;
+type Connection = http1::Connection<TokioIo<EdgeIo>, Tracked>;
 
-async fn serve_connection(mut connection: Connection, mut stop: watch::Receiver<bool>) {
-    let result = tokio::select! {
-        result = &mut connection => result,
-        () = stopping(&mut stop) => {
-            Pin::new(&mut connection).graceful_shutdown();
-            (&mut connection).await
+/// What the accept loop tells every connection: shutdown began; file descriptors ran out.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    shed: watch::Receiver<()>,
+}
+
+/// How a connection ended.
+enum Ending {
+    /// Hyper is done with it (the client left, an error, a timeout, shutdown).
+    Served(Result<(), hyper::Error>),
+    /// Closed while waiting for a request head, to free its descriptor.
+    Shed,
+}
+
+async fn serve_connection(mut connection: Connection, activity: Arc<Activity>, mut signals: Signals) {
+    let ending = loop {
+        tokio::select! {
+            result = &mut connection => break Ending::Served(result),
+            () = stopping(&mut signals.stop) => {
+                Pin::new(&mut connection).graceful_shutdown();
+                break Ending::Served((&mut connection).await);
+            }
+            Ok(()) = signals.shed.changed() => {
+                if activity.waiting_for_head() >= Some(SHED_AFTER) {
+                    break Ending::Shed;
+                }
+            }
         }
     };
     let parts = connection.into_parts();
     let head_started = !parts.read_buf.is_empty();
-    parts.io.into_inner().finish(result, head_started).await;
+    parts.io.into_inner().finish(ending, head_started).await;
+}
+
+/// Whether a connection is answering a request, and since when it is not.
+struct Activity {
+    answering: AtomicUsize,
+    /// Since the server started, when the connection last became idle (opened or answered).
+    idle_since_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Activity {
+    fn new(edge: &Edge) -> Self {
+        let activity = Activity {
+            answering: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            started: edge.started,
+        };
+        activity.idle_now();
+        activity
+    }
+
+    fn idle_now(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been waiting for a request head; `None` while answering.
+    fn waiting_for_head(&self) -> Option<Duration> {
+        if self.answering.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.started.elapsed().saturating_sub(since))
+    }
+}
+
+/// The router, counting the requests a connection is answering.
+#[derive(Clone)]
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    activity: Arc<Activity>,
+}
+
+/// One request being answered; on drop the connection is idle again (if it was the last).
+struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.0.answering.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_now();
+        }
+    }
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.activity.answering.fetch_add(1, Ordering::Relaxed);
+        let answering = Answering(Arc::clone(&self.activity));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            drop(answering);
+            response
+        })
+    }
 }
 
 /// Resolves once shutdown begins.
@@ -117,6 +228,8 @@ fn buffer_size(max_header_bytes: usize) -> usize {
 struct Edge {
     max_header_bytes: usize,
     header_timeout: Duration,
+    /// When the server started: connections' idle times are kept relative to it.
+    started: Instant,
 }
 
 /// The client's TCP stream, as hyper reads and writes it.
@@ -151,20 +264,27 @@ impl EdgeIo {
         Poll::Ready(Ok(()))
     }
 
-    /// After hyper is done: a 408 for a head that did not arrive in time (an idle connection
-    /// is just closed), the rest of any replacement answer, the end of our side, then what the
-    /// client still sends, read and discarded (bounded) so it gets to read the answer.
-    async fn finish(mut self, result: Result<(), hyper::Error>, head_started: bool) {
-        if let Err(error) = &result {
-            if error.is_timeout() {
-                if !head_started {
-                    return;
-                }
-                let timeout = self.edge.header_timeout;
-                self.replacement = Some((ApiError::HeaderTimeout { timeout }.to_http1(), 0));
-            } else {
-                tracing::debug!(error = %error, "HTTP connection ended with an error");
+    /// After hyper is done: a 408 for a head that did not arrive in time, a 503 `overloaded` for
+    /// one shed (an idle connection is just closed); the rest of any replacement answer; the
+    /// end of our side; then what the client still sends, read and discarded (bounded) so that
+    /// it gets to read the answer.
+    async fn finish(mut self, ending: Ending, head_started: bool) {
+        let refusal = match ending {
+            Ending::Served(Ok(())) => None,
+            Ending::Served(Err(error)) if error.is_timeout() => {
+                Some(ApiError::HeaderTimeout { timeout: self.edge.header_timeout })
             }
+            Ending::Served(Err(error)) => {
+                tracing::debug!(error = %error, "HTTP connection ended with an error");
+                None
+            }
+            Ending::Shed => Some(ApiError::Overloaded),
+        };
+        if let Some(refusal) = refusal {
+            if !head_started {
+                return;
+            }
+            self.replacement = Some((refusal.to_http1(), 0));
         }
         let _ = tokio::time::timeout(DRAIN_TIME, self.drain()).await;
     }
