@@ -57,6 +57,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     raise_open_files_limit();
+    widen_accept_queue(&listener);
     let edge = Arc::new(Edge {
         max_header_bytes: limits.max_header_bytes,
         header_timeout: limits.header_timeout,
@@ -115,7 +116,7 @@ struct Signals {
     shed: watch::Receiver<()>,
 }
 
-/// How a connection ended.
+/// How a connection's serving ended.
 enum Ending {
     /// Hyper is done with it (the client left, an error, a timeout, shutdown).
     Served(Result<(), hyper::Error>),
@@ -140,7 +141,11 @@ async fn serve_connection(mut connection: Connection, activity: Arc<Activity>, m
     };
     let parts = connection.into_parts();
     let head_started = !parts.read_buf.is_empty();
-    parts.io.into_inner().finish(ending, head_started).await;
+    let io = parts.io.into_inner();
+    match ending {
+        Ending::Served(result) => io.finish(result, head_started).await,
+        Ending::Shed => io.shed(head_started),
+    }
 }
 
 /// Whether a connection is answering a request, and since when it is not.
@@ -264,29 +269,30 @@ impl EdgeIo {
         Poll::Ready(Ok(()))
     }
 
-    /// After hyper is done: a 408 for a head that did not arrive in time, a 503 `overloaded` for
-    /// one shed (an idle connection is just closed); the rest of any replacement answer; the
-    /// end of our side; then what the client still sends, read and discarded (bounded) so that
-    /// it gets to read the answer.
-    async fn finish(mut self, ending: Ending, head_started: bool) {
-        let refusal = match ending {
-            Ending::Served(Ok(())) => None,
-            Ending::Served(Err(error)) if error.is_timeout() => {
-                Some(ApiError::HeaderTimeout { timeout: self.edge.header_timeout })
+    /// After hyper is done: a 408 for a head that did not arrive in time (an idle connection
+    /// is just closed); the rest of any replacement answer; the end of our side; then what the
+    /// client still sends, read and discarded (bounded) so that it gets to read the answer.
+    async fn finish(mut self, result: Result<(), hyper::Error>, head_started: bool) {
+        match result {
+            Err(error) if error.is_timeout() => {
+                if !head_started {
+                    return;
+                }
+                let timeout = self.edge.header_timeout;
+                self.replacement = Some((ApiError::HeaderTimeout { timeout }.to_http1(), 0));
             }
-            Ending::Served(Err(error)) => {
-                tracing::debug!(error = %error, "HTTP connection ended with an error");
-                None
-            }
-            Ending::Shed => Some(ApiError::Overloaded),
-        };
-        if let Some(refusal) = refusal {
-            if !head_started {
-                return;
-            }
-            self.replacement = Some((refusal.to_http1(), 0));
+            Err(error) => tracing::debug!(error = %error, "HTTP connection ended with an error"),
+            Ok(()) => {}
         }
         let _ = tokio::time::timeout(DRAIN_TIME, self.drain()).await;
+    }
+
+    /// Closes a connection shed for its descriptor at once: a head begun gets a 503
+    /// `overloaded` if the socket takes it without waiting.
+    fn shed(self, head_started: bool) {
+        if head_started {
+            let _ = self.stream.try_write(&ApiError::Overloaded.to_http1());
+        }
     }
 
     async fn drain(&mut self) {
@@ -381,6 +387,19 @@ impl AcceptFailures {
             self.logged = Some(now);
             self.unlogged = 0;
         }
+    }
+}
+
+/// Lets the kernel queue as many connections as it allows (`somaxconn`) for accepting, instead
+/// of the 128 the listener was bound with: in a burst of connections (slow clients among them)
+/// the rest are not dropped and retried a second later.
+fn widen_accept_queue(listener: &TcpListener) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen on a descriptor the listener owns (and keeps open for the call); on a
+        // socket already listening it only changes the queue's length.
+        let _ = unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) };
     }
 }
 
