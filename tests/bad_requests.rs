@@ -342,8 +342,8 @@ fn bad_heads_get_their_status_with_the_json_error_body() {
             "invalid_field",
         ),
         (
-            "a 3 MiB body written whole",
-            post("Content-Length: 3145728\r\n", &vec![b' '; 3 * 1024 * 1024]),
+            "a 6 MiB body written whole",
+            post("Content-Length: 6291456\r\n", &vec![b' '; 6 * 1024 * 1024]),
             413,
             "payload_too_large",
         ),

@@ -38,7 +38,7 @@ use super::ApiError;
 
 /// After a connection ends: the most request bytes read and discarded so the client can read
 /// the answer, and the longest that may take.
-const DRAIN_BYTES: usize = 4 * 1024 * 1024;
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (out of file descriptors, …) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
