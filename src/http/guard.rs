@@ -227,6 +227,54 @@ mod tests {
         check("/nowhere", None, Err("unauthorized"));
     }
 
+    fn check_request(uri: &str, headers: &[(&str, &str)], expected: Result<(), &str>) {
+        let mut request = Request::new(axum::body::Body::empty());
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => panic!("{uri}: {error}"),
+        }
+        for (name, value) in headers {
+            if let (Ok(name), Ok(value)) =
+                (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+            {
+                request.headers_mut().append(name, value);
+            }
+        }
+        let got = check_head(&request, 16 * 1024).map_err(|e| e.code());
+        assert_eq!(got, expected, "{uri} {headers:?}");
+    }
+
+    #[test]
+    fn heads() {
+        let long = format!("/v1/messages?x={}", "a".repeat(MAX_URI_BYTES));
+        let many: Vec<(String, String)> =
+            (0..=MAX_HEADERS).map(|i| (format!("x-{i}"), String::new())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        check_request("/v1/messages", &[("content-type", "application/json")], Ok(()));
+        check_request(&long, &[], Err("uri_too_long"));
+        check_request(&long[..MAX_URI_BYTES], &[], Ok(()));
+        check_request("/healthz", &[("x-big", &"a".repeat(16 * 1024))], Err("headers_too_large"));
+        check_request("/healthz", &many, Err("headers_too_large"));
+        check_request("/v1/messages", &[("content-encoding", "gzip")], Err("unsupported_content_encoding"));
+        check_request(
+            "/v1/messages",
+            &[("content-encoding", "identity, gzip")],
+            Err("unsupported_content_encoding"),
+        );
+        check_request("/v1/messages", &[("content-encoding", "Identity")], Ok(()));
+        check_request(
+            "/v1/messages",
+            &[("content-encoding", "identity"), ("content-encoding", "br")],
+            Err("unsupported_content_encoding"),
+        );
+        check_request(
+            "/v1/messages",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer a")],
+            Err("invalid_field"),
+        );
+        check_request("/v1/messages", &[("authorization", "Bearer a")], Ok(()));
+    }
+
     #[test]
     fn no_keys_means_anyone() {
         let caller = authenticate(&ApiKeys::default(), &HeaderMap::new(), Access::Admin);
