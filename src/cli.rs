@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Longest a request body may take to arrive (e.g. `10s`); beyond: 408.
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Longest a request's line and headers may take to arrive, and a kept-alive connection may
+    /// stay idle (e.g. `10s`); beyond: 408, or an idle connection is closed.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
 }
 
 fn positive_f64(text: &str) -> Result<f64, String> {
@@ -240,6 +244,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_concurrent: args.max_concurrent_requests as usize,
             max_header_bytes: args.max_header_bytes,
             body_timeout: args.request_timeout,
+            header_timeout: args.header_timeout,
         },
     };
     let outcome = runtime.block_on(crate::serve::serve(options));

@@ -147,11 +147,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     tracing::info!(%address, "listening on http://{address}");
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async move {
-        signals.received().await;
-        let _ = stopping_tx.send(());
-    });
-    let server = std::future::IntoFuture::into_future(server);
+    let server =
+        crate::http::server::serve(listener, router(Arc::clone(&state)), &options.limits, async move {
+            signals.received().await;
+            let _ = stopping_tx.send(());
+        });
     let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(ServeError::Server)?,

@@ -107,6 +107,39 @@ fn cases() -> Vec<Case> {
             NATIVE.replace(r#""Hi""#, r#""Hi\nBcc: x@evil.com""#),
             "subject",
         ),
+        // Control characters: none in any field, but line breaks and tabs in a body.
+        field("body with NUL", sms, SMS.replace("Hello", r"Hel\u0000lo"), "body"),
+        field("body with NEL (U+0085)", native, NATIVE.replace(r#""x""#, r#""x\u0085""#), "body"),
+        field("body with ESC", email, EMAIL.replace("<b>hi</b>", r"\u001b[31mhi"), "body"),
+        field("body with DEL", native, NATIVE.replace(r#""x""#, r#""x\u007f""#), "body"),
+        field("subject with NUL", native, NATIVE.replace(r#""Hi""#, r#""H\u0000i""#), "subject"),
+        field("subject with a tab", native, NATIVE.replace(r#""Hi""#, r#""H\ti""#), "subject"),
+        field("subject with NEL (U+0085)", native, NATIVE.replace(r#""Hi""#, r#""H\u0085i""#), "subject"),
+        field(
+            "from with NUL",
+            email,
+            EMAIL.replace("user@usehatchapp.com", r"user@usehatchapp.com\u0000"),
+            "from",
+        ),
+        field("to with a tab", native, NATIVE.replace("b@example.com", r"b@example.com\t"), "to"),
+        field("tag with NUL", native, NATIVE.replace(r#"["otp"]"#, r#"["o\u0000tp"]"#), "tags"),
+        field("attachment with NUL", sms, MMS.replace("a.png", r"a\u0000.png"), "attachments"),
+        case(
+            "repeated key",
+            native,
+            NATIVE.replace(r#""to":"b@example.com","#, r#""to":"b@example.com","to":"c@example.com","#),
+            400,
+            "duplicate_field",
+            Some("to"),
+        ),
+        case(
+            "repeated unknown key",
+            sms,
+            SMS.replace(r#""type""#, r#""x":1,"x":2,"type""#),
+            400,
+            "duplicate_field",
+            Some("x"),
+        ),
         field("native unknown channel", native, NATIVE.replace(r#""email""#, r#""pager""#), "channel"),
         field("native missing channel", native, NATIVE.replace(r#""channel":"email","#, ""), "channel"),
         field("native tags not strings", native, NATIVE.replace(r#"["otp"]"#, "[1]"), "tags"),
@@ -225,13 +258,109 @@ fn every_bad_request_gets_its_specific_4xx_and_stores_nothing() {
         ("/api/messages/sms", MMS),
         ("/api/messages/email", EMAIL),
         ("/v1/messages", NATIVE),
+        ("/v1/messages", &NATIVE.replace(r#""x""#, r#""line\r\nbreak\tand tab""#)),
     ] {
         let status = client
             .post(server.url(path))
             .header("content-type", "application/json; charset=utf-8")
-            .body(body)
+            .body(body.to_owned())
             .send()
             .map(|r| r.status().as_u16());
         assert_eq!(status.ok(), Some(202), "{path} {body}");
     }
+}
+
+/// The status and the JSON body of the answer to raw `request` bytes (written whole first, as
+/// a client that does not read while sending would).
+fn raw(server: &Server, request: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return (0, Value::Null) };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+    if let Err(error) = stream.write_all(request) {
+        return (0, Value::String(format!("write: {error}")));
+    }
+    let mut answer = Vec::new();
+    if let Err(error) = stream.read_to_end(&mut answer) {
+        return (0, Value::String(format!("read: {error}, after {:?}", String::from_utf8_lossy(&answer))));
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::String(answer.into_owned())))
+}
+
+/// Heads the server refuses before any handler, some of them inside hyper: each gets its
+/// status and the JSON error body, and a client that writes everything before reading gets
+/// to read it.
+#[test]
+fn bad_heads_get_their_status_with_the_json_error_body() {
+    let server = Server::start(CONFIG, &["--store", "memory://"], &[]);
+    let get = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+    };
+    let post = |headers: &str, body: &[u8]| {
+        let mut request = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Connection: close\r\n\r\n"
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    };
+    let many: String = (0..101).map(|i| format!("X-H{i}: y\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "a".repeat(1_000_000));
+    let native = NATIVE.as_bytes();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("101 headers", get("/healthz", &many), 431, "headers_too_large"),
+        ("a 1 MB header", get("/healthz", &huge), 431, "headers_too_large"),
+        (
+            "a 17 KiB header",
+            get("/healthz", &format!("X-Big: {}\r\n", "a".repeat(17 * 1024))),
+            431,
+            "headers_too_large",
+        ),
+        ("a 9 KiB URI", get(&format!("/{}", "a".repeat(9 * 1024)), ""), 414, "uri_too_long"),
+        ("a 70 KiB URI", get(&format!("/{}", "a".repeat(70 * 1024)), ""), 414, "uri_too_long"),
+        ("a 1 MiB URI", get(&format!("/{}", "a".repeat(1024 * 1024)), ""), 414, "uri_too_long"),
+        ("a header without a colon", get("/healthz", "Bad Header\r\n"), 400, "malformed_request"),
+        (
+            "a malformed chunked body",
+            post("Transfer-Encoding: chunked\r\n", b"zz\r\n{}\r\n0\r\n\r\n"),
+            400,
+            "invalid_body",
+        ),
+        (
+            "a gzip body",
+            post(&format!("Content-Encoding: gzip\r\nContent-Length: {}\r\n", native.len()), native),
+            415,
+            "unsupported_content_encoding",
+        ),
+        (
+            "two Authorization headers",
+            get("/healthz", "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"),
+            400,
+            "invalid_field",
+        ),
+        (
+            "a 6 MiB body written whole",
+            post("Content-Length: 6291456\r\n", &vec![b' '; 6 * 1024 * 1024]),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, request, status, code) in &cases {
+        let (got, body) = raw(&server, request);
+        if (got, body["error"]["code"].as_str()) != (*status, Some(*code))
+            || body["error"]["message"].as_str().is_none_or(str::is_empty)
+        {
+            let shown: String = body.to_string().chars().take(300).collect();
+            failures.push(format!("{name}: expected {status} {code}, got {got} {shown}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let identity =
+        post(&format!("Content-Encoding: identity\r\nContent-Length: {}\r\n", native.len()), native);
+    assert_eq!(raw(&server, &identity).0, 202);
+    assert_eq!(raw(&server, &get("/healthz", "")).0, 200);
 }

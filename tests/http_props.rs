@@ -1,7 +1,7 @@
 //! Property test over the HTTP layer of the real binary: arbitrary JSON bodies (and near-valid
 //! messages with random fields) and arbitrary headers, to every endpoint, never get a 5xx or
-//! kill the server, and nothing is stored unless the answer was 202. Seeded: every run sends
-//! the same requests.
+//! kill the server, every refusal carries the JSON error body, and nothing is stored unless the
+//! answer was 202. Seeded: every run sends the same requests.
 
 mod common;
 
@@ -49,6 +49,9 @@ fn field_value() -> impl Strategy<Value = Value> {
         Just("2024-11-01T14:00:00Z".to_owned()),
         Just("x".repeat(2000)),
         Just("line\r\nBcc: x@y.z".to_owned()),
+        Just("nul\u{0}x".to_owned()),
+        Just("nel\u{85}x".to_owned()),
+        Just("tab\tx".to_owned()),
         "\\PC{0,40}",
     ];
     let leaf = prop_oneof![
@@ -122,19 +125,32 @@ fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
     let idempotency =
         prop_oneof![Just(None), "[ -~]{0,300}".prop_map(Some), Just(Some("fixed-key".to_owned()))];
     let extra = prop::collection::vec(("x-[a-z]{1,10}", "[ -~]{0,50}"), 0..3);
-    (content_type, auth, idempotency, extra).prop_map(|(content_type, auth, idempotency, extra)| {
-        let mut headers = extra;
-        if let Some(value) = content_type {
-            headers.push(("content-type".into(), value.into()));
-        }
-        if let Some(value) = auth {
-            headers.push(("authorization".into(), value));
-        }
-        if let Some(value) = idempotency {
-            headers.push(("idempotency-key".into(), value));
-        }
-        headers
-    })
+    // Sometimes more headers than allowed (100), or more bytes of them (16 KiB).
+    let filler = prop_oneof![8 => Just((0usize, 0usize)), 1 => (90..130usize, 1..10usize), 1 => (1..3usize, 10_000..20_000usize)];
+    let encoding = prop_oneof![6 => Just(None), 1 => Just(Some("gzip")), 1 => Just(Some("identity"))];
+    let second_auth = prop::bool::weighted(0.1);
+    (content_type, auth, idempotency, extra, filler, encoding, second_auth).prop_map(
+        |(content_type, auth, idempotency, extra, (count, size), encoding, second_auth)| {
+            let mut headers = extra;
+            headers.extend((0..count).map(|i| (format!("x-fill-{i}"), "f".repeat(size))));
+            if let Some(value) = encoding {
+                headers.push(("content-encoding".into(), value.into()));
+            }
+            if second_auth {
+                headers.push(("authorization".into(), format!("Bearer {KEY}")));
+            }
+            if let Some(value) = content_type {
+                headers.push(("content-type".into(), value.into()));
+            }
+            if let Some(value) = auth {
+                headers.push(("authorization".into(), value));
+            }
+            if let Some(value) = idempotency {
+                headers.push(("idempotency-key".into(), value));
+            }
+            headers
+        },
+    )
 }
 
 fn accepted_total(server: &Server) -> u64 {
@@ -175,8 +191,23 @@ fn no_request_gets_a_5xx_or_stores_without_a_202() {
             return Err(TestCaseError::fail(format!("no answer to {method} {path}:\n{}", server.logs())));
         };
         let status = response.status().as_u16();
-        prop_assert!(status < 500, "{} {} answered {}: {:?}", method, path, status, response.text());
-        if status == 202 && !response.headers().contains_key("idempotency-replayed") {
+        let replayed = response.headers().contains_key("idempotency-replayed");
+        let text = response.text().unwrap_or_default();
+        prop_assert!(status < 500, "{} {} answered {}: {}", method, path, status, text);
+        if status >= 400 {
+            let code = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+            prop_assert!(
+                code.is_some_and(|c| !c.is_empty()),
+                "{} {} answered {} without the JSON error: {:?}",
+                method,
+                path,
+                status,
+                text
+            );
+        }
+        if status == 202 && !replayed {
             new_messages.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())

@@ -156,6 +156,25 @@ fn limits_per_key_country_and_recipient() {
 }
 
 #[test]
+fn the_recipient_cap_counts_a_mailbox_however_its_address_is_spelled() {
+    let config = "[providers.p]\nkind = \"mock\"\n\n[routes.email]\nproviders = [\"p\"]\nmax_per_recipient_per_hour = 2\n";
+    let server = Server::start(config, &["--store", "memory://"], &[]);
+    let email = |to: &str| json!({"channel": "email", "from": "a@example.com", "to": to, "body": "hi"});
+    for to in ["victim@example.com", "Victim@EXAMPLE.com"] {
+        assert_eq!(call(&server, "POST", "/v1/messages", None, Some(&email(to))).0, 202, "{to}");
+    }
+    for to in ["VICTIM@example.com", "victim@Example.Com", "victim+promo@example.com"] {
+        let (status, answer, _) = call(&server, "POST", "/v1/messages", None, Some(&email(to)));
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (429, &json!("recipient_rate_limited")),
+            "{to}: {answer}"
+        );
+    }
+    assert_eq!(call(&server, "POST", "/v1/messages", None, Some(&email("other@example.com"))).0, 202);
+}
+
+#[test]
 fn without_keys_only_loopback() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));

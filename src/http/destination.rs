@@ -1,5 +1,6 @@
 //! Limits on where messages go, against SMS pumping: a route's allow-list of country calling
-//! codes, and a cap on messages per recipient per clock hour.
+//! codes, and a cap on messages per recipient per clock hour, counted per mailbox or number
+//! however its address is spelled.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -76,7 +77,7 @@ impl RecipientCounts {
             // A new hour: the old counts are over (and memory stays bounded by one hour's traffic).
             *state = (hour, HashMap::new());
         }
-        let key = (route.channel.to_string(), to.to_owned());
+        let key = (route.channel.to_string(), recipient_key(to));
         let count = state.1.entry(key.clone()).or_insert(0);
         if *count >= max {
             let retry_after = Duration::from_secs((hour + 1) * 3600).saturating_sub(since_epoch);
@@ -84,6 +85,23 @@ impl RecipientCounts {
         }
         *count += 1;
         Ok(Reserved { counts: self, key: Some((hour, key)) })
+    }
+}
+
+/// The recipient as the cap counts it. An email address is lower-cased whole (domains are
+/// case-insensitive, and mail systems treat local parts so in practice) and loses a `+tag`
+/// sub-address (`name+x@` reaches `name@`). Numbers are digits after an optional `+` with no
+/// other spelling the API accepts: kept as given, as is any other channel's recipient.
+fn recipient_key(to: &str) -> String {
+    match to.rsplit_once('@') {
+        Some((local, domain)) => {
+            let mailbox = match local.split_once('+') {
+                Some((base, _)) if !base.is_empty() => base,
+                _ => local,
+            };
+            format!("{}@{}", mailbox.to_ascii_lowercase(), domain.to_ascii_lowercase())
+        }
+        None => to.to_owned(),
     }
 }
 
@@ -123,6 +141,32 @@ mod tests {
             assert_eq!(check_country(&uk_us, to).is_ok(), allowed, "{to}");
         }
         assert!(check_country(&route(None, None), "+33612345678").is_ok());
+    }
+
+    #[test]
+    fn recipients_as_counted() {
+        for (to, expected) in [
+            ("Victim@Example.COM", "victim@example.com"),
+            ("victim+1@example.com", "victim@example.com"),
+            ("VICTIM+promo+x@EXAMPLE.com", "victim@example.com"),
+            ("+tag@example.com", "+tag@example.com"),
+            ("+12016661234", "+12016661234"),
+            ("12345", "12345"),
+            ("device-Token", "device-Token"),
+        ] {
+            assert_eq!(recipient_key(to), expected, "{to}");
+        }
+    }
+
+    #[test]
+    fn spellings_of_one_address_share_a_cap() {
+        let counts = RecipientCounts::default();
+        let capped = route(None, Some(2));
+        let now = UNIX_EPOCH + Duration::from_secs(3600);
+        for to in ["victim@example.com", "Victim@EXAMPLE.com"] {
+            counts.reserve(&capped, to, now).map(Reserved::keep).unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        assert!(counts.reserve(&capped, "VICTIM+x@example.com", now).is_err());
     }
 
     #[test]

@@ -6,15 +6,24 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::dispatch::SubmitError;
+use crate::http::guard::MAX_HEADERS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidJson(String),
+    /// The body could not be read as sent (a malformed chunked encoding, a cut connection).
+    InvalidBody(String),
+    /// A JSON object names the same key twice; `field` is its path (`to`, `extra.x`).
+    DuplicateField {
+        field: String,
+    },
     InvalidField {
         field: String,
         message: String,
     },
     UnsupportedMediaType,
+    /// A `Content-Encoding` other than `identity`: bodies are not decompressed.
+    UnsupportedEncoding,
     PayloadTooLarge {
         limit: usize,
     },
@@ -47,8 +56,19 @@ pub enum ApiError {
     RecipientRateLimited {
         retry_after: std::time::Duration,
     },
+    /// More headers than [`MAX_HEADERS`], or more than `limit` bytes of them.
     HeadersTooLarge {
         limit: usize,
+    },
+    /// The request target is longer than `limit` bytes.
+    UriTooLong {
+        limit: usize,
+    },
+    /// The request line or a header is not HTTP/1.1 (answered for hyper's own refusals).
+    MalformedRequest,
+    /// The request head (line and headers) did not arrive within `timeout`.
+    HeaderTimeout {
+        timeout: std::time::Duration,
     },
     /// Too many requests being answered at once.
     Overloaded,
@@ -78,10 +98,31 @@ impl ApiError {
         ApiError::InvalidField { field: field.to_owned(), message: message.into() }
     }
 
+    /// A body that could not be read, saying why down to the first cause (`invalid chunk size`).
+    pub fn invalid_body(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut detail = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            let text = inner.to_string();
+            // Wrappers often repeat their cause's text.
+            if !detail.ends_with(&text) {
+                detail = format!("{detail}: {text}");
+            }
+            cause = inner.source();
+        }
+        ApiError::InvalidBody(detail)
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::DuplicateField { .. }
+            | ApiError::InvalidField { .. }
+            | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,16 +137,20 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::DuplicateField { .. } => "duplicate_field",
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding => "unsupported_content_encoding",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -120,17 +165,24 @@ impl ApiError {
             ApiError::CountryNotAllowed { .. } => "country_not_allowed",
             ApiError::RecipientRateLimited { .. } => "recipient_rate_limited",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::UriTooLong { .. } => "uri_too_long",
+            ApiError::MalformedRequest => "malformed_request",
             ApiError::Overloaded => "overloaded",
-            ApiError::RequestTimeout => "request_timeout",
+            ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => "request_timeout",
         }
     }
 
     fn message(&self) -> String {
         match self {
             ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}"),
+            ApiError::InvalidBody(detail) => format!("the body could not be read: {detail}"),
+            ApiError::DuplicateField { field } => format!("`{field}` is given more than once"),
             ApiError::InvalidField { message, .. } => message.clone(),
             ApiError::UnsupportedMediaType => {
                 "send the body as JSON with `Content-Type: application/json`".into()
+            }
+            ApiError::UnsupportedEncoding => {
+                "send the body uncompressed: `Content-Encoding` may only be `identity`".into()
             }
             ApiError::PayloadTooLarge { limit } => {
                 format!("the body is larger than the limit of {limit} bytes")
@@ -162,9 +214,17 @@ impl ApiError {
             ApiError::RecipientRateLimited { .. } => {
                 "this recipient has had as many messages as allowed this hour".into()
             }
-            ApiError::HeadersTooLarge { limit } => format!("the request headers exceed {limit} bytes"),
+            ApiError::HeadersTooLarge { limit } => {
+                format!("the request has more than {MAX_HEADERS} headers or more than {limit} bytes of them")
+            }
+            ApiError::UriTooLong { limit } => format!("the request URI is longer than {limit} bytes"),
+            ApiError::MalformedRequest => "the request line or a header is not valid HTTP/1.1".into(),
             ApiError::Overloaded => "too many requests are being answered; retry".into(),
             ApiError::RequestTimeout => "the request body did not arrive in time".into(),
+            ApiError::HeaderTimeout { timeout } => format!(
+                "the request line and headers did not arrive within {}",
+                humantime::format_duration(*timeout)
+            ),
         }
     }
 }
@@ -183,15 +243,36 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let field = match &self {
-            ApiError::InvalidField { field, .. } => Some(field.as_str()),
+impl ApiError {
+    fn body(&self) -> Body<'_> {
+        let field = match self {
+            ApiError::InvalidField { field, .. } | ApiError::DuplicateField { field } => Some(field.as_str()),
             ApiError::CountryNotAllowed { .. } | ApiError::RecipientRateLimited { .. } => Some("to"),
             _ => None,
         };
-        let body = Body { error: Detail { code: self.code(), message: self.message(), field } };
-        let mut response = (self.status(), axum::Json(body)).into_response();
+        Body { error: Detail { code: self.code(), message: self.message(), field } }
+    }
+
+    /// The whole HTTP/1.1 answer, closing the connection: for refusals made below the router
+    /// (`http/server.rs`), where no `Response` can be sent.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let status = self.status();
+        let mut answer = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        answer
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
         let retry_after = match self {
             ApiError::NoRoute { .. } => Some(HeaderValue::from_static(RETRY_AFTER_NO_ROUTE)),
             ApiError::QueueFull

@@ -1,6 +1,8 @@
-//! What every request passes before its handler: the header size cap, the cap on concurrent
-//! requests, and authentication (who is calling) with authorisation (may they call this
-//! route). Handlers find the [`Caller`] in the request's extensions.
+//! What every request passes before its handler: the URI length and header size caps, the
+//! content encoding, the cap on concurrent requests, and authentication (who is calling) with
+//! authorisation (may they call this route). Handlers find the [`Caller`] in the request's
+//! extensions. What cannot reach a handler at all (a head too large for the server's buffer,
+//! one that never completes) is refused in `http/server.rs` with the same errors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,11 @@ impl Caller {
     }
 }
 
+/// The most headers a request may have; more gets 431 (enforced while parsing the head).
+pub const MAX_HEADERS: usize = 100;
+/// The longest request target (path and query) accepted, in bytes; longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
 /// Request limits, as configured (`switchboard serve` flags).
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
@@ -45,6 +52,9 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     /// Longest a request body may take to arrive; longer gets 408.
     pub body_timeout: Duration,
+    /// Longest a request's line and headers may take to arrive, and a kept-alive connection
+    /// may stay idle; longer gets 408 (or, idle, is closed).
+    pub header_timeout: Duration,
 }
 
 /// The keys and limits, fixed at start.
@@ -101,8 +111,8 @@ fn access(path: &str, metrics_public: bool) -> Access {
 
 pub async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let guard = &state.guard;
-    if header_bytes(request.headers()) > guard.max_header_bytes {
-        return ApiError::HeadersTooLarge { limit: guard.max_header_bytes }.into_response();
+    if let Err(error) = check_head(&request, guard.max_header_bytes) {
+        return error.into_response();
     }
     let access = access(request.uri().path(), guard.metrics_public);
     // Health checks are answered even when the service is saturated.
@@ -119,6 +129,33 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut request: Request, nex
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// What is wrong with the request's head whatever the route: its size, an encoding we cannot
+/// read, ambiguous credentials.
+fn check_head(request: &Request, max_header_bytes: usize) -> Result<(), ApiError> {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(uri.path().len(), |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong { limit: MAX_URI_BYTES });
+    }
+    let headers = request.headers();
+    if header_bytes(headers) > max_header_bytes || headers.len() > MAX_HEADERS {
+        return Err(ApiError::HeadersTooLarge { limit: max_header_bytes });
+    }
+    let identity = |value: &axum::http::HeaderValue| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|coding| coding.trim().is_empty() || coding.trim().eq_ignore_ascii_case("identity"))
+        })
+    };
+    if !headers.get_all(header::CONTENT_ENCODING).iter().all(identity) {
+        return Err(ApiError::UnsupportedEncoding);
+    }
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ApiError::invalid("Authorization", "send one `Authorization` header, not several"));
+    }
+    Ok(())
 }
 
 fn authenticate(keys: &ApiKeys, headers: &HeaderMap, access: Access) -> Result<Caller, ApiError> {
@@ -188,6 +225,54 @@ mod tests {
         check("/admin/reload", Some("Bearer k-ops"), Ok((Some("ops"), true)));
         check("/admin/routes", None, Err("unauthorized"));
         check("/nowhere", None, Err("unauthorized"));
+    }
+
+    fn check_request(uri: &str, headers: &[(&str, &str)], expected: Result<(), &str>) {
+        let mut request = Request::new(axum::body::Body::empty());
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => panic!("{uri}: {error}"),
+        }
+        for (name, value) in headers {
+            if let (Ok(name), Ok(value)) =
+                (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+            {
+                request.headers_mut().append(name, value);
+            }
+        }
+        let got = check_head(&request, 16 * 1024).map_err(|e| e.code());
+        assert_eq!(got, expected, "{uri} {headers:?}");
+    }
+
+    #[test]
+    fn heads() {
+        let long = format!("/v1/messages?x={}", "a".repeat(MAX_URI_BYTES));
+        let many: Vec<(String, String)> =
+            (0..=MAX_HEADERS).map(|i| (format!("x-{i}"), String::new())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        check_request("/v1/messages", &[("content-type", "application/json")], Ok(()));
+        check_request(&long, &[], Err("uri_too_long"));
+        check_request(&long[..MAX_URI_BYTES], &[], Ok(()));
+        check_request("/healthz", &[("x-big", &"a".repeat(16 * 1024))], Err("headers_too_large"));
+        check_request("/healthz", &many, Err("headers_too_large"));
+        check_request("/v1/messages", &[("content-encoding", "gzip")], Err("unsupported_content_encoding"));
+        check_request(
+            "/v1/messages",
+            &[("content-encoding", "identity, gzip")],
+            Err("unsupported_content_encoding"),
+        );
+        check_request("/v1/messages", &[("content-encoding", "Identity")], Ok(()));
+        check_request(
+            "/v1/messages",
+            &[("content-encoding", "identity"), ("content-encoding", "br")],
+            Err("unsupported_content_encoding"),
+        );
+        check_request(
+            "/v1/messages",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer a")],
+            Err("invalid_field"),
+        );
+        check_request("/v1/messages", &[("authorization", "Bearer a")], Ok(()));
     }
 
     #[test]

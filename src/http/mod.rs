@@ -5,6 +5,7 @@ mod destination;
 mod error;
 pub mod guard;
 pub mod payload;
+pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -234,7 +235,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(ApiError::PayloadTooLarge { limit })
         }
-        Err(error) => Err(ApiError::InvalidJson(format!("could not read the body: {error}"))),
+        Err(error) => Err(ApiError::invalid_body(&*error)),
     }
 }
 

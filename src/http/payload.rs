@@ -1,6 +1,10 @@
-//! Request bodies of the send endpoints: parsed strictly (wrong types are rejected, unknown fields
-//! ignored) and validated field by field, each problem naming its field.
+//! Request bodies of the send endpoints: parsed strictly (wrong types and repeated keys are
+//! rejected, unknown fields ignored) and validated field by field, each problem naming its field.
 
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use switchboard_providers::address::{is_email, is_phone};
 use switchboard_providers::{Channel, OutboundMessage};
@@ -65,6 +69,9 @@ pub fn parse(
     id: String,
     is_known_channel: impl Fn(&str) -> bool,
 ) -> Result<OutboundMessage, ApiError> {
+    if let Some(field) = repeated_key(body) {
+        return Err(ApiError::DuplicateField { field });
+    }
     let parsed = match endpoint {
         Endpoint::LegacySms => {
             let p: LegacySms = from_json(body)?;
@@ -155,6 +162,103 @@ fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// The path (`to`, `extra.x`, `list[2].y`) of the first key an object in `body` repeats. `None`
+/// also when `body` is not JSON: parsing it says why.
+fn repeated_key(body: &[u8]) -> Option<String> {
+    let mut found = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let _ = Walk { path: &JsonPath::Root, found: &mut found }.deserialize(&mut deserializer);
+    found
+}
+
+/// Where a value is in the body; rendered only when a repeated key is found.
+enum JsonPath<'a> {
+    Root,
+    Key(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl fmt::Display for JsonPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonPath::Root => Ok(()),
+            JsonPath::Key(JsonPath::Root, key) => write!(f, "{key}"),
+            JsonPath::Key(parent, key) => write!(f, "{parent}.{key}"),
+            JsonPath::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// Visits a JSON value, stopping (with an error) at the first repeated key.
+struct Walk<'p, 'f> {
+    path: &'p JsonPath<'p>,
+    found: &'f mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            let path = JsonPath::Index(self.path, i);
+            if seq.next_element_seed(Walk { path: &path, found: &mut *self.found })?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                *self.found = Some(JsonPath::Key(self.path, &key).to_string());
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            map.next_value_seed(Walk { path: &JsonPath::Key(self.path, &key), found: &mut *self.found })?;
+            seen.insert(key);
+        }
+        Ok(())
+    }
+}
+
 fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid(field, format!("`{field}` is required")))
 }
@@ -170,11 +274,7 @@ fn check_timestamp(timestamp: Option<&str>) -> Result<(), ApiError> {
 }
 
 fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
-    for (field, value) in [("from", Some(&p.from)), ("to", Some(&p.to)), ("subject", p.subject.as_ref())] {
-        if value.is_some_and(|v| v.contains(['\r', '\n'])) {
-            return Err(ApiError::invalid(field, format!("`{field}` must not contain line breaks")));
-        }
-    }
+    check_control_characters(p)?;
     match p.channel.as_str() {
         "sms" | "mms" => {
             check_phone("from", &p.from)?;
@@ -234,6 +334,26 @@ fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
             return Err(ApiError::invalid(
                 "tags",
                 format!("tags are 1 to {MAX_TAG_LEN} printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Control characters (C0, DEL, C1: NUL and U+0085 included) are refused in every field; only
+/// `body` may hold line breaks and tabs. Tags and attachment URLs have their own checks.
+fn check_control_characters(p: &OutboundMessage) -> Result<(), ApiError> {
+    if p.body.contains(|c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(ApiError::invalid(
+            "body",
+            "`body` must not contain control characters other than line breaks and tabs",
+        ));
+    }
+    for (field, value) in [("from", Some(&p.from)), ("to", Some(&p.to)), ("subject", p.subject.as_ref())] {
+        if value.is_some_and(|v| v.contains(char::is_control)) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` must not contain control characters (line breaks and tabs included)"),
             ));
         }
     }
@@ -351,6 +471,7 @@ mod tests {
             .map(|_| ())
             .map_err(|e| match e {
                 ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
+                ApiError::DuplicateField { field } => ("duplicate_field", Some(field)),
                 other => (other.code(), None),
             });
         let expected = expected.map_err(|(code, field)| (code, field.map(str::to_owned)));
@@ -400,5 +521,47 @@ mod tests {
             Err(("invalid_field", Some("channel"))),
         );
         check_body(Native, &native.replace("[\"otp\"]", "[\"\"]"), Err(("invalid_field", Some("tags"))));
+    }
+
+    #[test]
+    fn repeated_keys() {
+        for (body, expected) in [
+            (r#"{"to":"a","to":"b"}"#, Some("to")),
+            (r#"{"to":"a","t\u006f":"b"}"#, Some("to")),
+            (r#"{"x":1,"extra":{"y":[1,{"z":2,"z":3}]}}"#, Some("extra.y[1].z")),
+            (r#"{"a":{"k":1},"b":{"k":1}}"#, None),
+            (r#"[{"k":1},{"k":1}]"#, None),
+            (r#"{"to":"a","#, None),
+            ("", None),
+        ] {
+            assert_eq!(repeated_key(body.as_bytes()).as_deref(), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn control_characters() {
+        use Endpoint::*;
+        let native = r#"{"channel":"email","from":"a@b.com","to":"c@d.com","subject":"Hi","body":"x"}"#;
+        let with = |field: &str, value: &str| {
+            native.replace(&format!(r#""{field}":"#), &format!(r#""{field}":{value},"_{field}":"#))
+        };
+        for (body, expected) in [
+            (with("body", r#""line\r\nbreak\tand tab""#), Ok(())),
+            (with("body", r#""nul\u0000""#), Err(("invalid_field", Some("body")))),
+            (with("body", r#""nel\u0085""#), Err(("invalid_field", Some("body")))),
+            (with("body", r#""esc\u001b[31m""#), Err(("invalid_field", Some("body")))),
+            (with("body", r#""del\u007f""#), Err(("invalid_field", Some("body")))),
+            (with("subject", r#""tab\there""#), Err(("invalid_field", Some("subject")))),
+            (with("subject", r#""nul\u0000""#), Err(("invalid_field", Some("subject")))),
+            (with("subject", r#""nel\u0085""#), Err(("invalid_field", Some("subject")))),
+            (with("subject", r#""Grüße, ☃""#), Ok(())),
+            (with("to", r#""c@d.com\u0000""#), Err(("invalid_field", Some("to")))),
+            (
+                r#"{"channel":"email","from":"a@b.com","to":"c@d.com","body":"x","to":"e@f.com"}"#.to_owned(),
+                Err(("duplicate_field", Some("to"))),
+            ),
+        ] {
+            check_body(Native, &body, expected);
+        }
     }
 }
