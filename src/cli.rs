@@ -360,31 +360,12 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     }
 }
 
-/// Why the send API would refuse a message on `channel` to `to` with `tags`, in its own words;
-/// `None` when it would accept them. The API's own parser judges them, in a message whose other
-/// fields (sender, body, attachments: explain does not take them) are filled in with values it
-/// accepts: which ones depends on the channel, so they are tried in turn.
 fn refused_by_api(channel: &str, to: &str, tags: &[String]) -> Option<String> {
-    use crate::http::payload::{parse, Endpoint};
     use crate::http::ApiError;
-    const SENDERS: [&str; 2] = ["+15005550006", "explain@example.com"];
-    const ATTACHMENTS: [&[&str]; 2] = [&[], &["https://example.com/explain.png"]];
-    for from in SENDERS {
-        for attachments in ATTACHMENTS {
-            let message = serde_json::json!({
-                "channel": channel, "from": from, "to": to, "body": "explain", "attachments": attachments, "tags": tags,
-            });
-            match parse(Endpoint::Native, message.to_string().as_bytes(), String::new(), |_| true) {
-                Ok(_) => return None,
-                Err(ApiError::InvalidField { field, .. }) if field == "from" || field == "attachments" => {}
-                Err(ApiError::InvalidField { message, .. } | ApiError::InvalidJson(message)) => {
-                    return Some(message)
-                }
-                Err(other) => return Some(format!("{other:?}")),
-            }
-        }
-    }
-    None
+    crate::http::payload::recipient_refusal(channel, to, tags).map(|refusal| match refusal {
+        ApiError::InvalidField { message, .. } | ApiError::InvalidJson(message) => message,
+        other => format!("{other:?}"),
+    })
 }
 
 /// `explain`: exit 0 with the explanation; 1 (diagnostics on stderr) for an invalid config; 2

@@ -128,4 +128,15 @@ fn admin_explain_matches_the_cli_with_live_state() {
     assert_eq!(plus["rule"]["number"], 1, "{plus}");
     let bad = client().get(server.url("/admin/explain?channel=fax&to=1")).send().map(|r| r.status().as_u16());
     assert_eq!(bad.ok(), Some(400));
+    // Recipients the send API refuses are refused here too, the same way.
+    let refused: serde_json::Value = client()
+        .get(server.url("/admin/explain?channel=sms&to=foo"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or_default();
+    assert_eq!(
+        (refused["error"]["code"].as_str(), refused["error"]["field"].as_str()),
+        (Some("invalid_field"), Some("to")),
+        "{refused}"
+    );
 }

@@ -375,6 +375,9 @@ async fn admin_explain(
         .get("tag")
         .map(|t| t.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
+    if let Some(refusal) = payload::recipient_refusal(channel, to, &tags) {
+        return refusal.into_response();
+    }
     let snapshot = state.snapshot.load();
     let Some(route) = snapshot.route(channel) else {
         return ApiError::invalid(

@@ -397,6 +397,27 @@ pub fn is_http_url(value: &str) -> bool {
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// How the send API would refuse a message to `to` on `channel` with `tags`, whatever its sender,
+/// body and attachments: `explain` (CLI and `/admin/explain`) judges recipients as sends do.
+pub fn recipient_refusal(channel: &str, to: &str, tags: &[String]) -> Option<ApiError> {
+    const SENDERS: [&str; 2] = ["+15005550006", "explain@example.com"];
+    const ATTACHMENTS: [&[&str]; 2] = [&[], &["https://example.com/explain.png"]];
+    let mut refusal = None;
+    for from in SENDERS {
+        for attachments in ATTACHMENTS {
+            let message = serde_json::json!({
+                "channel": channel, "from": from, "to": to, "body": "explain", "attachments": attachments, "tags": tags,
+            });
+            match parse(Endpoint::Native, message.to_string().as_bytes(), String::new(), |_| true) {
+                Ok(_) => return None,
+                Err(ApiError::InvalidField { field, .. }) if field == "from" || field == "attachments" => {}
+                Err(other) => refusal = refusal.or(Some(other)),
+            }
+        }
+    }
+    refusal
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
