@@ -234,3 +234,27 @@ fn messages_belong_to_their_key_on_postgres() {
     };
     assert_eq!((get("k-app"), get("k-other")), (200, 404));
 }
+
+#[test]
+fn store_url_passwords_are_never_shown_and_start_up_errors_say_why() {
+    let Some(db) = fresh_database("secret") else { return };
+    // Trust authentication ignores the password: the server starts and must not print it.
+    let with_password = format!("{}?sslmode=disable&password=hunter2secret", db.url);
+    let mut server = Server::start(CONFIG, &["--store", &with_password], &[]);
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.logs();
+    assert!(logs.contains("password=***") && !logs.contains("hunter2secret"), "{logs}");
+
+    let base = db.url.rsplit_once('/').map_or(db.url.as_str(), |(base, _)| base).to_owned();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (url, cause) in [
+        (format!("{base}/sb_no_such_database?password=hunter2secret"), "does not exist"),
+        ("postgres://postgres:hunter2secret@127.0.0.1:1/x".to_owned(), "refused"),
+    ] {
+        let output = common::switchboard(dir.path(), &["migrate", "--store", &url], &[]);
+        let stderr = common::stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.to_lowercase().contains(cause), "{url}: the cause, at once: {stderr}");
+        assert!(!stderr.contains("hunter2secret") && !stderr.contains("timed out"), "{stderr}");
+    }
+}
