@@ -8,8 +8,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
 use super::{
-    replay_or_reused, Attempt, Failure, IdempotencyKey, Inserted, MessageView, Outcome, Status, StoreError,
-    IDEMPOTENCY_WINDOW,
+    replay_or_reused, Attempt, Failure, IdempotencyKey, Inserted, MessageView, Outcome, QueuePosition,
+    Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -25,6 +25,17 @@ where
 {
     let hash: String = row.try_get(0)?;
     Ok(replay_or_reused(key, &hash, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// Queue positions from rows of `(not_before, message_id)`, whatever the SQL database.
+pub(super) fn positions_of<R>(rows: &[R]) -> Result<Vec<QueuePosition>, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    rows.iter().map(|row| Ok(QueuePosition { not_before: row.try_get(0)?, id: row.try_get(1)? })).collect()
 }
 
 /// The oldest creation time (Unix ms) of an idempotency key still live at `now_ms`.

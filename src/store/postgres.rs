@@ -13,8 +13,8 @@ use sqlx::{ConnectOptions, Row};
 use switchboard_providers::OutboundMessage;
 
 use super::codec::{
-    channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list, recorded_answer, unavailable,
-    view_of,
+    channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list, positions_of, recorded_answer,
+    unavailable, view_of,
 };
 use super::postgres_batches::{self as batches, Batcher, Lease};
 use super::{
@@ -189,6 +189,22 @@ impl PostgresStore {
             .map_err(unavailable)?;
         Ok(rows.iter().filter_map(|row| row.try_get::<i64, _>(0).ok()).collect())
     }
+}
+
+/// The messages whose queue rows `$update` (an `UPDATE … RETURNING message_id, attempts, round,
+/// not_before` that takes or renews leases) returns, with what dispatch needs to carry on.
+macro_rules! leased_messages {
+    ($update:literal) => {
+        concat!(
+            "WITH leased AS (",
+            $update,
+            ") SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
+             l.not_before, l.round, \
+             GREATEST(l.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
+             EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
+             FROM leased l JOIN messages m ON m.id = l.message_id ORDER BY l.not_before"
+        )
+    };
 }
 
 async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -461,18 +477,13 @@ impl MessageStore for PostgresStore {
 
     async fn claim_due(&self, limit: u32) -> Result<Vec<Pending>, StoreError> {
         let now = ms(SystemTime::now());
-        let rows = sqlx::query(
-            "WITH claimed AS ( \
-               UPDATE queue SET lease_token = $1, lease_until = $2 \
-               WHERE message_id IN ( \
-                 SELECT message_id FROM queue WHERE not_before <= $3 AND (lease_until IS NULL OR lease_until < $3) \
-                 ORDER BY not_before LIMIT $4 FOR UPDATE SKIP LOCKED) \
-               RETURNING message_id, attempts, round, not_before) \
-             SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, c.not_before, c.round, \
-               GREATEST(c.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
-               EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
-             FROM claimed c JOIN messages m ON m.id = c.message_id ORDER BY c.not_before",
-        )
+        let rows = sqlx::query(leased_messages!(
+            "UPDATE queue SET lease_token = $1, lease_until = $2 \
+             WHERE message_id IN ( \
+               SELECT message_id FROM queue WHERE not_before <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+               ORDER BY not_before LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING message_id, attempts, round, not_before"
+        ))
         .bind(&self.lease.token)
         .bind(self.lease.until())
         .bind(now)
@@ -505,10 +516,7 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.progress)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| Ok(QueuePosition { not_before: row.try_get(0)?, id: row.try_get(1)? }))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(unavailable)
+        positions_of(&rows).map_err(unavailable)
     }
 
     async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
@@ -516,15 +524,10 @@ impl MessageStore for PostgresStore {
             return Ok(Vec::new());
         }
         // Renews the lease on those still ours, as an attempt would.
-        let rows = sqlx::query(
-            "WITH ours AS ( \
-               UPDATE queue SET lease_until = $2 WHERE lease_token = $1 AND message_id = ANY($3) \
-               RETURNING message_id, attempts, round, not_before) \
-             SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, o.not_before, o.round, \
-               GREATEST(o.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
-               EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
-             FROM ours o JOIN messages m ON m.id = o.message_id ORDER BY o.not_before",
-        )
+        let rows = sqlx::query(leased_messages!(
+            "UPDATE queue SET lease_until = $2 WHERE lease_token = $1 AND message_id = ANY($3) \
+             RETURNING message_id, attempts, round, not_before"
+        ))
         .bind(&self.lease.token)
         .bind(self.lease.until())
         .bind(ids)

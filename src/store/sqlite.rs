@@ -17,8 +17,8 @@ use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
-    channel_of, from_ms, idempotency_window_start, json_list, ms, parse_list, recorded_answer, unavailable,
-    view_of,
+    channel_of, from_ms, idempotency_window_start, json_list, ms, parse_list, positions_of, recorded_answer,
+    unavailable, view_of,
 };
 use super::grouped;
 use super::{
@@ -632,10 +632,7 @@ impl MessageStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| Ok(QueuePosition { not_before: row.try_get(0)?, id: row.try_get(1)? }))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(unavailable)
+        positions_of(&rows).map_err(unavailable)
     }
 
     async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
