@@ -3,10 +3,8 @@
 //! (`sqlite://PATH`, the default).
 
 mod codec;
-mod grouped;
 mod memory;
 mod postgres;
-mod postgres_batches;
 mod sqlite;
 
 use std::sync::Arc;

@@ -14,8 +14,8 @@ use serde::Serialize;
 use sqlx::SqliteConnection;
 use switchboard_providers::OutboundMessage;
 
-use super::codec::{class_name, json_list, ms};
-use super::{Attempt, Final};
+use crate::store::codec::{class_name, json_list, ms};
+use crate::store::{Attempt, Final};
 
 /// The view and trigger, created on the writer's connection (temporary objects: they are not
 /// part of the schema and vanish with the connection). An empty array makes its statement a

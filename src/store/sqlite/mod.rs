@@ -16,12 +16,13 @@ use sqlx::{ConnectOptions, Row, SqliteConnection, SqlitePool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{
+use crate::store::codec::{
     channel_of, from_ms, idempotency_window_start, json_list, ms, parse_list, positions_of, recorded_answer,
     unavailable, view_of,
 };
-use super::grouped;
-use super::{
+mod batches;
+
+use crate::store::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
 };
 
@@ -148,7 +149,7 @@ impl SqliteStore {
             .run(&mut writer)
             .await
             .map_err(|e| unavailable(format!("migrations on {path} failed: {e}")))?;
-        grouped::prepare(&mut writer).await.map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
+        batches::prepare(&mut writer).await.map_err(|e| unavailable(format!("cannot open {path}: {e}")))?;
         // Refuses a database that cannot be written (read-only file system, full disk) now,
         // rather than answering the first send with 503.
         probe(&mut writer).await.map_err(|e| unavailable(format!("cannot write to {path}: {e}")))?;
@@ -334,7 +335,7 @@ async fn rollback(conn: &mut SqliteConnection) {
 /// nothing but the number of statements. Should two writes for one id meet anyway, the batch
 /// is refused and applied one write at a time.
 async fn apply_together(conn: &mut SqliteConnection, batch: &[Write]) -> Result<Vec<Applied>, BatchFailed> {
-    let mut group = grouped::Group::default();
+    let mut group = batches::Group::default();
     let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
     let mut ids = std::collections::HashSet::with_capacity(batch.len());
     for write in batch {
@@ -390,7 +391,7 @@ async fn apply_alone(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, St
 }
 
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
-    let mut group = grouped::Group::default();
+    let mut group = batches::Group::default();
     match op {
         Op::Insert { message, owner, key } => {
             return Ok(Applied::Inserted(insert(conn, message, owner.as_deref(), key.as_ref()).await?))
@@ -444,7 +445,7 @@ async fn insert(
             return recorded_answer(key, &row).map_err(unavailable);
         }
     }
-    let mut group = grouped::Group::default();
+    let mut group = batches::Group::default();
     group.insert(message, owner);
     group.write(conn).await.map_err(unavailable)?;
     if let Some(key) = key {
@@ -467,7 +468,7 @@ async fn record_attempt(
     number: u32,
     attempt: &Attempt,
 ) -> Result<(), StoreError> {
-    let mut group = grouped::Group::default();
+    let mut group = batches::Group::default();
     group.attempt_end(id, number, attempt);
     group.write(conn).await.map_err(unavailable)?;
     sqlx::query("UPDATE queue SET attempts = MAX(attempts, ?) WHERE message_id = ?")
@@ -864,7 +865,7 @@ mod batch_tests {
                 let provider: Arc<str> = Arc::from(format!("p{}", i % 3));
                 let attempt = Attempt {
                     provider: Arc::clone(&provider),
-                    outcome: super::super::Outcome::Success,
+                    outcome: crate::store::Outcome::Success,
                     error_class: None,
                     error_code: None,
                     error_message: None,
@@ -884,7 +885,7 @@ mod batch_tests {
         }
         for (i, id) in ids.iter().enumerate() {
             let view = store.get(id).await?.ok_or_else(|| unavailable("missing"))?;
-            assert_eq!(view.status, super::super::Status::Sent, "{i}");
+            assert_eq!(view.status, crate::store::Status::Sent, "{i}");
             assert_eq!(view.provider.as_deref(), Some(format!("p{}", i % 3).as_str()));
             assert_eq!(view.provider_message_id, Some(format!("pm-{i}")));
             assert_eq!(view.attempts.len(), 1, "{i}");

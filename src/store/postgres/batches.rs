@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::codec::{class_name, json_list, ms, unavailable};
-use super::{Attempt, Final, StoreError};
+use crate::store::codec::{class_name, json_list, ms, unavailable};
+use crate::store::{Attempt, Final, StoreError};
 
 /// The most writes in one statement.
 const MAX_BATCH: usize = 256;
@@ -194,7 +194,7 @@ impl Statement for Ending {
         };
         let number = |r: &Ending| r.last_attempt.as_ref().map(|(n, _)| i32::try_from(*n).unwrap_or(i32::MAX));
         let started = |a: &Attempt| ms(a.time) - i64::try_from(a.latency_ms).unwrap_or(0);
-        fn end(r: &Ending) -> (&'static str, Option<String>, Option<String>, Option<&super::Failure>) {
+        fn end(r: &Ending) -> (&'static str, Option<String>, Option<String>, Option<&crate::store::Failure>) {
             match &r.outcome {
                 Final::Sent { provider, provider_message_id } => {
                     ("sent", Some(provider.to_string()), provider_message_id.clone(), None)

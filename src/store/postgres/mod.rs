@@ -12,14 +12,16 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
 use switchboard_providers::OutboundMessage;
 
-use super::codec::{
+use crate::store::codec::{
     channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list, positions_of, recorded_answer,
     unavailable, view_of,
 };
-use super::postgres_batches::{self as batches, Batcher, Lease};
-use super::{
+mod batches;
+
+use crate::store::{
     Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
 };
+use batches::{Batcher, Lease};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
