@@ -5,7 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard::config::{load_bytes, Environment, Snapshot};
+use switchboard::config::{load_bytes, Environment};
+use switchboard::routing::Snapshot;
 use switchboard_providers as _;
 
 #[path = "support/big_config.rs"]

@@ -17,6 +17,7 @@ use crate::config::{self, render_human, Environment, Report, PROVIDER_SPECS, ROU
 use crate::dispatch::DispatchConfig;
 use crate::http::guard::RequestLimits;
 use crate::reload::WatchOptions;
+use crate::routing;
 use crate::serve::{ServeError, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -404,10 +405,10 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
     let by_name = |name: &str| resolved.providers.iter().find(|p| p.name == name);
-    let explanation = config::explain::explain(route, by_name, &args.to, &args.tags);
+    let explanation = routing::explain::explain(route, by_name, &args.to, &args.tags);
     let output = match args.format {
         Format::Json => serde_json::to_string_pretty(&explanation).map(|s| s + "\n").unwrap_or_default(),
-        Format::Human => config::explain::render_human(&explanation),
+        Format::Human => routing::explain::render_human(&explanation),
     };
     print_out(&output);
     ExitCode::SUCCESS

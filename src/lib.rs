@@ -11,6 +11,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod routing;
 pub mod serve;
 pub mod store;
 

@@ -11,12 +11,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::auth::ApiKeys;
-use crate::config::{self, render_human, Environment, Severity, Snapshot};
+use crate::config::{self, render_human, Environment, Severity};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::guard::{Guard, RequestLimits};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::reload::{spawn_watchers, Reloader, WatchOptions};
+use crate::routing::{self, Snapshot};
 use crate::store::MessageStore;
 
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ pub enum ServeError {
     #[error("{path}: invalid: {errors} error(s); not starting")]
     Invalid { path: String, errors: usize },
     #[error("cannot build the providers: {0}")]
-    Build(#[from] config::BuildError),
+    Build(#[from] routing::BuildError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]

@@ -2,12 +2,10 @@
 //! validate and resolve every setting → diagnostics with positions, or a resolved config.
 
 pub mod diagnostic;
-pub mod explain;
+mod members;
 pub mod resolved;
-pub mod routing;
 mod rules;
 mod settings;
-mod snapshot;
 mod source;
 mod suggest;
 mod tree;
@@ -20,7 +18,6 @@ use sha2::{Digest, Sha256};
 pub use diagnostic::{render_human, Code, Diagnostic, Origin, Report, Severity, SourceFile};
 pub use resolved::ResolvedConfig;
 pub use settings::{Spec, PROVIDER_SPECS, ROUTE_SPECS};
-pub use snapshot::{BuildError, ProviderHandle, Route, Snapshot};
 pub use source::{Environment, ENV_PREFIX};
 
 /// The outcome of reading a config: its diagnostics, and the resolved config when there was

@@ -4,11 +4,11 @@
 use switchboard_providers::address::is_domain;
 
 use super::diagnostic::{Code, Diagnostic, Origin};
+use super::members::{Listed, RouteMembers};
 use super::resolved::{Matchers, ResolvedRule, Strategy};
 use super::settings::wrong_type;
 use super::suggest::did_you_mean;
 use super::tree::{Entry, Node, Value};
-use super::validate::{Listed, RouteMembers};
 
 /// Largest weight: weights are shares, not counts.
 const MAX_WEIGHT: i64 = 1_000_000;

@@ -258,6 +258,16 @@ pub fn wrong_type(key: &str, node: &Node, expected: &str) -> Diagnostic {
     )
 }
 
+/// An unknown key in `table`, with the nearest known one as help.
+pub fn unknown_key<'a>(entry: &Entry, table: &str, known: impl IntoIterator<Item = &'a str>) -> Diagnostic {
+    Diagnostic::error(
+        Code::UnknownKey,
+        entry.key_origin.clone(),
+        format!("unknown key `{}` in {table}", entry.key),
+    )
+    .with_help(did_you_mean(&entry.key, known))
+}
+
 fn check_into(
     spec: &Spec,
     entry: &Entry,

@@ -186,16 +186,3 @@ fn secrets_are_redacted_in_views() {
     assert_eq!(provider.kind_settings_redacted(), serde_json::json!({"seed": "<redacted>", "latency_ms": 1}));
     assert!(!format!("{provider:?}").contains("7"), "{provider:?}");
 }
-
-#[test]
-fn snapshot_routes_by_channel() {
-    let resolved = resolve(P, &[]);
-    let snapshot = match super::Snapshot::build(resolved, "v1".into(), None) {
-        Ok(snapshot) => snapshot,
-        Err(error) => panic!("{error}"),
-    };
-    let route =
-        snapshot.route("sms").map(|r| r.providers.iter().map(|p| p.config.name.clone()).collect::<Vec<_>>());
-    assert_eq!(route, Some(vec!["p".to_owned()]));
-    assert!(snapshot.route("push").is_none());
-}

@@ -17,9 +17,9 @@ use switchboard_providers::{mask_recipient, OutboundMessage, SendError};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{ProviderHandle, Snapshot};
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
+use crate::routing::{ProviderHandle, Snapshot};
 use crate::store::{
     Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending, QueuePosition, Status,
     StoreError,

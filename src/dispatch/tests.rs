@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::{DispatchConfig, Dispatcher, SubmitError, Submitted};
-use crate::config::{load_bytes, Environment, Snapshot};
+use crate::config::{load_bytes, Environment};
 use crate::metrics::Metrics;
+use crate::routing::Snapshot;
 use crate::store::{
     Attempt, Final, IdempotencyKey, Inserted, MemoryStore, MessageStore, MessageView, Pending, QueuePosition,
     Status, StoreError,

@@ -26,10 +26,10 @@ use switchboard_providers::{registry, Channel};
 pub use error::ApiError;
 use payload::Endpoint;
 
-use crate::config::Snapshot;
 use crate::dispatch::{Dispatcher, Submitted};
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader, Trigger};
+use crate::routing::Snapshot;
 use crate::store::{IdempotencyKey, Inserted, MessageStore};
 use destination::RecipientCounts;
 use guard::{Caller, Guard};
@@ -387,7 +387,7 @@ async fn admin_explain(
         .into_response();
     };
     let by_name = |name: &str| snapshot.provider(name).map(|p| &p.config);
-    let mut explanation = crate::config::explain::explain(&route.config, by_name, to, &tags);
+    let mut explanation = crate::routing::explain::explain(&route.config, by_name, to, &tags);
     let now = Instant::now();
     for candidate in &mut explanation.providers {
         if let Some(handle) = snapshot.provider(&candidate.name) {

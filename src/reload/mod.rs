@@ -15,8 +15,9 @@ use serde::Serialize;
 pub use watch::{spawn_watchers, WatchOptions};
 
 use crate::config::diagnostic::{locate, Located};
-use crate::config::{self, Environment, Severity, Snapshot};
+use crate::config::{self, Environment, Severity};
 use crate::metrics::Metrics;
+use crate::routing::Snapshot;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use super::resolved::{Matchers, ResolvedRule, Strategy};
+use crate::config::resolved::{Matchers, ResolvedRule, Strategy};
 
 /// Rules by the values of one of their matchers. A rule with several matchers is indexed under
 /// its most selective one (prefix, else domain, else tags) and checked whole on lookup.

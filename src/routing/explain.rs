@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use super::resolved::{Matchers, ResolvedProvider, ResolvedRoute, SettingSource, Strategy};
-use super::routing::{self, RuleIndex};
-use super::settings::PROVIDER_SPECS;
+use super::rules::{self as routing, RuleIndex};
+use crate::config::resolved::{Matchers, ResolvedProvider, ResolvedRoute, SettingSource, Strategy};
+use crate::config::PROVIDER_SPECS;
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {

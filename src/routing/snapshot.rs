@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use switchboard_providers::{BuildContext, Channel, OutboundMessage, Provider, SettingsError};
 
-use super::resolved::Strategy;
-use super::routing::{self, RuleIndex};
+use super::rules::{self as routing, RuleIndex};
+use crate::config::resolved::Strategy;
 
-use super::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
+use crate::config::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
 use crate::health::ProviderHealth;
 
 /// One configured provider, its instance and its live health (breaker, rate limit, pause).
@@ -202,5 +202,27 @@ impl Snapshot {
         let mut routes: Vec<&Route> = self.routes.values().collect();
         routes.sort_by(|a, b| a.config.channel.cmp(&b.config.channel));
         routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Snapshot;
+    use crate::config::{load_bytes, Environment};
+
+    #[test]
+    fn snapshot_routes_by_channel() {
+        let text = "[providers.p]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"p\"]\n";
+        let loaded = load_bytes("t.toml", text.as_bytes(), &Environment::from_pairs([]));
+        let Some(resolved) = loaded.config else { panic!("invalid config: {:#?}", loaded.diagnostics) };
+        let snapshot = match Snapshot::build(resolved, "v1".into(), None) {
+            Ok(snapshot) => snapshot,
+            Err(error) => panic!("{error}"),
+        };
+        let route = snapshot
+            .route("sms")
+            .map(|r| r.providers.iter().map(|p| p.config.name.clone()).collect::<Vec<_>>());
+        assert_eq!(route, Some(vec!["p".to_owned()]));
+        assert!(snapshot.route("push").is_none());
     }
 }
