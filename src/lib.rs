@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
+pub mod accept;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::accept::Acceptor;
 use crate::auth::ApiKeys;
 use crate::config::{self, render_human, Environment, Severity};
 use crate::dispatch::{DispatchConfig, Dispatcher};
@@ -122,17 +123,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     dispatcher.resume(pending);
     let purger =
         tokio::spawn(purge_finished(Arc::clone(&store), options.retention, stop_watching.subscribe()));
+    let acceptor =
+        Acceptor::new(Arc::clone(&snapshot), dispatcher.clone(), Arc::clone(&store), Arc::clone(&metrics));
     let state = Arc::new(AppState {
         snapshot,
+        acceptor,
         dispatcher: dispatcher.clone(),
         store: Arc::clone(&store),
         metrics,
         reloader,
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
-        idempotency_in_flight: Default::default(),
         guard: Guard::new(options.api_keys.clone(), &options.limits),
-        recipients: Default::default(),
     });
 
     let signals = ShutdownSignals::install();

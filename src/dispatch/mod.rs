@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
-use crate::routing::{ProviderHandle, Snapshot};
+use crate::routing::{NoRoute, ProviderHandle, Snapshot};
 use crate::store::{
-    Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending, QueuePosition, Status,
-    StoreError,
+    Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending,
+    QueuePosition, Status, StoreError,
 };
 
 /// How long a provider that answered 429 without Retry-After is left alone.
@@ -51,11 +51,9 @@ pub struct DispatchConfig {
     pub workers: usize,
 }
 
-/// Why a message was not accepted.
+/// Why a message was not stored and queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("channel `{0}` has no route in the active config")]
-    NoRoute(String),
     #[error("the dispatch queue is full")]
     QueueFull,
     #[error("the idempotency key was already used for a different request")]
@@ -160,9 +158,9 @@ impl Dispatcher {
         (Dispatcher { shared: Arc::clone(&shared) }, Workers { stop, receiver, slots, workers, shared })
     }
 
-    /// Accepts a message: checks its channel has a route, takes a queue slot, stores it (with
-    /// its idempotency key, in one transaction), queues it. Nothing is stored unless all of that
-    /// succeeds.
+    /// Takes a queue slot for an accepted message (`crate::accept` checked its route and
+    /// limits), stores it (with its idempotency key, in one transaction) and queues it. Nothing
+    /// is stored unless all of that succeeds.
     ///
     /// Cancel-safe: storing and queueing run in a task of their own, so a caller that goes away
     /// (a client that hangs up) cannot leave a stored message unqueued.
@@ -173,11 +171,6 @@ impl Dispatcher {
         key: Option<&IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
         let shared = Arc::clone(&self.shared);
-        let channel = message.channel.as_str();
-        if shared.snapshot.load().route(channel).is_none() {
-            shared.metrics.routing_error(channel, "no_route");
-            return Err(SubmitError::NoRoute(channel.to_owned()));
-        }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
         let (owner, key) = (owner.map(str::to_owned), key.cloned());
         let accept = tokio::spawn(async move {
@@ -294,7 +287,7 @@ async fn work(shared: Arc<Shared>, job: Job, slot: OwnedSemaphorePermit) {
             .unwrap_or_default();
         tracing::error!(message_id = %message.id, reason, "dispatch failed unexpectedly; the message is finished as failed");
         let failure = Failure {
-            code: "internal_error".into(),
+            code: FailureCode::InternalError,
             message: "dispatch failed unexpectedly (the service log has the cause); not retried".into(),
         };
         let failed = Final::Failed { provider: None, failure };
@@ -509,8 +502,8 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let Some(route) = snapshot.route(channel.as_str()) else {
         shared.metrics.routing_error(channel.as_str(), "no_route");
         let failure = Failure {
-            code: "no_route".into(),
-            message: format!("channel `{channel}` has no route in the active config"),
+            code: FailureCode::NoRoute,
+            message: NoRoute { channel: channel.to_string() }.to_string(),
         };
         finish(shared, job, Final::Failed { provider: None, failure }, None).await;
         return Round::Done;
@@ -569,7 +562,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
                 return Round::Done;
             }
             Err(error @ SendError::Rejected { .. }) => {
-                let failure = Failure { code: "rejected".into(), message: error.to_string() };
+                let failure = Failure { code: FailureCode::Rejected, message: error.to_string() };
                 finish(shared, job, Final::Failed { provider: Some(provider), failure }, Some(record)).await;
                 return Round::Done;
             }
@@ -603,7 +596,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             ),
             None => (None, format!("gave up after {} attempts", job.attempts)),
         };
-        let failure = Failure { code: "attempts_exhausted".into(), message };
+        let failure = Failure { code: FailureCode::AttemptsExhausted, message };
         finish(shared, job, Final::Failed { provider, failure }, None).await;
         return Round::Done;
     }

@@ -5,8 +5,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::accept::{AcceptError, Refusal};
 use crate::dispatch::SubmitError;
 use crate::http::guard::MAX_HEADERS;
+use crate::routing::NoRoute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -29,9 +31,7 @@ pub enum ApiError {
     },
     NotFound,
     MethodNotAllowed,
-    NoRoute {
-        channel: String,
-    },
+    NoRoute(NoRoute),
     QueueFull,
     StoreUnavailable,
     /// The idempotency key was used for a different request.
@@ -48,14 +48,8 @@ pub enum ApiError {
     RateLimited {
         retry_after: std::time::Duration,
     },
-    /// The recipient's country is not on the route's allow-list.
-    CountryNotAllowed {
-        channel: String,
-    },
-    /// The recipient had its messages for this hour.
-    RecipientRateLimited {
-        retry_after: std::time::Duration,
-    },
+    /// A destination limit (country allow-list, per-recipient cap) refused the message.
+    Refused(Refusal),
     /// More headers than [`MAX_HEADERS`], or more than `limit` bytes of them.
     HeadersTooLarge {
         limit: usize,
@@ -126,14 +120,16 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoRoute { .. } | ApiError::QueueFull | ApiError::StoreUnavailable => {
+            ApiError::NoRoute(_) | ApiError::QueueFull | ApiError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::CountryNotAllowed { .. } => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } | ApiError::RecipientRateLimited { .. } => {
+            ApiError::Forbidden | ApiError::Refused(Refusal::CountryNotAllowed { .. }) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::RateLimited { .. } | ApiError::Refused(Refusal::RecipientRateLimited { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -154,7 +150,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::NoRoute { .. } => "no_route",
+            ApiError::NoRoute(_) => "no_route",
             ApiError::QueueFull => "queue_full",
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::KeyReused => "idempotency_key_reused",
@@ -162,8 +158,8 @@ impl ApiError {
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::CountryNotAllowed { .. } => "country_not_allowed",
-            ApiError::RecipientRateLimited { .. } => "recipient_rate_limited",
+            ApiError::Refused(Refusal::CountryNotAllowed { .. }) => "country_not_allowed",
+            ApiError::Refused(Refusal::RecipientRateLimited { .. }) => "recipient_rate_limited",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::MalformedRequest => "malformed_request",
@@ -189,7 +185,7 @@ impl ApiError {
             }
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed => "method not allowed on this path".into(),
-            ApiError::NoRoute { channel } => format!("channel `{channel}` has no route in the active config"),
+            ApiError::NoRoute(no_route) => no_route.to_string(),
             ApiError::QueueFull => "the dispatch queue is full; retry later".into(),
             ApiError::StoreUnavailable => {
                 "the message store is unavailable; the message was not accepted".into()
@@ -208,12 +204,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => {
                 "this API key's send rate is used up; retry after the pause".into()
             }
-            ApiError::CountryNotAllowed { channel } => {
-                format!("the recipient's country calling code is not allowed for channel `{channel}`")
-            }
-            ApiError::RecipientRateLimited { .. } => {
-                "this recipient has had as many messages as allowed this hour".into()
-            }
+            ApiError::Refused(refusal) => refusal.to_string(),
             ApiError::HeadersTooLarge { limit } => {
                 format!("the request has more than {MAX_HEADERS} headers or more than {limit} bytes of them")
             }
@@ -229,10 +220,21 @@ impl ApiError {
     }
 }
 
+impl From<AcceptError> for ApiError {
+    fn from(error: AcceptError) -> Self {
+        match error {
+            AcceptError::UnknownChannel(_) => ApiError::invalid("channel", error.to_string()),
+            AcceptError::NoRoute(no_route) => ApiError::NoRoute(no_route),
+            AcceptError::Refused(refusal) => ApiError::Refused(refusal),
+            AcceptError::KeyInFlight => ApiError::KeyInFlight,
+            AcceptError::Submit(error) => error.into(),
+        }
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
-            SubmitError::NoRoute(channel) => ApiError::NoRoute { channel },
             SubmitError::QueueFull => ApiError::QueueFull,
             SubmitError::KeyReused => ApiError::KeyReused,
             SubmitError::Store(error) => {
@@ -247,7 +249,7 @@ impl ApiError {
     fn body(&self) -> Body<'_> {
         let field = match self {
             ApiError::InvalidField { field, .. } | ApiError::DuplicateField { field } => Some(field.as_str()),
-            ApiError::CountryNotAllowed { .. } | ApiError::RecipientRateLimited { .. } => Some("to"),
+            ApiError::Refused(_) => Some("to"),
             _ => None,
         };
         Body { error: Detail { code: self.code(), message: self.message(), field } }
@@ -274,13 +276,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         let retry_after = match self {
-            ApiError::NoRoute { .. } => Some(HeaderValue::from_static(RETRY_AFTER_NO_ROUTE)),
+            ApiError::NoRoute(_) => Some(HeaderValue::from_static(RETRY_AFTER_NO_ROUTE)),
             ApiError::QueueFull
             | ApiError::StoreUnavailable
             | ApiError::KeyInFlight
             | ApiError::Overloaded => Some(HeaderValue::from_static(RETRY_AFTER_BUSY)),
             // Whole seconds, rounded up: retrying at the advertised time must succeed.
-            ApiError::RateLimited { retry_after } | ApiError::RecipientRateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after }
+            | ApiError::Refused(Refusal::RecipientRateLimited { retry_after }) => {
                 Some(HeaderValue::from(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)))
             }
             _ => None,

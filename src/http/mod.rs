@@ -1,7 +1,6 @@
 //! The HTTP API (contract: specs/http-api.md): send endpoints, message status, health, metrics
 //! and the admin view of the active routing snapshot.
 
-mod destination;
 mod error;
 pub mod guard;
 pub mod payload;
@@ -21,25 +20,23 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
-use switchboard_providers::{registry, Channel};
 
 pub use error::ApiError;
 use payload::Endpoint;
 
-use crate::dispatch::{Dispatcher, Submitted};
+use crate::accept::{Accepted, Acceptor, Submission};
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::routing::Snapshot;
-use crate::store::{IdempotencyKey, Inserted, MessageStore};
-use destination::RecipientCounts;
+use crate::store::{IdempotencyKey, MessageStore};
 use guard::{Caller, Guard};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
-use std::sync::Mutex;
 
 /// What every handler shares.
 pub struct AppState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub acceptor: Acceptor,
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
@@ -48,12 +45,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
-    /// Idempotency keys whose first request is being answered right now.
-    pub idempotency_in_flight: Mutex<HashSet<String>>,
     /// API keys and request limits.
     pub guard: Guard,
-    /// Messages accepted per recipient this hour.
-    pub recipients: RecipientCounts,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -75,7 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 #[derive(Serialize)]
-struct Accepted<'a> {
+struct AcceptedBody<'a> {
     id: &'a str,
     status: &'static str,
     channel: &'a str,
@@ -106,58 +99,22 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, state.body_limit))
             .await
             .map_err(|_| ApiError::RequestTimeout)??;
-    let mut key = idempotency_key(&parts.headers, endpoint, &bytes)?;
-    // Keys are per caller: one client's key can neither replay nor block another's request.
-    if let (Some(key), Some(owner)) = (key.as_mut(), caller.key.as_deref()) {
-        key.key = format!("{owner}/{}", key.key);
-    }
-    // A second request with a key whose first request is still being answered gets 409.
-    let _in_flight = match &key {
-        Some(key) => Some(InFlight::claim(&state.idempotency_in_flight, &key.key)?),
-        None => None,
-    };
-    let id = uuid::Uuid::now_v7().to_string();
-    let snapshot = state.snapshot.load();
-    let message = payload::parse(endpoint, &bytes, id.clone(), |name| is_known_channel(&snapshot, name))?;
-    let channel = message.channel.to_string();
-    let reserved = match snapshot.route(&channel) {
-        Some(route) => {
-            destination::check_country(&route.config, &message.to)?;
-            match state.recipients.reserve(&route.config, &message.to, std::time::SystemTime::now()) {
-                Ok(reserved) => Some(reserved),
-                // A retry of a request accepted before the cap was reached gets its first answer.
-                Err(refusal) => {
-                    let Some(key) = &key else { return Err(refusal) };
-                    return match state.store.find_key(key).await {
-                        Ok(Some(Inserted::Replay { id, channel })) => {
-                            Ok(accepted(endpoint, &id, &channel, true))
-                        }
-                        Ok(Some(_)) => Err(ApiError::KeyReused),
-                        Ok(None) | Err(_) => Err(refusal),
-                    };
-                }
-            }
-        }
-        // No route: the dispatcher refuses it with no_route.
-        None => None,
-    };
-    let (id, channel, replayed) =
-        match state.dispatcher.submit(message, caller.key.as_deref(), key.as_ref()).await? {
-            Submitted::Accepted => {
-                if let Some(reserved) = reserved {
-                    reserved.keep();
-                }
-                (id, channel, false)
-            }
-            Submitted::Replayed { id, channel } => (id, channel, true),
-        };
-    Ok(accepted(endpoint, &id, &channel, replayed))
+    let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
+    let message = payload::parse(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
+    let accepted = state
+        .acceptor
+        .accept(Submission { message, caller: caller.key.as_deref().map(str::to_owned), idempotency_key })
+        .await?;
+    Ok(match accepted {
+        Accepted::New { id, channel } => accepted_response(endpoint, &id, &channel, false),
+        Accepted::Replayed { id, channel } => accepted_response(endpoint, &id, &channel, true),
+    })
 }
 
 /// The 202 for an accepted (or replayed) message.
-fn accepted(endpoint: Endpoint, id: &str, channel: &str, replayed: bool) -> Response {
+fn accepted_response(endpoint: Endpoint, id: &str, channel: &str, replayed: bool) -> Response {
     let mut response =
-        (StatusCode::ACCEPTED, Json(Accepted { id, status: "queued", channel })).into_response();
+        (StatusCode::ACCEPTED, Json(AcceptedBody { id, status: "queued", channel })).into_response();
     if endpoint == Endpoint::Native {
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
@@ -193,28 +150,6 @@ fn idempotency_key(
     Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash }))
 }
 
-/// Marks an idempotency key as being answered by this process, until dropped.
-struct InFlight<'a> {
-    keys: &'a Mutex<HashSet<String>>,
-    key: String,
-}
-
-impl<'a> InFlight<'a> {
-    fn claim(keys: &'a Mutex<HashSet<String>>, key: &str) -> Result<Self, ApiError> {
-        let mut set = keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !set.insert(key.to_owned()) {
-            return Err(ApiError::KeyInFlight);
-        }
-        Ok(InFlight { keys, key: key.to_owned() })
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
-    }
-}
-
 /// `application/json`, with or without parameters (`; charset=utf-8`).
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -237,14 +172,6 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         }
         Err(error) => Err(ApiError::invalid_body(&*error)),
     }
-}
-
-/// Built-in channels, those a kind names, and any the active config routes (a `webhook`
-/// provider can carry a channel no kind names). Anything else is the client's mistake (400).
-fn is_known_channel(snapshot: &Snapshot, name: &str) -> bool {
-    Channel::BUILT_IN_NAMES.contains(&name)
-        || registry().iter().any(|kind| kind.channels.contains(&name))
-        || snapshot.route(name).is_some()
 }
 
 async fn get_message(
@@ -379,12 +306,9 @@ async fn admin_explain(
         return refusal.into_response();
     }
     let snapshot = state.snapshot.load();
-    let Some(route) = snapshot.route(channel) else {
-        return ApiError::invalid(
-            "channel",
-            format!("channel `{channel}` has no route in the active config"),
-        )
-        .into_response();
+    let route = match snapshot.route_for(channel) {
+        Ok(route) => route,
+        Err(no_route) => return ApiError::invalid("channel", no_route.to_string()).into_response(),
     };
     let by_name = |name: &str| snapshot.provider(name).map(|p| &p.config);
     let mut explanation = crate::routing::explain::explain(&route.config, by_name, to, &tags);

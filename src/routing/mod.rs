@@ -8,4 +8,4 @@ pub mod explain;
 pub mod rules;
 mod snapshot;
 
-pub use snapshot::{BuildError, ProviderHandle, Route, Snapshot};
+pub use snapshot::{BuildError, NoRoute, ProviderHandle, Route, Snapshot};

@@ -15,6 +15,14 @@ use crate::config::resolved::Strategy;
 use crate::config::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
 use crate::health::ProviderHealth;
 
+/// The active config routes no message of this channel. Its text is the one every refusal,
+/// failure and explanation of this kind shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("channel `{channel}` has no route in the active config")]
+pub struct NoRoute {
+    pub channel: String,
+}
+
 /// One configured provider, its instance and its live health (breaker, rate limit, pause).
 pub struct ProviderHandle {
     pub config: ResolvedProvider,
@@ -190,6 +198,11 @@ impl Snapshot {
     /// The route for a channel: one hash lookup.
     pub fn route(&self, channel: &str) -> Option<&Route> {
         self.routes.get(channel)
+    }
+
+    /// The route for `channel`, or why there is none.
+    pub fn route_for(&self, channel: &str) -> Result<&Route, NoRoute> {
+        self.route(channel).ok_or_else(|| NoRoute { channel: channel.to_owned() })
     }
 
     /// Every provider, sorted by name.

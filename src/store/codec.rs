@@ -8,8 +8,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
 use super::{
-    replay_or_reused, Attempt, Failure, IdempotencyKey, Inserted, MessageView, Outcome, QueuePosition,
-    Status, StoreError, IDEMPOTENCY_WINDOW,
+    replay_or_reused, Attempt, Failure, FailureCode, IdempotencyKey, Inserted, MessageView, Outcome,
+    QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -128,7 +128,10 @@ where
         provider: provider.map(Arc::from),
         provider_message_id: row.try_get("provider_message_id")?,
         attempts: attempts.iter().map(attempt_of).collect::<Result<_, sqlx::Error>>()?,
-        error: error_code.map(|code| Failure { code, message: error_message.unwrap_or_default() }),
+        error: error_code.map(|code| Failure {
+            code: FailureCode::from_stored(&code),
+            message: error_message.unwrap_or_default(),
+        }),
         tags: parse_list(&tags),
         owner: row.try_get("owner")?,
         created_at: from_ms(row.try_get("created_at")?),

@@ -377,7 +377,7 @@ mod tests {
             Some((Status::Sent, Some("p"), vec!["otp".to_owned()]))
         );
 
-        let failure = Failure { code: "rejected".into(), message: "no".into() };
+        let failure = Failure { code: crate::store::FailureCode::Rejected, message: "no".into() };
         store.finish(&ids[1], Final::Failed { provider: None, failure: failure.clone() }, None).await?;
         store.finish(&ids[2], Final::Failed { provider: None, failure }, None).await?;
         // Two finished messages are retained: the oldest is forgotten.

@@ -108,9 +108,46 @@ pub struct Attempt {
 /// Why a message failed for good.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
-    /// `rejected`, `attempts_exhausted` or `no_route`.
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
+}
+
+/// A failed message's `error.code`: what kind of end it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// A provider refused the message for good (a permanent error).
+    Rejected,
+    /// Every attempt the route allows was used.
+    AttemptsExhausted,
+    /// The active config had no route for its channel when it was picked up.
+    NoRoute,
+    /// Dispatching it failed unexpectedly (the service log has the cause).
+    InternalError,
+}
+
+impl FailureCode {
+    pub const ALL: [FailureCode; 4] = [
+        FailureCode::Rejected,
+        FailureCode::AttemptsExhausted,
+        FailureCode::NoRoute,
+        FailureCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::Rejected => "rejected",
+            FailureCode::AttemptsExhausted => "attempts_exhausted",
+            FailureCode::NoRoute => "no_route",
+            FailureCode::InternalError => "internal_error",
+        }
+    }
+
+    /// The code a store column holds. A text this version does not know (written by a newer
+    /// one) reads as `internal_error`, never as a failure of the whole read.
+    pub fn from_stored(text: &str) -> FailureCode {
+        FailureCode::ALL.into_iter().find(|code| code.as_str() == text).unwrap_or(FailureCode::InternalError)
+    }
 }
 
 /// What `GET /v1/messages/{id}` shows: never the body.

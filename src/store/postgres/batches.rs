@@ -246,7 +246,7 @@ impl Statement for Ending {
         .bind(ends.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(ends.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
         .bind(ends.iter().map(|e| e.2.clone()).collect::<Vec<_>>())
-        .bind(ends.iter().map(|e| e.3.map(|f| f.code.clone())).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.3.map(|f| f.code.as_str())).collect::<Vec<_>>())
         .bind(ends.iter().map(|e| e.3.map(|f| f.message.clone())).collect::<Vec<_>>())
         .bind(&lease.token)
         .bind(ms(SystemTime::now()))

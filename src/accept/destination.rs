@@ -6,12 +6,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::ApiError;
 use crate::config::resolved::ResolvedRoute;
+
+/// Why a destination limit refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The recipient's country is not on the route's allow-list.
+    #[error("the recipient's country calling code is not allowed for channel `{channel}`")]
+    CountryNotAllowed { channel: String },
+    /// The recipient had its messages for this hour; the next hour starts in `retry_after`.
+    #[error("this recipient has had as many messages as allowed this hour")]
+    RecipientRateLimited { retry_after: Duration },
+}
 
 /// Checks an E.164 recipient against the route's allow-list. Short codes (no `+`) are
 /// national and never cross a border: they pass.
-pub fn check_country(route: &ResolvedRoute, to: &str) -> Result<(), ApiError> {
+pub fn check_country(route: &ResolvedRoute, to: &str) -> Result<(), Refusal> {
     let (Some(codes), Some(digits)) = (&route.allowed_country_codes, to.strip_prefix('+')) else {
         return Ok(());
     };
@@ -19,7 +29,7 @@ pub fn check_country(route: &ResolvedRoute, to: &str) -> Result<(), ApiError> {
     if codes.iter().any(|code| digits.starts_with(code.as_str())) {
         Ok(())
     } else {
-        Err(ApiError::CountryNotAllowed { channel: route.channel.to_string() })
+        Err(Refusal::CountryNotAllowed { channel: route.channel.to_string() })
     }
 }
 
@@ -33,42 +43,19 @@ pub struct RecipientCounts {
     state: Mutex<(u64, Counts)>,
 }
 
-/// A reservation of one message for a recipient: given back unless [`Reserved::keep`] is
-/// called (the message was not accepted after all).
-pub struct Reserved<'a> {
-    counts: &'a RecipientCounts,
+/// One message counted against a recipient's cap. Counted it stays — also when the request
+/// that reserved it goes away mid-way (a client that hangs up after its message was stored must
+/// not free a slot) — unless [`RecipientCounts::give_back`] says the message was refused after all.
+#[must_use = "a reservation is kept unless given back"]
+pub struct Reserved {
     key: Option<(u64, (String, String))>,
-}
-
-impl Reserved<'_> {
-    pub fn keep(mut self) {
-        self.key = None;
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        if let Some((hour, key)) = self.key.take() {
-            let mut state = self.counts.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.0 == hour {
-                if let Some(count) = state.1.get_mut(&key) {
-                    *count = count.saturating_sub(1);
-                }
-            }
-        }
-    }
 }
 
 impl RecipientCounts {
     /// Counts one message to `to` against the route's per-recipient cap, or refuses it.
-    pub fn reserve(
-        &self,
-        route: &ResolvedRoute,
-        to: &str,
-        now: SystemTime,
-    ) -> Result<Reserved<'_>, ApiError> {
+    pub fn reserve(&self, route: &ResolvedRoute, to: &str, now: SystemTime) -> Result<Reserved, Refusal> {
         let Some(max) = route.max_per_recipient_per_hour else {
-            return Ok(Reserved { counts: self, key: None });
+            return Ok(Reserved { key: None });
         };
         let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         let hour = since_epoch.as_secs() / 3600;
@@ -81,10 +68,28 @@ impl RecipientCounts {
         let count = state.1.entry(key.clone()).or_insert(0);
         if *count >= max {
             let retry_after = Duration::from_secs((hour + 1) * 3600).saturating_sub(since_epoch);
-            return Err(ApiError::RecipientRateLimited { retry_after });
+            return Err(Refusal::RecipientRateLimited { retry_after });
         }
         *count += 1;
-        Ok(Reserved { counts: self, key: Some((hour, key)) })
+        Ok(Reserved { key: Some((hour, key)) })
+    }
+
+    /// Messages counted for a recipient this hour.
+    #[cfg(test)]
+    pub fn counted(&self, channel: &str, to: &str) -> u32 {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1.get(&(channel.to_owned(), recipient_key(to))).copied().unwrap_or(0)
+    }
+
+    /// Uncounts a message that was not accepted after all.
+    pub fn give_back(&self, reserved: Reserved) {
+        let Some((hour, key)) = reserved.key else { return };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == hour {
+            if let Some(count) = state.1.get_mut(&key) {
+                *count = count.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -164,7 +169,7 @@ mod tests {
         let capped = route(None, Some(2));
         let now = UNIX_EPOCH + Duration::from_secs(3600);
         for to in ["victim@example.com", "Victim@EXAMPLE.com"] {
-            counts.reserve(&capped, to, now).map(Reserved::keep).unwrap_or_else(|e| panic!("{e:?}"));
+            let _ = counts.reserve(&capped, to, now).unwrap_or_else(|e| panic!("{e:?}"));
         }
         assert!(counts.reserve(&capped, "VICTIM+x@example.com", now).is_err());
     }
@@ -174,12 +179,14 @@ mod tests {
         let counts = RecipientCounts::default();
         let capped = route(None, Some(2));
         let now = UNIX_EPOCH + Duration::from_secs(10 * 3600 + 600);
-        counts.reserve(&capped, "+1", now).map(Reserved::keep).unwrap_or_else(|e| panic!("{e:?}"));
-        // Not kept (say the store refused): given back.
+        let _ = counts.reserve(&capped, "+1", now).unwrap_or_else(|e| panic!("{e:?}"));
+        // Refused after all (say the store refused): given back.
+        let refused = counts.reserve(&capped, "+1", now).unwrap_or_else(|e| panic!("{e:?}"));
+        counts.give_back(refused);
+        // Dropped without a word (the request went away): still counted.
         drop(counts.reserve(&capped, "+1", now));
-        counts.reserve(&capped, "+1", now).map(Reserved::keep).unwrap_or_else(|e| panic!("{e:?}"));
         match counts.reserve(&capped, "+1", now) {
-            Err(ApiError::RecipientRateLimited { retry_after }) => {
+            Err(Refusal::RecipientRateLimited { retry_after }) => {
                 assert_eq!(retry_after, Duration::from_secs(3000))
             }
             other => panic!("{:?}", other.map(|_| ())),

@@ -1,0 +1,182 @@
+//! Accepting a message: the one operation every way in goes through (the send endpoints today,
+//! inbound messages next). Against one snapshot of the active config it runs, in order:
+//! route → destination limits → idempotency → insert → queue, and says what it did or why not
+//! with a typed [`AcceptError`]. The HTTP layer only parses before it and maps its answer to a
+//! status after it.
+
+mod destination;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use switchboard_providers::{registry, Channel, OutboundMessage};
+
+pub use destination::{RecipientCounts, Refusal};
+
+use crate::dispatch::{Dispatcher, SubmitError, Submitted};
+use crate::metrics::Metrics;
+use crate::routing::{NoRoute, Snapshot};
+use crate::store::{IdempotencyKey, Inserted, MessageStore};
+
+/// A message to accept, with who sends it and the idempotency key it came with.
+#[derive(Debug)]
+pub struct Submission {
+    pub message: OutboundMessage,
+    /// The API key's name, when keys are on: the message's owner, and the scope of its
+    /// idempotency key (one caller's key can neither replay nor block another's request).
+    pub caller: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What accepting did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored and queued under the message's own id.
+    New { id: String, channel: String },
+    /// An earlier request with the same idempotency key and body was accepted as this message:
+    /// its first answer again.
+    Replayed { id: String, channel: String },
+}
+
+/// Why a message was not accepted. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// Not a built-in channel, not one a provider kind names, not one the config routes.
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error(transparent)]
+    NoRoute(#[from] NoRoute),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A request with the same idempotency key is being answered right now.
+    #[error("a request with this idempotency key is still being answered")]
+    KeyInFlight,
+    /// The queue is full, the key was used for another request, or the store failed.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// Accepts messages: owns the limits that span requests (recipient caps, idempotency keys in
+/// flight) and hands accepted messages to the dispatcher.
+pub struct Acceptor {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    dispatcher: Dispatcher,
+    store: Arc<dyn MessageStore>,
+    metrics: Arc<Metrics>,
+    recipients: RecipientCounts,
+    /// Idempotency keys whose first request is being answered right now.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl Acceptor {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        dispatcher: Dispatcher,
+        store: Arc<dyn MessageStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Acceptor {
+            snapshot,
+            dispatcher,
+            store,
+            metrics,
+            recipients: RecipientCounts::default(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// Accepts one message (see the module's docs for the steps). A retry of a request that was
+    /// accepted gets its first answer even where a limit would now refuse it.
+    pub async fn accept(&self, submission: Submission) -> Result<Accepted, AcceptError> {
+        let Submission { message, caller, idempotency_key } = submission;
+        let snapshot = self.snapshot.load();
+        let channel = message.channel.as_str();
+        let route = match snapshot.route_for(channel) {
+            Ok(route) => route,
+            Err(_) if !is_known_channel(channel) => {
+                return Err(AcceptError::UnknownChannel(channel.to_owned()))
+            }
+            Err(no_route) => {
+                self.metrics.routing_error(channel, "no_route");
+                return Err(no_route.into());
+            }
+        };
+        // A second request with a key whose first request is still being answered gets 409.
+        let key = idempotency_key.map(|mut key| {
+            if let Some(owner) = &caller {
+                key.key = format!("{owner}/{}", key.key);
+            }
+            key
+        });
+        let _in_flight = match &key {
+            Some(key) => Some(InFlight::claim(&self.in_flight, &key.key)?),
+            None => None,
+        };
+        let limits = destination::check_country(&route.config, &message.to)
+            .and_then(|()| self.recipients.reserve(&route.config, &message.to, SystemTime::now()));
+        let reserved = match limits {
+            Ok(reserved) => reserved,
+            Err(refusal) => return self.replay_or(key.as_ref(), refusal).await,
+        };
+        let (id, channel) = (message.id.clone(), channel.to_owned());
+        match self.dispatcher.submit(message, caller.as_deref(), key.as_ref()).await {
+            Ok(Submitted::Accepted) => Ok(Accepted::New { id, channel }),
+            Ok(Submitted::Replayed { id, channel }) => {
+                self.recipients.give_back(reserved);
+                Ok(Accepted::Replayed { id, channel })
+            }
+            Err(error) => {
+                self.recipients.give_back(reserved);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A request a destination limit refuses: if its idempotency key names a message accepted
+    /// before, that message's answer; else the refusal.
+    async fn replay_or(
+        &self,
+        key: Option<&IdempotencyKey>,
+        refusal: Refusal,
+    ) -> Result<Accepted, AcceptError> {
+        let Some(key) = key else { return Err(refusal.into()) };
+        match self.store.find_key(key).await {
+            Ok(Some(Inserted::Replay { id, channel })) => Ok(Accepted::Replayed { id, channel }),
+            Ok(Some(Inserted::KeyReused)) => Err(SubmitError::KeyReused.into()),
+            Ok(Some(Inserted::New) | None) | Err(_) => Err(refusal.into()),
+        }
+    }
+}
+
+/// Built-in channels and those a kind names. A channel the active config routes is known too
+/// (a `webhook` provider can carry a channel no kind names): that is checked against the route.
+pub fn is_known_channel(name: &str) -> bool {
+    Channel::BUILT_IN_NAMES.contains(&name) || registry().iter().any(|kind| kind.channels.contains(&name))
+}
+
+/// Marks an idempotency key as being answered by this process, until dropped.
+struct InFlight<'a> {
+    keys: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(keys: &'a Mutex<HashSet<String>>, key: &str) -> Result<Self, AcceptError> {
+        let mut set = keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !set.insert(key.to_owned()) {
+            return Err(AcceptError::KeyInFlight);
+        }
+        Ok(InFlight { keys, key: key.to_owned() })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests;
