@@ -437,9 +437,7 @@ pub fn catalog() -> Catalog {
         name: spec.key.to_owned(),
         type_name: spec.ty.name().to_owned(),
         required: false,
-        default: spec
-            .default
-            .map(|d| d.parse::<i64>().map_or_else(|_| serde_json::Value::from(d), serde_json::Value::from)),
+        default: spec.default.map(|d| d.to_json()),
         doc: spec.doc.to_owned(),
     };
     Catalog {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 pub use diagnostic::{render_human, Code, Diagnostic, Origin, Report, Severity, SourceFile};
 pub use resolved::ResolvedConfig;
-pub use settings::{Spec, PROVIDER_SPECS, ROUTE_SPECS};
+pub use settings::{BuiltIn, Spec, PROVIDER_SPECS, ROUTE_SPECS};
 pub use source::{Environment, ENV_PREFIX};
 
 /// The outcome of reading a config: its diagnostics, and the resolved config when there was

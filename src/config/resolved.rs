@@ -145,6 +145,9 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// A route's strategy when none is set.
+    pub const DEFAULT: Strategy = Strategy::Failover;
+
     pub const NAMES: [&'static str; 3] = ["failover", "round_robin", "weighted"];
 
     pub fn from_name(name: &str) -> Option<Strategy> {

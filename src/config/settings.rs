@@ -41,9 +41,36 @@ pub struct Spec {
     /// Dotted key, e.g. `breaker.open_ms`.
     pub key: &'static str,
     pub ty: Ty,
-    /// The built-in default, as text for docs; `None`: absent unless set.
-    pub default: Option<&'static str>,
+    /// The built-in default: the one place it is written. The resolver, `switchboard providers`
+    /// and `explain` all read it here. `None`: absent unless set.
+    pub default: Option<BuiltIn>,
     pub doc: &'static str,
+}
+
+/// A setting's built-in default value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltIn {
+    Int(i64),
+    Strategy(Strategy),
+}
+
+impl BuiltIn {
+    /// As the setting would be written in JSON (and TOML).
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            BuiltIn::Int(n) => n.into(),
+            BuiltIn::Strategy(strategy) => strategy.name().into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BuiltIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuiltIn::Int(n) => write!(f, "{n}"),
+            BuiltIn::Strategy(strategy) => f.write_str(strategy.name()),
+        }
+    }
 }
 
 const U32: i64 = u32::MAX as i64;
@@ -54,44 +81,44 @@ pub const PROVIDER_SPECS: &[Spec] = &[
     Spec {
         key: "timeout_ms",
         ty: Ty::Int { min: 1, max: MS_MAX },
-        default: Some("10000"),
+        default: Some(BuiltIn::Int(10000)),
         doc: "Per-attempt timeout, in milliseconds.",
     },
     Spec {
         key: "max_retry_after_ms",
         ty: Ty::Int { min: 0, max: MS_MAX },
-        default: Some("3600000"),
+        default: Some(BuiltIn::Int(3600000)),
         doc: "The longest a provider's 429 may pause it (its Retry-After or rate-limit reset), in \
               milliseconds; longer asks are cut to this.",
     },
     Spec {
         key: "retry.initial_backoff_ms",
         ty: Ty::Int { min: 0, max: MS_MAX },
-        default: Some("200"),
+        default: Some(BuiltIn::Int(200)),
         doc: "First backoff between retry rounds (exponential, full jitter).",
     },
     Spec {
         key: "retry.max_backoff_ms",
         ty: Ty::Int { min: 0, max: MS_MAX },
-        default: Some("30000"),
+        default: Some(BuiltIn::Int(30000)),
         doc: "Cap of the backoff; at least initial_backoff_ms.",
     },
     Spec {
         key: "breaker.failure_threshold",
         ty: Ty::Int { min: 1, max: U32 },
-        default: Some("5"),
+        default: Some(BuiltIn::Int(5)),
         doc: "Consecutive counted failures that open the breaker.",
     },
     Spec {
         key: "breaker.open_ms",
         ty: Ty::Int { min: 1, max: MS_MAX },
-        default: Some("30000"),
+        default: Some(BuiltIn::Int(30000)),
         doc: "How long an open breaker stays open before probing.",
     },
     Spec {
         key: "breaker.half_open_probes",
         ty: Ty::Int { min: 1, max: U32 },
-        default: Some("1"),
+        default: Some(BuiltIn::Int(1)),
         doc: "Probes let through while half-open.",
     },
     Spec {
@@ -113,13 +140,13 @@ pub const ROUTE_SPECS: &[Spec] = &[
     Spec {
         key: "max_attempts",
         ty: Ty::Int { min: 1, max: 1000 },
-        default: Some("3"),
+        default: Some(BuiltIn::Int(3)),
         doc: "Attempts per message in total, across the route's providers.",
     },
     Spec {
         key: "strategy",
         ty: Ty::Strategy,
-        default: Some("failover"),
+        default: Some(BuiltIn::Strategy(Strategy::DEFAULT)),
         doc: "How providers are picked: `failover` (list order), `round_robin` (each message starts at the \
               next one), `weighted` (first drawn by weight, then weight order).",
     },
@@ -415,29 +442,29 @@ impl<'a> Lookup<'a> {
         found
     }
 
-    fn int(&mut self, key: &'static str, default: i64) -> i64 {
+    /// An integer setting: as set, else its spec's built-in default.
+    fn int(&mut self, key: &'static str) -> i64 {
         match self.find(key).map(|s| &s.value) {
             Some(Checked::Int(n)) => *n,
-            _ => default,
+            _ => match built_in(key) {
+                Some(BuiltIn::Int(n)) => n,
+                _ => 0,
+            },
         }
     }
 
-    fn ms(&mut self, key: &'static str, default: i64) -> Duration {
-        Duration::from_millis(u64::try_from(self.int(key, default)).unwrap_or(0))
+    fn ms(&mut self, key: &'static str) -> Duration {
+        Duration::from_millis(u64::try_from(self.int(key)).unwrap_or(0))
     }
 
-    fn u32(&mut self, key: &'static str, default: u32) -> u32 {
-        u32::try_from(self.int(key, i64::from(default))).unwrap_or(default)
+    fn u32(&mut self, key: &'static str) -> u32 {
+        u32::try_from(self.int(key)).unwrap_or(u32::MAX)
     }
 }
 
-/// A provider setting's built-in default, as its spec states it.
-fn built_in(key: &str) -> i64 {
-    PROVIDER_SPECS
-        .iter()
-        .find(|spec| spec.key == key)
-        .and_then(|spec| spec.default?.parse().ok())
-        .unwrap_or_default()
+/// A setting's built-in default, as its spec states it.
+fn built_in(key: &str) -> Option<BuiltIn> {
+    PROVIDER_SPECS.iter().chain(ROUTE_SPECS).find(|spec| spec.key == key).and_then(|spec| spec.default)
 }
 
 /// Resolves a provider's common settings from its layers (provider, kind, defaults).
@@ -447,8 +474,8 @@ pub fn resolve_provider(
 ) -> (ProviderSettings, BTreeMap<&'static str, SettingSource>) {
     let mut lookup = Lookup { layers, sources: BTreeMap::new() };
     let retry = RetryPolicy {
-        initial_backoff: lookup.ms("retry.initial_backoff_ms", 200),
-        max_backoff: lookup.ms("retry.max_backoff_ms", 30_000),
+        initial_backoff: lookup.ms("retry.initial_backoff_ms"),
+        max_backoff: lookup.ms("retry.max_backoff_ms"),
     };
     if retry.max_backoff < retry.initial_backoff {
         let culprit = lookup.find("retry.max_backoff_ms").or_else(|| lookup.find("retry.initial_backoff_ms"));
@@ -465,9 +492,9 @@ pub fn resolve_provider(
         }
     }
     let breaker = BreakerPolicy {
-        failure_threshold: lookup.u32("breaker.failure_threshold", 5),
-        open: lookup.ms("breaker.open_ms", 30_000),
-        half_open_probes: lookup.u32("breaker.half_open_probes", 1),
+        failure_threshold: lookup.u32("breaker.failure_threshold"),
+        open: lookup.ms("breaker.open_ms"),
+        half_open_probes: lookup.u32("breaker.half_open_probes"),
     };
     let per_second = match lookup.find("rate_limit.per_second").map(|s| &s.value) {
         Some(Checked::Number(n)) => Some(*n),
@@ -492,8 +519,8 @@ pub fn resolve_provider(
         (None, None) => None,
     };
     let settings = ProviderSettings {
-        timeout: lookup.ms("timeout_ms", 10_000),
-        max_retry_after: lookup.ms("max_retry_after_ms", built_in("max_retry_after_ms")),
+        timeout: lookup.ms("timeout_ms"),
+        max_retry_after: lookup.ms("max_retry_after_ms"),
         retry,
         breaker,
         rate_limit,
@@ -510,9 +537,9 @@ pub fn resolve_route(
     let mut lookup = Lookup { layers, sources: BTreeMap::new() };
     let strategy = match lookup.find("strategy").map(|s| &s.value) {
         Some(Checked::Strategy(strategy)) => *strategy,
-        _ => Strategy::Failover,
+        _ => Strategy::DEFAULT,
     };
-    let max_attempts = lookup.u32("max_attempts", 3);
+    let max_attempts = lookup.u32("max_attempts");
     let allowed_country_codes = match lookup.find("allowed_country_codes").map(|s| &s.value) {
         Some(Checked::CountryCodes(codes)) => Some(codes.clone()),
         _ => None,

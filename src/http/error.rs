@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::accept::{AcceptError, Refusal};
 use crate::dispatch::SubmitError;
 use crate::http::guard::MAX_HEADERS;
+use crate::reload::Outcome;
 use crate::routing::NoRoute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +270,47 @@ impl ApiError {
         .into_bytes();
         answer.extend_from_slice(&body);
         answer
+    }
+}
+
+/// The status of an accepted message's answer (and of a replay of it).
+pub const ACCEPTED: StatusCode = StatusCode::ACCEPTED;
+
+/// Why `/readyz` answers 503: `{"status":"not_ready"}`, with the store's error when it is the
+/// store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutdown has begun: load balancers stop sending here while messages in flight finish.
+    ShuttingDown,
+    /// The message store does not take writes.
+    StoreUnavailable,
+}
+
+impl IntoResponse for NotReady {
+    fn into_response(self) -> Response {
+        let body = match self {
+            NotReady::ShuttingDown => serde_json::json!({"status": "not_ready"}),
+            NotReady::StoreUnavailable => serde_json::json!({
+                "status": "not_ready",
+                "error": {
+                    "code": ApiError::StoreUnavailable.code(),
+                    "message": "the message store does not take writes; sends are refused until it does",
+                },
+            }),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+/// `POST /admin/reload`: 200 with the new (or unchanged) version, 422 with the diagnostics of a
+/// config that was refused.
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Outcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::OK,
+        };
+        (status, axum::Json(self)).into_response()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,13 +21,13 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
 
-pub use error::ApiError;
+pub use error::{ApiError, NotReady};
 use payload::Endpoint;
 
 use crate::accept::{Accepted, Acceptor, Submission};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::reload::{Outcome, Reloader, Trigger};
+use crate::reload::{Reloader, Trigger};
 use crate::routing::Snapshot;
 use crate::store::{IdempotencyKey, MessageStore};
 use guard::{Caller, Guard};
@@ -114,7 +114,7 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
 /// The 202 for an accepted (or replayed) message.
 fn accepted_response(endpoint: Endpoint, id: &str, channel: &str, replayed: bool) -> Response {
     let mut response =
-        (StatusCode::ACCEPTED, Json(AcceptedBody { id, status: "queued", channel })).into_response();
+        (error::ACCEPTED, Json(AcceptedBody { id, status: "queued", channel })).into_response();
     if endpoint == Endpoint::Native {
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
@@ -200,7 +200,7 @@ const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response();
+        return NotReady::ShuttingDown.into_response();
     }
     let reason = match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.check()).await {
         Ok(Ok(())) => {
@@ -211,8 +211,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Err(_) => format!("the message store did not answer within {}s", STORE_CHECK_TIMEOUT.as_secs()),
     };
     tracing::warn!(reason, "not ready: the message store does not take writes");
-    let error = json!({"code": "store_unavailable", "message": "the message store does not take writes; sends are refused until it does"});
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "error": error}))).into_response()
+    NotReady::StoreUnavailable.into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -324,10 +323,5 @@ async fn admin_explain(
 
 /// Reloads now; 200 with the new (or unchanged) version, 422 with the diagnostics.
 async fn admin_reload(State(state): State<Arc<AppState>>) -> Response {
-    let outcome = state.reloader.reload(Trigger::Admin).await;
-    let status = match outcome {
-        Outcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::OK,
-    };
-    (status, Json(outcome)).into_response()
+    state.reloader.reload(Trigger::Admin).await.into_response()
 }
