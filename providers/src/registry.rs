@@ -394,7 +394,6 @@ mod tests {
     }
 }
 
-
 /// Secret settings found from the kinds' schemas.
 #[cfg(test)]
 mod secret_settings_tests {
