@@ -41,8 +41,6 @@ impl fmt::Debug for OutboundMessage {
 pub struct Receipt {
     /// The provider's own id for the message, when it returns one.
     pub provider_message_id: Option<String>,
-    /// How long the provider took to answer.
-    pub latency: Duration,
 }
 
 /// How a failed send must be treated. Retries and circuit breakers are driven by this alone.

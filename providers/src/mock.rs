@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -124,16 +124,14 @@ enum Outcome {
 #[async_trait]
 impl Provider for MockProvider {
     async fn send(&self, _message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let started = Instant::now();
         let (n, outcome) = self.next_outcome();
         if self.settings.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.settings.latency_ms)).await;
         }
         match outcome {
-            Outcome::Sent => Ok(Receipt {
-                provider_message_id: Some(format!("mock-{:x}-{n}", self.settings.seed)),
-                latency: started.elapsed(),
-            }),
+            Outcome::Sent => {
+                Ok(Receipt { provider_message_id: Some(format!("mock-{:x}-{n}", self.settings.seed)) })
+            }
             Outcome::Error => {
                 Err(SendError::Ambiguous { code: "500".into(), reason: "mock provider error".into() })
             }

@@ -1,13 +1,15 @@
 //! The plugin contract: the [`Provider`] trait a kind's instances implement, the [`Kind`] trait
 //! a kind implements once, and the [`Registration`] each kind submits to the registry.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::secret::is_secret;
 use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
 /// One configured provider instance, able to send messages. Object-safe: the service holds
@@ -98,12 +100,9 @@ pub trait Kind: 'static {
     /// One line for `switchboard providers`.
     const DESCRIPTION: &'static str;
     /// The kind's own settings: a serde struct with `deny_unknown_fields` whose doc comments
-    /// document each setting.
+    /// document each setting. A setting holding a credential has the type [`crate::Secret`]
+    /// (or contains one): that alone makes it a secret ([`Registration::secrets`]).
     type Settings: DeserializeOwned + schemars::JsonSchema;
-    /// Settings that hold credentials. The config loader accepts them only from the
-    /// environment (`${VAR}` or an override variable) and redacts them in every view; the
-    /// settings struct holds them as [`crate::Secret`].
-    const SECRETS: &'static [&'static str] = &[];
 
     /// Checks what serde cannot (ranges, combinations). Empty when the settings are valid.
     fn validate(_settings: &Self::Settings) -> Vec<SettingIssue> {
@@ -126,9 +125,8 @@ pub struct Registration {
     pub kind: &'static str,
     pub channels: &'static [&'static str],
     pub description: &'static str,
-    /// Settings holding credentials (see [`Kind::SECRETS`]).
-    pub secrets: &'static [&'static str],
     settings: fn() -> Vec<SettingDoc>,
+    secrets: fn() -> Vec<String>,
     parse_and_check: fn(Value) -> Vec<SettingIssue>,
     build: BuildFn,
 }
@@ -141,8 +139,8 @@ impl Registration {
             kind: K::NAME,
             channels: K::CHANNELS,
             description: K::DESCRIPTION,
-            secrets: K::SECRETS,
             settings: settings_doc::<K::Settings>,
+            secrets: secret_settings::<K::Settings>,
             parse_and_check: parse_and_check::<K>,
             build: build::<K>,
         }
@@ -151,6 +149,32 @@ impl Registration {
     /// The kind's settings, in declaration order.
     pub fn settings(&self) -> Vec<SettingDoc> {
         (self.settings)()
+    }
+
+    /// The settings holding credentials, sorted by name: those whose schema holds a
+    /// [`crate::Secret`]. The config loader accepts them only from the environment (`${VAR}`
+    /// or an override variable) and redacts them in every view.
+    pub fn secrets(&self) -> Vec<String> {
+        self.registered_secrets().map_or_else(self.secrets, <[String]>::to_vec)
+    }
+
+    /// Whether the setting `name` holds a credential (see [`Registration::secrets`]).
+    pub fn is_secret(&self, name: &str) -> bool {
+        match self.registered_secrets() {
+            Some(secrets) => secrets.iter().any(|secret| secret == name),
+            None => (self.secrets)().iter().any(|secret| secret == name),
+        }
+    }
+
+    /// [`Registration::secrets`] of a registered kind, found once for every registered kind
+    /// (each needs its schema built); `None` for a registration that was never submitted.
+    fn registered_secrets(&self) -> Option<&'static [String]> {
+        static SECRETS: OnceLock<HashMap<usize, Vec<String>>> = OnceLock::new();
+        let address = |registration: &Registration| std::ptr::from_ref(registration) as usize;
+        let known = SECRETS.get_or_init(|| {
+            inventory::iter::<Registration>.into_iter().map(|r| (address(r), (r.secrets)())).collect()
+        });
+        known.get(&address(self)).map(Vec::as_slice)
     }
 
     /// Validates the kind's settings (given as a JSON object) without building anything.
@@ -239,7 +263,7 @@ fn build<K: Kind>(settings: Value, context: &BuildContext<'_>) -> Result<Arc<dyn
 }
 
 fn settings_doc<S: schemars::JsonSchema>() -> Vec<SettingDoc> {
-    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<S>();
+    let schema = settings_schema::<S>();
     let required: Vec<&str> = schema
         .get("required")
         .and_then(Value::as_array)
@@ -267,14 +291,26 @@ fn settings_doc<S: schemars::JsonSchema>() -> Vec<SettingDoc> {
         .collect()
 }
 
+fn settings_schema<S: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::SchemaGenerator::default().into_root_schema_for::<S>()
+}
+
+/// The top-level settings whose schema holds a credential, sorted by name.
+fn secret_settings<S: schemars::JsonSchema>() -> Vec<String> {
+    let schema = settings_schema::<S>();
+    let defs = schema.get("$defs");
+    let properties = schema.get("properties").and_then(Value::as_object).into_iter().flatten();
+    properties.filter(|(_, property)| is_secret(property, defs)).map(|(name, _)| name.clone()).collect()
+}
+
 /// `uint64` → `u64`, `["string","null"]` → `string?`, a credential → `secret`, an enum of
 /// strings → `a|b|c`, plain JSON types as they are.
 fn type_name(property: &Value, defs: Option<&Value>) -> String {
+    if property.get("anyOf").is_none() && is_secret(property, defs) {
+        return "secret".to_owned();
+    }
     if let Some(reference) = property.get("$ref").and_then(Value::as_str) {
         let name = reference.rsplit('/').next().unwrap_or_default();
-        if name == "Secret" {
-            return "secret".to_owned();
-        }
         return match defs.and_then(|d| d.get(name)) {
             Some(def) => type_name(def, defs),
             None => "any".to_owned(),
@@ -355,5 +391,141 @@ mod tests {
             (Some("security"), "`security`: unknown variant `ssl`, expected one of `tls`, `starttls`"),
         );
         check(".", "missing field `account_sid`", (None, "missing field `account_sid`"));
+    }
+}
+
+/// Secret settings found from the kinds' schemas.
+#[cfg(test)]
+mod secret_settings_tests {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde_json::json;
+
+    use super::*;
+    use crate::scrub::{MAX_TEXT_BYTES, REDACTED};
+    use crate::Secret;
+
+    /// `kind`'s secret settings are `expected`, for every reader: the list, the per-setting
+    /// question the config loader asks, and the `secret` type `switchboard providers` shows.
+    fn check(kind: &str, expected: &[&str]) {
+        let Some(registration) = find(kind) else { panic!("{kind} is not registered") };
+        assert_eq!(registration.secrets(), expected, "{kind}");
+        let settings = registration.settings();
+        for name in expected {
+            assert!(settings.iter().any(|s| s.name == *name), "{kind}: no setting {name}");
+        }
+        for setting in settings {
+            let secret = expected.contains(&setting.name.as_str());
+            assert_eq!(registration.is_secret(&setting.name), secret, "{kind}: {}", setting.name);
+            assert_eq!(setting.type_name.starts_with("secret"), secret, "{kind}: {setting:?}");
+        }
+        assert!(!registration.is_secret("no_such_setting"), "{kind}");
+    }
+
+    #[test]
+    fn built_in_kinds() {
+        check("mock", &[]);
+        check("sendgrid", &["api_key"]);
+        check("smtp", &["password"]);
+        check("twilio", &["auth_token"]);
+        check("webhook", &["secret"]);
+    }
+
+    /// A settings struct a kind could add to: credentials in every shape a field can hold one.
+    #[allow(dead_code)]
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct NewSettings {
+        /// Plain.
+        api_key: Secret,
+        /// Optional.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// Several.
+        #[serde(default)]
+        keys: Vec<Secret>,
+        /// Inside a table of its own.
+        oauth: OAuth,
+        /// Not credentials.
+        name: String,
+        #[serde(default)]
+        label: Option<String>,
+        #[serde(default)]
+        mode: crate::TlsMode,
+        #[serde(default)]
+        table: std::collections::BTreeMap<String, String>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct OAuth {
+        client_id: String,
+        /// Named like a schema keyword.
+        #[serde(rename = "default")]
+        client_secret: Secret,
+    }
+
+    struct NewKind;
+
+    impl Kind for NewKind {
+        const NAME: &'static str = "test_new_secrets";
+        const CHANNELS: &'static [&'static str] = &["sms"];
+        const DESCRIPTION: &'static str = "secret settings in every shape (registry tests only)";
+        type Settings = NewSettings;
+
+        fn build(_: NewSettings, _: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
+            Err(SettingsError::other("never built"))
+        }
+    }
+
+    inventory::submit! { Registration::of::<NewKind>() }
+
+    #[test]
+    fn a_new_secret_field_is_found_without_any_list() {
+        let expected = ["api_key", "keys", "oauth", "password"];
+        check("test_new_secrets", &expected);
+        // A registration that was never submitted: found all the same.
+        let unregistered = Registration::of::<NewKind>();
+        assert_eq!(unregistered.secrets(), expected);
+        assert!(unregistered.is_secret("oauth") && !unregistered.is_secret("name"));
+        let types: Vec<(String, String)> =
+            unregistered.settings().into_iter().map(|s| (s.name, s.type_name)).collect();
+        assert!(types.contains(&("password".into(), "secret?".into())), "{types:?}");
+        assert!(types.contains(&("api_key".into(), "secret".into())), "{types:?}");
+    }
+
+    /// Each built-in kind's provider declares the value of each of its secret settings (as
+    /// found from its schema) among the credentials it sends: the dispatcher's one scrubbing
+    /// place removes it, as sent and base64-encoded, from whatever the provider answers.
+    #[tokio::test]
+    async fn every_secret_setting_is_scrubbed_from_answers() {
+        const MARKER: &str = "marker-secret-0123456789";
+        let samples = [
+            ("sendgrid", json!({"api_key": MARKER})),
+            ("smtp", json!({"host": "smtp.example.com", "username": "mailer", "password": MARKER})),
+            ("twilio", json!({"account_sid": "AC1", "auth_token": MARKER})),
+            ("webhook", json!({"url": "https://gw.example.com/send", "secret": MARKER})),
+        ];
+        for registration in registry() {
+            let has_sample = samples.iter().any(|(kind, _)| *kind == registration.kind);
+            let built_in = !registration.kind.starts_with("test_");
+            assert_eq!(
+                has_sample,
+                built_in && !registration.secrets().is_empty(),
+                "{}: a built-in kind with secret settings needs a sample here",
+                registration.kind
+            );
+        }
+        let context = BuildContext { name: "under-test", timeout: Duration::from_secs(1) };
+        for (kind, settings) in samples {
+            let Some(registration) = find(kind) else { panic!("{kind} is not registered") };
+            for secret in registration.secrets() {
+                assert_eq!(settings[&secret], MARKER, "{kind}: set {secret} to the marker");
+            }
+            let provider = registration.build(settings, &context).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let answer = format!("bad key {MARKER}, {}", STANDARD.encode(MARKER));
+            let cleaned = provider.credentials_sent().clean_text(&answer, "", MAX_TEXT_BYTES, false);
+            assert_eq!(cleaned, format!("bad key {REDACTED}, {REDACTED}"), "{kind}");
+        }
     }
 }

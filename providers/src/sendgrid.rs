@@ -7,7 +7,7 @@
 //! message id. Attachment URLs are not fetched: they are appended to the body as links.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -48,7 +48,6 @@ impl Kind for SendgridKind {
     const NAME: &'static str = "sendgrid";
     const CHANNELS: &'static [&'static str] = &["email"];
     const DESCRIPTION: &'static str = "SendGrid v3 Mail Send API (bearer API key)";
-    const SECRETS: &'static [&'static str] = &["api_key"];
     type Settings = SendgridSettings;
 
     fn validate(settings: &SendgridSettings) -> Vec<SettingIssue> {
@@ -153,7 +152,6 @@ fn rate_limit_reset(answer: &Answer, now: SystemTime) -> Option<Duration> {
 #[async_trait]
 impl Provider for SendgridProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let started = Instant::now();
         let from = self.settings.from.as_deref().unwrap_or(&message.from);
         let request = self
             .client
@@ -164,7 +162,6 @@ impl Provider for SendgridProvider {
         if answer.status.is_success() {
             return Ok(Receipt {
                 provider_message_id: http::header(&answer, "x-message-id").map(str::to_owned),
-                latency: started.elapsed(),
             });
         }
         match http::status_error(&answer, error_detail(&answer)) {

@@ -8,7 +8,7 @@
 //! a line break is refused before anything is sent. Attachment URLs become links in the body.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::header::ContentType;
@@ -80,7 +80,6 @@ impl Kind for SmtpKind {
     const NAME: &'static str = "smtp";
     const CHANNELS: &'static [&'static str] = &["email"];
     const DESCRIPTION: &'static str = "Any SMTP relay (STARTTLS or implicit TLS, optional AUTH, pooled)";
-    const SECRETS: &'static [&'static str] = &["password"];
     type Settings = SmtpSettings;
 
     fn validate(settings: &SmtpSettings) -> Vec<SettingIssue> {
@@ -251,14 +250,13 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendError {
 #[async_trait]
 impl Provider for SmtpProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let started = Instant::now();
         let from = self.from.as_deref().unwrap_or(&message.from);
         let (built, id) = build_email(message, from)?;
         let sent = tokio::time::timeout(self.timeout, self.transport.send(built))
             .await
             .map_err(|_| SendError::Timeout)?;
         sent.map_err(|error| classify(&error))?;
-        Ok(Receipt { provider_message_id: Some(id), latency: started.elapsed() })
+        Ok(Receipt { provider_message_id: Some(id) })
     }
 
     fn credentials_sent(&self) -> &SentCredentials {

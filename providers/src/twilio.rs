@@ -6,7 +6,6 @@
 //! Twilio's error body `{"code": 21211, "message": "…"}` is recorded on the attempt.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -53,7 +52,6 @@ impl Kind for TwilioKind {
     const NAME: &'static str = "twilio";
     const CHANNELS: &'static [&'static str] = &["sms", "mms"];
     const DESCRIPTION: &'static str = "Twilio Programmable Messaging (REST API, HTTP Basic auth)";
-    const SECRETS: &'static [&'static str] = &["auth_token"];
     type Settings = TwilioSettings;
 
     fn validate(settings: &TwilioSettings) -> Vec<SettingIssue> {
@@ -142,7 +140,6 @@ struct TwilioAnswer {
 #[async_trait]
 impl Provider for TwilioProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let started = Instant::now();
         let s = &self.settings;
         let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
         match (&s.messaging_service_sid, &s.from) {
@@ -163,10 +160,7 @@ impl Provider for TwilioProvider {
         let answer = http::execute(request).await?;
         let parsed: Option<TwilioAnswer> = serde_json::from_slice(&answer.body).ok();
         if answer.status.is_success() {
-            return Ok(Receipt {
-                provider_message_id: parsed.and_then(|p| p.sid),
-                latency: started.elapsed(),
-            });
+            return Ok(Receipt { provider_message_id: parsed.and_then(|p| p.sid) });
         }
         let detail = parsed.and_then(|p| Some((p.code?.to_string(), p.message.unwrap_or_default())));
         Err(http::status_error(&answer, detail))

@@ -9,7 +9,7 @@
 //! JSON has a string `id` records it as the provider message id.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
@@ -48,7 +48,6 @@ impl Kind for WebhookKind {
     const CHANNELS: &'static [&'static str] = &["*"];
     const DESCRIPTION: &'static str =
         "POSTs the message as JSON to your own gateway, signed with HMAC-SHA256 (any channel)";
-    const SECRETS: &'static [&'static str] = &["secret"];
     type Settings = WebhookSettings;
 
     fn validate(settings: &WebhookSettings) -> Vec<SettingIssue> {
@@ -149,7 +148,6 @@ struct GatewayAnswer {
 #[async_trait]
 impl Provider for WebhookProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let started = Instant::now();
         let payload = Payload {
             id: &message.id,
             channel: message.channel.as_str(),
@@ -174,7 +172,7 @@ impl Provider for WebhookProvider {
         let answer = http::execute(request).await?;
         if answer.status.is_success() {
             let id = serde_json::from_slice::<GatewayAnswer>(&answer.body).ok().and_then(|a| a.id);
-            return Ok(Receipt { provider_message_id: id, latency: started.elapsed() });
+            return Ok(Receipt { provider_message_id: id });
         }
         Err(http::status_error(&answer, None))
     }

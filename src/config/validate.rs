@@ -389,11 +389,11 @@ fn merge_kind_settings(
     let from_environment = |e: &Entry| e.node.secret || matches!(e.node.origin, Origin::Env(_));
     let secrets: Vec<String> = merged
         .iter()
-        .filter(|(k, e)| e.node.secret || registration.secrets.contains(k))
+        .filter(|(k, e)| e.node.secret || registration.is_secret(k))
         .map(|(k, _)| (*k).to_owned())
         .collect();
     for (key, entry) in &merged {
-        if registration.secrets.contains(key) && !from_environment(entry) {
+        if registration.is_secret(key) && !from_environment(entry) {
             let variable = format!("{}_{}", provider.key, key).to_ascii_uppercase().replace('-', "_");
             diagnostics.push(
                 Diagnostic::error(
