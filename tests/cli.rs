@@ -78,7 +78,7 @@ fn providers_lists_exactly_the_built_in_kinds() {
         (
             "smtp",
             &["email"],
-            &["from", "host", "password", "pool_size", "port", "tls", "username"],
+            &["ca_file", "from", "host", "password", "pool_size", "port", "tls", "username"],
             &["password"],
         ),
         (

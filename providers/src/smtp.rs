@@ -1,12 +1,14 @@
 //! `smtp`: email through an SMTP relay, with lettre.
 //!
 //! One connection pool per provider; `tls = "starttls"` (default, port 587), `"tls"` (implicit
-//! TLS, port 465) or `"none"` (port 25; loopback relays only when credentials are set). Each
+//! TLS, port 465) or `"none"` (port 25; loopback relays only when credentials are set); `ca_file`
+//! adds a private CA's certificates to the trusted roots. Each
 //! message gets `Message-ID: <{switchboard id}@{sender's domain}>`, which is also recorded as
 //! the provider message id, and is `multipart/alternative` (text + HTML) when the body is HTML.
 //! Header injection is impossible: addresses are parsed as single mailboxes and a subject with
 //! a line break is refused before anything is sent. Attachment URLs become links in the body.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +16,11 @@ use async_trait::async_trait;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::address::is_email;
@@ -50,6 +55,12 @@ pub struct SmtpSettings {
     /// `none`, `starttls` or `tls`.
     #[serde(default)]
     pub tls: TlsMode,
+    /// A PEM file of CA certificates trusted for the relay's certificate in addition to the
+    /// built-in public roots, for a private relay whose certificate a private CA signed. Read
+    /// when the config is loaded and when the provider is built (a relative path is taken from
+    /// the working directory); only with `tls = "starttls"` or `"tls"`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// User name for SMTP AUTH; set it together with `password`.
     #[serde(default)]
     pub username: Option<String>,
@@ -67,6 +78,26 @@ pub struct SmtpSettings {
 
 fn default_pool_size() -> u32 {
     10
+}
+
+/// The contents of a `ca_file`: readable PEM holding at least one certificate, each usable as
+/// a trust anchor. The error says which of these it is not.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|error| format!("`ca_file` {shown} cannot be read: {error}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("`ca_file` {shown} is not valid PEM: {error}"))?;
+    if certificates.is_empty() {
+        return Err(format!("`ca_file` {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(|error| {
+            format!("`ca_file` {shown} holds a certificate that is not usable as a CA: {error}")
+        })?;
+    }
+    Ok(pem)
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -116,6 +147,19 @@ impl Kind for SmtpKind {
                 ),
             );
         }
+        if let Some(path) = &settings.ca_file {
+            if settings.tls == TlsMode::None {
+                issues.push(
+                    SettingIssue::new("ca_file", "`ca_file` is set but `tls = \"none\"` uses no certificate")
+                        .with_help("use tls = \"starttls\" or \"tls\", or remove `ca_file`"),
+                );
+            } else if let Err(message) = read_ca_file(path) {
+                issues.push(
+                    SettingIssue::new("ca_file", message)
+                        .with_help("give the path of a PEM bundle of the relay's CA certificates"),
+                );
+            }
+        }
         if let Some(from) = &settings.from {
             if !is_email(from) {
                 issues.push(SettingIssue::new(
@@ -139,6 +183,16 @@ impl Kind for SmtpKind {
             TlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
                 .map_err(|error| SettingsError::other(format!("cannot set up TLS for `{host}`: {error}")))?,
         };
+        let builder = match (&settings.ca_file, settings.tls) {
+            (Some(path), TlsMode::Starttls | TlsMode::Tls) => {
+                let parameters = private_ca_tls(host, path)?;
+                builder.tls(match settings.tls {
+                    TlsMode::Tls => Tls::Wrapper(parameters),
+                    _ => Tls::Required(parameters),
+                })
+            }
+            _ => builder,
+        };
         let mut builder = builder.timeout(Some(context.timeout)).pool_config(
             PoolConfig::new().max_size(settings.pool_size).idle_timeout(Duration::from_secs(60)),
         );
@@ -160,6 +214,17 @@ impl Kind for SmtpKind {
             credentials,
         }))
     }
+}
+
+/// TLS checking the relay against the built-in roots and the CA certificates in `path`.
+fn private_ca_tls(host: &str, path: &Path) -> Result<TlsParameters, SettingsError> {
+    let pem = read_ca_file(path)
+        .map_err(|message| SettingsError { issues: vec![SettingIssue::new("ca_file", message)] })?;
+    let tls_error = |error: lettre::transport::smtp::Error| {
+        SettingsError::other(format!("cannot set up TLS for `{host}` with `ca_file`: {error}"))
+    };
+    let certificate = Certificate::from_pem(&pem).map_err(tls_error)?;
+    TlsParameters::builder(host.to_owned()).add_root_certificate(certificate).build().map_err(tls_error)
 }
 
 inventory::submit! { Registration::of::<SmtpKind>() }
@@ -269,6 +334,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::find;
     use crate::test_support::{check_settings, email};
 
     #[test]
@@ -288,6 +354,45 @@ mod tests {
         check(json!({"host": "smtp.example.com", "tls": "none", "username": "u", "password": "p"}), &["tls"]);
         check(json!({"host": "smtp.example.com", "from": "bad"}), &["from"]);
         check(json!({"host": "h", "tls": "ssl"}), &["tls"]);
+    }
+
+    /// A `ca_file` is read and checked when the settings are: unreadable, not PEM, holding no
+    /// certificate or a certificate no CA could be made of, each named by the check.
+    #[test]
+    fn ca_file_is_checked() {
+        let dir = std::env::temp_dir().join(format!("switchboard-smtp-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|error| panic!("{error}"));
+            path.to_string_lossy().into_owned()
+        };
+        let not_pem = write("not.pem", "hello, I am not a certificate\n");
+        let broken = write("broken.pem", "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n");
+        let garbage = write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        );
+        let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+        let issues = |path: &str, tls: &str| {
+            find("smtp")
+                .map(|kind| kind.check(json!({"host": "relay.internal", "tls": tls, "ca_file": path})))
+                .unwrap_or_default()
+        };
+        for (path, says) in [
+            (&missing, "cannot be read"),
+            (&not_pem, "holds no PEM certificate"),
+            (&broken, "is not valid PEM"),
+            (&garbage, "not usable as a CA"),
+        ] {
+            let found = issues(path, "starttls");
+            assert_eq!(found.len(), 1, "{path}: {found:?}");
+            assert_eq!(found[0].field.as_deref(), Some("ca_file"), "{found:?}");
+            assert!(found[0].message.contains(says) && found[0].message.contains(path.as_str()), "{found:?}");
+        }
+        let found = issues(&not_pem, "none");
+        assert!(found.len() == 1 && found[0].message.contains("tls = \"none\""), "{found:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
