@@ -510,7 +510,8 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     };
     let max_attempts = route.config.max_attempts;
     let mut next_available: Option<Instant> = None;
-    let mut attempted = false;
+    // The backoff policy of the first provider tried this round, if any was.
+    let mut tried: Option<crate::config::resolved::RetryPolicy> = None;
     let plan = route.plan(&job.message, job.round, Instant::now());
     for handle in &plan {
         if job.attempts >= max_attempts {
@@ -532,7 +533,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
                 tokio::time::sleep(wait).await;
             }
         }
-        attempted = true;
+        tried.get_or_insert(handle.config.settings.retry);
         job.attempts += 1;
         // Recorded before the call: after a crash, an attempt with no outcome is a possible
         // duplicate. On a shared queue this also renews the lease, and refuses if another
@@ -602,16 +603,10 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     }
     let now = Instant::now();
     let wait_for_provider = next_available.map(|until| until.saturating_duration_since(now));
-    let delay = if attempted {
-        let policy =
-            plan.first().map(|p| p.config.settings.retry).unwrap_or(crate::config::resolved::RetryPolicy {
-                initial_backoff: Duration::from_millis(200),
-                max_backoff: Duration::from_secs(30),
-            });
-        backoff::delay(&policy, job.round + 1, backoff::jitter())
-    } else {
+    let delay = match tried {
+        Some(policy) => backoff::delay(&policy, job.round + 1, backoff::jitter()),
         // Every provider is paused or open: come back when the first one is usable again.
-        wait_for_provider.unwrap_or(PROBE_RECHECK)
+        None => wait_for_provider.unwrap_or(PROBE_RECHECK),
     };
     Round::Retry(delay.max(Duration::from_millis(1)))
 }
