@@ -2,6 +2,8 @@
 //! `Idempotency-Key` makes retries safe.
 
 mod common;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::collections::HashSet;
 
@@ -16,6 +18,41 @@ fn messages_answered_202_survive_repeated_crashes() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_default();
     common::crash_repeatedly(dir.path(), &["--workers", "4"], &[]);
+}
+
+/// `switchboard migrate` on a new SQLite file creates the schema; again, it changes nothing;
+/// a store it cannot open or does not know exits 2 with the reason and prints nothing.
+#[test]
+fn migrate_creates_the_sqlite_schema_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    stores::migrate_creates_the_schema_once(&url, &url, "sqlite");
+
+    for (store, reason) in [
+        (format!("sqlite://{}/no/such/dir/x.db", dir.path().display()), "cannot open"),
+        ("mysql://db/x".to_owned(), "unsupported store URL"),
+    ] {
+        let output = common::switchboard(dir.path(), &["migrate", "--store", &store], &[]);
+        assert_eq!(output.status.code(), Some(2), "{store}");
+        assert!(common::stderr(&output).contains(reason), "{store}: {}", common::stderr(&output));
+        assert_eq!(common::stdout(&output), "", "{store}");
+    }
+}
+
+#[test]
+fn retention_purges_old_messages_and_keys_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    stores::retention_purges_old_messages_and_keys(&format!(
+        "sqlite://{}",
+        dir.path().join("r.db").display()
+    ));
+}
+
+#[test]
+fn backoff_due_times_survive_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    stores::backoff_due_times_survive_a_restart(&url, dir.path());
 }
 
 #[test]

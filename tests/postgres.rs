@@ -1,8 +1,11 @@
 //! The PostgreSQL store against a real server. Set `SWITCHBOARD_TEST_POSTGRES_URL` (e.g.
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates a database of its own.
-//! Without the variable the tests say so and pass, so `cargo test` works without PostgreSQL.
+//! Without the variable at build time the tests are ignored (`build.rs` sets `cfg(no_postgres)`)
+//! and counted so by the runner; run with `--include-ignored` but no variable, they fail.
 
 mod common;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,15 +33,17 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A fresh database on the test server, or `None` (with a note) when there is no server.
-fn fresh_database(name: &str) -> Option<TestDatabase> {
-    let Ok(admin) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
-        return None;
-    };
+/// A fresh database on the test server; panics without one (a PostgreSQL test never passes
+/// without having run).
+fn fresh_database(name: &str) -> TestDatabase {
+    let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(!admin.trim().is_empty(), "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let database = format!("sb_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     runtime.block_on(async {
         let mut conn =
             sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| panic!("cannot reach {admin}: {e}"));
@@ -48,7 +53,7 @@ fn fresh_database(name: &str) -> Option<TestDatabase> {
             .unwrap_or_else(|e| panic!("create database: {e}"));
     });
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
-    Some(TestDatabase { url: format!("{base}/{database}"), admin, name: database })
+    TestDatabase { url: format!("{base}/{database}"), admin, name: database }
 }
 
 const CONFIG: &str = "[providers.p]\nkind = \"mock\"\nlatency_ms = 20\n\
@@ -79,8 +84,9 @@ fn attempts_total(server: &Server) -> u64 {
 }
 
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn two_instances_drain_one_queue_sending_each_message_once() {
-    let Some(db) = fresh_database("two") else { return };
+    let db = fresh_database("two");
     let store = ["--store", db.url.as_str()];
     let a = Server::start(CONFIG, &store, &[]);
     let b = Server::start(CONFIG, &store, &[]);
@@ -95,8 +101,9 @@ fn two_instances_drain_one_queue_sending_each_message_once() {
 }
 
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn an_instance_that_dies_leaves_its_messages_to_the_others() {
-    let Some(db) = fresh_database("crash") else { return };
+    let db = fresh_database("crash");
     let store = ["--store", db.url.as_str()];
     let lease = [("SWITCHBOARD_LEASE", "2s")];
     let survivor = Server::start(CONFIG, &store, &lease);
@@ -111,8 +118,9 @@ fn an_instance_that_dies_leaves_its_messages_to_the_others() {
 }
 
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn one_idempotency_key_across_instances_creates_one_message() {
-    let Some(db) = fresh_database("idem") else { return };
+    let db = fresh_database("idem");
     let store = ["--store", db.url.as_str()];
     let (a, b) = (Server::start(CONFIG, &store, &[]), Server::start(CONFIG, &store, &[]));
     let body = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "once"});
@@ -124,8 +132,9 @@ fn one_idempotency_key_across_instances_creates_one_message() {
 }
 
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn messages_answered_202_survive_repeated_crashes_on_postgres() {
-    let Some(db) = fresh_database("crashes") else { return };
+    let db = fresh_database("crashes");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_default();
     // Short leases: a restarted instance takes over its predecessor's work within a second.
@@ -153,8 +162,9 @@ fn admin_sql(admin: &str, statements: &[String]) {
 /// The database going away under a running instance: sends are answered 503
 /// `store_unavailable` (never 202), and the instance serves again once the database is back.
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn a_store_lost_while_running_answers_503_then_recovers() {
-    let Some(db) = fresh_database("outage") else { return };
+    let db = fresh_database("outage");
     let server = Server::start(CONFIG, &["--store", &db.url], &[]);
     let Some(first) = send_sms(&server, 1) else { panic!("not accepted:\n{}", server.logs()) };
     wait_all_sent(&server, &[first]);
@@ -197,8 +207,9 @@ fn a_store_lost_while_running_answers_503_then_recovers() {
 /// Ownership and per-key idempotency on PostgreSQL: the owner column, and a retry past the
 /// recipient cap answered from the stored key.
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn messages_belong_to_their_key_on_postgres() {
-    let Some(db) = fresh_database("owner") else { return };
+    let db = fresh_database("owner");
     let hash = |key: &str| -> String {
         use sha2::Digest;
         sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -236,8 +247,9 @@ fn messages_belong_to_their_key_on_postgres() {
 }
 
 #[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
 fn store_url_passwords_are_never_shown_and_start_up_errors_say_why() {
-    let Some(db) = fresh_database("secret") else { return };
+    let db = fresh_database("secret");
     // Trust authentication ignores the password: the server starts and must not print it.
     let with_password = format!("{}?sslmode=disable&password=hunter2secret", db.url);
     let mut server = Server::start(CONFIG, &["--store", &with_password], &[]);
@@ -257,4 +269,181 @@ fn store_url_passwords_are_never_shown_and_start_up_errors_say_why() {
         assert!(stderr.to_lowercase().contains(cause), "{url}: the cause, at once: {stderr}");
         assert!(!stderr.contains("hunter2secret") && !stderr.contains("timed out"), "{stderr}");
     }
+}
+
+/// `switchboard migrate` on a new PostgreSQL database creates the schema (its line shows the URL
+/// without its password); again, it changes nothing.
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn migrate_creates_the_postgres_schema_once() {
+    let db = fresh_database("migrate");
+    // Trust authentication ignores the password; it must not be shown.
+    let url = format!("{}?password=hunter2secret", db.url);
+    let shown = format!("{}?password=***", db.url.replacen("postgres@", "postgres:***@", 1));
+    assert!(shown.contains(":***@") && !shown.contains("hunter2secret"), "{shown}");
+    stores::migrate_creates_the_schema_once(&url, &shown, "postgres");
+}
+
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn retention_purges_old_messages_and_keys_on_postgres() {
+    let db = fresh_database("retention");
+    stores::retention_purges_old_messages_and_keys(&db.url);
+}
+
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn backoff_due_times_survive_a_restart_on_postgres() {
+    let db = fresh_database("backoff");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    stores::backoff_due_times_survive_a_restart(&db.url, dir.path());
+}
+
+/// Lease fencing in the store: once another instance holds a message, every dispatch write of
+/// the old holder is refused with `LeaseLost` and changes nothing; the new holder's result stands.
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn a_taken_over_lease_refuses_every_write_of_its_old_holder() {
+    use switchboard::store::{
+        Attempt, Final, Inserted, MessageStore, Outcome, PostgresStore, Status, StoreError,
+    };
+    use switchboard_providers::{Channel, OutboundMessage};
+
+    let db = fresh_database("fence");
+    let attempt = |provider: &str, outcome: Outcome| Attempt {
+        provider: provider.into(),
+        outcome,
+        error_class: None,
+        error_code: None,
+        error_message: None,
+        latency_ms: 1,
+        time: SystemTime::now(),
+    };
+    let lost = |what: &str, result: Result<(), StoreError>| {
+        assert!(matches!(result, Err(StoreError::LeaseLost(_))), "{what}: {result:?}");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap_or_else(|e| panic!("{e}"));
+        let open = || PostgresStore::open_with(&db.url, Duration::from_secs(60));
+        let (a, b) =
+            (open().await.unwrap_or_else(|e| panic!("{e}")), open().await.unwrap_or_else(|e| panic!("{e}")));
+        let message = OutboundMessage {
+            id: uuid_like(),
+            channel: Channel::SMS,
+            from: "+12016661234".into(),
+            to: "+18045550001".into(),
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec![],
+        };
+        let id = message.id.clone();
+        assert_eq!(a.insert(&message, None).await.ok(), Some(Inserted::New));
+        a.attempt_started(&id, 1, "pa").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(b.claim_due(10).await.unwrap_or_else(|e| panic!("{e}")).is_empty(), "leased to a");
+
+        // A's lease runs out (as if it hung past it): B takes the message over.
+        let expire = format!("UPDATE queue SET lease_until = 0 WHERE message_id = '{id}'");
+        let expired = sqlx::query(sqlx::AssertSqlSafe(expire)).execute(&mut conn).await;
+        assert_eq!(expired.map(|r| r.rows_affected()).ok(), Some(1));
+        let claimed = b.claim_due(10).await.unwrap_or_else(|e| panic!("{e}"));
+        let claimed: Vec<_> =
+            claimed.iter().map(|p| (p.message.id.clone(), p.attempts, p.interrupted)).collect();
+        assert_eq!(claimed, [(id.clone(), 1, true)]);
+
+        lost("attempt start", a.attempt_started(&id, 2, "pa").await);
+        lost("attempt", a.record_attempt(&id, 1, attempt("pa", Outcome::Error)).await);
+        lost("retry time", a.schedule(&id, SystemTime::now(), 1, 1).await);
+        let sent_by_a = Final::Sent { provider: "pa".into(), provider_message_id: Some("from-a".into()) };
+        lost("end", a.finish(&id, sent_by_a, Some((1, attempt("pa", Outcome::Success)))).await);
+        assert!(!a.claim(&id).await.unwrap_or(true), "a cannot take it back");
+        assert!(a.due(None, 10).await.unwrap_or_else(|e| panic!("{e}")).is_empty(), "not a's any more");
+        assert!(a.pending_of(std::slice::from_ref(&id)).await.unwrap_or_else(|e| panic!("{e}")).is_empty());
+        let finished =
+            format!("SELECT COUNT(*) FROM attempts WHERE message_id = '{id}' AND finished_at IS NOT NULL");
+        let finished = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(finished)).fetch_one(&mut conn).await;
+        assert_eq!(finished.ok(), Some(0), "nothing of a's was recorded");
+        let queued = format!("SELECT COUNT(*) FROM queue WHERE message_id = '{id}'");
+        let queued = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(queued)).fetch_one(&mut conn).await;
+        assert_eq!(queued.ok(), Some(1), "still queued, for b");
+
+        b.attempt_started(&id, 2, "pb").await.unwrap_or_else(|e| panic!("{e}"));
+        let sent_by_b = Final::Sent { provider: "pb".into(), provider_message_id: Some("from-b".into()) };
+        b.finish(&id, sent_by_b, Some((2, attempt("pb", Outcome::Success))))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let view = a.get(&id).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("gone"));
+        assert_eq!(
+            (view.status, view.provider.as_deref(), view.provider_message_id.as_deref()),
+            (Status::Sent, Some("pb"), Some("from-b"))
+        );
+        let attempts: Vec<_> = view.attempts.iter().map(|a| (a.provider.to_string(), a.outcome)).collect();
+        assert_eq!(attempts, [("pb".to_owned(), Outcome::Success)]);
+    });
+}
+
+fn uuid_like() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("fence-{}-{nanos}", std::process::id())
+}
+
+/// The value of an unlabelled counter.
+fn counter(server: &Server, name: &str) -> Option<u64> {
+    let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A worker whose lease is taken over while its provider call is under way finds its write
+/// refused, says so, and stops: no retry, no further provider call, nothing written over the
+/// new holder's row, and no write retried as if the store had failed.
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn a_worker_whose_lease_was_taken_over_stops() {
+    let db = fresh_database("takeover");
+    // Each attempt takes 3 s and fails; retries would follow within 10 ms.
+    let config = "[providers.p]\nkind = \"mock\"\nerror_pct = 100\nlatency_ms = 3000\n\
+                  retry.initial_backoff_ms = 10\nretry.max_backoff_ms = 10\n\
+                  [routes.sms]\nproviders = [\"p\"]\nmax_attempts = 5\n";
+    let server = Server::start(config, &["--store", &db.url], &[]);
+    let Some(id) = send_sms(&server, 1) else { panic!("not accepted:\n{}", server.logs()) };
+    let mut sql = stores::Db::open(&db.url);
+    let started = format!("SELECT COUNT(*) FROM attempts WHERE message_id = '{id}'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql.count(&started) == 0 {
+        assert!(Instant::now() < deadline, "no attempt started:\n{}", server.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another instance takes the message over while the provider call is under way.
+    let take_over = format!(
+        "UPDATE queue SET lease_token = 'another-instance', lease_until = {} WHERE message_id = '{id}' \
+         AND lease_token IS NOT NULL AND lease_token <> 'another-instance'",
+        stores::now_ms() + 3_600_000
+    );
+    assert_eq!(sql.execute(&take_over), 1, "the message was leased to the server");
+    assert_eq!(sql.count(&format!("{started} AND finished_at IS NOT NULL")), 0, "taken over mid-call");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.logs().contains("leaving the message to the instance that holds it now") {
+        assert!(Instant::now() < deadline, "the worker never let go:\n{}", server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A worker that carried on would retry within 10 ms: give it ample time to show.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(attempts_total(&server), 1, "no provider call after the lease was lost");
+    assert_eq!(
+        counter(&server, "switchboard_store_write_failures_total"),
+        Some(0),
+        "a lost lease is no store failure"
+    );
+    assert_eq!(sql.count(&started), 1, "no attempt started after the lease was lost");
+    assert_eq!(sql.count(&format!("{started} AND finished_at IS NOT NULL")), 0, "its outcome was refused");
+    let holder = sql.texts(&format!("SELECT lease_token FROM queue WHERE message_id = '{id}'"));
+    assert_eq!(holder, [Some("another-instance".to_owned())], "the new holder keeps it");
+    let ended =
+        sql.count(&format!("SELECT COUNT(*) FROM messages WHERE id = '{id}' AND finished_at IS NOT NULL"));
+    assert_eq!(ended, 0, "the message is the new holder's to finish");
 }
