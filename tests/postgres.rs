@@ -242,7 +242,7 @@ fn store_url_passwords_are_never_shown_and_start_up_errors_say_why() {
     let with_password = format!("{}?sslmode=disable&password=hunter2secret", db.url);
     let mut server = Server::start(CONFIG, &["--store", &with_password], &[]);
     assert_eq!(server.terminate(), Some(0));
-    let logs = server.logs();
+    let logs = server.whole_log();
     assert!(logs.contains("password=***") && !logs.contains("hunter2secret"), "{logs}");
 
     let base = db.url.rsplit_once('/').map_or(db.url.as_str(), |(base, _)| base).to_owned();

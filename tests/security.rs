@@ -117,7 +117,7 @@ fn keys_decide_who_may_do_what() {
     assert_eq!(send_with(APP), mine, "a replay for the same key");
 
     assert_eq!(server.terminate(), Some(0));
-    let logs = server.logs();
+    let logs = server.whole_log();
     for marker in [APP, OTHER, OPS, &hex_sha256(APP)] {
         assert!(!answers.contains(marker), "an answer shows {marker}");
         assert!(!logs.contains(marker), "the log shows {marker}:\n{logs}");
