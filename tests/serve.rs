@@ -293,13 +293,18 @@ fn a_channel_without_a_route_is_refused_with_no_route() {
     let (status, headers, body) = post(&server, "/api/messages/email", &email());
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "no_route");
-    assert!(headers.get("retry-after").is_some());
+    assert_eq!(headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"30"[..]), "{headers:?}");
     let (_, metrics) = get(&server, "/metrics");
     assert!(
         metrics.contains("switchboard_routing_errors_total{channel=\"email\",reason=\"no_route\"} 1"),
         "{metrics}"
     );
     assert!(!metrics.contains("switchboard_messages_accepted_total{channel=\"email\"}"), "{metrics}");
+    assert_eq!(
+        common::stored_messages(&server.dir().join("switchboard.db")),
+        0,
+        "a refused message was stored"
+    );
 }
 
 #[test]
@@ -380,7 +385,7 @@ fn a_full_queue_refuses_with_queue_full_and_stores_nothing() {
             202 => accepted += 1,
             503 => {
                 assert_eq!(body["error"]["code"], "queue_full");
-                assert!(headers.get("retry-after").is_some());
+                assert_eq!(headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]), "{headers:?}");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {body}"),
@@ -392,6 +397,8 @@ fn a_full_queue_refuses_with_queue_full_and_stores_nothing() {
         metrics.contains(&format!("switchboard_messages_accepted_total{{channel=\"sms\"}} {accepted}")),
         "{metrics}"
     );
+    // In the store itself: the accepted ones and nothing else.
+    assert_eq!(common::stored_messages(&server.dir().join("switchboard.db")), accepted);
 }
 
 #[test]

@@ -252,12 +252,12 @@ pub fn wait_final(server: &Server, id: &str) -> serde_json::Value {
 }
 
 /// `count` requests at once with one `Idempotency-Key`, spread over the servers at `bases`;
-/// their statuses and bodies.
+/// their statuses, bodies and `Retry-After` headers.
 pub fn same_key_concurrently(
     bases: &[String],
     body: &serde_json::Value,
     count: usize,
-) -> Vec<(u16, serde_json::Value)> {
+) -> Vec<(u16, serde_json::Value, Option<String>)> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..count)
             .map(|i| {
@@ -269,8 +269,18 @@ pub fn same_key_concurrently(
                         .json(body)
                         .send();
                     response
-                        .map(|r| (r.status().as_u16(), r.json::<serde_json::Value>().unwrap_or_default()))
-                        .unwrap_or((0, serde_json::Value::Null))
+                        .map(|r| {
+                            let retry_after = r
+                                .headers()
+                                .get("retry-after")
+                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                            (
+                                r.status().as_u16(),
+                                r.json::<serde_json::Value>().unwrap_or_default(),
+                                retry_after,
+                            )
+                        })
+                        .unwrap_or((0, serde_json::Value::Null, None))
                 })
             })
             .collect();
