@@ -124,6 +124,30 @@ fn keys_decide_who_may_do_what() {
     }
 }
 
+/// With keys configured, `--metrics-public` (or `SWITCHBOARD_METRICS_PUBLIC=true`) serves
+/// `/metrics` without a key, and nothing else; without it `/metrics` is 401
+/// (`keys_decide_who_may_do_what`).
+#[test]
+fn metrics_public_opens_metrics_and_nothing_else() {
+    let keys = keys_env();
+    let by_flag = Server::start(CONFIG, &["--metrics-public"], &[("SWITCHBOARD_API_KEYS", &keys)]);
+    let by_env = Server::start(
+        CONFIG,
+        &[],
+        &[("SWITCHBOARD_API_KEYS", &keys), ("SWITCHBOARD_METRICS_PUBLIC", "true")],
+    );
+    for server in [&by_flag, &by_env] {
+        let (status, metrics, _) = call(server, "GET", "/metrics", None, None);
+        assert_eq!(status, 200, "{metrics}");
+        assert!(metrics.as_str().is_some_and(|m| m.contains("switchboard_")), "{metrics}");
+        for (method, path) in [("GET", "/admin/routes"), ("POST", "/v1/messages"), ("GET", "/v1/messages/x")]
+        {
+            let (status, answer, _) = call(server, method, path, None, Some(&sms("+18045551234")));
+            assert_eq!((status, &answer["error"]["code"]), (401, &json!("unauthorized")), "{method} {path}");
+        }
+    }
+}
+
 /// Whole seconds, rounded up, from `time` to the next clock hour.
 fn seconds_to_next_hour(time: std::time::SystemTime) -> u64 {
     let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
