@@ -160,7 +160,7 @@ fn a_store_lost_while_running_answers_503_then_recovers() {
     let Some(db) = fresh_database("outage") else { return };
     let server = Server::start(CONFIG, &["--store", &db.url], &[]);
     let Some(first) = send_sms(&server, 1) else { panic!("not accepted:\n{}", server.logs()) };
-    wait_all_sent(&server, &[first.clone()]);
+    wait_all_sent(&server, std::slice::from_ref(&first));
     let accepted = metric_total(&server, "switchboard_messages_accepted_total");
 
     admin_sql(
@@ -194,7 +194,7 @@ fn a_store_lost_while_running_answers_503_then_recovers() {
         assert!(Instant::now() < deadline, "never recovered:\n{}", server.logs());
         std::thread::sleep(Duration::from_millis(200));
     };
-    wait_all_sent(&server, &[again.clone()]);
+    wait_all_sent(&server, std::slice::from_ref(&again));
     // In the store itself: the two messages answered 202, none of the refused ones.
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         panic!("runtime")

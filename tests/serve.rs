@@ -426,3 +426,41 @@ fn sends_wait_for_the_providers_rate_limit() {
     // One token up front, then one every 100 ms: nothing dropped, nothing sent early.
     assert!(times[5] - times[0] >= Duration::from_millis(480), "spread {:?}", times[5] - times[0]);
 }
+
+/// Once shutdown began (SIGTERM logged), while a slow provider still holds a message, no
+/// readiness probe is answered "ready": the instance is out of rotation until it exits, and the
+/// message still goes out. (Today a probe is refused outright, the listener being closed at
+/// once; the 503 `not_ready` of specs/http-api.md is only seen by a request already being
+/// answered.)
+#[test]
+fn readyz_is_never_ready_once_shutdown_began() {
+    let mut server = Server::start(
+        &config(
+            "[providers.slow]\nkind = \"mock\"\nlatency_ms = 1500\n",
+            "[routes.sms]\nproviders = [\"slow\"]\n",
+        ),
+        &["--grace-period", "20s"],
+        &[],
+    );
+    assert_eq!(get(&server, "/readyz").0, 200);
+    send(&server, "/api/messages/sms", &sms("+18045551234"));
+    server.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.logs().contains("SIGTERM received") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut probes = 0;
+    while !server.logs().contains("stopped with") {
+        let answer = client().get(server.url("/readyz")).send().map(|r| r.status().as_u16());
+        assert!(!matches!(answer, Ok(200)), "ready during shutdown:\n{}", server.logs());
+        probes += 1;
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(probes > 1, "shutdown ended before a probe: the provider was not slow enough");
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.whole_log();
+    assert!(logs.contains("stopped with no message left queued"), "{logs}");
+    assert!(!logs.contains("message failed"), "{logs}");
+}
