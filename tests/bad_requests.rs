@@ -3,7 +3,7 @@
 mod common;
 
 use common::Server;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
 [providers.p]
@@ -251,6 +251,7 @@ fn every_bad_request_gets_its_specific_4xx_and_stores_nothing() {
 
     let metrics = client.get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     assert!(!metrics.contains("switchboard_messages_accepted_total{"), "something was accepted:\n{metrics}");
+    assert_eq!(common::stored_messages(&server.dir().join("switchboard.db")), 0, "something was stored");
 
     // The valid forms of the same requests are accepted.
     for (path, body) in [
@@ -268,6 +269,65 @@ fn every_bad_request_gets_its_specific_4xx_and_stores_nothing() {
             .map(|r| r.status().as_u16());
         assert_eq!(status.ok(), Some(202), "{path} {body}");
     }
+}
+
+/// Each size limit of `specs/http-api.md`: a message at the limit is accepted, one a unit over
+/// it is refused with 400 `invalid_field` naming the field, and only the accepted are stored.
+/// Lengths are counted in characters (two-byte ones here) except a URL's, in bytes.
+#[test]
+fn limits_accept_the_limit_and_refuse_one_more() {
+    let server = Server::start(CONFIG, &[], &[]);
+    let email = |subject: String, tags: Vec<String>| json!({"channel": "email", "from": "a@example.com", "to": "b@example.com", "subject": subject, "body": "x", "tags": tags});
+    let mms = |attachments: Vec<String>| json!({"channel": "mms", "from": "+12016661234", "to": "+18045551234", "body": "x", "attachments": attachments});
+    let url = |n: usize| format!("https://example.com/{n}.png");
+    let long_url = |bytes: usize| {
+        let base = "https://example.com/";
+        format!("{base}{}", "a".repeat(bytes - base.len()))
+    };
+    let tags = |count: usize| (0..count).map(|n| format!("t{n}")).collect::<Vec<_>>();
+    let sms = |chars: usize| json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "é".repeat(chars)});
+    // (what, at the limit, one over, the field named)
+    let limits: Vec<(&str, Value, Value, &str)> = vec![
+        (
+            "subject of 998 characters",
+            email("é".repeat(998), vec![]),
+            email("é".repeat(999), vec![]),
+            "subject",
+        ),
+        ("20 tags", email("s".into(), tags(20)), email("s".into(), tags(21)), "tags"),
+        (
+            "a tag of 64 characters",
+            email("s".into(), vec!["é".repeat(64)]),
+            email("s".into(), vec!["é".repeat(65)]),
+            "tags",
+        ),
+        ("10 attachments", mms((0..10).map(url).collect()), mms((0..11).map(url).collect()), "attachments"),
+        (
+            "an attachment URL of 2048 bytes",
+            mms(vec![long_url(2048)]),
+            mms(vec![long_url(2049)]),
+            "attachments",
+        ),
+        ("an SMS of 1600 characters", sms(1600), sms(1601), "body"),
+    ];
+    let post = |body: &Value| {
+        let response = common::client().post(server.url("/v1/messages")).json(body).send();
+        let Ok(response) = response else { panic!("no answer") };
+        (response.status().as_u16(), response.json::<Value>().unwrap_or(Value::Null))
+    };
+    for (what, at_limit, over, field) in &limits {
+        let (status, answer) = post(at_limit);
+        assert_eq!(status, 202, "{what}: {answer}");
+        let (status, answer) = post(over);
+        let got = (status, answer["error"]["code"].as_str(), answer["error"]["field"].as_str());
+        assert_eq!(got, (400, Some("invalid_field"), Some(*field)), "one over {what}: {answer}");
+    }
+    let stored = common::stored_messages(&server.dir().join("switchboard.db"));
+    assert_eq!(
+        stored,
+        i64::try_from(limits.len()).unwrap_or(0),
+        "only the messages at the limits are stored"
+    );
 }
 
 /// The status and the JSON body of the answer to raw `request` bytes (written whole first, as

@@ -89,12 +89,13 @@ fn an_idempotency_key_replays_refuses_or_waits() {
     // Concurrent requests with one new key create one message.
     let answers = common::same_key_concurrently(std::slice::from_ref(&server.base), &body, 8);
     let ids: HashSet<&str> =
-        answers.iter().filter(|(s, _)| *s == 202).filter_map(|(_, v)| v["id"].as_str()).collect();
+        answers.iter().filter(|(s, _, _)| *s == 202).filter_map(|(_, v, _)| v["id"].as_str()).collect();
     assert_eq!(ids.len(), 1, "{answers:?}");
     assert!(
-        answers
-            .iter()
-            .all(|(s, v)| *s == 202 || (*s == 409 && v["error"]["code"] == "idempotency_key_in_flight")),
+        answers.iter().all(|(s, v, after)| *s == 202
+            || (*s == 409
+                && v["error"]["code"] == "idempotency_key_in_flight"
+                && after.as_deref() == Some("1"))),
         "{answers:?}"
     );
     let metrics = client.get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
@@ -136,6 +137,7 @@ fn a_locked_sqlite_store_answers_503_then_recovers() {
     let response = client().post(server.url("/api/messages/sms")).json(&body).send();
     let Ok(response) = response else { panic!("no answer while locked") };
     assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
     let answer: Value = response.json().unwrap_or_default();
     assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
 

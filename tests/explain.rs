@@ -1,5 +1,6 @@
 //! `switchboard explain` through the binary: golden outputs for each kind of match and each
-//! layer a setting can come from (`tests/fixtures/explain/*.stdout`; `BLESS=1` rewrites them),
+//! layer a setting can come from (`tests/fixtures/explain/*.stdout`; `BLESS=1` rewrites them, but
+//! not under `CI=true`),
 //! and `GET /admin/explain` giving the same answer with live breaker states.
 
 mod common;
@@ -27,6 +28,7 @@ fn dir() -> std::path::PathBuf {
 
 #[test]
 fn explain_golden_outputs() {
+    let bless = common::bless();
     let mut failures = Vec::new();
     for (name, args) in CASES {
         let mut full = vec!["explain"];
@@ -36,7 +38,7 @@ fn explain_golden_outputs() {
         let got = stdout(&output);
         assert!(!got.contains("MARKER"), "{name} shows a secret:\n{got}");
         let golden = dir().join(format!("{name}.stdout"));
-        if std::env::var_os("BLESS").is_some() {
+        if bless {
             std::fs::write(&golden, &got).unwrap_or_else(|e| panic!("{e}"));
             continue;
         }
@@ -46,6 +48,11 @@ fn explain_golden_outputs() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn bless_is_refused_under_ci() {
+    common::assert_bless_refused_under_ci("explain_golden_outputs");
 }
 
 #[test]

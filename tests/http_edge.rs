@@ -40,7 +40,7 @@ fn error_code(answer: &str) -> Value {
 
 #[test]
 fn heads_that_do_not_arrive_in_time_get_408_and_idle_connections_are_closed() {
-    let server = Server::start(CONFIG, &["--store", "memory://", "--header-timeout", "1s"], &[]);
+    let mut server = Server::start(CONFIG, &["--store", "memory://", "--header-timeout", "1s"], &[]);
 
     // A head sent byte by byte, never finished: 408 with the JSON error body, then closed.
     let mut slow = connect(&server.base);
@@ -80,7 +80,8 @@ fn heads_that_do_not_arrive_in_time_get_408_and_idle_connections_are_closed() {
     let mut rest = String::new();
     assert!(reader.read_to_string(&mut rest).is_ok(), "the idle connection was not closed");
     assert_eq!(rest, "");
-    assert!(!server.logs().contains("panicked"), "{}", server.logs());
+    let logs = server.whole_log();
+    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 /// Opens up to `count` connections; every other one sends the start of a head and stops.

@@ -203,9 +203,9 @@ async fn twilio_request_is_the_documented_one() {
 
 #[tokio::test]
 async fn unreachable_provider_is_not_sent() {
-    // Bind and drop: a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
-    let base = format!("http://127.0.0.1:{}", port.unwrap_or(9));
+    // A port bound (and kept) but not listening: connections are refused.
+    let (_reserved, address) = common::refusing_address();
+    let base = format!("http://{address}");
     let provider = build("twilio", json!({"account_sid": SID, "auth_token": TOKEN, "base_url": base}));
     let error = provider.send(&sms(&[])).await.err();
     assert_eq!(error.as_ref().map(SendError::class), Some(ErrorClass::NotSent), "{error:?}");
@@ -419,8 +419,8 @@ async fn smtp_refusals_map_to_classes() {
         assert_eq!(error.as_ref().and_then(SendError::code), code, "{behaviour:?}: {error:?}");
         assert!(sink.received().is_empty());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
-    let settings = json!({"host": "127.0.0.1", "port": port.unwrap_or(9), "tls": "none"});
+    let (_reserved, address) = common::refusing_address();
+    let settings = json!({"host": "127.0.0.1", "port": address.port(), "tls": "none"});
     let error = build("smtp", settings).send(&email("Hi")).await.err();
     assert_eq!(error.as_ref().map(SendError::class), Some(ErrorClass::NotSent), "{error:?}");
 }

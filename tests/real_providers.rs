@@ -152,7 +152,7 @@ fn messages_go_through_real_kinds_and_no_secret_leaks() {
     assert_no_marker("an API answer", &answers);
 
     assert_eq!(server.terminate(), Some(0));
-    let logs = server.logs();
+    let logs = server.whole_log();
     assert!(logs.contains("sendgrid-main"), "debug logs should mention the failed attempt:\n{logs}");
     assert_no_marker("the log", &logs);
 }
@@ -394,7 +394,7 @@ max_attempts = 1
     assert!(errors.contains("Cannot POST <redacted>"), "{errors}");
 
     assert_eq!(server.terminate(), Some(0));
-    let logs = server.logs();
+    let logs = server.whole_log();
     assert!(!logs.contains("panicked"), "{logs}");
     assert_clean("the log", &logs, &recipients);
     // The database holds each message's own recipient; provider texts quoting it must not.
@@ -449,7 +449,7 @@ providers = ["twilio-default-cap", "mms-backup"]
         capped = capped.base,
         unbounded = unbounded.base,
     );
-    let server = Server::start(&config, &[], &MARKERS);
+    let mut server = Server::start(&config, &[], &MARKERS);
     let sms = json!({"channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "hi"});
     let Some(id) = send_native(&server, &sms) else { panic!("sms not accepted:\n{}", server.logs()) };
     let view = wait_final(&server, &id);
@@ -467,5 +467,6 @@ providers = ["twilio-default-cap", "mms-backup"]
         (Some("sent"), Some("mms-backup")),
         "{view}"
     );
-    assert!(!server.logs().contains("panicked"), "{}", server.logs());
+    let logs = server.whole_log();
+    assert!(!logs.contains("panicked"), "{logs}");
 }

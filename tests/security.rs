@@ -117,11 +117,42 @@ fn keys_decide_who_may_do_what() {
     assert_eq!(send_with(APP), mine, "a replay for the same key");
 
     assert_eq!(server.terminate(), Some(0));
-    let logs = server.logs();
+    let logs = server.whole_log();
     for marker in [APP, OTHER, OPS, &hex_sha256(APP)] {
         assert!(!answers.contains(marker), "an answer shows {marker}");
         assert!(!logs.contains(marker), "the log shows {marker}:\n{logs}");
     }
+}
+
+/// With keys configured, `--metrics-public` (or `SWITCHBOARD_METRICS_PUBLIC=true`) serves
+/// `/metrics` without a key, and nothing else; without it `/metrics` is 401
+/// (`keys_decide_who_may_do_what`).
+#[test]
+fn metrics_public_opens_metrics_and_nothing_else() {
+    let keys = keys_env();
+    let by_flag = Server::start(CONFIG, &["--metrics-public"], &[("SWITCHBOARD_API_KEYS", &keys)]);
+    let by_env = Server::start(
+        CONFIG,
+        &[],
+        &[("SWITCHBOARD_API_KEYS", &keys), ("SWITCHBOARD_METRICS_PUBLIC", "true")],
+    );
+    for server in [&by_flag, &by_env] {
+        let (status, metrics, _) = call(server, "GET", "/metrics", None, None);
+        assert_eq!(status, 200, "{metrics}");
+        assert!(metrics.as_str().is_some_and(|m| m.contains("switchboard_")), "{metrics}");
+        for (method, path) in [("GET", "/admin/routes"), ("POST", "/v1/messages"), ("GET", "/v1/messages/x")]
+        {
+            let (status, answer, _) = call(server, method, path, None, Some(&sms("+18045551234")));
+            assert_eq!((status, &answer["error"]["code"]), (401, &json!("unauthorized")), "{method} {path}");
+        }
+    }
+}
+
+/// Whole seconds, rounded up, from `time` to the next clock hour.
+fn seconds_to_next_hour(time: std::time::SystemTime) -> u64 {
+    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs((since.as_secs() / 3600 + 1) * 3600) - since;
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 
 #[test]
@@ -147,10 +178,28 @@ fn limits_per_key_country_and_recipient() {
             call(&server, "POST", "/v1/messages", Some(key), Some(&sms("+18045559999")));
         assert_eq!(status, 202, "{answer}");
     }
+    let before = std::time::SystemTime::now();
     let (status, answer, headers) =
         call(&server, "POST", "/v1/messages", Some(OTHER), Some(&sms("+18045559999")));
+    let after = std::time::SystemTime::now();
     assert_eq!((status, &answer["error"]["code"]), (429, &json!("recipient_rate_limited")), "{answer}");
-    assert!(headers.contains("retry-after"), "{headers}");
+    // Until the next clock hour, in whole seconds rounded up, as of the moment it was answered.
+    let seconds: u64 = headers
+        .split("\"retry-after\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric Retry-After: {headers}"));
+    let (latest, earliest) = (seconds_to_next_hour(before), seconds_to_next_hour(after));
+    if earliest <= latest {
+        assert!(
+            (earliest..=latest).contains(&seconds),
+            "Retry-After {seconds}, expected {earliest}..={latest}"
+        );
+    } else {
+        // The hour turned during the request.
+        assert!((1..=3600).contains(&seconds), "Retry-After {seconds}");
+    }
     let (status, _, _) = call(&server, "POST", "/v1/messages", Some(OTHER), Some(&sms("+18045558888")));
     assert_eq!(status, 202);
 }
@@ -259,7 +308,7 @@ fn header_size_body_time_and_concurrency_limits() {
     std::thread::sleep(Duration::from_millis(150));
     let (status, answer, headers) = call(&server, "POST", "/v1/messages", None, Some(&sms("+18045551234")));
     assert_eq!((status, &answer["error"]["code"]), (503, &json!("overloaded")), "{answer}");
-    assert!(headers.contains("retry-after"), "{headers}");
+    assert!(headers.contains("\"retry-after\": \"1\""), "{headers}");
     assert_eq!(call(&server, "GET", "/healthz", None, None).0, 200, "health checks are exempt");
     let slow = slow.join().unwrap_or_default();
     assert!(slow.starts_with("HTTP/1.1 408") && slow.contains("request_timeout"), "{slow}");

@@ -5,7 +5,7 @@
 //! - `# env: NAME=VALUE …`, the environment to validate it with.
 //!
 //! Next to each fixture, `NAME.stdout` is the golden human-format output. Run with `BLESS=1` to
-//! rewrite the golden files after a deliberate change of wording.
+//! rewrite the golden files after a deliberate change of wording (refused under `CI=true`).
 
 mod common;
 
@@ -80,7 +80,7 @@ fn check(fixture: &Fixture, dir: &Path) -> Result<(), String> {
 
     let human = stdout(&switchboard(dir, &["validate", "--config", &fixture.name], &env));
     let golden_path = dir.join(format!("{}.stdout", fixture.name.trim_end_matches(".toml")));
-    if std::env::var_os("BLESS").is_some() {
+    if common::bless() {
         std::fs::write(&golden_path, &human).map_err(|e| e.to_string())?;
     }
     let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
@@ -111,4 +111,9 @@ fn every_broken_config_reports_code_line_and_column() {
         .filter_map(|f| check(&f, &dir).err())
         .collect();
     assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn bless_is_refused_under_ci() {
+    common::assert_bless_refused_under_ci("every_broken_config_reports_code_line_and_column");
 }

@@ -71,8 +71,11 @@ impl Kind for MockKind {
         issues
     }
 
-    fn build(settings: MockSettings, context: &BuildContext<'_>) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(MockProvider::new(settings, context.timeout)))
+    fn build(
+        settings: MockSettings,
+        _context: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Provider>, SettingsError> {
+        Ok(Arc::new(MockProvider::new(settings)))
     }
 }
 
@@ -81,13 +84,12 @@ inventory::submit! { Registration::of::<MockKind>() }
 /// One `mock` instance: its own outcome stream, shared with nobody.
 pub struct MockProvider {
     settings: MockSettings,
-    timeout: Duration,
     draws: AtomicU64,
 }
 
 impl MockProvider {
-    pub fn new(settings: MockSettings, timeout: Duration) -> Self {
-        MockProvider { settings, timeout, draws: AtomicU64::new(0) }
+    pub fn new(settings: MockSettings) -> Self {
+        MockProvider { settings, draws: AtomicU64::new(0) }
     }
 
     /// The next outcome of this instance's stream, without waiting.
@@ -142,10 +144,9 @@ impl Provider for MockProvider {
                 code: "400".into(),
                 reason: "mock provider rejected the message".into(),
             }),
-            Outcome::Timeout => {
-                tokio::time::sleep(self.timeout).await;
-                Err(SendError::Timeout)
-            }
+            // Hangs like a provider that never answers: only the caller's attempt timeout
+            // (the dispatcher's) ends it, so that timeout is what tests of it exercise.
+            Outcome::Timeout => match std::future::pending::<std::convert::Infallible>().await {},
         }
     }
 }
@@ -166,7 +167,7 @@ mod tests {
     use serde_json::json;
 
     fn outcomes(settings: &MockSettings, count: usize) -> Vec<Outcome> {
-        let provider = MockProvider::new(settings.clone(), Duration::ZERO);
+        let provider = MockProvider::new(settings.clone());
         (0..count).map(|_| provider.next_outcome().1).collect()
     }
 
@@ -196,8 +197,8 @@ mod tests {
         assert_ne!(a, outcomes(&other, 200));
 
         // Two live instances: drawing from one does not advance the other.
-        let first = MockProvider::new(settings.clone(), Duration::ZERO);
-        let second = MockProvider::new(settings, Duration::ZERO);
+        let first = MockProvider::new(settings.clone());
+        let second = MockProvider::new(settings);
         let from_first: Vec<_> = (0..10).map(|_| first.next_outcome().1).collect();
         let from_second: Vec<_> = (0..10).map(|_| second.next_outcome().1).collect();
         assert_eq!(from_first, from_second);
@@ -229,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn sends_report_their_outcome() {
         let settings = MockSettings { seed: 5, error_pct: 100, ..Default::default() };
-        let provider = MockProvider::new(settings, Duration::ZERO);
+        let provider = MockProvider::new(settings);
         let message = OutboundMessage {
             id: "m".into(),
             channel: crate::Channel::SMS,
@@ -243,7 +244,7 @@ mod tests {
         let result = provider.send(&message).await;
         assert!(matches!(result, Err(SendError::Ambiguous { ref code, .. }) if code == "500"), "{result:?}");
 
-        let ok = MockProvider::new(MockSettings::default(), Duration::ZERO).send(&message).await;
+        let ok = MockProvider::new(MockSettings::default()).send(&message).await;
         assert_eq!(ok.map(|r| r.provider_message_id), Ok(Some("mock-0-0".into())));
     }
 

@@ -53,6 +53,9 @@ pub struct Server {
     pub base: String,
     child: std::process::Child,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread reading the server's stderr: joined once the server exited, so that every
+    /// line it wrote is in `logs`.
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -101,7 +104,7 @@ impl Server {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let sink = std::sync::Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("listening on http://") {
                     let rest = &line[at + "listening on http://".len()..];
@@ -122,7 +125,7 @@ impl Server {
                 panic!("switchboard did not start:\n{logs}");
             }
         };
-        Server { base: format!("http://{address}"), child, logs, _dir: dir }
+        Server { base: format!("http://{address}"), child, logs, reader: Some(reader), _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,24 +149,46 @@ impl Server {
         let _ = Command::new("kill").args([&format!("-{name}"), &pid]).status();
     }
 
+    /// The log so far (the server may still be writing: for diagnostics and for what must be
+    /// in it; what must *not* be in it is checked on [`Server::whole_log`]).
     pub fn logs(&self) -> String {
         self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for the exit code.
+    /// Sends SIGTERM and waits for the exit code; then waits for the log reader to have read
+    /// the last line, so [`Server::logs`] holds the whole log.
     pub fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the log reader catch the last lines.
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.join_reader();
                 return status.code();
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         None
+    }
+
+    /// The whole log, for asserting what it must not contain: stops the server (SIGTERM, then
+    /// SIGKILL if it does not exit) and joins the log reader first, so no line is still unread.
+    pub fn whole_log(&mut self) -> String {
+        if self.reader.is_some() && self.terminate().is_none() {
+            self.kill();
+            self.join_reader();
+        }
+        assert!(self.reader.is_none(), "the log reader was not joined");
+        self.logs()
+    }
+
+    /// The reader ends at the end of the pipe, once the process exited.
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                panic!("the log reader panicked");
+            }
+        }
     }
 }
 
@@ -227,12 +252,12 @@ pub fn wait_final(server: &Server, id: &str) -> serde_json::Value {
 }
 
 /// `count` requests at once with one `Idempotency-Key`, spread over the servers at `bases`;
-/// their statuses and bodies.
+/// their statuses, bodies and `Retry-After` headers.
 pub fn same_key_concurrently(
     bases: &[String],
     body: &serde_json::Value,
     count: usize,
-) -> Vec<(u16, serde_json::Value)> {
+) -> Vec<(u16, serde_json::Value, Option<String>)> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..count)
             .map(|i| {
@@ -244,8 +269,18 @@ pub fn same_key_concurrently(
                         .json(body)
                         .send();
                     response
-                        .map(|r| (r.status().as_u16(), r.json::<serde_json::Value>().unwrap_or_default()))
-                        .unwrap_or((0, serde_json::Value::Null))
+                        .map(|r| {
+                            let retry_after = r
+                                .headers()
+                                .get("retry-after")
+                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                            (
+                                r.status().as_u16(),
+                                r.json::<serde_json::Value>().unwrap_or_default(),
+                                retry_after,
+                            )
+                        })
+                        .unwrap_or((0, serde_json::Value::Null, None))
                 })
             })
             .collect();
@@ -303,4 +338,79 @@ pub fn crash_repeatedly(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
     assert!(repeated <= 4 * workers, "{repeated} repeated attempts");
     let metrics = client().get(server.url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     assert!(metrics.contains("switchboard_possible_duplicates_total"), "{metrics}");
+}
+
+/// How many messages the SQLite store at `database` holds (its `messages` table), read from the
+/// file itself: "nothing stored" is checked in the store, not only through a metric.
+pub fn stored_messages(database: &Path) -> i64 {
+    use sqlx::ConnectOptions;
+    assert!(database.exists(), "no database at {}", database.display());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => panic!("runtime: {error}"),
+    };
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(database).read_only(true);
+    let counted = runtime.block_on(async {
+        let mut connection = options.connect().await?;
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages").fetch_one(&mut connection).await
+    });
+    match counted {
+        Ok(count) => count,
+        Err(error) => panic!("cannot count the messages in {}: {error}", database.display()),
+    }
+}
+
+/// Whether golden files are to be rewritten (`BLESS=1`). Refused under `CI=true`: a CI run that
+/// re-blessed its golden files would pass whatever the output became.
+pub fn bless() -> bool {
+    let bless = std::env::var_os("BLESS").is_some_and(|v| !v.is_empty());
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(
+        !(bless && ci),
+        "BLESS is set under CI=true: golden files are re-blessed only by hand, never in CI \
+         (unset BLESS, run the test locally with BLESS=1 and review the diff)"
+    );
+    bless
+}
+
+/// A loopback TCP address that refuses connections, reserved for as long as the socket lives:
+/// bound but not listening, so nothing else can take the port meanwhile (unlike binding a
+/// listener and dropping it).
+pub fn refusing_address() -> (socket2::Socket, std::net::SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = match Socket::new(Domain::IPV4, Type::STREAM, None) {
+        Ok(socket) => socket,
+        Err(error) => panic!("socket: {error}"),
+    };
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    if let Err(error) = socket.bind(&any.into()) {
+        panic!("bind: {error}");
+    }
+    let address = socket.local_addr().ok().and_then(|a| a.as_socket());
+    match address {
+        Some(address) => (socket, address),
+        None => panic!("no local address"),
+    }
+}
+
+/// Runs the golden-file test `test` of the current test binary again with `BLESS=1` and
+/// `CI=true`: it must fail, saying why, before rewriting anything.
+pub fn assert_bless_refused_under_ci(test: &str) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => panic!("current_exe: {error}"),
+    };
+    let output = match Command::new(exe)
+        .args([test, "--exact", "--test-threads=1"])
+        .env("BLESS", "1")
+        .env("CI", "true")
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) => panic!("cannot run the test binary: {error}"),
+    };
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!output.status.success(), "{test} passed with BLESS=1 under CI=true:\n{text}");
+    assert!(text.contains("1 failed"), "{test} did not run:\n{text}");
+    assert!(text.contains("golden files are re-blessed only by hand"), "{text}");
 }

@@ -1,0 +1,185 @@
+//! Providers that stall, through the real binary and the `webhook` kind: a gateway that accepts
+//! connections and never answers (the attempt's timeout ends each attempt), and one that
+//! answers 429 without `Retry-After` (the provider is paused 1 s). Times are read from the
+//! attempts the service recorded, never from how long the test took.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, SystemTime};
+
+use common::fake_http::{FakeHttp, Reply};
+use common::{send_native, wait_final, Server};
+use serde_json::{json, Value};
+
+/// A gateway that accepts every connection and never sends a byte: the listener and every
+/// connection are kept open for as long as the value lives.
+struct Silent {
+    address: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(listener) => listener,
+            Err(error) => panic!("bind: {error}"),
+        };
+        let address = match listener.local_addr() {
+            Ok(address) => address,
+            Err(error) => panic!("local_addr: {error}"),
+        };
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        // Lives until the test process ends: the connections it holds never get an answer.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().map_while(Result::ok) {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Silent { address, accepted }
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn sms(to: &str) -> Value {
+    json!({"channel": "sms", "from": "+12016661234", "to": to, "body": "hi"})
+}
+
+/// When each attempt started and ended, from its record (`time` is its end, `latency_ms` its
+/// length), in milliseconds since the epoch.
+fn attempt_spans(view: &Value) -> Vec<(u128, u128)> {
+    view["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|attempt| {
+            let end = attempt["time"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis());
+            let latency = attempt["latency_ms"].as_u64().map(u128::from);
+            match (end, latency) {
+                (Some(end), Some(latency)) => (end - latency, end),
+                _ => panic!("attempt without time or latency: {attempt}"),
+            }
+        })
+        .collect()
+}
+
+fn outcomes(view: &Value) -> Vec<(String, String)> {
+    view["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (a["provider"].as_str().unwrap_or("").to_owned(), a["outcome"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(p, o)| ((*p).to_owned(), (*o).to_owned())).collect()
+}
+
+/// Each attempt on a gateway that never answers ends as a timeout after `timeout_ms`; the
+/// message is retried up to `max_attempts` and then fails, or fails over to the next provider.
+/// Without the attempt's timeout the attempts never end and `wait_final` gives up.
+#[test]
+fn a_gateway_that_never_answers_times_out_each_attempt() {
+    let silent = Silent::start();
+    let config = format!(
+        r#"
+[providers.silent]
+kind = "webhook"
+url = "http://{address}/send"
+secret = "${{GATEWAY_SECRET}}"
+channels = ["sms", "email"]
+timeout_ms = 300
+retry.initial_backoff_ms = 1
+retry.max_backoff_ms = 5
+
+[providers.backup]
+kind = "mock"
+
+[routes.sms]
+providers = ["silent"]
+max_attempts = 2
+
+[routes.email]
+providers = ["silent", "backup"]
+"#,
+        address = silent.address
+    );
+    let server = Server::start(
+        &config,
+        &["--workers", "2"],
+        &[("GATEWAY_SECRET", "MARKER-gateway-secret-0123456789abcdef")],
+    );
+
+    let Some(id) = send_native(&server, &sms("+18045551234")) else {
+        panic!("not accepted:\n{}", server.logs())
+    };
+    let view = wait_final(&server, &id);
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(outcomes(&view), pairs(&[("silent", "timeout"), ("silent", "timeout")]), "{view}");
+    assert_eq!(view["error"]["code"], "attempts_exhausted", "{view}");
+    for attempt in view["attempts"].as_array().into_iter().flatten() {
+        assert_eq!(attempt["error_class"], "ambiguous", "{attempt}");
+        // The request was sent and waited on for the whole timeout, not refused.
+        assert!(attempt["latency_ms"].as_u64().is_some_and(|ms| ms >= 299), "{attempt}");
+    }
+    assert!(silent.connections() >= 1, "the gateway saw no connection");
+
+    let email = json!({"channel": "email", "from": "app@example.com", "to": "user@example.org", "subject": "Hi", "body": "hi"});
+    let Some(id) = send_native(&server, &email) else { panic!("not accepted:\n{}", server.logs()) };
+    let view = wait_final(&server, &id);
+    assert_eq!(
+        (view["status"].as_str(), view["provider"].as_str()),
+        (Some("sent"), Some("backup")),
+        "{view}"
+    );
+    assert_eq!(outcomes(&view), pairs(&[("silent", "timeout"), ("backup", "success")]), "{view}");
+}
+
+/// A 429 without `Retry-After` pauses the provider for 1 s: with a backoff of a millisecond,
+/// the next attempt on it still starts at least a second after the 429 was recorded.
+#[test]
+fn a_429_without_retry_after_pauses_the_provider_one_second() {
+    let gateway = FakeHttp::start(Reply::json(200, json!({"id": "gw-after-429"})));
+    gateway.script([Reply::json(429, json!({"error": "slow down"}))]);
+    let config = format!(
+        r#"
+[providers.gateway]
+kind = "webhook"
+url = "{base}/send"
+secret = "${{GATEWAY_SECRET}}"
+channels = ["sms"]
+retry.initial_backoff_ms = 1
+retry.max_backoff_ms = 1
+
+[routes.sms]
+providers = ["gateway"]
+max_attempts = 3
+"#,
+        base = gateway.base
+    );
+    let server = Server::start(&config, &[], &[("GATEWAY_SECRET", "MARKER-gateway-secret-0123456789abcdef")]);
+    let Some(id) = send_native(&server, &sms("+18045551234")) else {
+        panic!("not accepted:\n{}", server.logs())
+    };
+    let view = wait_final(&server, &id);
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(outcomes(&view), pairs(&[("gateway", "rate_limited"), ("gateway", "success")]), "{view}");
+    assert!(gateway.requests().iter().all(|r| r.header("retry-after").is_none()));
+    let spans = attempt_spans(&view);
+    // Milliseconds on both ends: a 1 ms allowance for rounding.
+    let gap = Duration::from_millis(u64::try_from(spans[1].0.saturating_sub(spans[0].1)).unwrap_or(0));
+    assert!(gap >= Duration::from_millis(999), "retried {gap:?} after the 429: {view}");
+}
