@@ -149,32 +149,40 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!(%address, "listening on http://{address}");
 
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // Shutdown, in order: not ready (`/readyz` 503, sends refused 503 `shutting_down`) while
+    // the listener stays open and messages in flight finish; then the listener closes and
+    // requests being answered get the grace period.
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
         crate::http::server::serve(listener, router(Arc::clone(&state)), &options.limits, async move {
-            signals.received().await;
-            let _ = stopping_tx.send(());
+            let _ = accepting_stopped.await;
         });
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        result = &mut server => result.map_err(ServeError::Server)?,
-        _ = stopping_rx => {
-            state.ready.store(false, Ordering::Relaxed);
-            tracing::info!(grace_period = ?options.grace_period, "shutting down: no longer accepting requests");
-            // Requests already being answered get the grace period too.
-            match tokio::time::timeout(options.grace_period, &mut server).await {
-                Ok(result) => result.map_err(ServeError::Server)?,
-                Err(_) => tracing::warn!("open HTTP connections did not finish within the grace period"),
-            }
+    let drain = async {
+        signals.received().await;
+        state.ready.store(false, Ordering::Relaxed);
+        tracing::info!(grace_period = ?options.grace_period, "shutting down: not ready, refusing sends, finishing messages in flight");
+        let _ = stop_watching.send(true);
+        for task in watchers {
+            let _ = task.await;
         }
+        let _ = purger.await;
+        workers.shutdown(options.grace_period).await
+    };
+    let mut server = std::pin::pin!(server);
+    let remaining = tokio::select! {
+        result = &mut server => {
+            // The server only ends by itself on an error: nothing can be answered any more.
+            result.map_err(ServeError::Server)?;
+            0
+        }
+        remaining = drain => remaining,
+    };
+    let _ = stop_accepting.send(());
+    tracing::info!("no longer accepting connections");
+    match tokio::time::timeout(options.grace_period, &mut server).await {
+        Ok(result) => result.map_err(ServeError::Server)?,
+        Err(_) => tracing::warn!("open HTTP connections did not finish within the grace period"),
     }
-    state.ready.store(false, Ordering::Relaxed);
-    let _ = stop_watching.send(true);
-    for task in watchers {
-        let _ = task.await;
-    }
-    let _ = purger.await;
-    let remaining = workers.shutdown(options.grace_period).await;
     if remaining > 0 && store.shared_queue() {
         tracing::info!(
             queued = remaining,

@@ -427,13 +427,11 @@ fn sends_wait_for_the_providers_rate_limit() {
     assert!(times[5] - times[0] >= Duration::from_millis(480), "spread {:?}", times[5] - times[0]);
 }
 
-/// Once shutdown began (SIGTERM logged), while a slow provider still holds a message, no
-/// readiness probe is answered "ready": the instance is out of rotation until it exits, and the
-/// message still goes out. (Today a probe is refused outright, the listener being closed at
-/// once; the 503 `not_ready` of specs/http-api.md is only seen by a request already being
-/// answered.)
+/// Once shutdown began (SIGTERM logged), while a slow provider still holds a message, the
+/// instance stays reachable but out of rotation: `/readyz` answers 503 `not_ready` and sends are
+/// refused 503 `shutting_down` (Retry-After 1), until the message went out and the process exits.
 #[test]
-fn readyz_is_never_ready_once_shutdown_began() {
+fn readyz_is_503_and_sends_are_refused_once_shutdown_began() {
     let mut server = Server::start(
         &config(
             "[providers.slow]\nkind = \"mock\"\nlatency_ms = 1500\n",
@@ -450,15 +448,25 @@ fn readyz_is_never_ready_once_shutdown_began() {
         assert!(std::time::Instant::now() < deadline, "{}", server.logs());
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut probes = 0;
+    let (status, headers, body) = post(&server, "/api/messages/sms", &sms("+18045559999"));
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("shutting_down")), "{body}");
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let mut not_ready = 0;
     while !server.logs().contains("stopped with") {
-        let answer = client().get(server.url("/readyz")).send().map(|r| r.status().as_u16());
-        assert!(!matches!(answer, Ok(200)), "ready during shutdown:\n{}", server.logs());
-        probes += 1;
+        match client().get(server.url("/readyz")).send() {
+            Ok(answer) => {
+                let status = answer.status().as_u16();
+                let body: serde_json::Value = answer.json().unwrap_or_default();
+                assert_eq!((status, &body), (503, &json!({"status": "not_ready"})), "{}", server.logs());
+                not_ready += 1;
+            }
+            // The listener closes once the message went out.
+            Err(_) => break,
+        }
         assert!(std::time::Instant::now() < deadline, "{}", server.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(probes > 1, "shutdown ended before a probe: the provider was not slow enough");
+    assert!(not_ready > 1, "no probe was answered 503 during shutdown:\n{}", server.logs());
     assert_eq!(server.terminate(), Some(0));
     let logs = server.whole_log();
     assert!(logs.contains("stopped with no message left queued"), "{logs}");

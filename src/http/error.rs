@@ -67,6 +67,8 @@ pub enum ApiError {
     },
     /// Too many requests being answered at once.
     Overloaded,
+    /// Shutdown began: no new message is accepted.
+    ShuttingDown,
     /// The body did not arrive in time.
     RequestTimeout,
 }
@@ -135,7 +137,7 @@ impl ApiError {
             }
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
@@ -165,6 +167,7 @@ impl ApiError {
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::MalformedRequest => "malformed_request",
             ApiError::Overloaded => "overloaded",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => "request_timeout",
         }
     }
@@ -212,6 +215,9 @@ impl ApiError {
             ApiError::UriTooLong { limit } => format!("the request URI is longer than {limit} bytes"),
             ApiError::MalformedRequest => "the request line or a header is not valid HTTP/1.1".into(),
             ApiError::Overloaded => "too many requests are being answered; retry".into(),
+            ApiError::ShuttingDown => {
+                "this instance is shutting down and accepts no new message; retry (another instance)".into()
+            }
             ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::HeaderTimeout { timeout } => format!(
                 "the request line and headers did not arrive within {}",
@@ -322,7 +328,8 @@ impl IntoResponse for ApiError {
             ApiError::QueueFull
             | ApiError::StoreUnavailable
             | ApiError::KeyInFlight
-            | ApiError::Overloaded => Some(HeaderValue::from_static(RETRY_AFTER_BUSY)),
+            | ApiError::Overloaded
+            | ApiError::ShuttingDown => Some(HeaderValue::from_static(RETRY_AFTER_BUSY)),
             // Whole seconds, rounded up: retrying at the advertised time must succeed.
             ApiError::RateLimited { retry_after }
             | ApiError::Refused(Refusal::RecipientRateLimited { retry_after }) => {
