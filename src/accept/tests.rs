@@ -2,10 +2,9 @@
 //! sequence of submissions, and what each one gets — and what the store holds after.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::{AcceptError, Accepted, Acceptor, Refusal, Submission};
@@ -13,10 +12,8 @@ use crate::config::{load_bytes, Environment};
 use crate::dispatch::{DispatchConfig, Dispatcher, SubmitError, Workers};
 use crate::metrics::Metrics;
 use crate::routing::Snapshot;
-use crate::store::{
-    Attempt, Final, IdempotencyKey, Inserted, MemoryStore, MessageStore, MessageView, Pending, QueuePosition,
-    StoreError,
-};
+use crate::store::test_support::Faulty;
+use crate::store::{IdempotencyKey, MemoryStore, MessageStore};
 
 fn snapshot(config: &str) -> Snapshot {
     let loaded = load_bytes(
@@ -230,78 +227,17 @@ async fn a_full_queue_refuses_and_gives_the_recipient_slot_back() {
     assert_eq!(setup.acceptor.recipients.counted("sms", "+15550009999"), 3 - refused);
 }
 
-/// A store whose inserts take a while: long enough for a caller to give up mid-way.
-struct SlowInserts(MemoryStore);
-
-#[async_trait]
-impl MessageStore for SlowInserts {
-    async fn insert_for(
-        &self,
-        message: &OutboundMessage,
-        owner: Option<&str>,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<Inserted, StoreError> {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.0.insert_for(message, owner, key).await
-    }
-    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
-        self.0.find_key(key).await
-    }
-    async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        self.0.attempt_started(id, number, provider).await
-    }
-    async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
-        self.0.record_attempt(id, number, attempt).await
-    }
-    async fn schedule(
-        &self,
-        id: &str,
-        not_before: SystemTime,
-        attempts: u32,
-        round: u32,
-    ) -> Result<(), StoreError> {
-        self.0.schedule(id, not_before, attempts, round).await
-    }
-    async fn finish(&self, id: &str, outcome: Final, last: Option<(u32, Attempt)>) -> Result<(), StoreError> {
-        self.0.finish(id, outcome, last).await
-    }
-    async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        self.0.get(id).await
-    }
-    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        self.0.pending().await
-    }
-    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        self.0.purge(before, batch).await
-    }
-    async fn due(&self, after: Option<&QueuePosition>, limit: u32) -> Result<Vec<QueuePosition>, StoreError> {
-        self.0.due(after, limit).await
-    }
-    async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
-        self.0.pending_of(ids).await
-    }
-    async fn queued(&self) -> Result<u64, StoreError> {
-        self.0.queued().await
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn is_durable(&self) -> bool {
-        false
-    }
-}
-
 #[tokio::test]
 async fn a_caller_that_goes_away_after_its_message_is_stored_still_uses_up_the_recipients_slot() {
     let capped = format!("{MOCK_SMS}max_per_recipient_per_hour = 1\n");
     let setup = setup_with(
         &capped,
-        Arc::new(SlowInserts(MemoryStore::new(100))),
+        Arc::new(Faulty { insert_ack_delay: Duration::from_millis(200), ..Faulty::new() }),
         DispatchConfig { queue_capacity: 10, workers: 1 },
     );
     let submission = SMS.submission();
     let id = submission.message.id.clone();
-    // The caller gives up while the insert is under way (a client that hung up).
+    // The caller gives up before the insert is acknowledged (a client that hung up).
     let gave_up = tokio::time::timeout(Duration::from_millis(20), setup.acceptor.accept(submission)).await;
     assert!(gave_up.is_err(), "the insert should still have been under way");
     // The message is stored regardless (it is accepted in a task of its own)…

@@ -1,21 +1,17 @@
 //! The dispatcher against in-memory snapshots: routing happens when a message is picked up.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::{DispatchConfig, Dispatcher, Submitted};
 use crate::config::{load_bytes, Environment};
 use crate::metrics::Metrics;
 use crate::routing::Snapshot;
-use crate::store::{
-    Attempt, Final, IdempotencyKey, Inserted, MemoryStore, MessageStore, MessageView, Pending, QueuePosition,
-    Status, StoreError,
-};
+use crate::store::{Inserted, MemoryStore, MessageStore, MessageView, Status, StoreError};
 
 fn snapshot(config: &str) -> Snapshot {
     let loaded = load_bytes("t.toml", config.as_bytes(), &Environment::default());
@@ -102,100 +98,7 @@ async fn shutdown_reports_what_was_still_queued() {
     assert_eq!(store.get(&ids[3]).await.ok().flatten().map(|v| v.status), Some(Status::Queued));
 }
 
-/// A store that delegates to a [`MemoryStore`] and misbehaves on demand: it acknowledges
-/// inserts late (after committing them), or refuses a number of progress writes.
-struct Faulty {
-    inner: MemoryStore,
-    /// Wait after committing an insert before answering.
-    insert_ack_delay: Duration,
-    /// Progress writes (attempt start, attempt, retry time, end) still to refuse.
-    refuse_writes: AtomicU32,
-    refused: AtomicU32,
-}
-
-impl Faulty {
-    fn new() -> Faulty {
-        Faulty {
-            inner: MemoryStore::new(100),
-            insert_ack_delay: Duration::ZERO,
-            refuse_writes: AtomicU32::new(0),
-            refused: AtomicU32::new(0),
-        }
-    }
-
-    fn progress(&self) -> Result<(), StoreError> {
-        let refuse =
-            self.refuse_writes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if refuse.is_ok() {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("disk full".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl MessageStore for Faulty {
-    async fn insert_for(
-        &self,
-        message: &OutboundMessage,
-        owner: Option<&str>,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<Inserted, StoreError> {
-        let inserted = self.inner.insert_for(message, owner, key).await;
-        tokio::time::sleep(self.insert_ack_delay).await;
-        inserted
-    }
-    async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
-        self.inner.find_key(key).await
-    }
-    async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
-        self.progress()?;
-        self.inner.attempt_started(id, number, provider).await
-    }
-    async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
-        self.progress()?;
-        self.inner.record_attempt(id, number, attempt).await
-    }
-    async fn schedule(
-        &self,
-        id: &str,
-        not_before: SystemTime,
-        attempts: u32,
-        round: u32,
-    ) -> Result<(), StoreError> {
-        self.progress()?;
-        self.inner.schedule(id, not_before, attempts, round).await
-    }
-    async fn finish(&self, id: &str, outcome: Final, last: Option<(u32, Attempt)>) -> Result<(), StoreError> {
-        self.progress()?;
-        self.inner.finish(id, outcome, last).await
-    }
-    async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        self.inner.pending().await
-    }
-    async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        self.inner.purge(before, batch).await
-    }
-    async fn due(&self, after: Option<&QueuePosition>, limit: u32) -> Result<Vec<QueuePosition>, StoreError> {
-        self.inner.due(after, limit).await
-    }
-    async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
-        self.inner.pending_of(ids).await
-    }
-    async fn queued(&self) -> Result<u64, StoreError> {
-        self.inner.queued().await
-    }
-    fn describe(&self) -> String {
-        "faulty://".into()
-    }
-    fn is_durable(&self) -> bool {
-        false
-    }
-}
+use crate::store::test_support::Faulty;
 
 const FAST_SMS: &str = "[providers.fast]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"fast\"]\n";
 
@@ -297,7 +200,6 @@ async fn progress_the_store_refused_is_written_again_until_it_takes_it() {
 mod panicking {
     use std::sync::Arc;
 
-    use async_trait::async_trait;
     use switchboard_providers::{
         BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, SendError, SettingsError,
     };
@@ -321,7 +223,7 @@ mod panicking {
 
     struct Panics;
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl Provider for Panics {
         async fn send(&self, _message: &OutboundMessage) -> Result<Receipt, SendError> {
             panic!("a provider bug")

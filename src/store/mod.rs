@@ -364,6 +364,12 @@ pub(crate) mod test_support {
 
     use super::codec::unavailable;
     use super::{MessageStore, StoreError};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use async_trait::async_trait;
+
+    use super::{Attempt, Final, IdempotencyKey, Inserted, MemoryStore, MessageView, Pending, QueuePosition};
 
     /// An SMS with the given id, tagged `otp`.
     pub(crate) fn sms(id: &str) -> OutboundMessage {
@@ -410,5 +416,109 @@ pub(crate) mod test_support {
             assert_eq!(view.map(|v| v.tags), Some(vec!["otp".to_owned()]), "message {i}");
         }
         Ok(ids)
+    }
+
+    /// A store that delegates to a [`MemoryStore`] and misbehaves on demand: it acknowledges
+    /// inserts late (after committing them), or refuses a number of progress writes.
+    pub(crate) struct Faulty {
+        pub(crate) inner: MemoryStore,
+        /// Wait after committing an insert before answering.
+        pub(crate) insert_ack_delay: Duration,
+        /// Progress writes (attempt start, attempt, retry time, end) still to refuse.
+        pub(crate) refuse_writes: AtomicU32,
+        pub(crate) refused: AtomicU32,
+    }
+
+    impl Faulty {
+        pub(crate) fn new() -> Faulty {
+            Faulty {
+                inner: MemoryStore::new(100),
+                insert_ack_delay: Duration::ZERO,
+                refuse_writes: AtomicU32::new(0),
+                refused: AtomicU32::new(0),
+            }
+        }
+
+        fn progress(&self) -> Result<(), StoreError> {
+            let refuse =
+                self.refuse_writes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if refuse.is_ok() {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable("disk full".into()));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl MessageStore for Faulty {
+        async fn insert_for(
+            &self,
+            message: &OutboundMessage,
+            owner: Option<&str>,
+            key: Option<&IdempotencyKey>,
+        ) -> Result<Inserted, StoreError> {
+            let inserted = self.inner.insert_for(message, owner, key).await;
+            tokio::time::sleep(self.insert_ack_delay).await;
+            inserted
+        }
+        async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError> {
+            self.inner.find_key(key).await
+        }
+        async fn attempt_started(&self, id: &str, number: u32, provider: &str) -> Result<(), StoreError> {
+            self.progress()?;
+            self.inner.attempt_started(id, number, provider).await
+        }
+        async fn record_attempt(&self, id: &str, number: u32, attempt: Attempt) -> Result<(), StoreError> {
+            self.progress()?;
+            self.inner.record_attempt(id, number, attempt).await
+        }
+        async fn schedule(
+            &self,
+            id: &str,
+            not_before: SystemTime,
+            attempts: u32,
+            round: u32,
+        ) -> Result<(), StoreError> {
+            self.progress()?;
+            self.inner.schedule(id, not_before, attempts, round).await
+        }
+        async fn finish(
+            &self,
+            id: &str,
+            outcome: Final,
+            last: Option<(u32, Attempt)>,
+        ) -> Result<(), StoreError> {
+            self.progress()?;
+            self.inner.finish(id, outcome, last).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+            self.inner.pending().await
+        }
+        async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
+            self.inner.purge(before, batch).await
+        }
+        async fn due(
+            &self,
+            after: Option<&QueuePosition>,
+            limit: u32,
+        ) -> Result<Vec<QueuePosition>, StoreError> {
+            self.inner.due(after, limit).await
+        }
+        async fn pending_of(&self, ids: &[String]) -> Result<Vec<Pending>, StoreError> {
+            self.inner.pending_of(ids).await
+        }
+        async fn queued(&self) -> Result<u64, StoreError> {
+            self.inner.queued().await
+        }
+        fn describe(&self) -> String {
+            "faulty://".into()
+        }
+        fn is_durable(&self) -> bool {
+            false
+        }
     }
 }
