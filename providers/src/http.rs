@@ -14,13 +14,13 @@ use crate::{SendError, SettingIssue, SettingsError};
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// One client per provider instance: its own keep-alive pool, no redirects (a provider API
-/// never needs one, and following one would re-send credentials elsewhere), bounded waits.
+/// never needs one, and following one would re-send credentials elsewhere), a bounded connect.
+/// The attempt as a whole is bounded by the dispatcher (`timeout_ms`), the one place it is.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, SettingsError> {
     install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .tcp_keepalive(Duration::from_secs(30))
