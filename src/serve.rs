@@ -157,32 +157,46 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         crate::http::server::serve(listener, router(Arc::clone(&state)), &options.limits, async move {
             let _ = accepting_stopped.await;
         });
+    // The server ends by itself only on an error; the messages in flight are finished then too.
+    let (server_ended, server_ended_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = async {
-        signals.received().await;
+        tokio::select! {
+            () = signals.received() => {}
+            _ = server_ended_rx => {}
+        }
         state.ready.store(false, Ordering::Relaxed);
         tracing::info!(grace_period = ?options.grace_period, "shutting down: not ready, refusing sends, finishing messages in flight");
+        let remaining = workers.shutdown(options.grace_period).await;
         let _ = stop_watching.send(true);
         for task in watchers {
             let _ = task.await;
         }
         let _ = purger.await;
-        workers.shutdown(options.grace_period).await
+        remaining
     };
     let mut server = std::pin::pin!(server);
-    let remaining = tokio::select! {
+    let mut drain = std::pin::pin!(drain);
+    let (remaining, ended) = tokio::select! {
         result = &mut server => {
-            // The server only ends by itself on an error: nothing can be answered any more.
-            result.map_err(ServeError::Server)?;
-            0
+            let _ = server_ended.send(());
+            (drain.await, Some(result))
         }
-        remaining = drain => remaining,
+        remaining = &mut drain => (remaining, None),
     };
-    let _ = stop_accepting.send(());
-    tracing::info!("no longer accepting connections");
-    match tokio::time::timeout(options.grace_period, &mut server).await {
-        Ok(result) => result.map_err(ServeError::Server)?,
-        Err(_) => tracing::warn!("open HTTP connections did not finish within the grace period"),
-    }
+    let served = match ended {
+        Some(result) => result,
+        None => {
+            let _ = stop_accepting.send(());
+            tracing::info!("no longer accepting connections");
+            match tokio::time::timeout(options.grace_period, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("open HTTP connections did not finish within the grace period");
+                    Ok(())
+                }
+            }
+        }
+    };
     if remaining > 0 && store.shared_queue() {
         tracing::info!(
             queued = remaining,
@@ -201,7 +215,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else {
         tracing::info!(queued = 0, "stopped with no message left queued");
     }
-    Ok(())
+    served.map_err(ServeError::Server)
 }
 
 /// Deletes finished messages older than `retention`, in small batches so sends never wait long.

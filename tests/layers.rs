@@ -39,39 +39,85 @@ fn code_of(text: &str) -> String {
     text.lines().map(|line| line.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n")
 }
 
-/// Every `crate::a::b` and `super::x` a file names, as module paths (two levels at most).
-fn references(module: &Module, code: &str) -> BTreeSet<Module> {
-    let mut found = BTreeSet::new();
+/// The paths a `use` group names, one level deep: `{a, b::c, d::{e, f}}` → `a`, `b::c`, `d`.
+fn group_items(group: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(group[start..i].trim().to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(group[start..].trim().to_owned());
+    items.retain(|item| !item.is_empty());
+    items
+}
+
+/// The module path a reference starts with: `a::b::Thing` → `[a, b]`, `a::{…}` → `[a]`.
+fn path_of(text: &str) -> Module {
     let ident =
         |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect() };
+    let first = ident(text);
+    if first.is_empty() {
+        return Vec::new();
+    }
+    let mut path = vec![first.clone()];
+    if let Some(after) = text[first.len()..].strip_prefix("::") {
+        let second = ident(after);
+        if !second.is_empty() && !after[second.len()..].starts_with(|c: char| c.is_alphanumeric()) {
+            path.push(second);
+        }
+    }
+    path
+}
+
+/// What follows `at` in `code`: a path, or a brace group's paths (`crate::{a, b::c}`).
+fn targets_at(code: &str) -> Vec<Module> {
+    match code.strip_prefix('{') {
+        Some(rest) => {
+            let mut depth = 1usize;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            group_items(&rest[..end]).iter().map(|item| path_of(item)).filter(|p| !p.is_empty()).collect()
+        }
+        None => vec![path_of(code)].into_iter().filter(|p| !p.is_empty()).collect(),
+    }
+}
+
+/// Every `crate::a::b` and `super::x` a file names (one-by-one or in a `{…}` group), as module
+/// paths (two levels at most).
+fn references(module: &Module, code: &str) -> BTreeSet<Module> {
+    let mut found = BTreeSet::new();
     for (at, _) in code.match_indices("crate::") {
-        let rest = &code[at + "crate::".len()..];
-        let first = ident(rest);
-        if first.is_empty() {
-            continue;
-        }
-        let mut target = vec![first.clone()];
-        if let Some(after) = rest[first.len()..].strip_prefix("::") {
-            let second = ident(after);
-            if !second.is_empty() {
-                target.push(second);
-            }
-        }
-        found.insert(target);
+        found.extend(targets_at(&code[at + "crate::".len()..]));
     }
     for (at, _) in code.match_indices("super::") {
         // Only whole `super::` (not `foo_super::`).
         if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue;
         }
-        let name = ident(&code[at + "super::".len()..]);
-        if name.is_empty() {
-            continue;
-        }
         // In `a/mod.rs` and `a/b.rs` alike, `super` is the parent of the file's module.
-        let mut target: Module = module[..module.len().saturating_sub(1)].to_vec();
-        target.push(name);
-        found.insert(target);
+        let parent: Module = module[..module.len().saturating_sub(1)].to_vec();
+        for target in targets_at(&code[at + "super::".len()..]) {
+            let mut path = parent.clone();
+            path.extend(target.into_iter().take(1));
+            found.insert(path);
+        }
     }
     found
 }
@@ -166,10 +212,12 @@ fn layering_problems(src: &Path) -> Vec<String> {
         if a != b {
             top.entry(a.clone()).or_default().insert(b.clone());
         } else {
-            let part = |m: &Module| m.get(1).cloned().unwrap_or_else(|| "(mod)".to_owned());
-            let (x, y) = (part(from), part(to));
-            if x != y {
-                inner.entry(a.clone()).or_default().entry(x).or_default().insert(y);
+            // Between the files of a module; a parent and its children (`mod.rs` declaring and
+            // re-exporting them, children using its items) are one unit, not a cycle.
+            if let (Some(x), Some(y)) = (from.get(1), to.get(1)) {
+                if x != y {
+                    inner.entry(a.clone()).or_default().entry(x.clone()).or_default().insert(y.clone());
+                }
             }
         }
     }
@@ -203,16 +251,24 @@ fn the_checker_finds_cycles() {
         std::fs::create_dir_all(path.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
     };
-    write("lib.rs", "pub mod a;\npub mod b;\n");
-    write("a/mod.rs", "mod x;\nmod y;\nuse crate::b::Thing;\n");
+    write("lib.rs", "pub mod a;\npub mod b;\npub mod c;\npub mod d;\n");
+    write("a/mod.rs", "mod x;\nmod y;\nmod z;\nuse crate::b::Thing;\n");
     write("a/x.rs", "use super::y::Y;\n");
     write("a/y.rs", "use super::x::X; // a comment naming crate::z is not a reference\n");
+    write("a/z.rs", "use super::{helper, x::X};\n");
     write("b.rs", "use crate::a::Other;\n#[cfg(test)]\nmod tests { use crate::c::T; }\n");
+    // Grouped imports count: c -> d in a group, d -> c nested.
+    write("c.rs", "use crate::{b::B, d::{D, E}};\n");
+    write("d.rs", "use crate::{c as see};\n");
     let mut problems = layering_problems(dir.path());
     problems.sort();
     assert_eq!(
         problems,
-        ["import cycle between modules: a <-> b", "import cycle inside a/: x <-> y"],
+        [
+            "import cycle between modules: a <-> b",
+            "import cycle between modules: c <-> d",
+            "import cycle inside a/: x <-> y"
+        ],
         "{problems:?}"
     );
 }

@@ -455,27 +455,6 @@ async fn connection_dropped_after_the_request_is_ambiguous() {
     assert_eq!(error.as_ref().and_then(SendError::code), Some("transport"), "{error:?}");
 }
 
-#[tokio::test]
-async fn smtp_relay_that_never_answers_times_out() {
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-        Ok(listener) => listener,
-        Err(error) => panic!("bind: {error}"),
-    };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(9);
-    tokio::spawn(async move {
-        // Accept, then never send the greeting.
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    let provider = build("smtp", json!({"host": "127.0.0.1", "port": port, "tls": "none"}));
-    let started = std::time::Instant::now();
-    let error = provider.send(&email("Hi")).await.err();
-    assert!(matches!(error, Some(SendError::Timeout)), "{error:?}");
-    assert!(started.elapsed() < TIMEOUT * 6, "took {:?}", started.elapsed());
-}
-
 /// A gateway that answers with the whole request it got: cleaned as the dispatcher cleans it,
 /// the answer keeps no credential of any kind in any form it was sent in, nor the recipient.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,7 +133,8 @@ providers = ["silent", "backup"]
     for attempt in view["attempts"].as_array().into_iter().flatten() {
         assert_eq!(attempt["error_class"], "ambiguous", "{attempt}");
         // The request was sent and waited on for the whole timeout, not refused.
-        assert!(attempt["latency_ms"].as_u64().is_some_and(|ms| ms >= 299), "{attempt}");
+        // …and no longer: `timeout_ms` (300) ended it, not something else much later.
+        assert!(attempt["latency_ms"].as_u64().is_some_and(|ms| (299..5000).contains(&ms)), "{attempt}");
     }
     assert!(silent.connections() >= 1, "the gateway saw no connection");
 
@@ -177,9 +178,10 @@ max_attempts = 3
     let view = wait_final(&server, &id);
     assert_eq!(view["status"], "sent", "{view}");
     assert_eq!(outcomes(&view), pairs(&[("gateway", "rate_limited"), ("gateway", "success")]), "{view}");
-    assert!(gateway.requests().iter().all(|r| r.header("retry-after").is_none()));
     let spans = attempt_spans(&view);
     // Milliseconds on both ends: a 1 ms allowance for rounding.
     let gap = Duration::from_millis(u64::try_from(spans[1].0.saturating_sub(spans[0].1)).unwrap_or(0));
     assert!(gap >= Duration::from_millis(999), "retried {gap:?} after the 429: {view}");
+    // One second, not some other pause (a generous bound: the retry also waits for a worker).
+    assert!(gap < Duration::from_secs(5), "retried {gap:?} after the 429: {view}");
 }

@@ -173,20 +173,6 @@ fn validate_refuses_a_literal_credential_without_echoing_it() {
     assert!(!report["diagnostics"][0]["message"].as_str().unwrap_or("MARKER").contains("MARKER"), "{report}");
 }
 
-/// Standard base64, for the forms a credential takes on the wire.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-        out.push_str(&"=".repeat(3 - chunk.len()));
-    }
-    out
-}
-
 /// A base64 text in its other spellings: without padding, URL-safe (with and without).
 fn base64_forms(standard: &str) -> Vec<String> {
     let url_safe = standard.replace('+', "-").replace('/', "_");
@@ -249,7 +235,7 @@ fn provider_echoes_leak_no_credential_and_no_recipient() {
             .to_string()
     }));
     // The SMTP relay refuses the recipient, quoting the AUTH PLAIN payload.
-    let plain = base64(b"\0mailer\0MARKER-smtp-4b8e0f");
+    let plain = common::base64(b"\0mailer\0MARKER-smtp-4b8e0f");
     let smtp = SmtpSink::start(SinkBehaviour {
         credentials: Some(("mailer".into(), "MARKER-smtp-4b8e0f".into())),
         rcpt_reply: Some(format!("550 5.1.1 <{TO_EMAIL}> unknown (authenticated as {plain})")),
@@ -347,13 +333,13 @@ max_attempts = 1
         .unwrap_or_default()
         .trim_start_matches("Basic ")
         .to_owned();
-    assert_eq!(basic, base64(b"AC0123456789abcdef0123456789abcdef:MARKER-twilio-6f1c2b"));
+    assert_eq!(basic, common::base64(b"AC0123456789abcdef0123456789abcdef:MARKER-twilio-6f1c2b"));
     let mut secrets: Vec<String> = MARKERS.iter().map(|(_, marker)| (*marker).to_owned()).collect();
     secrets.push(GATEWAY_TOKEN.to_owned());
     secrets.extend(base64_forms(&basic));
     secrets.extend(base64_forms(&plain));
     for (_, marker) in MARKERS {
-        secrets.extend(base64_forms(&base64(marker.as_bytes())));
+        secrets.extend(base64_forms(&common::base64(marker.as_bytes())));
     }
     secrets.push(gateway_url.replace(':', "%3A").replace('/', "%2F"));
     let recipients = [TO_NUMBER.to_owned(), TO_NUMBER[1..].to_owned(), TO_EMAIL.to_lowercase()];

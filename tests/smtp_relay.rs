@@ -238,19 +238,6 @@ fn assert_delivered(relay: &Relay, id: &str, view: &Value, tls: bool, auth: bool
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-        out.push_str(&"=".repeat(3 - chunk.len()));
-    }
-    out
-}
-
 #[test]
 #[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn starttls_with_private_ca_and_auth_login_delivers() {
@@ -295,7 +282,7 @@ fn wrong_password_fails_clearly_and_is_never_shown() {
     );
     assert!(relay.wait_messages(0).is_empty());
     // AUTH LOGIN sends the password base64-encoded (compared without its padding).
-    let encoded = base64(WRONG_PASSWORD.as_bytes());
+    let encoded = common::base64(WRONG_PASSWORD.as_bytes());
     let encoded = encoded.trim_end_matches('=');
     for text in [view.to_string(), logs] {
         for secret in [WRONG_PASSWORD, encoded, PASSWORD] {

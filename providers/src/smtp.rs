@@ -207,12 +207,7 @@ impl Kind for SmtpKind {
             }
             _ => SentCredentials::new(std::iter::empty::<String>()),
         };
-        Ok(Arc::new(SmtpProvider {
-            transport: builder.build(),
-            timeout: context.timeout,
-            from: settings.from,
-            credentials,
-        }))
+        Ok(Arc::new(SmtpProvider { transport: builder.build(), from: settings.from, credentials }))
     }
 }
 
@@ -230,9 +225,9 @@ fn private_ca_tls(host: &str, path: &Path) -> Result<TlsParameters, SettingsErro
 inventory::submit! { Registration::of::<SmtpKind>() }
 
 struct SmtpProvider {
+    /// lettre bounds each socket operation by `timeout_ms`; the attempt as a whole (a relay
+    /// that accepts and never greets included) is bounded by the dispatcher.
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// lettre's own timeout does not cover a relay that accepts and never greets.
-    timeout: Duration,
     from: Option<String>,
     /// The password and the SASL payloads carrying it.
     credentials: SentCredentials,
@@ -317,10 +312,7 @@ impl Provider for SmtpProvider {
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
         let from = self.from.as_deref().unwrap_or(&message.from);
         let (built, id) = build_email(message, from)?;
-        let sent = tokio::time::timeout(self.timeout, self.transport.send(built))
-            .await
-            .map_err(|_| SendError::Timeout)?;
-        sent.map_err(|error| classify(&error))?;
+        self.transport.send(built).await.map_err(|error| classify(&error))?;
         Ok(Receipt { provider_message_id: Some(id) })
     }
 

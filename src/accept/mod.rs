@@ -88,7 +88,8 @@ impl Acceptor {
     }
 
     /// Accepts one message (see the module's docs for the steps). A retry of a request that was
-    /// accepted gets its first answer even where a limit would now refuse it.
+    /// accepted gets its first answer even once the recipient's hourly cap would refuse it (a
+    /// country the route does not allow is refused whatever the key).
     pub async fn accept(&self, submission: Submission) -> Result<Accepted, AcceptError> {
         let Submission { message, caller, idempotency_key } = submission;
         let snapshot = self.snapshot.load();
@@ -114,9 +115,8 @@ impl Acceptor {
             Some(key) => Some(InFlight::claim(&self.in_flight, &key.key)?),
             None => None,
         };
-        let limits = destination::check_country(&route.config, &message.to)
-            .and_then(|()| self.recipients.reserve(&route.config, &message.to, SystemTime::now()));
-        let reserved = match limits {
+        destination::check_country(&route.config, &message.to)?;
+        let reserved = match self.recipients.reserve(&route.config, &message.to, SystemTime::now()) {
             Ok(reserved) => reserved,
             Err(refusal) => return self.replay_or(key.as_ref(), refusal).await,
         };
@@ -134,7 +134,7 @@ impl Acceptor {
         }
     }
 
-    /// A request a destination limit refuses: if its idempotency key names a message accepted
+    /// A request the recipient cap refuses: if its idempotency key names a message accepted
     /// before, that message's answer; else the refusal.
     async fn replay_or(
         &self,

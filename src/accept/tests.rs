@@ -110,6 +110,7 @@ fn outcome(result: &Result<Accepted, AcceptError>, earlier: &[Option<String>]) -
         Err(AcceptError::KeyInFlight) => "key_in_flight".into(),
         Err(AcceptError::Submit(SubmitError::KeyReused)) => "key_reused".into(),
         Err(AcceptError::Submit(SubmitError::QueueFull)) => "queue_full".into(),
+        Err(AcceptError::Submit(SubmitError::ShuttingDown)) => "shutting_down".into(),
         Err(AcceptError::Submit(SubmitError::Store(_))) => "store_unavailable".into(),
     }
 }
@@ -167,6 +168,13 @@ async fn destination_limits() {
     let countries = format!("{MOCK_SMS}allowed_country_codes = [\"44\"]\n");
     check(&countries, &[SMS.to("+447700900123"), SMS.to("+15550002222")], &["new", "country_not_allowed"])
         .await;
+    // A key that names an accepted message does not get a refused country through.
+    check(
+        &countries,
+        &[SMS.to("+447700900123").key("k", "a"), SMS.to("+15550002222").key("k", "a")],
+        &["new", "country_not_allowed"],
+    )
+    .await;
     let capped = format!("{MOCK_SMS}max_per_recipient_per_hour = 2\n");
     check(
         &capped,

@@ -7,14 +7,14 @@ mod backoff;
 use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use switchboard_providers::{mask_recipient, OutboundMessage, SendError};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::health::{BreakerState, Verdict};
@@ -54,6 +54,9 @@ pub struct DispatchConfig {
 /// Why a message was not stored and queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// Shutdown began: messages in flight are finishing and no new one is taken.
+    #[error("shutting down: no new message is taken")]
+    ShuttingDown,
     #[error("the dispatch queue is full")]
     QueueFull,
     #[error("the idempotency key was already used for a different request")]
@@ -87,6 +90,30 @@ struct Shared {
     /// Jobs waiting out a backoff, a pause or an open breaker.
     scheduled: AtomicUsize,
     held: Held,
+    /// Set when shutdown begins: no submit starts after it.
+    closing: AtomicBool,
+    /// Submits under way (counted before `closing` is checked, until their message is stored
+    /// and queued or refused, even when their caller went away); shutdown waits for none.
+    submitting: AtomicUsize,
+    submits_done: Notify,
+}
+
+/// One submit under way, uncounted when dropped.
+struct Submitting(Arc<Shared>);
+
+impl Submitting {
+    fn start(shared: &Arc<Shared>) -> Submitting {
+        shared.submitting.fetch_add(1, Ordering::SeqCst);
+        Submitting(Arc::clone(shared))
+    }
+}
+
+impl Drop for Submitting {
+    fn drop(&mut self) {
+        if self.0.submitting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.submits_done.notify_waiters();
+        }
+    }
 }
 
 /// The messages this process holds: being accepted, in the queue, in flight or waiting out a
@@ -146,6 +173,9 @@ impl Dispatcher {
             tx,
             scheduled: AtomicUsize::new(0),
             held: Held::default(),
+            closing: AtomicBool::new(false),
+            submitting: AtomicUsize::new(0),
+            submits_done: Notify::new(),
         });
         let workers = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
         let slots = Arc::new(Semaphore::new(workers as usize));
@@ -171,9 +201,15 @@ impl Dispatcher {
         key: Option<&IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
         let shared = Arc::clone(&self.shared);
+        // Counted before the check: shutdown either sees this submit or refuses it.
+        let submitting = Submitting::start(&shared);
+        if shared.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
         let (owner, key) = (owner.map(str::to_owned), key.cloned());
         let accept = tokio::spawn(async move {
+            let _submitting = submitting;
             // Held before it is stored: the sweep never mistakes it for an orphan.
             shared.held.hold(&message.id);
             let inserted = shared.store.insert_for(&message, owner.as_deref(), key.as_ref()).await;
@@ -227,6 +263,23 @@ impl Workers {
     /// worker had; on a shared queue, other instances' too), else as this process knew them.
     pub async fn shutdown(self, grace: Duration) -> usize {
         let store = Arc::clone(&self.shared.store);
+        // No new message from here on; those being stored get queued before the workers stop.
+        self.shared.closing.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&self.shared);
+        let submits_done = async move {
+            loop {
+                let done = shared.submits_done.notified();
+                let mut done = std::pin::pin!(done);
+                done.as_mut().enable();
+                if shared.submitting.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(grace, submits_done).await.is_err() {
+            tracing::warn!("messages still being stored after the grace period; stopping the workers anyway");
+        }
         let known = self.stop_workers(grace).await;
         match store.queued().await {
             Ok(count) => usize::try_from(count).unwrap_or(usize::MAX),
@@ -510,8 +563,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     };
     let max_attempts = route.config.max_attempts;
     let mut next_available: Option<Instant> = None;
-    // The backoff policy of the first provider tried this round, if any was.
-    let mut tried: Option<crate::config::resolved::RetryPolicy> = None;
+    let mut attempted = false;
     let plan = route.plan(&job.message, job.round, Instant::now());
     for handle in &plan {
         if job.attempts >= max_attempts {
@@ -533,7 +585,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
                 tokio::time::sleep(wait).await;
             }
         }
-        tried.get_or_insert(handle.config.settings.retry);
+        attempted = true;
         job.attempts += 1;
         // Recorded before the call: after a crash, an attempt with no outcome is a possible
         // duplicate. On a shared queue this also renews the lease, and refuses if another
@@ -603,10 +655,11 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     }
     let now = Instant::now();
     let wait_for_provider = next_available.map(|until| until.saturating_duration_since(now));
-    let delay = match tried {
-        Some(policy) => backoff::delay(&policy, job.round + 1, backoff::jitter()),
+    let delay = match (attempted, plan.first()) {
+        // The backoff of the route's first provider (in this message's order).
+        (true, Some(first)) => backoff::delay(&first.config.settings.retry, job.round + 1, backoff::jitter()),
         // Every provider is paused or open: come back when the first one is usable again.
-        None => wait_for_provider.unwrap_or(PROBE_RECHECK),
+        _ => wait_for_provider.unwrap_or(PROBE_RECHECK),
     };
     Round::Retry(delay.max(Duration::from_millis(1)))
 }

@@ -242,6 +242,7 @@ impl From<AcceptError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
             SubmitError::QueueFull => ApiError::QueueFull,
             SubmitError::KeyReused => ApiError::KeyReused,
             SubmitError::Store(error) => {

@@ -93,10 +93,6 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    // Shutdown began: the messages in flight are finishing; new ones go to another instance.
-    if !state.ready.load(Ordering::Relaxed) {
-        return Err(ApiError::ShuttingDown);
-    }
     // Refused before the body is read: a flood costs as little as possible.
     state.guard.take_send(&caller)?;
     let bytes =

@@ -414,3 +414,17 @@ pub fn assert_bless_refused_under_ci(test: &str) {
     assert!(text.contains("1 failed"), "{test} did not run:\n{text}");
     assert!(text.contains("golden files are re-blessed only by hand"), "{text}");
 }
+
+/// Standard base64, for the forms a credential takes on the wire.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+        out.push_str(&"=".repeat(3 - chunk.len()));
+    }
+    out
+}
