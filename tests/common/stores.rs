@@ -70,17 +70,27 @@ impl Db {
         self.try_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// The first column (a `BIGINT`, or `NULL`) of every row `sql` returns.
-    pub fn integers(&mut self, sql: &str) -> Vec<Option<i64>> {
+    /// The first column (of type `T`, or `NULL`) of every row `sql` returns, on either database.
+    fn column<T>(&mut self, sql: &str) -> Vec<Option<T>>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>,
+    {
+        let text = || sqlx::AssertSqlSafe(sql.to_owned());
         let found = match &mut self.conn {
-            Conn::Sqlite(conn) => self.runtime.block_on(
-                sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(conn),
-            ),
-            Conn::Postgres(conn) => self.runtime.block_on(
-                sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(conn),
-            ),
+            Conn::Sqlite(conn) => self.runtime.block_on(sqlx::query_scalar(text()).fetch_all(conn)),
+            Conn::Postgres(conn) => self.runtime.block_on(sqlx::query_scalar(text()).fetch_all(conn)),
         };
         found.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The first column (a `BIGINT`, or `NULL`) of every row `sql` returns.
+    pub fn integers(&mut self, sql: &str) -> Vec<Option<i64>> {
+        self.column(sql)
     }
 
     /// The one integer `sql` returns (a count).
@@ -93,15 +103,7 @@ impl Db {
 
     /// The first column (text, or `NULL`) of every row `sql` returns.
     pub fn texts(&mut self, sql: &str) -> Vec<Option<String>> {
-        let found = match &mut self.conn {
-            Conn::Sqlite(conn) => self.runtime.block_on(
-                sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(conn),
-            ),
-            Conn::Postgres(conn) => self.runtime.block_on(
-                sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(conn),
-            ),
-        };
-        found.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.column(sql)
     }
 }
 
