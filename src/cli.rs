@@ -400,7 +400,9 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CANNOT_RUN);
     };
-    if let Some(refusal) = refused_by_api(&args.channel, &args.to, &args.tags) {
+    let refusal = refused_by_api(&args.channel, &args.to, &args.tags)
+        .or_else(|| crate::accept::check_country(route, &args.to).err().map(|refusal| refusal.to_string()));
+    if let Some(refusal) = refusal {
         eprintln!("switchboard: the send API would refuse this message: {refusal}");
         return ExitCode::from(EXIT_CANNOT_RUN);
     }

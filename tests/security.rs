@@ -314,3 +314,50 @@ fn header_size_body_time_and_concurrency_limits() {
     assert!(slow.starts_with("HTTP/1.1 408") && slow.contains("request_timeout"), "{slow}");
     assert_eq!(call(&server, "POST", "/v1/messages", None, Some(&sms("+18045551234"))).0, 202);
 }
+
+/// What a send would be refused, `explain` refuses too: a country the route does not allow
+/// (CLI: exit 2 with the API's reason; `/admin/explain`: the API's 403).
+#[test]
+fn explain_refuses_a_country_the_route_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("routes.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+    let refused =
+        common::switchboard(dir.path(), &["explain", "--channel", "sms", "--to", "+33612345678"], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", common::stderr(&refused));
+    assert!(
+        common::stderr(&refused).contains("country calling code is not allowed for channel `sms`"),
+        "{}",
+        common::stderr(&refused)
+    );
+    let allowed =
+        common::switchboard(dir.path(), &["explain", "--channel", "sms", "--to", "+447700900123"], &[]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", common::stderr(&allowed));
+
+    let server = Server::start(CONFIG, &[], &[]);
+    let (status, answer, _) =
+        call(&server, "GET", "/admin/explain?channel=sms&to=%2B33612345678", None, None);
+    assert_eq!((status, &answer["error"]["code"]), (403, &json!("country_not_allowed")), "{answer}");
+    let (status, answer, _) =
+        call(&server, "GET", "/admin/explain?channel=sms&to=%2B447700900123", None, None);
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Two `Idempotency-Key` headers are ambiguous: refused, not one of them picked.
+#[test]
+fn two_idempotency_keys_are_refused() {
+    let server = Server::start(CONFIG, &[], &[]);
+    let response = client()
+        .post(server.url("/v1/messages"))
+        .header("idempotency-key", "k1")
+        .header("idempotency-key", "k2")
+        .json(&sms("+447700900123"))
+        .send()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 400);
+    let answer: Value = response.json().unwrap_or_default();
+    assert_eq!(
+        (&answer["error"]["code"], &answer["error"]["field"]),
+        (&json!("invalid_field"), &json!("Idempotency-Key")),
+        "{answer}"
+    );
+}

@@ -452,6 +452,8 @@ fn readyz_is_503_and_sends_are_refused_once_shutdown_began() {
     let (status, headers, body) = post(&server, "/api/messages/sms", &sms("+18045559999"));
     assert_eq!((status, &body["error"]["code"]), (503, &json!("shutting_down")), "{body}");
     assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    // Clients are told to reconnect rather than reuse a connection about to be closed.
+    assert_eq!(headers.get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     let mut not_ready = 0;
     while !server.logs().contains("stopped with") {
         match client().get(server.url("/readyz")).send() {

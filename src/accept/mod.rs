@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use switchboard_providers::{registry, Channel, OutboundMessage};
 
-pub use destination::{RecipientCounts, Refusal};
+pub use destination::{check_country, RecipientCounts, Refusal};
 
 use crate::dispatch::{Dispatcher, SubmitError, Submitted};
 use crate::metrics::Metrics;
@@ -88,31 +88,43 @@ impl Acceptor {
     }
 
     /// Accepts one message (see the module's docs for the steps). A retry of a request that was
-    /// accepted gets its first answer even once the recipient's hourly cap would refuse it (a
-    /// country the route does not allow is refused whatever the key).
+    /// accepted gets its first answer even where the request would now be refused for a reason
+    /// that changed since — its channel's route gone in a reload, the recipient's hourly cap — or
+    /// while another retry of it is being answered. A country the route does not allow is
+    /// refused whatever the key.
     pub async fn accept(&self, submission: Submission) -> Result<Accepted, AcceptError> {
         let Submission { message, caller, idempotency_key } = submission;
-        let snapshot = self.snapshot.load();
-        let channel = message.channel.as_str();
-        let route = match snapshot.route_for(channel) {
-            Ok(route) => route,
-            Err(_) if !is_known_channel(channel) => {
-                return Err(AcceptError::UnknownChannel(channel.to_owned()))
-            }
-            Err(no_route) => {
-                self.metrics.routing_error(channel, "no_route");
-                return Err(no_route.into());
-            }
-        };
-        // A second request with a key whose first request is still being answered gets 409.
+        // Keys are per caller: one caller's key can neither replay nor block another's request.
         let key = idempotency_key.map(|mut key| {
             if let Some(owner) = &caller {
                 key.key = format!("{owner}/{}", key.key);
             }
             key
         });
+        let snapshot = self.snapshot.load();
+        let channel = message.channel.as_str();
+        let route = match snapshot.route_for(channel) {
+            Ok(route) => route,
+            Err(no_route) => {
+                let served = snapshot
+                    .providers()
+                    .iter()
+                    .any(|p| p.config.channels.iter().any(|c| c.as_str() == channel));
+                let refusal = if served || is_known_channel(channel) {
+                    self.metrics.routing_error(channel, "no_route");
+                    AcceptError::NoRoute(no_route)
+                } else {
+                    AcceptError::UnknownChannel(channel.to_owned())
+                };
+                return self.replay_or(key.as_ref(), refusal).await;
+            }
+        };
+        // A second request with a key whose first request is still being answered gets 409.
         let _in_flight = match &key {
-            Some(key) => Some(InFlight::claim(&self.in_flight, &key.key)?),
+            Some(key) => match InFlight::claim(&self.in_flight, &key.key) {
+                Ok(claimed) => Some(claimed),
+                Err(busy) => return self.replay_or(Some(key), busy).await,
+            },
             None => None,
         };
         destination::check_country(&route.config, &message.to)?;
@@ -134,12 +146,12 @@ impl Acceptor {
         }
     }
 
-    /// A request the recipient cap refuses: if its idempotency key names a message accepted
-    /// before, that message's answer; else the refusal.
+    /// A request refused for a reason that may have changed since its key was first used: if
+    /// the key names a message accepted before, that message's answer; else the refusal.
     async fn replay_or(
         &self,
         key: Option<&IdempotencyKey>,
-        refusal: Refusal,
+        refusal: impl Into<AcceptError>,
     ) -> Result<Accepted, AcceptError> {
         let Some(key) = key else { return Err(refusal.into()) };
         match self.store.find_key(key).await {
@@ -150,8 +162,9 @@ impl Acceptor {
     }
 }
 
-/// Built-in channels and those a kind names. A channel the active config routes is known too
-/// (a `webhook` provider can carry a channel no kind names): that is checked against the route.
+/// Built-in channels and those a kind names. A channel a provider of the active config serves
+/// is known too (a `webhook` provider can carry a channel no kind names): without a route it is
+/// refused `no_route`, as `validate` warns.
 pub fn is_known_channel(name: &str) -> bool {
     Channel::BUILT_IN_NAMES.contains(&name) || registry().iter().any(|kind| kind.channels.contains(&name))
 }

@@ -29,6 +29,7 @@ fn snapshot(config: &str) -> Snapshot {
 }
 
 struct Setup {
+    current: Arc<ArcSwap<Snapshot>>,
     acceptor: Acceptor,
     store: Arc<dyn MessageStore>,
     metrics: Arc<Metrics>,
@@ -40,8 +41,8 @@ fn setup_with(config: &str, store: Arc<dyn MessageStore>, dispatch: DispatchConf
     let metrics = Arc::new(Metrics::new());
     let (dispatcher, workers) =
         Dispatcher::start(Arc::clone(&current), Arc::clone(&store), Arc::clone(&metrics), dispatch);
-    let acceptor = Acceptor::new(current, dispatcher, Arc::clone(&store), Arc::clone(&metrics));
-    Setup { acceptor, store, metrics, _workers: workers }
+    let acceptor = Acceptor::new(Arc::clone(&current), dispatcher, Arc::clone(&store), Arc::clone(&metrics));
+    Setup { current, acceptor, store, metrics, _workers: workers }
 }
 
 fn setup(config: &str) -> Setup {
@@ -149,6 +150,10 @@ async fn routes() {
     let push = "[providers.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"${HOOK_SECRET}\"\nchannels = [\"push\"]\n\
                 [routes.push]\nproviders = [\"hook\"]\n";
     check(push, &[SMS.on("push").to("device-1"), SMS], &["new", "no_route"]).await;
+    // A channel a provider serves but no route does is refused `no_route`, as validate warns.
+    let fax = push.replace("channels = [\"push\"]", "channels = [\"push\", \"fax\"]");
+    check(&fax, &[SMS.on("fax").to("line-1"), SMS.on("pager").to("p")], &["no_route", "unknown_channel"])
+        .await;
 }
 
 #[tokio::test]
@@ -261,4 +266,37 @@ async fn a_caller_that_goes_away_after_its_message_is_stored_still_uses_up_the_r
     // …so the recipient's one message this hour is used.
     let next = setup.acceptor.accept(SMS.submission()).await;
     assert!(matches!(next, Err(AcceptError::Refused(Refusal::RecipientRateLimited { .. }))), "{next:?}");
+}
+
+/// A retry of an accepted request gets its first answer after a reload took its route away (a
+/// new request is refused), and while another retry of it is being answered.
+#[tokio::test]
+async fn a_retry_of_an_accepted_message_is_replayed_whatever_changed_since() {
+    let setup = setup(MOCK_SMS);
+    let first = setup.acceptor.accept(SMS.key("k", "a").submission()).await;
+    let Ok(Accepted::New { id, .. }) = first else { panic!("{first:?}") };
+    setup
+        .current
+        .store(Arc::new(snapshot("[providers.m]\nkind = \"mock\"\n[routes.email]\nproviders = [\"m\"]\n")));
+    for send in [SMS.key("k", "a"), SMS.key("fresh", "a"), SMS.key("k", "b")] {
+        let got = setup.acceptor.accept(send.submission()).await;
+        let shown = outcome(&got, &[Some(id.clone())]);
+        let expected = match send.key {
+            Some(("k", "a")) => "replay of 0",
+            Some(("k", _)) => "key_reused",
+            _ => "no_route",
+        };
+        assert_eq!(shown, expected);
+    }
+    // Another retry of it being answered right now: still its first answer, not 409…
+    let setup = self::setup(MOCK_SMS);
+    let first = setup.acceptor.accept(SMS.key("k", "a").submission()).await;
+    let Ok(Accepted::New { id, .. }) = first else { panic!("{first:?}") };
+    setup.acceptor.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert("k".into());
+    let got = setup.acceptor.accept(SMS.key("k", "a").submission()).await;
+    assert_eq!(outcome(&got, &[Some(id)]), "replay of 0");
+    // …while a key never answered yet is 409.
+    setup.acceptor.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert("new".into());
+    let got = setup.acceptor.accept(SMS.key("new", "a").submission()).await;
+    assert_eq!(outcome(&got, &[]), "key_in_flight");
 }

@@ -128,7 +128,13 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut request: Request, nex
         Err(error) => return error.into_response(),
     };
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // Shutdown began: every answer tells the client to reconnect (to this instance while it
+    // drains, to another after), rather than reuse a connection about to be closed.
+    if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// What is wrong with the request's head whatever the route: its size, an encoding we cannot

@@ -132,7 +132,11 @@ fn idempotency_key(
     endpoint: Endpoint,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::invalid("Idempotency-Key", "send one Idempotency-Key header, not several"));
+    }
     let key = value
         .to_str()
         .ok()
@@ -309,6 +313,10 @@ async fn admin_explain(
         Ok(route) => route,
         Err(no_route) => return ApiError::invalid("channel", no_route.to_string()).into_response(),
     };
+    // What a send would be refused, explain refuses too.
+    if let Err(refusal) = crate::accept::check_country(&route.config, to) {
+        return ApiError::Refused(refusal).into_response();
+    }
     let by_name = |name: &str| snapshot.provider(name).map(|p| &p.config);
     let mut explanation = crate::routing::explain::explain(&route.config, by_name, to, &tags);
     let now = Instant::now();
