@@ -14,7 +14,9 @@
 //! 3. the message's recipient (as given, without `+`, URL-encoded; email case-insensitively)
 //!    and any other E.164-looking number (`+` and 8–15 digits) are masked with
 //!    [`crate::mask_recipient`];
-//! 4. the text is cut to [`MAX_TEXT_BYTES`] (codes to [`MAX_CODE_BYTES`], message ids to
+//! 4. in an error's code and text, the message's body (as sent, JSON-, URL- or HTML-escaped) is
+//!    replaced by `<body>`: bodies are never logged;
+//! 5. the text is cut to [`MAX_TEXT_BYTES`] (codes to [`MAX_CODE_BYTES`], message ids to
 //!    [`MAX_MESSAGE_ID_BYTES`]) on a character boundary, a cut marked with `…`.
 
 use std::collections::BTreeSet;
@@ -25,10 +27,14 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use base64::Engine;
 
 use crate::email::{looks_like_html, text_from_html};
-use crate::{mask_recipient, SendError};
+use crate::{mask_recipient, OutboundMessage, SendError};
 
 /// What a credential is replaced with.
 pub const REDACTED: &str = "<redacted>";
+/// What the message's body is replaced with in a provider's answer.
+pub const BODY: &str = "<body>";
+/// Bodies shorter than this are not searched for: they would match everywhere.
+const MIN_BODY_BYTES: usize = 4;
 /// The most of a provider's error text that is kept, in bytes.
 pub const MAX_TEXT_BYTES: usize = 512;
 /// The most of a provider's error code that is kept, in bytes.
@@ -89,9 +95,11 @@ impl SentCredentials {
 
     /// The error with its code and text cleaned (see the module doc); its class and
     /// Retry-After unchanged.
-    pub fn clean_error(&self, error: SendError, recipient: &str) -> SendError {
-        let text = |reason: String| self.clean_text(&reason, recipient, MAX_TEXT_BYTES, true);
-        let code = |code: String| self.clean_text(&code, recipient, MAX_CODE_BYTES, false);
+    pub fn clean_error(&self, error: SendError, message: &OutboundMessage) -> SendError {
+        let body = BodyForms::of(&message.body);
+        let recipient = message.to.as_str();
+        let text = |reason: String| self.clean_text(&body.remove(&reason), recipient, MAX_TEXT_BYTES, true);
+        let code = |code: String| self.clean_text(&body.remove(&code), recipient, MAX_CODE_BYTES, false);
         match error {
             SendError::NotSent { reason } => SendError::NotSent { reason: text(reason) },
             SendError::Ambiguous { code: c, reason } => {
@@ -141,6 +149,28 @@ impl SentCredentials {
                 self.forms.iter().fold(text.to_owned(), |text, form| text.replace(form.as_str(), &mark))
             }
         }
+    }
+}
+
+/// The forms the message's body may come back in (as sent, JSON-, URL- and HTML-escaped),
+/// longest first: an answer that echoes the request keeps none of them.
+struct BodyForms(Vec<String>);
+
+impl BodyForms {
+    fn of(body: &str) -> BodyForms {
+        if body.len() < MIN_BODY_BYTES {
+            return BodyForms(Vec::new());
+        }
+        let mut forms: BTreeSet<String> = url_forms(body).into_iter().chain(json_forms(body)).collect();
+        forms.insert(html_escaped(body));
+        forms.insert(body.to_owned());
+        let mut forms: Vec<String> = forms.into_iter().collect();
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        BodyForms(forms)
+    }
+
+    fn remove(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, form| text.replace(form.as_str(), BODY))
     }
 }
 
@@ -573,19 +603,54 @@ mod tests {
         }
     }
 
+    fn sent_to(to: &str, body: &str) -> OutboundMessage {
+        OutboundMessage {
+            id: "m".into(),
+            channel: crate::Channel::SMS,
+            from: "+15550001111".into(),
+            to: to.into(),
+            subject: None,
+            body: body.into(),
+            attachments: vec![],
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn echoed_bodies_are_removed() {
+        let sent = twilio();
+        let body = "Your code is 493021 & <b>expires</b> \"soon\"/é";
+        let message = sent_to(TO, body);
+        let json = serde_json::to_string(body).unwrap_or_default();
+        let form: String = url_forms(body).into_iter().next().unwrap_or_default();
+        for echoed in [body.to_owned(), json.clone(), form, html_escaped(body), json.replace('/', "\\/")] {
+            let error = SendError::Rejected { code: "x".into(), reason: format!("you sent: {echoed}") };
+            let cleaned = sent.clean_error(error, &message).to_string();
+            assert!(!cleaned.contains("493021"), "{echoed} → {cleaned}");
+            assert!(cleaned.contains(BODY), "{echoed} → {cleaned}");
+        }
+        // A body too short to look for is left alone (it would match everywhere).
+        let error = SendError::Rejected { code: "x".into(), reason: "ok".into() };
+        assert_eq!(
+            sent.clean_error(error, &sent_to(TO, "ok")).to_string(),
+            "rejected by the provider (x): ok"
+        );
+    }
+
     #[test]
     fn errors_and_message_ids() {
         let sent = twilio();
+        let message = sent_to(TO, "hello there");
         let error =
             SendError::Misconfigured { code: format!("c{TOKEN}"), reason: format!("bad {TOKEN}\nfor {TO}") };
         assert_eq!(
-            sent.clean_error(error, TO).to_string(),
+            sent.clean_error(error, &message).to_string(),
             "provider refused the credentials (c<redacted>): bad <redacted> for +1800****400"
         );
         let limited = SendError::RateLimited { retry_after: Some(std::time::Duration::from_secs(3)) };
-        assert_eq!(sent.clean_error(limited.clone(), TO), limited);
+        assert_eq!(sent.clean_error(limited.clone(), &message), limited);
         let long = SendError::Rejected { code: "x".repeat(100), reason: "y".repeat(10_000) };
-        let SendError::Rejected { code, reason } = sent.clean_error(long, TO) else {
+        let SendError::Rejected { code, reason } = sent.clean_error(long, &message) else {
             panic!("class changed")
         };
         assert!(code.len() <= MAX_CODE_BYTES && reason.len() <= MAX_TEXT_BYTES, "{code} {reason}");

@@ -689,7 +689,7 @@ async fn attempt(
     let sent = instance.credentials_sent();
     let result = match result {
         Ok(provider_message_id) => Ok(sent.clean_message_id(provider_message_id, &message.to)),
-        Err(error) => Err(sent.clean_error(error, &message.to)),
+        Err(error) => Err(sent.clean_error(error, message)),
     };
     let error = result.as_ref().err();
     let outcome = Outcome::of(error);
