@@ -465,3 +465,32 @@ fn a_worker_whose_lease_was_taken_over_stops() {
         sql.count(&format!("SELECT COUNT(*) FROM messages WHERE id = '{id}' AND finished_at IS NOT NULL"));
     assert_eq!(ended, 0, "the message is the new holder's to finish");
 }
+
+/// A graceful stop lets go of the messages the instance still held: another instance takes them
+/// at once, not when their leases (two minutes here) run out.
+#[test]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+fn a_graceful_stop_lets_go_of_its_messages_at_once() {
+    let db = fresh_database("release");
+    let store = ["--store", db.url.as_str()];
+    let lease = [("SWITCHBOARD_LEASE", "120s")];
+    let slow = CONFIG.replace("latency_ms = 20", "latency_ms = 300");
+    let mut stopping =
+        Server::start(&slow, &[&store[..], &["--workers", "2", "--grace-period", "5s"]].concat(), &lease);
+    let ids: Vec<String> = (0..30).filter_map(|n| send_sms(&stopping, n)).collect();
+    assert_eq!(ids.len(), 30);
+    assert_eq!(stopping.terminate(), Some(0));
+    let logs = stopping.whole_log();
+    assert!(logs.contains("still queued in the shared store"), "{logs}");
+    let mut sql = stores::Db::open(&db.url);
+    assert!(sql.count("SELECT count(*) FROM queue") > 0, "nothing was left to take over");
+    assert_eq!(sql.count("SELECT count(*) FROM queue WHERE lease_token IS NOT NULL"), 0, "leases kept");
+    let taker = Server::start(CONFIG, &store, &lease);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left: HashSet<&String> = ids.iter().collect();
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "{} messages not taken over:\n{}", left.len(), taker.logs());
+        left.retain(|id| message_view(&taker, id)["status"] != "sent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

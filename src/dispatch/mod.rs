@@ -280,7 +280,18 @@ impl Workers {
         if tokio::time::timeout(grace, submits_done).await.is_err() {
             tracing::warn!("messages still being stored after the grace period; stopping the workers anyway");
         }
-        let known = self.stop_workers(grace).await;
+        let (known, unfinished) = self.stop_workers(grace).await;
+        // Nothing of ours is being sent any more: on a shared queue, others may take the rest at
+        // once. (With a dispatch still in flight the leases stay, to run out: another instance
+        // sending that message now would send it twice.)
+        if store.shared_queue() && unfinished == 0 {
+            match store.release_all().await {
+                Ok(released) => tracing::debug!(released, "let go of the messages this instance held"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not let go of the held messages; their leases run out")
+                }
+            }
+        }
         match store.queued().await {
             Ok(count) => usize::try_from(count).unwrap_or(usize::MAX),
             Err(error) => {
@@ -290,7 +301,9 @@ impl Workers {
         }
     }
 
-    async fn stop_workers(self, grace: Duration) -> usize {
+    /// Stops the workers: how many messages were still waiting, and how many dispatches had not
+    /// finished within `grace`.
+    async fn stop_workers(self, grace: Duration) -> (usize, usize) {
         let _ = self.stop.send(true);
         let queued = match self.receiver.await {
             Ok(rx) => rx.len(),
@@ -301,7 +314,7 @@ impl Workers {
         let unfinished =
             if finished.is_ok() { 0 } else { self.workers as usize - self.slots.available_permits() };
         tracing::debug!(in_flight, unfinished, "dispatch workers stopped");
-        queued + self.shared.scheduled.load(Ordering::Relaxed) + unfinished
+        (queued + self.shared.scheduled.load(Ordering::Relaxed) + unfinished, unfinished)
     }
 }
 

@@ -328,6 +328,13 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Lets go of every message this instance holds on a shared queue, once its workers
+    /// stopped (a graceful stop): other instances may take them at once instead of waiting for
+    /// the leases to run out. Returns how many were let go.
+    async fn release_all(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// How many messages the queue holds (on a shared queue: all instances' together).
     async fn queued(&self) -> Result<u64, StoreError>;
 

@@ -539,6 +539,15 @@ impl MessageStore for PostgresStore {
         rows.iter().map(pending_of).collect::<Result<_, sqlx::Error>>().map_err(unavailable)
     }
 
+    async fn release_all(&self) -> Result<u64, StoreError> {
+        sqlx::query("UPDATE queue SET lease_token = NULL, lease_until = NULL WHERE lease_token = $1")
+            .bind(&self.lease.token)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(unavailable)
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop).map_err(unavailable)
     }
