@@ -17,6 +17,34 @@ const MARKERS: [(&str, &str); 4] = [
 ];
 
 fn config(twilio: &FakeHttp, sendgrid: &FakeHttp, gateway: &FakeHttp, smtp: &SmtpSink) -> String {
+    config_of(
+        &twilio.base,
+        &sendgrid.base,
+        smtp.port,
+        &format!("{}/send", gateway.base),
+        &["mms", "push"],
+        "",
+    )
+}
+
+/// Every real kind, the gateway (webhook) at `gateway_url` carrying `gateway_channels` (each
+/// routed to it, `push_settings` added to the push route).
+fn config_of(
+    twilio: &str,
+    sendgrid: &str,
+    smtp_port: u16,
+    gateway_url: &str,
+    gateway_channels: &[&str],
+    push_settings: &str,
+) -> String {
+    let channels = gateway_channels.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let gateway_routes: String = gateway_channels
+        .iter()
+        .map(|c| {
+            let extra = if *c == "push" { push_settings } else { "" };
+            format!("\n[routes.{c}]\nproviders = [\"gateway\"]\n{extra}")
+        })
+        .collect();
     format!(
         r#"
 [providers.twilio-main]
@@ -36,33 +64,23 @@ base_url = "{sendgrid}"
 [providers.smtp-backup]
 kind = "smtp"
 host = "127.0.0.1"
-port = {port}
+port = {smtp_port}
 tls = "none"
 username = "mailer"
 password = "${{SMTP_PASSWORD}}"
 
 [providers.gateway]
 kind = "webhook"
-url = "{gateway}/send"
+url = "{gateway_url}"
 secret = "${{GATEWAY_SECRET}}"
-channels = ["mms", "push"]
+channels = [{channels}]
 
 [routes.sms]
 providers = ["twilio-main", "sms-backup"]
 
-[routes.mms]
-providers = ["gateway"]
-
 [routes.email]
 providers = ["sendgrid-main", "smtp-backup"]
-
-[routes.push]
-providers = ["gateway"]
-"#,
-        twilio = twilio.base,
-        sendgrid = sendgrid.base,
-        gateway = gateway.base,
-        port = smtp.port,
+{gateway_routes}"#
     )
 }
 
@@ -256,50 +274,8 @@ fn provider_echoes_leak_no_credential_and_no_recipient() {
         )
     }));
     let gateway_url = format!("{}/send?token={GATEWAY_TOKEN}&v=2", gateway.base);
-    let config = format!(
-        r#"
-[providers.twilio-main]
-kind = "twilio"
-account_sid = "AC0123456789abcdef0123456789abcdef"
-auth_token = "${{TWILIO_AUTH_TOKEN}}"
-base_url = "{twilio}"
-
-[providers.sms-backup]
-kind = "mock"
-
-[providers.sendgrid-main]
-kind = "sendgrid"
-api_key = "${{SENDGRID_API_KEY}}"
-base_url = "{sendgrid}"
-
-[providers.smtp-backup]
-kind = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-username = "mailer"
-password = "${{SMTP_PASSWORD}}"
-
-[providers.gateway]
-kind = "webhook"
-url = "${{GATEWAY_URL}}"
-secret = "${{GATEWAY_SECRET}}"
-channels = ["push"]
-
-[routes.sms]
-providers = ["twilio-main", "sms-backup"]
-
-[routes.email]
-providers = ["sendgrid-main", "smtp-backup"]
-
-[routes.push]
-providers = ["gateway"]
-max_attempts = 1
-"#,
-        twilio = twilio.base,
-        sendgrid = sendgrid.base,
-        port = smtp.port,
-    );
+    let config =
+        config_of(&twilio.base, &sendgrid.base, smtp.port, "${GATEWAY_URL}", &["push"], "max_attempts = 1\n");
     let mut env: Vec<(&str, &str)> = MARKERS.to_vec();
     env.push(("GATEWAY_URL", &gateway_url));
     env.push(("RUST_LOG", "debug"));
