@@ -528,3 +528,32 @@ fn a_send_still_arriving_when_shutdown_begins_is_refused_not_lost() {
     assert!(!logs.contains("message failed"), "{logs}");
     assert!(!held.is_empty());
 }
+
+/// A connection that sent half a request head when the server stops is answered 503
+/// `shutting_down` and closed at once, not left to its header timeout (which would hold the
+/// exit): the client learns to go elsewhere.
+#[test]
+fn a_half_sent_head_at_shutdown_is_answered_and_closed() {
+    use std::io::{Read, Write};
+    let mut server = Server::start(
+        &config("[providers.p]\nkind = \"mock\"\n", "[routes.sms]\nproviders = [\"p\"]\n"),
+        &["--grace-period", "30s", "--header-timeout", "25s"],
+        &[],
+    );
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| panic!("connect: {e}"));
+    stream
+        .write_all(b"POST /api/messages/sms HTTP/1.1\r\nhost: x\r\n")
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal("TERM");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}\n{}", server.logs());
+    assert!(answer.contains("\"code\":\"shutting_down\""), "{answer}");
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.whole_log();
+    assert!(!logs.contains("did not finish within the grace period"), "{logs}");
+}

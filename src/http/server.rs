@@ -120,8 +120,9 @@ struct Signals {
 enum Ending {
     /// Hyper is done with it (the client left, an error, a timeout, shutdown).
     Served(Result<(), hyper::Error>),
-    /// Closed while waiting for a request head, to free its descriptor.
-    Shed,
+    /// Closed while waiting for a request head: to free its descriptor (`overloaded`), or
+    /// because shutdown began (`shutting_down`); a head begun gets that answer.
+    Shed(ApiError),
 }
 
 async fn serve_connection(mut connection: Connection, activity: Arc<Activity>, mut signals: Signals) {
@@ -129,12 +130,17 @@ async fn serve_connection(mut connection: Connection, activity: Arc<Activity>, m
         tokio::select! {
             result = &mut connection => break Ending::Served(result),
             () = stopping(&mut signals.stop) => {
+                // Not answering a request: nothing to finish (a head only half sent would
+                // otherwise hold the exit until its header timeout).
+                if activity.waiting_for_head().is_some() {
+                    break Ending::Shed(ApiError::ShuttingDown);
+                }
                 Pin::new(&mut connection).graceful_shutdown();
                 break Ending::Served((&mut connection).await);
             }
             Ok(()) = signals.shed.changed() => {
                 if activity.waiting_for_head() >= Some(SHED_AFTER) {
-                    break Ending::Shed;
+                    break Ending::Shed(ApiError::Overloaded);
                 }
             }
         }
@@ -144,7 +150,7 @@ async fn serve_connection(mut connection: Connection, activity: Arc<Activity>, m
     let io = parts.io.into_inner();
     match ending {
         Ending::Served(result) => io.finish(result, head_started).await,
-        Ending::Shed => io.shed(head_started),
+        Ending::Shed(answer) => io.shed(head_started, &answer),
     }
 }
 
@@ -287,11 +293,11 @@ impl EdgeIo {
         let _ = tokio::time::timeout(DRAIN_TIME, self.drain()).await;
     }
 
-    /// Closes a connection shed for its descriptor at once: a head begun gets a 503
-    /// `overloaded` if the socket takes it without waiting.
-    fn shed(self, head_started: bool) {
+    /// Closes a connection waiting for a request head at once: a head begun gets `answer` (a
+    /// 503) if the socket takes it without waiting.
+    fn shed(self, head_started: bool, answer: &ApiError) {
         if head_started {
-            let _ = self.stream.try_write(&ApiError::Overloaded.to_http1());
+            let _ = self.stream.try_write(&answer.to_http1());
         }
     }
 
