@@ -106,11 +106,7 @@ impl Acceptor {
         let route = match snapshot.route_for(channel) {
             Ok(route) => route,
             Err(no_route) => {
-                let served = snapshot
-                    .providers()
-                    .iter()
-                    .any(|p| p.config.channels.iter().any(|c| c.as_str() == channel));
-                let refusal = if served || is_known_channel(channel) {
+                let refusal = if is_known_channel(&snapshot, channel) {
                     self.metrics.routing_error(channel, "no_route");
                     AcceptError::NoRoute(no_route)
                 } else {
@@ -162,11 +158,13 @@ impl Acceptor {
     }
 }
 
-/// Built-in channels and those a kind names. A channel a provider of the active config serves
-/// is known too (a `webhook` provider can carry a channel no kind names): without a route it is
-/// refused `no_route`, as `validate` warns.
-pub fn is_known_channel(name: &str) -> bool {
-    Channel::BUILT_IN_NAMES.contains(&name) || registry().iter().any(|kind| kind.channels.contains(&name))
+/// Built-in channels, those a kind names, and those a provider of the active config serves (a
+/// `webhook` provider can carry a channel no kind names). A known channel without a route is
+/// refused `no_route`, as `validate` warns; any other is the client's mistake.
+fn is_known_channel(snapshot: &Snapshot, name: &str) -> bool {
+    Channel::BUILT_IN_NAMES.contains(&name)
+        || registry().iter().any(|kind| kind.channels.contains(&name))
+        || snapshot.providers().iter().any(|p| p.config.channels.iter().any(|c| c.as_str() == name))
 }
 
 /// Marks an idempotency key as being answered by this process, until dropped.

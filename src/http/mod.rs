@@ -105,14 +105,13 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
         .acceptor
         .accept(Submission { message, caller: caller.key.as_deref().map(str::to_owned), idempotency_key })
         .await?;
-    Ok(match accepted {
-        Accepted::New { id, channel } => accepted_response(endpoint, &id, &channel, false),
-        Accepted::Replayed { id, channel } => accepted_response(endpoint, &id, &channel, true),
-    })
+    Ok(accepted_response(endpoint, &accepted))
 }
 
 /// The 202 for an accepted (or replayed) message.
-fn accepted_response(endpoint: Endpoint, id: &str, channel: &str, replayed: bool) -> Response {
+fn accepted_response(endpoint: Endpoint, accepted: &Accepted) -> Response {
+    let (Accepted::New { id, channel } | Accepted::Replayed { id, channel }) = accepted;
+    let replayed = matches!(accepted, Accepted::Replayed { .. });
     let mut response =
         (error::ACCEPTED, Json(AcceptedBody { id, status: "queued", channel })).into_response();
     if endpoint == Endpoint::Native {
