@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
+use super::conversation::{preview, ConversationMessage, ConversationView, Direction, LastMessage, OptOut};
 use super::{
     replay_or_reused, Attempt, Failure, FailureCode, IdempotencyKey, Inserted, MessageView, Outcome,
     QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
@@ -64,6 +65,7 @@ pub(super) fn status_of(text: &str) -> Status {
         "sending" => Status::Sending,
         "sent" => Status::Sent,
         "failed" => Status::Failed,
+        "received" => Status::Received,
         _ => Status::Queued,
     }
 }
@@ -110,6 +112,7 @@ where
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
     let error_code: Option<String> = row.try_get("error_code")?;
     let error_message: Option<String> = row.try_get("error_message")?;
@@ -133,6 +136,8 @@ where
             message: error_message.unwrap_or_default(),
         }),
         tags: parse_list(&tags),
+        direction: Direction::from_stored(&row.try_get::<String, _>("direction")?),
+        conversation_id: row.try_get("conversation_id")?,
         owner: row.try_get("owner")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
@@ -159,5 +164,80 @@ where
         error_message: a.try_get("error_message")?,
         latency_ms: u64::try_from(latency.unwrap_or(0)).unwrap_or(0),
         time: from_ms(finished.unwrap_or(a.try_get("started_at")?)),
+    })
+}
+
+/// A conversation from a row of `id, channel, participant_a, participant_b, message_count,
+/// last_message_at, last_message_id` and, for its newest message still stored (all `NULL` when
+/// none), `last_id, last_direction, last_body`.
+pub(super) fn conversation_of<R>(row: &R) -> Result<ConversationView, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let last_id: Option<String> = row.try_get("last_id")?;
+    let last_direction: Option<String> = row.try_get("last_direction")?;
+    let last_body: Option<String> = row.try_get("last_body")?;
+    let count: i64 = row.try_get("message_count")?;
+    Ok(ConversationView {
+        id: row.try_get("id")?,
+        channel: row.try_get("channel")?,
+        participants: [row.try_get("participant_a")?, row.try_get("participant_b")?],
+        message_count: u64::try_from(count).unwrap_or(0),
+        last_message_at: from_ms(row.try_get("last_message_at")?),
+        last_message: last_id.map(|id| LastMessage {
+            id,
+            direction: Direction::from_stored(last_direction.as_deref().unwrap_or_default()),
+            body_preview: preview(last_body.as_deref().unwrap_or_default()),
+        }),
+        last_message_id: row.try_get("last_message_id")?,
+    })
+}
+
+/// A conversation's message from a `messages` row (`id, direction, channel, sender, recipient,
+/// body, attachments, status, provider, occurred_at, created_at`).
+pub(super) fn conversation_message_of<R>(row: &R) -> Result<ConversationMessage, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let channel: String = row.try_get("channel")?;
+    let status: String = row.try_get("status")?;
+    let attachments: String = row.try_get("attachments")?;
+    let provider: Option<String> = row.try_get("provider")?;
+    let created_at = from_ms(row.try_get("created_at")?);
+    let occurred_at: Option<i64> = row.try_get("occurred_at")?;
+    Ok(ConversationMessage {
+        id: row.try_get("id")?,
+        direction: Direction::from_stored(&row.try_get::<String, _>("direction")?),
+        channel: channel_of(&channel),
+        from: row.try_get("sender")?,
+        to: row.try_get("recipient")?,
+        body: row.try_get("body")?,
+        attachments: parse_list(&attachments),
+        status: status_of(&status),
+        provider: provider.map(Arc::from),
+        timestamp: occurred_at.map_or(created_at, from_ms),
+        created_at,
+    })
+}
+
+/// An opt-out from a row of `channel, sender, recipient, created_at`.
+pub(super) fn opt_out_of<R>(row: &R) -> Result<OptOut, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(OptOut {
+        channel: row.try_get("channel")?,
+        sender: row.try_get("sender")?,
+        recipient: row.try_get("recipient")?,
+        created_at: from_ms(row.try_get("created_at")?),
     })
 }

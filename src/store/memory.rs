@@ -254,6 +254,8 @@ impl MessageStore for MemoryStore {
             attempts: r.attempts.clone(),
             error: r.error.as_deref().cloned(),
             tags: r.tags.to_vec(),
+            direction: super::Direction::Outbound,
+            conversation_id: None,
             owner: r.owner.as_deref().map(str::to_owned),
             created_at: r.created_at,
             updated_at: r.updated_at,

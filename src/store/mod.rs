@@ -3,6 +3,7 @@
 //! (`sqlite://PATH`, the default).
 
 mod codec;
+pub mod conversation;
 mod memory;
 mod postgres;
 mod sqlite;
@@ -14,6 +15,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_providers::{Channel, ErrorClass, OutboundMessage, SendError};
 
+pub use conversation::{
+    ConversationKey, ConversationMessage, ConversationView, Direction, InboundMessage, Listed, OptChange,
+    OptOut, OptOutKey, Page, Received,
+};
 pub use memory::MemoryStore;
 pub use postgres::{redact as redact_url, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -40,8 +45,10 @@ pub enum Status {
     Sending,
     /// A provider accepted it.
     Sent,
-    /// Given up on: rejected, out of attempts, or no route.
+    /// Given up on: rejected, out of attempts, no route, or opted out.
     Failed,
+    /// An inbound message: stored as it came.
+    Received,
 }
 
 impl Status {
@@ -51,6 +58,7 @@ impl Status {
             Status::Sending => "sending",
             Status::Sent => "sent",
             Status::Failed => "failed",
+            Status::Received => "received",
         }
     }
 }
@@ -124,14 +132,17 @@ pub enum FailureCode {
     NoRoute,
     /// Dispatching it failed unexpectedly (the service log has the cause).
     InternalError,
+    /// Its recipient opted out of messages from its sender after it was accepted.
+    OptedOut,
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 4] = [
+    pub const ALL: [FailureCode; 5] = [
         FailureCode::Rejected,
         FailureCode::AttemptsExhausted,
         FailureCode::NoRoute,
         FailureCode::InternalError,
+        FailureCode::OptedOut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +151,7 @@ impl FailureCode {
             FailureCode::AttemptsExhausted => "attempts_exhausted",
             FailureCode::NoRoute => "no_route",
             FailureCode::InternalError => "internal_error",
+            FailureCode::OptedOut => "opted_out",
         }
     }
 
@@ -179,6 +191,9 @@ pub struct MessageView {
     pub attempts: Vec<Attempt>,
     pub error: Option<Failure>,
     pub tags: Vec<String>,
+    pub direction: Direction,
+    /// The conversation it belongs to; `None` for messages accepted before two-way messaging.
+    pub conversation_id: Option<i64>,
     /// The API key (by name) that created it; only that key may read it.
     #[serde(skip)]
     pub owner: Option<String>,
@@ -248,6 +263,9 @@ pub struct Pending {
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a new message as `queued` together with its queue entry and its idempotency key,
     /// all or nothing.
+    ///
+    /// The message joins its conversation ([`ConversationKey::of`] its channel, `from` and
+    /// `to`), which it creates if it is the pair's first message, in the same write.
     async fn insert_for(
         &self,
         message: &OutboundMessage,
@@ -344,6 +362,52 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stores an inbound message in its conversation (created by it if new) together with the
+    /// opt-out change its body makes, all or nothing. The same (channel family, provider
+    /// message id) stored before — by this instance or another sharing the store — writes
+    /// nothing and answers the first message's id and conversation with `duplicate: true`.
+    async fn insert_inbound(&self, _message: &InboundMessage) -> Result<Received, StoreError> {
+        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
+    }
+
+    /// Conversations, newest activity first (see [`ConversationView`]). `viewer`: `None` sees
+    /// every conversation; `Some(key)` only those holding a message owned by that key.
+    async fn conversations(
+        &self,
+        _viewer: Option<&str>,
+        _page: Page<String>,
+    ) -> Result<Listed<ConversationView, String>, StoreError> {
+        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
+    }
+
+    /// A conversation's messages, oldest first (see [`ConversationMessage`]). `None` when there
+    /// is no such conversation or `viewer` may not see it (the same rule as
+    /// [`MessageStore::conversations`]).
+    async fn conversation_messages(
+        &self,
+        _id: i64,
+        _viewer: Option<&str>,
+        _page: Page<String>,
+    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
+        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
+    }
+
+    /// Whether the pair is opted out (asked before a message is accepted and before each of its
+    /// attempts).
+    async fn opted_out(&self, _key: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Recorded opt-outs, ordered by (channel, sender, recipient); the cursor is the last key.
+    async fn opt_outs(&self, _page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
+        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
+    }
+
+    /// Removes an opt-out; `false` when there was none.
+    async fn remove_opt_out(&self, _key: &OptOutKey) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
+    }
+
     /// A short description for logs (`memory://`, `sqlite://…`); never a password.
     fn describe(&self) -> String;
     /// Whether accepted messages survive a restart.
@@ -371,7 +435,7 @@ pub async fn open(
     Err(StoreError::UnsupportedUrl(redact_url(url)))
 }
 
-fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
@@ -387,14 +451,15 @@ mod failure_code_tests {
                 FailureCode::Rejected
                 | FailureCode::AttemptsExhausted
                 | FailureCode::NoRoute
-                | FailureCode::InternalError => {}
+                | FailureCode::InternalError
+                | FailureCode::OptedOut => {}
             }
             // …and reads back as itself, shown as stored.
             assert_eq!(FailureCode::from_stored(code.as_str()), code);
             assert_eq!(serde_json::to_value(code).ok(), Some(serde_json::json!(code.as_str())));
         }
         let names: Vec<&str> = FailureCode::ALL.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, ["rejected", "attempts_exhausted", "no_route", "internal_error"]);
+        assert_eq!(names, ["rejected", "attempts_exhausted", "no_route", "internal_error", "opted_out"]);
         assert_eq!(FailureCode::from_stored("from_a_newer_version"), FailureCode::InternalError);
     }
 }

@@ -407,7 +407,7 @@ impl MessageStore for PostgresStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at \
+            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at, direction, conversation_id \
              FROM messages WHERE id = $1",
         )
         .bind(id)

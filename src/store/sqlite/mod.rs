@@ -590,6 +590,7 @@ impl MessageStore for SqliteStore {
              THEN 'sending' ELSE status END AS status, \
              sender, recipient, attachments, \
              provider, provider_message_id, error_code, error_message, tags, owner, created_at, \
+             direction, conversation_id, \
              MAX(updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) AS updated_at \
              FROM messages m WHERE id = ?",
         )
