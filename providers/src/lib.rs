@@ -11,6 +11,7 @@ pub mod address;
 mod channel;
 mod email;
 pub mod http;
+pub mod inbound;
 mod message;
 mod registry;
 pub mod scrub;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::secret::is_secret;
+use crate::inbound::{Inbound, InboundError, InboundRequest};
 use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
 /// One configured provider instance, able to send messages. Object-safe: the service holds
@@ -29,6 +30,13 @@ pub trait Provider: Send + Sync + 'static {
     /// each of them in every encoding. Default: none.
     fn credentials_sent(&self) -> &SentCredentials {
         SentCredentials::none()
+    }
+
+    /// Takes in what the provider posts to `POST /v1/inbound/{kind}/{name}`: verifies the request
+    /// came from it, then parses its messages (see [`crate::inbound`]). Default: this kind takes
+    /// nothing in.
+    async fn receive(&self, _request: InboundRequest<'_>) -> Result<Inbound, InboundError> {
+        Err(InboundError::NotSupported)
     }
 }
 
