@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest body of a provider's own inbound request (`/v1/inbound/…`), in bytes: SendGrid posts
+    /// an email with its attachments (they are read and dropped, not stored).
+    #[arg(long, env = "SWITCHBOARD_MAX_INBOUND_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_inbound_body_bytes: usize,
     /// Finished messages the in-memory store keeps for status queries (oldest forgotten first).
     #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 20_000)]
     pub memory_retention: usize,
@@ -231,6 +235,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         grace_period: args.grace_period,
         body_limit: args.max_body_bytes,
+        inbound_body_limit: args.max_inbound_body_bytes,
         memory_retention: args.memory_retention,
         reload: WatchOptions {
             debounce: args.reload_debounce,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod health;
 pub mod http;
+pub mod inbound;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

@@ -79,6 +79,9 @@ pub struct Metrics {
     store_write_failures: Counter,
     orphans_picked_up: Counter,
     config_info: Family<VersionLabels, Gauge>,
+    inbound: Family<ChannelLabels, Counter>,
+    inbound_duplicates: Family<ChannelLabels, Counter>,
+    opt_outs: Family<ChannelLabels, Counter>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -110,6 +113,9 @@ impl Metrics {
         let store_write_failures = Counter::default();
         let orphans_picked_up = Counter::default();
         let config_info = Family::default();
+        let inbound = Family::default();
+        let inbound_duplicates = Family::default();
+        let opt_outs = Family::default();
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -178,8 +184,26 @@ impl Metrics {
             "Queued messages found in the store with no worker holding them, and dispatched",
             orphans_picked_up.clone(),
         );
+        registry.register(
+            "switchboard_inbound_messages",
+            "Inbound messages stored (webhooks and providers' own inbound URLs), by channel",
+            inbound.clone(),
+        );
+        registry.register(
+            "switchboard_inbound_duplicates",
+            "Inbound messages received again (a provider's redelivery): answered with the first id, not stored",
+            inbound_duplicates.clone(),
+        );
+        registry.register(
+            "switchboard_opt_outs",
+            "Opt-outs recorded (a STOP keyword from a pair not opted out yet), by channel family",
+            opt_outs.clone(),
+        );
         Metrics {
             registry,
+            inbound,
+            inbound_duplicates,
+            opt_outs,
             store_write_failures,
             orphans_picked_up,
             accepted,
@@ -247,6 +271,17 @@ impl Metrics {
         self.breaker_state.remove(&ProviderLabels { provider: provider.to_owned() });
     }
 
+    /// An inbound message on `channel`: stored, or a redelivery of one stored before.
+    pub fn inbound(&self, channel: &str, duplicate: bool) {
+        let counter = if duplicate { &self.inbound_duplicates } else { &self.inbound };
+        counter.get_or_create(&ChannelLabels { channel: channel.to_owned() }).inc();
+    }
+
+    /// An opt-out recorded on channel family `family`.
+    pub fn opted_out(&self, family: &str) {
+        self.opt_outs.get_or_create(&ChannelLabels { channel: family.to_owned() }).inc();
+    }
+
     pub fn possible_duplicate(&self) {
         self.possible_duplicates.inc();
     }
@@ -304,6 +339,9 @@ mod tests {
         metrics.reload("rejected");
         metrics.config_active(None, "aaa");
         metrics.config_active(Some("aaa"), "bbb");
+        metrics.inbound("mms", false);
+        metrics.inbound("sms", true);
+        metrics.opted_out("sms");
         let text = metrics.render();
         assert!(!text.contains("version=\"aaa\""), "{text}");
         assert!(text.contains("switchboard_config_last_reload_timestamp_seconds "), "{text}");
@@ -319,6 +357,9 @@ mod tests {
             "switchboard_config_reloads_total{result=\"rejected\"} 1",
             "switchboard_config_info{version=\"bbb\"} 1",
             "switchboard_possible_duplicates_total 0",
+            "switchboard_inbound_messages_total{channel=\"mms\"} 1",
+            "switchboard_inbound_duplicates_total{channel=\"sms\"} 1",
+            "switchboard_opt_outs_total{channel=\"sms\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -16,6 +16,7 @@ use crate::config::{self, render_human, Environment, Severity};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::guard::{Guard, RequestLimits};
 use crate::http::{router, AppState};
+use crate::inbound::Receiver;
 use crate::metrics::Metrics;
 use crate::reload::{spawn_watchers, Reloader, WatchOptions};
 use crate::routing::{self, Snapshot};
@@ -28,6 +29,7 @@ pub struct ServeOptions {
     pub dispatch: DispatchConfig,
     pub grace_period: Duration,
     pub body_limit: usize,
+    pub inbound_body_limit: usize,
     pub memory_retention: usize,
     pub reload: WatchOptions,
     /// `sqlite://PATH` or `memory://`.
@@ -128,12 +130,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
         snapshot,
         acceptor,
+        receiver: Receiver::new(Arc::clone(&store), Arc::clone(&metrics)),
         dispatcher: dispatcher.clone(),
         store: Arc::clone(&store),
         metrics,
         reloader,
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
+        inbound_body_limit: options.inbound_body_limit,
         guard: Guard::new(options.api_keys.clone(), &options.limits),
     });
 

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::secret::is_secret;
 use crate::inbound::{Inbound, InboundError, InboundRequest};
+use crate::secret::is_secret;
 use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
 /// One configured provider instance, able to send messages. Object-safe: the service holds

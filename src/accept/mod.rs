@@ -1,6 +1,6 @@
 //! Accepting a message: the one operation every way in goes through (the send endpoints today,
 //! inbound messages next). Against one snapshot of the active config it runs, in order:
-//! route → destination limits → idempotency → insert → queue, and says what it did or why not
+//! route → destination limits → opt-outs → idempotency → insert → queue, and says what it did or why not
 //! with a typed [`AcceptError`]. The HTTP layer only parses before it and maps its answer to a
 //! status after it.
 
@@ -18,7 +18,7 @@ pub use destination::{check_country, RecipientCounts, Refusal};
 use crate::dispatch::{Dispatcher, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, Snapshot};
-use crate::store::{IdempotencyKey, Inserted, MessageStore};
+use crate::store::{IdempotencyKey, Inserted, MessageStore, OptOutKey};
 
 /// A message to accept, with who sends it and the idempotency key it came with.
 #[derive(Debug)]
@@ -50,6 +50,9 @@ pub enum AcceptError {
     NoRoute(#[from] NoRoute),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The recipient opted out of messages from this sender (an inbound `STOP`).
+    #[error("{}", crate::store::conversation::OPTED_OUT)]
+    OptedOut,
     /// A request with the same idempotency key is being answered right now.
     #[error("a request with this idempotency key is still being answered")]
     KeyInFlight,
@@ -124,6 +127,12 @@ impl Acceptor {
             None => None,
         };
         destination::check_country(&route.config, &message.to)?;
+        let pair = OptOutKey::of(channel, &message.from, &message.to);
+        match self.store.opted_out(&pair).await {
+            Ok(false) => {}
+            Ok(true) => return self.replay_or(key.as_ref(), AcceptError::OptedOut).await,
+            Err(error) => return Err(SubmitError::Store(error).into()),
+        }
         let reserved = match self.recipients.reserve(&route.config, &message.to, SystemTime::now()) {
             Ok(reserved) => reserved,
             Err(refusal) => return self.replay_or(key.as_ref(), refusal).await,

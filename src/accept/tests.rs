@@ -109,6 +109,7 @@ fn outcome(result: &Result<Accepted, AcceptError>, earlier: &[Option<String>]) -
         Err(AcceptError::Refused(Refusal::CountryNotAllowed { .. })) => "country_not_allowed".into(),
         Err(AcceptError::Refused(Refusal::RecipientRateLimited { .. })) => "recipient_rate_limited".into(),
         Err(AcceptError::KeyInFlight) => "key_in_flight".into(),
+        Err(AcceptError::OptedOut) => "opted_out".into(),
         Err(AcceptError::Submit(SubmitError::KeyReused)) => "key_reused".into(),
         Err(AcceptError::Submit(SubmitError::QueueFull)) => "queue_full".into(),
         Err(AcceptError::Submit(SubmitError::ShuttingDown)) => "shutting_down".into(),

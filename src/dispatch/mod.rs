@@ -20,9 +20,10 @@ use tokio::task::JoinHandle;
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, ProviderHandle, Snapshot};
+use crate::store::conversation::OPTED_OUT;
 use crate::store::{
-    Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, Outcome, Pending,
-    QueuePosition, Status, StoreError,
+    Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, OptOutKey, Outcome,
+    Pending, QueuePosition, Status, StoreError,
 };
 
 /// How long a provider that answered 429 without Retry-After is left alone.
@@ -33,6 +34,8 @@ const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 const CLAIM_BATCH: usize = 256;
 /// How soon to look again when every half-open probe slot is taken.
 const PROBE_RECHECK: Duration = Duration::from_millis(50);
+/// How soon a message whose opt-out could not be checked (the store failing) is tried again.
+const OPT_OUT_RECHECK: Duration = Duration::from_secs(1);
 /// How often the store's queue is compared with what this process holds.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// Queue entries read per page of a sweep, and pages per sweep at most.
@@ -578,9 +581,25 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let mut next_available: Option<Instant> = None;
     let mut attempted = false;
     let plan = route.plan(&job.message, job.round, Instant::now());
+    let pair = OptOutKey::of(channel.as_str(), &job.message.from, &job.message.to);
     for handle in &plan {
         if job.attempts >= max_attempts {
             break;
+        }
+        // Asked before every attempt, failovers included: an opt-out recorded while the message
+        // waited (or between two providers) ends it unsent.
+        match shared.store.opted_out(&pair).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let failure = Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() };
+                finish(shared, job, Final::Failed { provider: None, failure }, None).await;
+                return Round::Done;
+            }
+            Err(error) => {
+                // Not known to be allowed: not sent now, asked again after a pause.
+                tracing::warn!(message_id = %job.message.id, error = %error, "could not check the recipient's opt-out; retrying later");
+                return Round::Retry(OPT_OUT_RECHECK);
+            }
         }
         let now = Instant::now();
         if let Some(until) = handle.health().pause.paused_until(now) {

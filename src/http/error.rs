@@ -10,6 +10,7 @@ use crate::dispatch::SubmitError;
 use crate::http::guard::MAX_HEADERS;
 use crate::reload::Outcome;
 use crate::routing::NoRoute;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -25,6 +26,10 @@ pub enum ApiError {
         message: String,
     },
     UnsupportedMediaType,
+    /// A provider's inbound request not in the content type the provider sends.
+    WrongMediaType {
+        expected: &'static str,
+    },
     /// A `Content-Encoding` other than `identity`: bodies are not decompressed.
     UnsupportedEncoding,
     PayloadTooLarge {
@@ -51,6 +56,10 @@ pub enum ApiError {
     },
     /// A destination limit (country allow-list, per-recipient cap) refused the message.
     Refused(Refusal),
+    /// The recipient opted out of messages from the sender.
+    OptedOut,
+    /// A provider's inbound request whose signature or secret is missing or wrong.
+    InvalidSignature(String),
     /// More headers than [`MAX_HEADERS`], or more than `limit` bytes of them.
     HeadersTooLarge {
         limit: usize,
@@ -117,21 +126,21 @@ impl ApiError {
             | ApiError::DuplicateField { .. }
             | ApiError::InvalidField { .. }
             | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
+            ApiError::UnsupportedMediaType
+            | ApiError::WrongMediaType { .. }
+            | ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoRoute(_) | ApiError::QueueFull | ApiError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyReused | ApiError::OptedOut => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::Refused(Refusal::CountryNotAllowed { .. }) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::Forbidden
+            | ApiError::InvalidSignature(_)
+            | ApiError::Refused(Refusal::CountryNotAllowed { .. }) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } | ApiError::Refused(Refusal::RecipientRateLimited { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -148,7 +157,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::DuplicateField { .. } => "duplicate_field",
             ApiError::InvalidField { .. } => "invalid_field",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedMediaType | ApiError::WrongMediaType { .. } => "unsupported_media_type",
             ApiError::UnsupportedEncoding => "unsupported_content_encoding",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound => "not_found",
@@ -163,6 +172,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Refused(Refusal::CountryNotAllowed { .. }) => "country_not_allowed",
             ApiError::Refused(Refusal::RecipientRateLimited { .. }) => "recipient_rate_limited",
+            ApiError::OptedOut => "recipient_opted_out",
+            ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::MalformedRequest => "malformed_request",
@@ -181,6 +192,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 "send the body as JSON with `Content-Type: application/json`".into()
             }
+            ApiError::WrongMediaType { expected } => format!("expected a {expected} body"),
             ApiError::UnsupportedEncoding => {
                 "send the body uncompressed: `Content-Encoding` may only be `identity`".into()
             }
@@ -209,6 +221,8 @@ impl ApiError {
                 "this API key's send rate is used up; retry after the pause".into()
             }
             ApiError::Refused(refusal) => refusal.to_string(),
+            ApiError::OptedOut => AcceptError::OptedOut.to_string(),
+            ApiError::InvalidSignature(reason) => format!("the request's signature was refused: {reason}"),
             ApiError::HeadersTooLarge { limit } => {
                 format!("the request has more than {MAX_HEADERS} headers or more than {limit} bytes of them")
             }
@@ -233,9 +247,18 @@ impl From<AcceptError> for ApiError {
             AcceptError::UnknownChannel(_) => ApiError::invalid("channel", error.to_string()),
             AcceptError::NoRoute(no_route) => ApiError::NoRoute(no_route),
             AcceptError::Refused(refusal) => ApiError::Refused(refusal),
+            AcceptError::OptedOut => ApiError::OptedOut,
             AcceptError::KeyInFlight => ApiError::KeyInFlight,
             AcceptError::Submit(error) => error.into(),
         }
+    }
+}
+
+/// A store read or write outside sending failed: 503, the cause in the service log.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = %error, "the message store failed a request");
+        ApiError::StoreUnavailable
     }
 }
 
@@ -257,7 +280,7 @@ impl ApiError {
     fn body(&self) -> Body<'_> {
         let field = match self {
             ApiError::InvalidField { field, .. } | ApiError::DuplicateField { field } => Some(field.as_str()),
-            ApiError::Refused(_) => Some("to"),
+            ApiError::Refused(_) | ApiError::OptedOut => Some("to"),
             _ => None,
         };
         Body { error: Detail { code: self.code(), message: self.message(), field } }

@@ -95,6 +95,9 @@ impl Guard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Public,
+    /// A provider's own inbound URL: proven by the provider's signature or secret (checked by
+    /// its kind), not by an API key; counted against the concurrency cap like any request.
+    Provider,
     AnyKey,
     Admin,
 }
@@ -104,6 +107,8 @@ fn access(path: &str, metrics_public: bool) -> Access {
         "/healthz" | "/readyz" => Access::Public,
         "/metrics" if metrics_public => Access::Public,
         _ if path == "/admin" || path.starts_with("/admin/") => Access::Admin,
+        _ if path == "/v1/opt-outs" || path.starts_with("/v1/opt-outs/") => Access::Admin,
+        _ if path.starts_with("/v1/inbound/") => Access::Provider,
         // /api, /v1, /metrics, and unknown paths (no probing for routes without a key).
         _ => Access::AnyKey,
     }
@@ -172,6 +177,7 @@ fn authenticate(keys: &ApiKeys, headers: &HeaderMap, access: Access) -> Result<C
     let key = token.and_then(|token| keys.authenticate(token));
     match (access, key) {
         (Access::Public, key) => Ok(Caller { key: key.map(|k| Arc::clone(&k.name)), admin: false }),
+        (Access::Provider, _) => Ok(Caller { key: None, admin: false }),
         (_, None) => Err(ApiError::Unauthorized { missing: token.is_none() }),
         (Access::Admin, Some(key)) if !key.admin => Err(ApiError::Forbidden),
         (_, Some(key)) => Ok(Caller { key: Some(Arc::clone(&key.name)), admin: key.admin }),
@@ -231,6 +237,17 @@ mod tests {
         check("/admin/reload", Some("Bearer k-ops"), Ok((Some("ops"), true)));
         check("/admin/routes", None, Err("unauthorized"));
         check("/nowhere", None, Err("unauthorized"));
+        check("/api/webhooks/sms", None, Err("unauthorized"));
+        check("/api/webhooks/email", Some("Bearer k-app"), Ok((Some("app"), false)));
+        check("/api/conversations", None, Err("unauthorized"));
+        check("/api/conversations/1/messages", Some("Bearer k-app"), Ok((Some("app"), false)));
+        check("/v1/opt-outs", Some("Bearer k-app"), Err("forbidden"));
+        check("/v1/opt-outs/sms/+1555/+1666", Some("Bearer k-app"), Err("forbidden"));
+        check("/v1/opt-outs", Some("Bearer k-ops"), Ok((Some("ops"), true)));
+        check("/v1/opt-outsx", None, Err("unauthorized"));
+        // A provider's inbound URL needs no key (its signature is checked) and gives none.
+        check("/v1/inbound/twilio/tw", None, Ok((None, false)));
+        check("/v1/inbound/twilio/tw", Some("Bearer k-ops"), Ok((None, false)));
     }
 
     fn check_request(uri: &str, headers: &[(&str, &str)], expected: Result<(), &str>) {

@@ -1,8 +1,11 @@
-//! The HTTP API (contract: specs/http-api.md): send endpoints, message status, health, metrics
-//! and the admin view of the active routing snapshot.
+//! The HTTP API (contract: specs/http-api.md): send endpoints, message status, inbound webhooks
+//! and conversations, opt-outs, health, metrics and the admin view of the active routing
+//! snapshot.
 
+mod conversations;
 mod error;
 pub mod guard;
+mod inbound;
 pub mod payload;
 pub mod server;
 
@@ -26,6 +29,7 @@ use payload::Endpoint;
 
 use crate::accept::{Accepted, Acceptor, Submission};
 use crate::dispatch::Dispatcher;
+use crate::inbound::Receiver;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
 use crate::routing::Snapshot;
@@ -37,6 +41,8 @@ use sha2::{Digest, Sha256};
 pub struct AppState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub acceptor: Acceptor,
+    /// Stores what comes in (webhooks, providers' inbound URLs) and manages opt-outs.
+    pub receiver: Receiver,
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
@@ -45,6 +51,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Largest body of a provider's own inbound request (an email with its attachments).
+    pub inbound_body_limit: usize,
     /// API keys and request limits.
     pub guard: Guard,
 }
@@ -55,6 +63,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/messages/email", post(legacy_email))
         .route("/v1/messages", post(native))
         .route("/v1/messages/{id}", get(get_message))
+        .route("/api/webhooks/sms", post(inbound::webhook_sms))
+        .route("/api/webhooks/email", post(inbound::webhook_email))
+        .route("/v1/inbound/{kind}/{provider}", post(inbound::provider_inbound))
+        .route("/api/conversations", get(conversations::list))
+        .route("/api/conversations/{id}/messages", get(conversations::messages))
+        .route("/v1/opt-outs", get(conversations::opt_outs))
+        .route(
+            "/v1/opt-outs/{channel}/{sender}/{recipient}",
+            axum::routing::delete(conversations::remove_opt_out),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -6,7 +6,10 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::time::SystemTime;
 use switchboard_providers::address::{is_email, is_phone};
+
+use switchboard_providers::inbound::Incoming;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::error::ApiError;
@@ -19,6 +22,8 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_TAGS: usize = 20;
 const MAX_TAG_LEN: usize = 64;
 const MAX_SUBJECT_CHARS: usize = 998;
+/// The longest provider message id (`messaging_provider_id`, `xillio_id`) accepted.
+const MAX_PROVIDER_ID_CHARS: usize = 255;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -62,6 +67,110 @@ struct Native {
     tags: Option<Vec<String>>,
 }
 
+/// The generic inbound webhooks of the messaging-service contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Webhook {
+    /// `POST /api/webhooks/sms`
+    Sms,
+    /// `POST /api/webhooks/email`
+    Email,
+}
+
+#[derive(Deserialize)]
+struct WebhookSms {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    messaging_provider_id: Option<String>,
+    body: Option<String>,
+    attachments: Option<Vec<String>>,
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WebhookEmail {
+    from: Option<String>,
+    to: Option<String>,
+    xillio_id: Option<String>,
+    subject: Option<String>,
+    body: Option<String>,
+    attachments: Option<Vec<String>>,
+    timestamp: Option<String>,
+}
+
+/// Parses and validates an inbound webhook's body: the same field rules as a send (addresses,
+/// body, attachments, sizes), plus the provider's message id, which makes a redelivery the same
+/// message.
+pub fn parse_webhook(webhook: Webhook, body: &[u8]) -> Result<Incoming, ApiError> {
+    if let Some(field) = repeated_key(body) {
+        return Err(ApiError::DuplicateField { field });
+    }
+    let (message, id_field, provider_id, timestamp) = match webhook {
+        Webhook::Sms => {
+            let p: WebhookSms = from_json(body)?;
+            let message = OutboundMessage {
+                id: String::new(),
+                channel: sms_type(p.kind.as_deref())?,
+                from: required("from", p.from)?,
+                to: required("to", p.to)?,
+                subject: None,
+                body: required("body", p.body)?,
+                attachments: p.attachments.unwrap_or_default(),
+                tags: Vec::new(),
+            };
+            (message, "messaging_provider_id", p.messaging_provider_id, p.timestamp)
+        }
+        Webhook::Email => {
+            let p: WebhookEmail = from_json(body)?;
+            let message = OutboundMessage {
+                id: String::new(),
+                channel: Channel::EMAIL,
+                from: required("from", p.from)?,
+                to: required("to", p.to)?,
+                subject: p.subject,
+                body: required("body", p.body)?,
+                attachments: p.attachments.unwrap_or_default(),
+                tags: Vec::new(),
+            };
+            (message, "xillio_id", p.xillio_id, p.timestamp)
+        }
+    };
+    let timestamp = check_timestamp(timestamp.as_deref())?;
+    validate(&message)?;
+    let provider_message_id = required(id_field, provider_id)?;
+    if provider_message_id.trim().is_empty()
+        || provider_message_id.chars().count() > MAX_PROVIDER_ID_CHARS
+        || provider_message_id.contains(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            id_field,
+            format!("`{id_field}` must be 1 to {MAX_PROVIDER_ID_CHARS} printable characters"),
+        ));
+    }
+    Ok(Incoming {
+        channel: message.channel,
+        from: message.from,
+        to: message.to,
+        subject: message.subject,
+        body: message.body,
+        attachments: message.attachments,
+        provider_message_id,
+        timestamp,
+    })
+}
+
+/// The channel a messaging-service `type` names: `sms` (the default) or `mms`.
+fn sms_type(kind: Option<&str>) -> Result<Channel, ApiError> {
+    match kind {
+        None | Some("sms") => Ok(Channel::SMS),
+        Some("mms") => Ok(Channel::MMS),
+        Some(other) => {
+            Err(ApiError::invalid("type", format!("`type` must be \"sms\" or \"mms\", got {other:?}")))
+        }
+    }
+}
+
 /// Parses and validates a body for `endpoint` into the message to accept under `id`. Whether
 /// the channel is one anything serves is for accepting to say (`crate::accept`).
 pub fn parse(endpoint: Endpoint, body: &[u8], id: String) -> Result<OutboundMessage, ApiError> {
@@ -72,19 +181,9 @@ pub fn parse(endpoint: Endpoint, body: &[u8], id: String) -> Result<OutboundMess
         Endpoint::LegacySms => {
             let p: LegacySms = from_json(body)?;
             check_timestamp(p.timestamp.as_deref())?;
-            let channel = match p.kind.as_deref() {
-                None | Some("sms") => Channel::SMS,
-                Some("mms") => Channel::MMS,
-                Some(other) => {
-                    return Err(ApiError::invalid(
-                        "type",
-                        format!("`type` must be \"sms\" or \"mms\", got {other:?}"),
-                    ))
-                }
-            };
             OutboundMessage {
                 id,
-                channel,
+                channel: sms_type(p.kind.as_deref())?,
                 from: required("from", p.from)?,
                 to: required("to", p.to)?,
                 subject: None,
@@ -256,14 +355,18 @@ fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid(field, format!("`{field}` is required")))
 }
 
-fn check_timestamp(timestamp: Option<&str>) -> Result<(), ApiError> {
-    match timestamp {
-        Some(t) if humantime::parse_rfc3339_weak(t).is_err() => Err(ApiError::invalid(
-            "timestamp",
-            format!("`timestamp` must be an RFC 3339 date-time, got {t:?}"),
-        )),
-        _ => Ok(()),
-    }
+/// The contract's `timestamp`, when given: an RFC 3339 date-time.
+fn check_timestamp(timestamp: Option<&str>) -> Result<Option<SystemTime>, ApiError> {
+    timestamp
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t).map_err(|_| {
+                ApiError::invalid(
+                    "timestamp",
+                    format!("`timestamp` must be an RFC 3339 date-time, got {t:?}"),
+                )
+            })
+        })
+        .transpose()
 }
 
 fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
@@ -535,6 +638,86 @@ mod tests {
             Err(("invalid_field", Some("channel"))),
         );
         check_body(Native, &native.replace("[\"otp\"]", "[\"\"]"), Err(("invalid_field", Some("tags"))));
+    }
+
+    fn check_webhook(webhook: Webhook, body: &str, expected: Result<(&str, &str), (&str, Option<&str>)>) {
+        let got = parse_webhook(webhook, body.as_bytes()).map_err(|e| match e {
+            ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
+            ApiError::DuplicateField { field } => ("duplicate_field", Some(field)),
+            other => (other.code(), None),
+        });
+        let got = got
+            .as_ref()
+            .map(|m| (m.channel.as_str(), m.provider_message_id.as_str()))
+            .map_err(|(c, f)| (*c, f.as_deref()));
+        assert_eq!(got, expected, "{body}");
+    }
+
+    #[test]
+    fn webhooks() {
+        use Webhook::*;
+        let sms = r#"{"from":"+18045551234","to":"+12016661234","type":"sms","messaging_provider_id":"message-1","body":"text message","attachments":null,"timestamp":"2024-11-01T14:00:00Z"}"#;
+        check_webhook(Sms, sms, Ok(("sms", "message-1")));
+        let mms = sms.replace("\"sms\"", "\"mms\"").replace("null", "[\"https://example.com/a.png\"]");
+        check_webhook(Sms, &mms, Ok(("mms", "message-1")));
+        check_webhook(Sms, &sms.replace("\"sms\"", "\"mms\""), Err(("invalid_field", Some("attachments"))));
+        check_webhook(
+            Sms,
+            &sms.replace("\"message-1\"", "\"\""),
+            Err(("invalid_field", Some("messaging_provider_id"))),
+        );
+        check_webhook(
+            Sms,
+            &sms.replace("\"message-1\"", "7"),
+            Err(("invalid_field", Some("messaging_provider_id"))),
+        );
+        check_webhook(
+            Sms,
+            &sms.replace("\"messaging_provider_id\":\"message-1\",", ""),
+            Err(("invalid_field", Some("messaging_provider_id"))),
+        );
+        check_webhook(
+            Sms,
+            &sms.replace("message-1", &"x".repeat(256)),
+            Err(("invalid_field", Some("messaging_provider_id"))),
+        );
+        check_webhook(
+            Sms,
+            &sms.replace("+18045551234", "not-a-number"),
+            Err(("invalid_field", Some("from"))),
+        );
+        check_webhook(
+            Sms,
+            &sms.replace("2024-11-01T14:00:00Z", "soon"),
+            Err(("invalid_field", Some("timestamp"))),
+        );
+        check_webhook(Sms, &sms.replace("\"sms\"", "\"fax\""), Err(("invalid_field", Some("type"))));
+        check_webhook(Sms, &sms.replace("\"text message\"", "\"\""), Err(("invalid_field", Some("body"))));
+        check_webhook(
+            Sms,
+            &sms.replace("\"to\":", "\"from\":\"+1\",\"to\":"),
+            Err(("duplicate_field", Some("from"))),
+        );
+        check_webhook(Sms, "[]", Err(("invalid_json", None)));
+        let email = r#"{"from":"contact@gmail.com","to":"user@usehatchapp.com","xillio_id":"message-2","body":"<html><body>html is <b>allowed</b> here </body></html>","attachments":["https://example.com/a.pdf"],"timestamp":"2024-11-01T14:00:00Z"}"#;
+        check_webhook(Email, email, Ok(("email", "message-2")));
+        check_webhook(
+            Email,
+            &email.replace("contact@gmail.com", "contact"),
+            Err(("invalid_field", Some("from"))),
+        );
+        check_webhook(
+            Email,
+            &email.replace("\"message-2\"", "null"),
+            Err(("invalid_field", Some("xillio_id"))),
+        );
+        check_webhook(
+            Email,
+            &email.replace("https://example.com/a.pdf", "ftp://x/a"),
+            Err(("invalid_field", Some("attachments"))),
+        );
+        let parsed = parse_webhook(Sms, sms.as_bytes()).ok().and_then(|m| m.timestamp);
+        assert_eq!(parsed, humantime::parse_rfc3339_weak("2024-11-01T14:00:00Z").ok());
     }
 
     #[test]

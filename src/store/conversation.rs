@@ -108,6 +108,11 @@ impl OptOutKey {
     }
 }
 
+/// Why a message to an opted-out pair is refused (422 `recipient_opted_out`) or ends failed
+/// (`opted_out`).
+pub const OPTED_OUT: &str =
+    "the recipient opted out of messages from this sender (they replied STOP; a START from them lifts it)";
+
 /// What an inbound message's body does to the opt-out of its pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptChange {
@@ -251,7 +256,11 @@ pub struct OptOut {
 
 impl OptOut {
     pub fn key(&self) -> OptOutKey {
-        OptOutKey { family: self.channel.clone(), sender: self.sender.clone(), recipient: self.recipient.clone() }
+        OptOutKey {
+            family: self.channel.clone(),
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+        }
     }
 }
 
@@ -261,7 +270,11 @@ mod tests {
 
     fn check(channel: &str, from: &str, to: &str, expected: (&str, &str, &str)) {
         let key = ConversationKey::of(channel, from, to);
-        assert_eq!((key.family.as_str(), key.low.as_str(), key.high.as_str()), expected, "{channel} {from} {to}");
+        assert_eq!(
+            (key.family.as_str(), key.low.as_str(), key.high.as_str()),
+            expected,
+            "{channel} {from} {to}"
+        );
         assert_eq!(ConversationKey::of(channel, to, from), key, "unordered: {channel} {to} {from}");
     }
 
@@ -270,7 +283,12 @@ mod tests {
         check("sms", "+12016661234", "+18045551234", ("sms", "+12016661234", "+18045551234"));
         check("mms", "+18045551234", "+12016661234", ("sms", "+12016661234", "+18045551234"));
         check("sms", " +1 (201) 666-1234 ", "12345", ("sms", "+12016661234", "12345"));
-        check("email", "User@UseHatchApp.com", "contact@gmail.com", ("email", "contact@gmail.com", "user@usehatchapp.com"));
+        check(
+            "email",
+            "User@UseHatchApp.com",
+            "contact@gmail.com",
+            ("email", "contact@gmail.com", "user@usehatchapp.com"),
+        );
         check("pager", " a ", "B", ("pager", "B", "a"));
         assert_ne!(ConversationKey::of("sms", "+1", "+2"), ConversationKey::of("email", "+1", "+2"));
     }
@@ -278,7 +296,10 @@ mod tests {
     #[test]
     fn opt_out_keys_are_directed() {
         let key = OptOutKey::of("mms", "+15550001111", "+15550002222");
-        assert_eq!((key.family.as_str(), key.sender.as_str(), key.recipient.as_str()), ("sms", "+15550001111", "+15550002222"));
+        assert_eq!(
+            (key.family.as_str(), key.sender.as_str(), key.recipient.as_str()),
+            ("sms", "+15550001111", "+15550002222")
+        );
         assert_ne!(key, OptOutKey::of("sms", "+15550002222", "+15550001111"));
     }
 

@@ -1,0 +1,95 @@
+//! Messages coming in: the contract's generic webhooks (`POST /api/webhooks/sms|email`, JSON,
+//! an API key when keys are on) and the providers' own inbound URLs
+//! (`POST /v1/inbound/{kind}/{provider}`, in the provider's format, proven by its signature or
+//! secret instead of an API key). Both hand what they parsed to [`crate::inbound::Receiver`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use switchboard_providers::inbound::{InboundError, InboundRequest};
+
+use super::guard::Caller;
+use super::payload::{self, Webhook};
+use super::{is_json, read_body, ApiError, AppState};
+use crate::store::Received;
+
+/// The answer to a generic webhook.
+#[derive(Serialize)]
+struct ReceivedBody<'a> {
+    id: &'a str,
+    conversation_id: i64,
+    status: &'static str,
+    channel: &'a str,
+}
+
+pub async fn webhook_sms(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    webhook(&state, Webhook::Sms, request).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn webhook_email(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    webhook(&state, Webhook::Email, request).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// 200 with the stored (or, for a redelivery, the first) message's id and its conversation.
+async fn webhook(state: &AppState, webhook: Webhook, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller { key: None, admin: false });
+    if !is_json(&parts.headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes =
+        tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, state.body_limit))
+            .await
+            .map_err(|_| ApiError::RequestTimeout)??;
+    let incoming = payload::parse_webhook(webhook, &bytes)?;
+    let channel = incoming.channel.clone();
+    let Received { id, conversation_id, .. } =
+        state.receiver.receive(incoming, None, caller.key.as_deref()).await?;
+    let body = ReceivedBody { id: &id, conversation_id, status: "received", channel: channel.as_str() };
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// `POST /v1/inbound/{kind}/{provider}`: `provider` must be a provider of `kind` in the active
+/// config (else 404); its kind verifies and parses the request, and says what to answer.
+pub async fn provider_inbound(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    request: Request,
+) -> Response {
+    let Ok(Path((kind, name))) = path else { return ApiError::NotFound.into_response() };
+    receive(&state, &kind, &name, request).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> Result<Response, ApiError> {
+    let snapshot = state.snapshot.load_full();
+    let handle = snapshot.provider(name).filter(|h| h.config.kind.kind == kind).ok_or(ApiError::NotFound)?;
+    let (parts, body) = request.into_parts();
+    let limit = state.inbound_body_limit;
+    let bytes = tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
+    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
+    let inbound = handle.instance().receive(request).await.map_err(|error| match error {
+        InboundError::NotSupported => ApiError::NotFound,
+        InboundError::InvalidSignature(reason) => {
+            tracing::warn!(provider = name, kind, reason, "inbound request refused: signature");
+            ApiError::InvalidSignature(reason)
+        }
+        InboundError::Invalid { field, message } => ApiError::InvalidField { field, message },
+        InboundError::UnsupportedMediaType { expected } => ApiError::WrongMediaType { expected },
+    })?;
+    // Stored one by one: a redelivery of the whole request finds those stored and stores the rest.
+    for message in inbound.messages {
+        state.receiver.receive(message, Some(name), None).await?;
+    }
+    let mut response = (StatusCode::OK, inbound.answer).into_response();
+    let content_type =
+        HeaderValue::from_str(inbound.content_type).unwrap_or(HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    Ok(response)
+}
