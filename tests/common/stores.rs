@@ -316,3 +316,45 @@ fn wait_final_within(server: &Server, id: &str, limit: Duration) -> serde_json::
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A database created for one test, dropped (with its connections) when the test ends.
+pub struct TestDatabase {
+    pub admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+            }
+        });
+    }
+}
+
+/// A fresh database on the test server; panics without one (a PostgreSQL test never passes
+/// without having run).
+pub fn fresh_database(name: &str) -> TestDatabase {
+    let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(!admin.trim().is_empty(), "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let database = format!("sb_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    runtime.block_on(async {
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| panic!("cannot reach {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+    });
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+    TestDatabase { url: format!("{base}/{database}"), admin, name: database }
+}
