@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
 # measured in the same run with the kit in ../shared/bench. Usage:
-#   [STORE=memory|sqlite|postgres] [PROVIDER=mock|twilio] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+#   [STORE=memory|sqlite|postgres] [PROVIDER=mock|twilio] [TARGET=send|inbound] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
 # STORE=sqlite uses a fresh database file per run (in a temp dir); STORE=postgres a fresh
 # database per run on PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # PROVIDER=twilio sends through the `twilio` kind to the kit's mock_provider (base_url) and
 # compares with the ceiling in MODE=forward (which POSTs each message to the same mock);
 # the default sends through the repo's routes.toml (mock kind) against MODE=accept.
+# TARGET=inbound posts inbound SMS webhooks (`/api/webhooks/sms`, each with its own provider
+# message id: benches/inbound.lua) and compares stored inbound messages/s with the ceiling in
+# MODE=accept fed the same bodies.
 # Pins each server to core 0 and wrk (and the mock provider) to core 1; prints one line per
 # run and the medians.
 # Needs: wrk, curl, taskset, bc, cargo, 2 cores; psql for STORE=postgres; and the bench kit
@@ -29,6 +32,10 @@ case ${STORE:-memory} in
   memory|sqlite) ;;
   postgres) need psql "apt-get install -y postgresql-client   (STORE=postgres creates a database per run on PG_ADMIN_URL)" ;;
   *) missing+=("STORE=${STORE}: use STORE=memory, sqlite or postgres") ;;
+esac
+case ${TARGET:-send} in
+  send|inbound) ;;
+  *) missing+=("TARGET=${TARGET}: use TARGET=send or inbound") ;;
 esac
 case ${PROVIDER:-mock} in
   mock|twilio) ;;
@@ -80,6 +87,22 @@ TOML
   sb_env=(TWILIO_AUTH_TOKEN=bench-token)
 fi
 
+sb_path=/api/messages/sms; accepted_metric=switchboard_messages_accepted_total
+# One measured wrk run against URL: the kit's load.sh, or for TARGET=inbound the same with
+# benches/inbound.lua (unique provider ids per request).
+load() {
+  if [[ ${TARGET:-send} == inbound ]]; then
+    local pin=(taskset -c 1)
+    [[ ${WARMUP:-2} != 0 ]] && "${pin[@]}" wrk -t1 -c"$2" -d"${WARMUP:-2}s" -s "$root/benches/inbound.lua" "$1" >/dev/null
+    "${pin[@]}" wrk -t1 -c"$2" -d"$3s" --latency -s "$root/benches/inbound.lua" "$1" | sed -n 's/^RESULT //p'
+  else
+    WRK_CPUS=1 "$kit/load.sh" "$1" "$body" "$2" "$3"
+  fi
+}
+if [[ ${TARGET:-send} == inbound ]]; then
+  sb_path=/api/webhooks/sms; accepted_metric=switchboard_inbound_messages_total
+fi
+
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -89,7 +112,7 @@ declare -a c_rps sb_rps sb_p50 sb_p99 sb_acc sb_del sb_rss c_p50 c_p99
 for run in $(seq "$runs"); do
   PORT=$ceiling_port MODE=$ceiling_mode taskset -c 0 "$bin/ceiling" >/dev/null 2>&1 & pids+=($!); cpid=$!
   wait_port $ceiling_port
-  line=$(WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$ceiling_port/api/messages/sms" "$body" "$conns" "$secs")
+  line=$(load "http://127.0.0.1:$ceiling_port/api/messages/sms" "$conns" "$secs")
   kill $cpid; wait $cpid 2>/dev/null || true
   c_rps+=("$(field rps "$line")"); c_p50+=("$(field p50_ms "$line")"); c_p99+=("$(field p99_ms "$line")")
   echo "ceiling     run $run: $line"
@@ -104,10 +127,10 @@ for run in $(seq "$runs"); do
   fi
   (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$sb_bin" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
-  WARMUP=2 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" 1 >/dev/null
-  a0=$(counter switchboard_messages_accepted_total); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
-  line=$(WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "http://127.0.0.1:$sb_port/api/messages/sms" "$body" "$conns" "$secs")
-  a1=$(counter switchboard_messages_accepted_total); d1=$(counter switchboard_messages_completed_total); t1=$(date +%s.%N)
+  WARMUP=2 load "http://127.0.0.1:$sb_port$sb_path" "$conns" 1 >/dev/null
+  a0=$(counter $accepted_metric); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
+  line=$(WARMUP=0 load "http://127.0.0.1:$sb_port$sb_path" "$conns" "$secs")
+  a1=$(counter $accepted_metric); d1=$(counter switchboard_messages_completed_total); t1=$(date +%s.%N)
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
   kill -TERM $spid; wait $spid 2>/dev/null || true
   [[ -n ${db_dir:-} ]] && rm -rf "$db_dir"
@@ -122,7 +145,7 @@ done
 m() { printf '%s\n' "$@" | median; }
 cr=$(m "${c_rps[@]}"); sr=$(m "${sb_rps[@]}"); sa=$(m "${sb_acc[@]}"); sd=$(m "${sb_del[@]}")
 # Answers that were not 202 (e.g. queue_full) are not accepted messages: the ratio uses accepted/s.
-printf '\nmedians of %s runs, %s connections, %ss each, store %s, provider %s, ceiling %s\n' "$runs" "$conns" "$secs" "${STORE:-memory}" "${PROVIDER:-mock}" "$ceiling_mode"
+printf '\nmedians of %s runs, %s connections, %ss each, target %s, store %s, provider %s, ceiling %s\n' "$runs" "$conns" "$secs" "${TARGET:-send}" "${STORE:-memory}" "${PROVIDER:-mock}" "$ceiling_mode"
 printf 'ceiling:     %.0f req/s  p50 %s ms  p99 %s ms\n' "$cr" "$(m "${c_p50[@]}")" "$(m "${c_p99[@]}")"
 printf 'switchboard: %.0f req/s  p50 %s ms  p99 %s ms  accepted %.0f/s  delivered %.0f/s  peak RSS %.1f MB\n' \
   "$sr" "$(m "${sb_p50[@]}")" "$(m "${sb_p99[@]}")" "$sa" "$sd" "$(echo "$(m "${sb_rss[@]}") / 1024" | bc -l)"
