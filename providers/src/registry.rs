@@ -433,7 +433,7 @@ mod secret_settings_tests {
     #[test]
     fn built_in_kinds() {
         check("mock", &[]);
-        check("sendgrid", &["api_key"]);
+        check("sendgrid", &["api_key", "inbound_secret"]);
         check("smtp", &["password"]);
         check("twilio", &["auth_token"]);
         check("webhook", &["secret"]);
@@ -509,7 +509,7 @@ mod secret_settings_tests {
     async fn every_secret_setting_is_scrubbed_from_answers() {
         const MARKER: &str = "marker-secret-0123456789";
         let samples = [
-            ("sendgrid", json!({"api_key": MARKER})),
+            ("sendgrid", json!({"api_key": MARKER, "inbound_secret": MARKER})),
             ("smtp", json!({"host": "smtp.example.com", "username": "mailer", "password": MARKER})),
             ("twilio", json!({"account_sid": "AC1", "auth_token": MARKER})),
             ("webhook", json!({"url": "https://gw.example.com/send", "secret": MARKER})),
