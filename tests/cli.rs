@@ -74,7 +74,7 @@ fn providers_lists_exactly_the_built_in_kinds() {
             ],
             &[],
         ),
-        ("sendgrid", &["email"], &["api_key", "base_url", "from"], &["api_key"]),
+        ("sendgrid", &["email"], &["api_key", "base_url", "from", "inbound_secret"], &["api_key", "inbound_secret"]),
         (
             "smtp",
             &["email"],
@@ -84,7 +84,15 @@ fn providers_lists_exactly_the_built_in_kinds() {
         (
             "twilio",
             &["sms", "mms"],
-            &["account_sid", "auth_token", "base_url", "from", "messaging_service_sid", "status_callback"],
+            &[
+                "account_sid",
+                "auth_token",
+                "base_url",
+                "from",
+                "messaging_service_sid",
+                "public_url",
+                "status_callback",
+            ],
             &["auth_token"],
         ),
         ("webhook", &["*"], &["secret", "url"], &["secret"]),
