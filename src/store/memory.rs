@@ -1,20 +1,24 @@
 //! The in-memory store: nothing survives a restart. Sharded so that concurrent requests and
 //! dispatches rarely wait on each other; records are compact and keyed by the id's 128 bits;
 //! finished messages beyond a retention count are forgotten, oldest first, so memory stays
-//! bounded.
+//! bounded. Inbound messages are finished when stored; a forgotten message leaves its
+//! conversation, and a conversation left with no message is forgotten too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::codec::ms as codec_ms;
+use super::conversation::{family, preview, LastMessage};
 use super::{
-    replay_or_reused, Attempt, Failure, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending,
-    QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
+    replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, Direction, Failure,
+    Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, MessageView, OptChange, OptOut,
+    OptOutKey, Page, Pending, QueuePosition, Received, Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
 const SHARDS: usize = 32;
@@ -49,27 +53,135 @@ struct Record {
     channel: Channel,
     from: Box<str>,
     to: Box<str>,
+    /// Kept for the message's whole life: conversation reads show it.
+    body: Box<str>,
     attachments: Box<[String]>,
-    /// Until the message is finished: what dispatch needs to carry on (the sweep and shutdown
-    /// read it; the body is dropped once the message ends).
+    /// Until the message is finished: what else dispatch needs to carry on (the sweep and
+    /// shutdown read it).
     unfinished: Option<Box<Unfinished>>,
     status: Status,
+    direction: Direction,
+    conversation_id: i64,
     provider: Option<Arc<str>>,
     provider_message_id: Option<Box<str>>,
     attempts: Vec<Attempt>,
     error: Option<Box<Failure>>,
     tags: Box<[String]>,
     owner: Option<Box<str>>,
+    /// Inbound: when the provider says it was sent; outbound: `created_at`.
+    occurred_at: SystemTime,
     created_at: SystemTime,
     updated_at: SystemTime,
 }
 
 struct Unfinished {
     subject: Option<String>,
-    body: String,
     not_before: SystemTime,
     attempts: u32,
     round: u32,
+}
+
+/// A conversation and the messages of it the store still holds.
+struct Conversation {
+    key: ConversationKey,
+    last_message_at: SystemTime,
+    /// The newest message it ever had (the listing order and cursor); it may have been
+    /// forgotten since.
+    last_message_id: u128,
+    messages: BTreeSet<u128>,
+    /// How many of `messages` each API key owns: who may see the conversation.
+    owners: HashMap<Box<str>, u32>,
+}
+
+/// Conversations and inbound de-duplication, changed together under one lock.
+#[derive(Default)]
+struct Conversations {
+    last_id: i64,
+    ids: HashMap<ConversationKey, i64>,
+    by_id: HashMap<i64, Conversation>,
+    /// `last_message_id` → conversation id: newest activity last.
+    activity: BTreeMap<u128, i64>,
+    /// Channel family → provider message id → (message id, conversation id).
+    inbound: HashMap<String, HashMap<Box<str>, (u128, i64)>>,
+}
+
+impl Conversations {
+    /// Adds message `id` to the conversation of `key`, created if missing; returns its id.
+    fn join(&mut self, key: ConversationKey, id: u128, owner: Option<&str>, now: SystemTime) -> i64 {
+        let conversation_id = match self.ids.get(&key) {
+            Some(&existing) => existing,
+            None => {
+                self.last_id += 1;
+                self.ids.insert(key.clone(), self.last_id);
+                self.last_id
+            }
+        };
+        let conversation = self.by_id.entry(conversation_id).or_insert_with(|| Conversation {
+            key,
+            last_message_at: now,
+            last_message_id: id,
+            messages: BTreeSet::new(),
+            owners: HashMap::new(),
+        });
+        conversation.last_message_at = now;
+        self.activity.remove(&conversation.last_message_id);
+        conversation.last_message_id = conversation.last_message_id.max(id);
+        self.activity.insert(conversation.last_message_id, conversation_id);
+        conversation.messages.insert(id);
+        if let Some(owner) = owner {
+            match conversation.owners.get_mut(owner) {
+                Some(count) => *count += 1,
+                None => {
+                    conversation.owners.insert(owner.into(), 1);
+                }
+            }
+        }
+        conversation_id
+    }
+
+    /// Takes a forgotten message out of its conversation, and the conversation out of the
+    /// store once it holds no message.
+    fn leave(&mut self, conversation_id: i64, id: u128, owner: Option<&str>) {
+        let Some(conversation) = self.by_id.get_mut(&conversation_id) else { return };
+        if !conversation.messages.remove(&id) {
+            return;
+        }
+        if let Some(owner) = owner {
+            if let Some(count) = conversation.owners.get_mut(owner) {
+                *count -= 1;
+                if *count == 0 {
+                    conversation.owners.remove(owner);
+                }
+            }
+        }
+        if conversation.messages.is_empty() {
+            if let Some(gone) = self.by_id.remove(&conversation_id) {
+                self.ids.remove(&gone.key);
+                self.activity.remove(&gone.last_message_id);
+            }
+        }
+    }
+
+    fn inbound_of(&self, family: &str, provider_message_id: &str) -> Option<(u128, i64)> {
+        self.inbound.get(family)?.get(provider_message_id).copied()
+    }
+
+    /// Forgets the de-duplication entry of inbound message `id`.
+    fn forget_inbound(&mut self, family: &str, provider_message_id: &str, id: u128) {
+        if let Some(ids) = self.inbound.get_mut(family) {
+            if ids.get(provider_message_id).is_some_and(|(message, _)| *message == id) {
+                ids.remove(provider_message_id);
+            }
+            if ids.is_empty() {
+                self.inbound.remove(family);
+            }
+        }
+    }
+
+    /// Whether `viewer` may see the conversation.
+    fn visible(conversation: &Conversation, viewer: Option<&str>) -> bool {
+        viewer.is_none_or(|viewer| conversation.owners.contains_key(viewer))
+    }
 }
 
 pub struct MemoryStore {
@@ -78,15 +190,46 @@ pub struct MemoryStore {
     retain_finished: usize,
     /// Idempotency key → (request hash, message id, channel, when).
     keys: Mutex<HashMap<String, (String, String, String, SystemTime)>>,
+    /// Locked before a shard when both are held.
+    conversations: Mutex<Conversations>,
+    /// Opt-outs and when they were recorded; read before every accept and attempt.
+    opt_outs: RwLock<BTreeMap<OptOutKey, SystemTime>>,
 }
 
 fn key(id: &str) -> Option<u128> {
     uuid::Uuid::try_parse(id).ok().map(|uuid| uuid.as_u128())
 }
 
+fn id_of(key: u128) -> String {
+    uuid::Uuid::from_u128(key).to_string()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the map consistent: a panic elsewhere cannot poison it.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn not_a_uuid(id: &str) -> StoreError {
+    StoreError::Unavailable(format!("message id {id:?} is not a UUID"))
+}
+
+fn taken(id: &str) -> StoreError {
+    StoreError::Unavailable(format!("message id {id:?} is already stored"))
+}
+
+/// How many items a page holds, and how many to look at to know whether more follow.
+fn page_size(limit: u32) -> (usize, usize) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    (limit, limit.saturating_add(1))
+}
+
+/// The cursor after the last of `items` when more than `limit` were found (they are cut to
+/// `limit`).
+fn paged<T, C>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor) } else { None };
+    Listed { items, next }
 }
 
 impl MemoryStore {
@@ -98,6 +241,8 @@ impl MemoryStore {
             finished: Mutex::new(VecDeque::new()),
             retain_finished,
             keys: Mutex::new(HashMap::new()),
+            conversations: Mutex::new(Conversations::default()),
+            opt_outs: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -114,6 +259,68 @@ impl MemoryStore {
         }
         Ok(())
     }
+
+    /// Stores `record` as message `id` in the conversation of `conversation`; the caller holds
+    /// the conversations.
+    fn store(
+        &self,
+        conversations: &mut Conversations,
+        conversation: ConversationKey,
+        id: u128,
+        mut record: Record,
+    ) -> Result<i64, StoreError> {
+        let mut shard = self.shard(id);
+        if shard.contains_key(&id) {
+            return Err(taken(&id_of(id)));
+        }
+        record.conversation_id =
+            conversations.join(conversation, id, record.owner.as_deref(), record.created_at);
+        let conversation_id = record.conversation_id;
+        shard.insert(id, record);
+        Ok(conversation_id)
+    }
+
+    /// Counts message `id` as finished, and forgets the oldest finished message beyond the
+    /// retention count.
+    fn retire(&self, id: u128) {
+        let evicted = {
+            let mut finished = lock(&self.finished);
+            finished.push_back(id);
+            if finished.len() > self.retain_finished {
+                finished.pop_front()
+            } else {
+                None
+            }
+        };
+        let Some(old) = evicted else { return };
+        let Some(record) = self.shard(old).remove(&old) else { return };
+        let mut conversations = lock(&self.conversations);
+        conversations.leave(record.conversation_id, old, record.owner.as_deref());
+        if let (Direction::Inbound, Some(provider_id)) = (record.direction, &record.provider_message_id) {
+            conversations.forget_inbound(family(record.channel.as_str()), provider_id, old);
+        }
+    }
+
+    fn opt_outs_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<OptOutKey, SystemTime>> {
+        self.opt_outs.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn opt_outs_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<OptOutKey, SystemTime>> {
+        self.opt_outs.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The newest message of `conversation` still stored, as the listing shows it.
+    fn last_message(&self, conversation: &Conversation) -> Option<LastMessage> {
+        conversation.messages.iter().rev().find_map(|&id| {
+            let shard = self.shard(id);
+            let record = shard.get(&id)?;
+            Some(LastMessage {
+                id: id_of(id),
+                direction: record.direction,
+                body_preview: preview(&record.body),
+            })
+        })
+    }
 }
 
 #[async_trait]
@@ -124,10 +331,34 @@ impl MessageStore for MemoryStore {
         owner: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        let Some(id) = self::key(&message.id) else {
-            return Err(StoreError::Unavailable(format!("message id {:?} is not a UUID", message.id)));
-        };
+        let Some(id) = self::key(&message.id) else { return Err(not_a_uuid(&message.id)) };
         let now = SystemTime::now();
+        let conversation = ConversationKey::of(message.channel.as_str(), &message.from, &message.to);
+        let record = Record {
+            channel: message.channel.clone(),
+            from: message.from.as_str().into(),
+            to: message.to.as_str().into(),
+            body: message.body.as_str().into(),
+            attachments: message.attachments.clone().into_boxed_slice(),
+            unfinished: Some(Box::new(Unfinished {
+                subject: message.subject.clone(),
+                not_before: now,
+                attempts: 0,
+                round: 0,
+            })),
+            status: Status::Queued,
+            direction: Direction::Outbound,
+            conversation_id: 0,
+            provider: None,
+            provider_message_id: None,
+            attempts: Vec::new(),
+            error: None,
+            tags: message.tags.clone().into_boxed_slice(),
+            owner: owner.map(Box::from),
+            occurred_at: now,
+            created_at: now,
+            updated_at: now,
+        };
         // The key is checked and taken under one lock, before the message is stored.
         let mut keys = key.map(|_| lock(&self.keys));
         if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
@@ -136,29 +367,7 @@ impl MessageStore for MemoryStore {
                 return Ok(replay_or_reused(key, hash, original.clone(), channel.clone()));
             }
         }
-        let record = Record {
-            channel: message.channel.clone(),
-            from: message.from.as_str().into(),
-            to: message.to.as_str().into(),
-            attachments: message.attachments.clone().into_boxed_slice(),
-            unfinished: Some(Box::new(Unfinished {
-                subject: message.subject.clone(),
-                body: message.body.clone(),
-                not_before: now,
-                attempts: 0,
-                round: 0,
-            })),
-            status: Status::Queued,
-            provider: None,
-            provider_message_id: None,
-            attempts: Vec::new(),
-            error: None,
-            tags: message.tags.clone().into_boxed_slice(),
-            owner: owner.map(Box::from),
-            created_at: now,
-            updated_at: now,
-        };
-        self.shard(id).insert(id, record);
+        self.store(&mut lock(&self.conversations), conversation, id, record)?;
         if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
             let entry = (key.request_hash.clone(), message.id.clone(), message.channel.to_string(), now);
             keys.insert(key.key.clone(), entry);
@@ -216,18 +425,8 @@ impl MessageStore for MemoryStore {
                 }
             }
         })?;
-        let Some(finished_key) = key(id) else { return Ok(()) };
-        let evicted = {
-            let mut finished = lock(&self.finished);
-            finished.push_back(finished_key);
-            if finished.len() > self.retain_finished {
-                finished.pop_front()
-            } else {
-                None
-            }
-        };
-        if let Some(old) = evicted {
-            self.shard(old).remove(&old);
+        if let Some(finished) = key(id) {
+            self.retire(finished);
         }
         Ok(())
     }
@@ -254,8 +453,8 @@ impl MessageStore for MemoryStore {
             attempts: r.attempts.clone(),
             error: r.error.as_deref().cloned(),
             tags: r.tags.to_vec(),
-            direction: super::Direction::Outbound,
-            conversation_id: None,
+            direction: r.direction,
+            conversation_id: Some(r.conversation_id),
             owner: r.owner.as_deref().map(str::to_owned),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -273,7 +472,7 @@ impl MessageStore for MemoryStore {
             let shard = lock(shard);
             due.extend(shard.iter().filter_map(|(key, record)| {
                 let not_before = codec_ms(record.unfinished.as_ref()?.not_before);
-                let position = QueuePosition { not_before, id: uuid::Uuid::from_u128(*key).to_string() };
+                let position = QueuePosition { not_before, id: id_of(*key) };
                 (not_before <= now && after.is_none_or(|after| &position > after)).then_some(position)
             }));
         }
@@ -297,7 +496,7 @@ impl MessageStore for MemoryStore {
                         from: record.from.to_string(),
                         to: record.to.to_string(),
                         subject: unfinished.subject.clone(),
-                        body: unfinished.body.clone(),
+                        body: record.body.to_string(),
                         attachments: record.attachments.to_vec(),
                         tags: record.tags.to_vec(),
                     },
@@ -324,6 +523,178 @@ impl MessageStore for MemoryStore {
         Ok(0)
     }
 
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError> {
+        let Some(id) = key(&message.id) else { return Err(not_a_uuid(&message.id)) };
+        let family = family(message.channel.as_str());
+        let now = SystemTime::now();
+        // The subject is not kept: nothing this store answers shows it.
+        let record = Record {
+            channel: message.channel.clone(),
+            from: message.from.as_str().into(),
+            to: message.to.as_str().into(),
+            body: message.body.as_str().into(),
+            attachments: message.attachments.clone().into_boxed_slice(),
+            unfinished: None,
+            status: Status::Received,
+            direction: Direction::Inbound,
+            conversation_id: 0,
+            provider: message.provider.as_deref().map(Arc::from),
+            provider_message_id: Some(message.provider_message_id.as_str().into()),
+            attempts: Vec::new(),
+            error: None,
+            tags: Box::new([]),
+            owner: message.owner.as_deref().map(Box::from),
+            occurred_at: message.timestamp,
+            created_at: now,
+            updated_at: now,
+        };
+        let received = {
+            let mut conversations = lock(&self.conversations);
+            if let Some((first, conversation_id)) =
+                conversations.inbound_of(family, &message.provider_message_id)
+            {
+                return Ok(Received { id: id_of(first), conversation_id, duplicate: true, opted_out: false });
+            }
+            let conversation_id = self.store(&mut conversations, message.conversation_key(), id, record)?;
+            conversations
+                .inbound
+                .entry(family.to_owned())
+                .or_default()
+                .insert(message.provider_message_id.as_str().into(), (id, conversation_id));
+            let opted_out = match message.opt_change {
+                Some(OptChange::OptOut) => {
+                    let mut opt_outs = self.opt_outs_write();
+                    match opt_outs.entry(message.opt_out_key()) {
+                        std::collections::btree_map::Entry::Vacant(entry) => {
+                            entry.insert(now);
+                            true
+                        }
+                        std::collections::btree_map::Entry::Occupied(_) => false,
+                    }
+                }
+                Some(OptChange::OptIn) => {
+                    self.opt_outs_write().remove(&message.opt_out_key());
+                    false
+                }
+                None => false,
+            };
+            Received { id: message.id.clone(), conversation_id, duplicate: false, opted_out }
+        };
+        self.retire(id);
+        Ok(received)
+    }
+
+    async fn conversations(
+        &self,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Listed<ConversationView, String>, StoreError> {
+        let (limit, fetch) = page_size(page.limit);
+        let before = match page.after.as_deref() {
+            None => Bound::Unbounded,
+            Some(after) => match key(after) {
+                Some(after) => Bound::Excluded(after),
+                // Cursors are message ids: anything else comes after every conversation.
+                None => return Ok(Listed { items: Vec::new(), next: None }),
+            },
+        };
+        let conversations = lock(&self.conversations);
+        let items: Vec<ConversationView> = conversations
+            .activity
+            .range((Bound::Unbounded, before))
+            .rev()
+            .filter_map(|(_, id)| Some((*id, conversations.by_id.get(id)?)))
+            .filter(|(_, conversation)| Conversations::visible(conversation, viewer))
+            .take(fetch)
+            .map(|(id, conversation)| ConversationView {
+                id,
+                channel: conversation.key.family.clone(),
+                participants: [conversation.key.low.clone(), conversation.key.high.clone()],
+                message_count: u64::try_from(conversation.messages.len()).unwrap_or(u64::MAX),
+                last_message_at: conversation.last_message_at,
+                last_message: self.last_message(conversation),
+                last_message_id: id_of(conversation.last_message_id),
+            })
+            .collect();
+        drop(conversations);
+        Ok(paged(items, limit, |item| item.last_message_id.clone()))
+    }
+
+    async fn conversation_messages(
+        &self,
+        id: i64,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
+        let (limit, fetch) = page_size(page.limit);
+        let ids: Vec<u128> = {
+            let conversations = lock(&self.conversations);
+            let Some(conversation) = conversations.by_id.get(&id) else { return Ok(None) };
+            if !Conversations::visible(conversation, viewer) {
+                return Ok(None);
+            }
+            let after = match page.after.as_deref() {
+                None => Bound::Unbounded,
+                Some(after) => match key(after) {
+                    Some(after) => Bound::Excluded(after),
+                    // Cursors are message ids: anything else comes after every message.
+                    None => return Ok(Some(Listed { items: Vec::new(), next: None })),
+                },
+            };
+            conversation.messages.range((after, Bound::Unbounded)).take(fetch).copied().collect()
+        };
+        // Read outside the conversations' lock: bodies may be long. A message forgotten
+        // meanwhile is left out.
+        let next = (ids.len() > limit).then(|| ids[..limit].last().copied().map(id_of)).flatten();
+        let items = ids
+            .iter()
+            .take(limit)
+            .filter_map(|&key| {
+                let shard = self.shard(key);
+                let record = shard.get(&key)?;
+                Some(ConversationMessage {
+                    id: id_of(key),
+                    direction: record.direction,
+                    channel: record.channel.clone(),
+                    from: record.from.to_string(),
+                    to: record.to.to_string(),
+                    body: record.body.to_string(),
+                    attachments: record.attachments.to_vec(),
+                    status: record.status,
+                    provider: record.provider.clone(),
+                    timestamp: record.occurred_at,
+                    created_at: record.created_at,
+                })
+            })
+            .collect();
+        Ok(Some(Listed { items, next }))
+    }
+
+    async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(self.opt_outs_read().contains_key(key))
+    }
+
+    async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
+        let (limit, fetch) = page_size(page.limit);
+        let after = page.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let items = self
+            .opt_outs_read()
+            .range((after, Bound::Unbounded))
+            .take(fetch)
+            .map(|(key, created_at)| OptOut {
+                channel: key.family.clone(),
+                sender: key.sender.clone(),
+                recipient: key.recipient.clone(),
+                created_at: *created_at,
+            })
+            .collect();
+        Ok(paged(items, limit, OptOut::key))
+    }
+
+    async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(self.opt_outs_write().remove(key).is_some())
+    }
+
     fn describe(&self) -> String {
         "memory://".to_owned()
     }
@@ -339,6 +710,138 @@ mod tests {
 
     fn message(id: &str) -> OutboundMessage {
         crate::store::test_support::sms(id)
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        crate::store::conformance::run_all(Arc::new(MemoryStore::new(10_000))).await;
+    }
+
+    fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    /// An inbound SMS from `from` to `+15550001111`, owned by `owner`.
+    fn inbound(from: &str, provider_id: &str, owner: Option<&str>) -> InboundMessage {
+        InboundMessage {
+            id: new_id(),
+            channel: Channel::SMS,
+            from: from.into(),
+            to: "+15550001111".into(),
+            subject: None,
+            body: format!("from {from}"),
+            attachments: vec![],
+            provider: None,
+            provider_message_id: provider_id.into(),
+            timestamp: SystemTime::now(),
+            owner: owner.map(str::to_owned),
+            opt_change: None,
+        }
+    }
+
+    /// Checks what `viewer` reads of conversation `id`: its message ids (`None`: not shown),
+    /// and how the listing shows it (message count and last message id; `None`: not listed).
+    async fn check(
+        store: &MemoryStore,
+        id: i64,
+        viewer: Option<&str>,
+        expected: Option<&[&String]>,
+        listed: Option<(u64, Option<&String>)>,
+    ) -> Result<(), StoreError> {
+        let page = || Page { limit: 100, after: None };
+        let messages = store.conversation_messages(id, viewer, page()).await?;
+        let ids = messages.map(|m| m.items.into_iter().map(|m| m.id).collect::<Vec<_>>());
+        let expected_ids = expected.map(|ids| ids.iter().map(|id| (*id).clone()).collect::<Vec<_>>());
+        assert_eq!(ids, expected_ids, "messages of conversation {id} read by {viewer:?}");
+        let conversations = store.conversations(viewer, page()).await?.items;
+        let shown = conversations
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| (c.message_count, c.last_message.map(|m| m.id)));
+        let listed = listed.map(|(count, last)| (count, last.cloned()));
+        assert_eq!(shown, listed, "conversation {id} as {viewer:?} lists it");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn forgotten_messages_leave_their_conversation() -> Result<(), StoreError> {
+        let store = MemoryStore::new(2);
+        let queued = message(&new_id());
+        store.insert(&queued, None).await?;
+        let conversation = store.get(&queued.id).await?.and_then(|v| v.conversation_id).unwrap_or_default();
+        let first = inbound("+15550002222", "p1", None);
+        let second = inbound("+15550002222", "p2", None);
+        for m in [&first, &second] {
+            store.insert_inbound(m).await?;
+        }
+        check(
+            &store,
+            conversation,
+            None,
+            Some(&[&queued.id, &first.id, &second.id]),
+            Some((3, Some(&second.id))),
+        )
+        .await?;
+
+        // Inbound messages are finished when stored: a third forgets the first, and with it
+        // its redelivery record.
+        let third = inbound("+15550002222", "p3", None);
+        store.insert_inbound(&third).await?;
+        assert!(store.get(&first.id).await?.is_none());
+        check(
+            &store,
+            conversation,
+            None,
+            Some(&[&queued.id, &second.id, &third.id]),
+            Some((3, Some(&third.id))),
+        )
+        .await?;
+        let again = inbound("+15550002222", "p1", None);
+        let received = store.insert_inbound(&again).await?;
+        assert_eq!((received.id.as_str(), received.duplicate), (again.id.as_str(), false));
+        let redelivered = store.insert_inbound(&inbound("+15550002222", "p3", None)).await?;
+        assert_eq!((redelivered.id.as_str(), redelivered.duplicate), (third.id.as_str(), true));
+
+        // The last message is the newest one still stored.
+        let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: None };
+        store.finish(&queued.id, sent, None).await?;
+        check(&store, conversation, None, Some(&[&queued.id, &again.id]), Some((2, Some(&again.id)))).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn forgotten_owners_and_conversations() -> Result<(), StoreError> {
+        let store = MemoryStore::new(1);
+        let owned = inbound("+15550002222", "p1", Some("k"));
+        let shared = store.insert_inbound(&owned).await?.conversation_id;
+        check(&store, shared, Some("k"), Some(&[&owned.id]), Some((1, Some(&owned.id)))).await?;
+        // The owner's only message is forgotten: the conversation is no longer theirs.
+        let unowned = inbound("+15550002222", "p2", None);
+        store.insert_inbound(&unowned).await?;
+        check(&store, shared, Some("k"), None, None).await?;
+        check(&store, shared, None, Some(&[&unowned.id]), Some((1, Some(&unowned.id)))).await?;
+        // A conversation left with no message is forgotten; the pair's next one is new.
+        let other = inbound("+15550003333", "p3", None);
+        let other_conversation = store.insert_inbound(&other).await?.conversation_id;
+        check(&store, shared, None, None, None).await?;
+        check(&store, other_conversation, None, Some(&[&other.id]), Some((1, Some(&other.id)))).await?;
+        let back = inbound("+15550002222", "p4", None);
+        assert_eq!(store.insert_inbound(&back).await?.conversation_id, other_conversation + 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stored_id_is_refused() -> Result<(), StoreError> {
+        let store = MemoryStore::new(10);
+        let sent = message(&new_id());
+        store.insert(&sent, None).await?;
+        assert!(store.insert(&sent, None).await.is_err(), "an outbound id twice");
+        let mut received = inbound("+15550002222", "p1", None);
+        received.id = sent.id.clone();
+        assert!(store.insert_inbound(&received).await.is_err(), "an inbound id already stored");
+        let listed = store.conversations(None, Page { limit: 10, after: None }).await?.items;
+        assert_eq!(listed.iter().map(|c| c.message_count).collect::<Vec<_>>(), [1], "nothing joined twice");
+        Ok(())
     }
 
     #[tokio::test]

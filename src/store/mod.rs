@@ -3,6 +3,8 @@
 //! (`sqlite://PATH`, the default).
 
 mod codec;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod conversation;
 mod memory;
 mod postgres;
@@ -478,7 +480,10 @@ pub(crate) mod test_support {
 
     use async_trait::async_trait;
 
-    use super::{Attempt, Final, IdempotencyKey, Inserted, MemoryStore, MessageView, Pending, QueuePosition};
+    use super::{
+        Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted,
+        Listed, MemoryStore, MessageView, OptOut, OptOutKey, Page, Pending, QueuePosition, Received,
+    };
 
     /// An SMS with the given id, tagged `otp`.
     pub(crate) fn sms(id: &str) -> OutboundMessage {
@@ -622,6 +627,33 @@ pub(crate) mod test_support {
         }
         async fn queued(&self) -> Result<u64, StoreError> {
             self.inner.queued().await
+        }
+        async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError> {
+            self.inner.insert_inbound(message).await
+        }
+        async fn conversations(
+            &self,
+            viewer: Option<&str>,
+            page: Page<String>,
+        ) -> Result<Listed<ConversationView, String>, StoreError> {
+            self.inner.conversations(viewer, page).await
+        }
+        async fn conversation_messages(
+            &self,
+            id: i64,
+            viewer: Option<&str>,
+            page: Page<String>,
+        ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
+            self.inner.conversation_messages(id, viewer, page).await
+        }
+        async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+            self.inner.opted_out(key).await
+        }
+        async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
+            self.inner.opt_outs(page).await
+        }
+        async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+            self.inner.remove_opt_out(key).await
         }
         fn describe(&self) -> String {
             "faulty://".into()

@@ -1,0 +1,630 @@
+//! The two-way messaging semantics every store must keep, checked through [`MessageStore`] only,
+//! so each store runs the same checks (SQLite and PostgreSQL on a fresh database). Every check
+//! uses phone numbers, addresses, provider ids and API keys of its own, so it holds whatever
+//! else the store holds; the checks panic with what differed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchboard_providers::{Channel, OutboundMessage};
+
+use super::conversation::{preview, LastMessage};
+use super::{
+    ConversationMessage, ConversationView, Direction, Failure, FailureCode, Final, IdempotencyKey,
+    InboundMessage, Inserted, Listed, MessageStore, OptChange, OptOut, OptOutKey, Page, Received, Status,
+    StoreError,
+};
+
+/// Runs every check, one after the other.
+pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
+    outbound_joins_conversations(&store).await;
+    keyed_insert_counts_once(&store).await;
+    inbound_and_redelivery(&store).await;
+    concurrent_redeliveries(&store).await;
+    opt_out_changes(&store).await;
+    opt_out_listing(&store).await;
+    conversation_paging(&store).await;
+    viewer_filtering(&store).await;
+    conversation_messages_paging(&store).await;
+    outbound_status_shown(&store).await;
+}
+
+fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
+    result.unwrap_or_else(|error| panic!("{what}: {error}"))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// An API key name no other check uses.
+fn new_owner() -> String {
+    format!("key-{}", new_id())
+}
+
+/// `count` (at most 10) E.164 numbers no other check uses, in ascending order.
+fn phones(count: usize) -> Vec<String> {
+    let base = (uuid::Uuid::now_v7().as_u128() as u64) % 1_000_000_000;
+    (0..count).map(|i| format!("+1{base:09}{i}")).collect()
+}
+
+/// `+1 (201) 555-0123` for `+12015550123`: the same number as conversations compare it.
+fn formatted(phone: &str) -> String {
+    format!("+1 ({}) {}-{}", &phone[2..5], &phone[5..8], &phone[8..])
+}
+
+/// `count` email addresses no other check uses, in ascending order.
+fn emails(count: usize) -> Vec<String> {
+    let base = uuid::Uuid::now_v7().simple().to_string();
+    (0..count).map(|i| format!("c{i}-{base}@example.com")).collect()
+}
+
+fn outbound(channel: Channel, from: &str, to: &str, body: &str) -> OutboundMessage {
+    OutboundMessage {
+        id: new_id(),
+        channel,
+        from: from.to_owned(),
+        to: to.to_owned(),
+        subject: None,
+        body: body.to_owned(),
+        attachments: vec!["https://example.com/out.png".to_owned()],
+        tags: vec![],
+    }
+}
+
+/// A whole number of milliseconds, as every store keeps times.
+const SENT_AT_MS: u64 = 1_700_000_000_123;
+
+fn inbound(channel: Channel, from: &str, to: &str, body: &str, provider_id: &str) -> InboundMessage {
+    InboundMessage {
+        id: new_id(),
+        channel,
+        from: from.to_owned(),
+        to: to.to_owned(),
+        subject: None,
+        body: body.to_owned(),
+        attachments: vec!["https://example.com/in.png".to_owned()],
+        provider: Some("conformance-provider".to_owned()),
+        provider_message_id: provider_id.to_owned(),
+        timestamp: UNIX_EPOCH + Duration::from_millis(SENT_AT_MS),
+        owner: None,
+        opt_change: None,
+    }
+}
+
+fn page(limit: u32, after: Option<String>) -> Page<String> {
+    Page { limit, after }
+}
+
+/// Panics unless `time` is within a minute of now (stores keep milliseconds, perhaps from
+/// another clock).
+fn assert_recent(time: SystemTime, what: &str) {
+    let now = SystemTime::now();
+    let skew = now.duration_since(time).unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(60), "{what}: {time:?} is not about now ({now:?})");
+}
+
+async fn insert(store: &Arc<dyn MessageStore>, message: &OutboundMessage, owner: Option<&str>) {
+    let inserted = ok(store.insert_for(message, owner, None).await, "insert_for");
+    assert_eq!(inserted, Inserted::New, "inserting {}", message.id);
+}
+
+async fn receive(store: &Arc<dyn MessageStore>, message: &InboundMessage) -> Received {
+    ok(store.insert_inbound(message).await, "insert_inbound")
+}
+
+/// The conversation a stored message belongs to.
+async fn conversation_of(store: &Arc<dyn MessageStore>, id: &str) -> i64 {
+    let view = ok(store.get(id).await, "get");
+    let view = view.unwrap_or_else(|| panic!("message {id} is not stored"));
+    view.conversation_id.unwrap_or_else(|| panic!("message {id} belongs to no conversation"))
+}
+
+/// Every conversation `viewer` sees, walking pages of `limit`; checks the cursors on the way.
+async fn all_conversations(
+    store: &Arc<dyn MessageStore>,
+    viewer: Option<&str>,
+    limit: u32,
+) -> Vec<ConversationView> {
+    let mut all: Vec<ConversationView> = Vec::new();
+    let mut after = None;
+    loop {
+        let listed = ok(store.conversations(viewer, page(limit, after)).await, "conversations");
+        assert!(listed.items.len() <= limit as usize, "a page of {limit} held {}", listed.items.len());
+        all.extend(listed.items.iter().cloned());
+        match listed.next {
+            Some(next) => {
+                let last = listed.items.last().map(|c| c.last_message_id.clone());
+                assert_eq!(Some(next.clone()), last, "next is the page's last last_message_id");
+                after = Some(next);
+            }
+            None => break,
+        }
+        assert!(all.len() < 1_000_000, "conversation paging does not end");
+    }
+    let ids: HashSet<i64> = all.iter().map(|c| c.id).collect();
+    assert_eq!(
+        ids.len(),
+        all.len(),
+        "a conversation listed twice: {:?}",
+        all.iter().map(|c| c.id).collect::<Vec<_>>()
+    );
+    all
+}
+
+/// The ids of a conversation's messages on one page, and the page's cursor.
+async fn message_page(
+    store: &Arc<dyn MessageStore>,
+    conversation: i64,
+    viewer: Option<&str>,
+    limit: u32,
+    after: Option<&str>,
+) -> (Vec<String>, Option<String>) {
+    let listed = ok(
+        store.conversation_messages(conversation, viewer, page(limit, after.map(str::to_owned))).await,
+        "conversation_messages",
+    );
+    let listed = listed.unwrap_or_else(|| panic!("conversation {conversation} is not shown to {viewer:?}"));
+    (listed.items.into_iter().map(|m| m.id).collect(), listed.next)
+}
+
+/// SMS and MMS between two numbers, either way and however formatted, are one conversation;
+/// email between two addresses another, created later, so with a greater id.
+pub(crate) async fn outbound_joins_conversations(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let (p, e) = (phones(2), emails(2));
+    let m1 = outbound(Channel::SMS, &p[0], &p[1], "first");
+    let m2 = outbound(Channel::MMS, &formatted(&p[1]), &p[0], "second");
+    let m3 = outbound(Channel::EMAIL, &e[0], &e[1], "hello");
+    let m4 = outbound(Channel::EMAIL, &e[1].to_uppercase(), &e[0], &"é".repeat(150));
+    for message in [&m1, &m2, &m3, &m4] {
+        insert(store, message, Some(&owner)).await;
+    }
+    let phone = conversation_of(store, &m1.id).await;
+    let email = conversation_of(store, &m3.id).await;
+    assert_eq!(conversation_of(store, &m2.id).await, phone, "B→A by MMS joins A→B by SMS");
+    assert_eq!(conversation_of(store, &m4.id).await, email, "B→A by email joins A→B by email");
+    assert!(0 < phone && phone < email, "conversation ids in order of creation: {phone}, {email}");
+    let view = ok(store.get(&m1.id).await, "get").map(|v| v.direction);
+    assert_eq!(view, Some(Direction::Outbound), "an accepted message is outbound");
+
+    let listed = ok(store.conversations(Some(&owner), page(10, None)).await, "conversations");
+    assert_eq!(listed.next, None, "one page holds them");
+    for view in &listed.items {
+        assert_recent(view.last_message_at, "last_message_at");
+    }
+    let expected =
+        |id, channel: &str, participants: [&String; 2], last: &OutboundMessage, at| ConversationView {
+            id,
+            channel: channel.to_owned(),
+            participants: participants.map(String::clone),
+            message_count: 2,
+            last_message_at: at,
+            last_message: Some(LastMessage {
+                id: last.id.clone(),
+                direction: Direction::Outbound,
+                body_preview: preview(&last.body),
+            }),
+            last_message_id: last.id.clone(),
+        };
+    let at = |i: usize| listed.items.get(i).map_or(UNIX_EPOCH, |c| c.last_message_at);
+    assert_eq!(
+        listed.items,
+        [
+            expected(email, "email", [&e[0], &e[1]], &m4, at(0)),
+            expected(phone, "sms", [&p[0], &p[1]], &m2, at(1))
+        ],
+        "newest activity first"
+    );
+}
+
+/// An idempotent replay or a reused key stores nothing and touches no conversation.
+pub(crate) async fn keyed_insert_counts_once(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let p = phones(2);
+    let key = IdempotencyKey { key: format!("conformance-{}", new_id()), request_hash: "h1".into() };
+    let reused = IdempotencyKey { key: key.key.clone(), request_hash: "h2".into() };
+    let first = outbound(Channel::SMS, &p[0], &p[1], "once");
+    let again = outbound(Channel::SMS, &p[0], &p[1], "once");
+    let other = outbound(Channel::SMS, &p[0], &p[1], "other");
+    let replay = Inserted::Replay { id: first.id.clone(), channel: "sms".into() };
+    let cases =
+        [(&first, &key, Inserted::New), (&again, &key, replay), (&other, &reused, Inserted::KeyReused)];
+    for (message, key, expected) in cases {
+        let answer = ok(store.insert_for(message, Some(&owner), Some(key)).await, "insert_for");
+        assert_eq!(answer, expected, "{} with key hash {}", message.body, key.request_hash);
+    }
+    for id in [&again.id, &other.id] {
+        assert!(ok(store.get(id).await, "get").is_none(), "a replay or reused key stored {id}");
+    }
+    let listed = all_conversations(store, Some(&owner), 10).await;
+    let seen: Vec<(u64, Option<String>)> =
+        listed.iter().map(|c| (c.message_count, c.last_message.as_ref().map(|m| m.id.clone()))).collect();
+    assert_eq!(seen, [(1, Some(first.id.clone()))], "the conversation counts the message once");
+    let conversation = conversation_of(store, &first.id).await;
+    assert_eq!(message_page(store, conversation, None, 10, None).await, (vec![first.id], None));
+}
+
+/// An inbound message joins the conversation of the messages sent to its sender; a redelivery
+/// (same family and provider id) answers the first one and stores nothing; another family's
+/// message with the same provider id is another message. Inbound messages are never queued.
+pub(crate) async fn inbound_and_redelivery(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let p = phones(2);
+    let provider_id = format!("SM{}", new_id());
+    let sent = outbound(Channel::SMS, &p[0], &p[1], "hi there");
+    insert(store, &sent, None).await;
+    let conversation = conversation_of(store, &sent.id).await;
+
+    let mut reply = inbound(Channel::MMS, &formatted(&p[1]), &p[0], "a reply", &provider_id);
+    reply.owner = Some(owner.clone());
+    let first =
+        Received { id: reply.id.clone(), conversation_id: conversation, duplicate: false, opted_out: false };
+    assert_eq!(receive(store, &reply).await, first, "a new inbound message");
+    let view =
+        ok(store.get(&reply.id).await, "get").unwrap_or_else(|| panic!("inbound {} not stored", reply.id));
+    let shown = (view.direction, view.status, view.conversation_id, view.provider_message_id.as_deref());
+    assert_eq!(shown, (Direction::Inbound, Status::Received, Some(conversation), Some(provider_id.as_str())));
+    assert_eq!(
+        (view.provider.as_deref(), view.tags.len(), view.attempts.len()),
+        (Some("conformance-provider"), 0, 0)
+    );
+
+    let mut redelivered = inbound(Channel::SMS, &p[1], &p[0], "a reply", &provider_id);
+    redelivered.owner = Some(new_owner());
+    let duplicate = Received { duplicate: true, ..first.clone() };
+    assert_eq!(receive(store, &redelivered).await, duplicate, "a redelivery");
+    assert!(ok(store.get(&redelivered.id).await, "get").is_none(), "a redelivery stored a message");
+
+    let listed = ok(store.conversation_messages(conversation, None, page(10, None)).await, "messages");
+    let listed = listed.unwrap_or_else(|| panic!("conversation {conversation} not found"));
+    let created_at = listed.items.get(1).map_or(UNIX_EPOCH, |m| m.created_at);
+    assert_recent(created_at, "an inbound message's created_at");
+    let expected = ConversationMessage {
+        id: reply.id.clone(),
+        direction: Direction::Inbound,
+        channel: Channel::MMS,
+        from: reply.from.clone(),
+        to: reply.to.clone(),
+        body: reply.body.clone(),
+        attachments: reply.attachments.clone(),
+        status: Status::Received,
+        provider: Some(Arc::from("conformance-provider")),
+        timestamp: reply.timestamp,
+        created_at,
+    };
+    let ids: Vec<&str> = listed.items.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [sent.id.as_str(), reply.id.as_str()], "the conversation holds both, oldest first");
+    assert_eq!(listed.items.get(1), Some(&expected), "the inbound message as the conversation shows it");
+
+    let seen = all_conversations(store, Some(&owner), 10).await;
+    let seen: Vec<(i64, u64, Option<LastMessage>)> =
+        seen.into_iter().map(|c| (c.id, c.message_count, c.last_message)).collect();
+    let last =
+        LastMessage { id: reply.id.clone(), direction: Direction::Inbound, body_preview: "a reply".into() };
+    assert_eq!(
+        seen,
+        [(conversation, 2, Some(last))],
+        "the owner of an inbound message sees its conversation"
+    );
+
+    let e = emails(2);
+    let email = inbound(Channel::EMAIL, &e[0], &e[1], "<p>mail</p>", &provider_id);
+    let received = receive(store, &email).await;
+    assert_eq!((received.id.as_str(), received.duplicate), (email.id.as_str(), false), "another family");
+    assert_ne!(received.conversation_id, conversation);
+
+    let due = ok(store.due(None, 100_000).await, "due");
+    let pending = ok(store.pending().await, "pending");
+    for id in [&reply.id, &email.id] {
+        assert!(!due.iter().any(|p| &p.id == id), "inbound {id} is due");
+        assert!(!pending.iter().any(|p| &p.message.id == id), "inbound {id} is pending");
+    }
+}
+
+/// Deliveries of one message at once store it once; every answer names it.
+pub(crate) async fn concurrent_redeliveries(store: &Arc<dyn MessageStore>) {
+    let p = phones(2);
+    let provider_id = format!("SM{}", new_id());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, message) =
+                (Arc::clone(store), inbound(Channel::SMS, &p[1], &p[0], "hi", &provider_id));
+            tokio::spawn(async move { (message.id.clone(), store.insert_inbound(&message).await) })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        let (id, answer) = task.await.unwrap_or_else(|e| panic!("a delivery task failed: {e}"));
+        answers.push((id, ok(answer, "concurrent insert_inbound")));
+    }
+    let stored: Vec<&Received> = answers.iter().map(|(_, r)| r).filter(|r| !r.duplicate).collect();
+    assert_eq!(stored.len(), 1, "exactly one delivery stores: {answers:?}");
+    let winner = stored[0].clone();
+    for (id, answer) in &answers {
+        assert_eq!((&answer.id, answer.conversation_id), (&winner.id, winner.conversation_id), "{answers:?}");
+        let kept = ok(store.get(id).await, "get").is_some();
+        assert_eq!(kept, *id == winner.id, "message {id} stored: {kept}");
+    }
+    let (ids, _) = message_page(store, winner.conversation_id, None, 10, None).await;
+    assert_eq!(ids, std::slice::from_ref(&winner.id), "the conversation holds the message once");
+}
+
+/// STOP records an opt-out of the sender from the number it wrote to (once); START removes it.
+pub(crate) async fn opt_out_changes(store: &Arc<dyn MessageStore>) {
+    let p = phones(2);
+    let (ours, theirs) = (&p[0], &p[1]);
+    let key = OptOutKey::of("sms", ours, theirs);
+    let opted_out = |key: OptOutKey| async move { ok(store.opted_out(&key).await, "opted_out") };
+    assert!(!opted_out(key.clone()).await, "not opted out yet");
+
+    let stop = |body: &str, change| {
+        let mut message = inbound(Channel::SMS, theirs, ours, body, &format!("SM{}", new_id()));
+        message.opt_change = Some(change);
+        message
+    };
+    let first = stop(" stop ", OptChange::OptOut);
+    let received = receive(store, &first).await;
+    assert_eq!((received.duplicate, received.opted_out), (false, true), "the first STOP opts out");
+    assert!(opted_out(key.clone()).await, "opted out after STOP");
+    assert!(opted_out(OptOutKey::of("mms", &formatted(ours), theirs)).await, "MMS shares the opt-out");
+    assert!(!opted_out(OptOutKey::of("sms", theirs, ours)).await, "the other direction is not opted out");
+    assert!(!opted_out(OptOutKey::of("email", ours, theirs)).await, "another family is not opted out");
+
+    let second = receive(store, &stop("STOP", OptChange::OptOut)).await;
+    assert_eq!(
+        (second.duplicate, second.opted_out),
+        (false, false),
+        "a second STOP is stored, records nothing"
+    );
+    assert!(opted_out(key.clone()).await, "still opted out");
+
+    let start = receive(store, &stop("START", OptChange::OptIn)).await;
+    assert_eq!((start.duplicate, start.opted_out), (false, false), "START");
+    assert!(!opted_out(key).await, "START removes the opt-out");
+    let (ids, next) = message_page(store, received.conversation_id, None, 10, None).await;
+    assert_eq!((ids.len(), next), (3, None), "every STOP and START is stored in the conversation");
+}
+
+/// Opt-outs are listed by (channel, sender, recipient) in pages; one can be removed once.
+pub(crate) async fn opt_out_listing(store: &Arc<dyn MessageStore>) {
+    let p = phones(6);
+    let sender = &p[0];
+    let keys: Vec<OptOutKey> =
+        p[1..].iter().map(|recipient| OptOutKey::of("sms", sender, recipient)).collect();
+    for recipient in &p[1..] {
+        let mut stop = inbound(Channel::SMS, recipient, sender, "STOP", &format!("SM{}", new_id()));
+        stop.opt_change = Some(OptChange::OptOut);
+        assert!(receive(store, &stop).await.opted_out, "STOP from {recipient}");
+    }
+    let listed = |after: Option<OptOutKey>, limit| async move {
+        ok(store.opt_outs(Page { limit, after }).await, "opt_outs")
+    };
+    let keys_of =
+        |listed: &Listed<OptOut, OptOutKey>| listed.items.iter().map(OptOut::key).collect::<Vec<_>>();
+    let start = OptOutKey { family: "sms".into(), sender: sender.clone(), recipient: String::new() };
+
+    let first = listed(Some(start.clone()), 2).await;
+    assert_eq!((keys_of(&first), first.next.clone()), (keys[0..2].to_vec(), Some(keys[1].clone())), "page 1");
+    for opt_out in &first.items {
+        assert_recent(opt_out.created_at, "an opt-out's created_at");
+    }
+    let second = listed(first.next, 2).await;
+    assert_eq!(
+        (keys_of(&second), second.next.clone()),
+        (keys[2..4].to_vec(), Some(keys[3].clone())),
+        "page 2"
+    );
+    let third = listed(second.next, 2).await;
+    assert_eq!(keys_of(&third).first(), Some(&keys[4]), "page 3");
+    if third.items.len() == 1 {
+        assert_eq!(third.next, None, "a short page is the last");
+    }
+
+    // The whole list, from the start: ours in a row, nothing twice, and an end.
+    let mut all: Vec<OptOutKey> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = listed(after, 2).await;
+        all.extend(keys_of(&page));
+        match page.next {
+            Some(next) => {
+                assert_eq!(all.last(), Some(&next), "next is the page's last key");
+                after = Some(next);
+            }
+            None => break,
+        }
+        assert!(all.len() < 1_000_000, "opt-out paging does not end");
+    }
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len(), "an opt-out listed twice");
+    let at = all.iter().position(|k| k == &keys[0]).unwrap_or_else(|| panic!("{:?} not listed", keys[0]));
+    assert_eq!(all.get(at..at + 5), Some(&keys[..]), "ours in order");
+
+    assert!(ok(store.remove_opt_out(&keys[2]).await, "remove_opt_out"), "removing an opt-out");
+    assert!(!ok(store.remove_opt_out(&keys[2]).await, "remove_opt_out"), "removing it again");
+    assert!(!ok(store.opted_out(&keys[2]).await, "opted_out"), "a removed opt-out");
+    assert!(ok(store.opted_out(&keys[1]).await, "opted_out"), "another opt-out stays");
+    let rest = listed(Some(start), 4).await;
+    let expected = [&keys[0], &keys[1], &keys[3], &keys[4]].map(OptOutKey::clone);
+    assert_eq!(keys_of(&rest), expected, "the list without the removed one");
+}
+
+/// Conversations come newest activity first, in pages that neither repeat nor skip.
+pub(crate) async fn conversation_paging(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let p = phones(6);
+    let mut ids = Vec::new();
+    for to in &p[1..] {
+        let message = outbound(Channel::SMS, &p[0], to, "hello");
+        insert(store, &message, Some(&owner)).await;
+        ids.push(conversation_of(store, &message.id).await);
+    }
+    // New activity moves the second conversation to the front.
+    let again = outbound(Channel::SMS, &p[2], &p[0], "again");
+    insert(store, &again, Some(&owner)).await;
+    let expected = [ids[1], ids[4], ids[3], ids[2], ids[0]];
+
+    let mut pages = Vec::new();
+    let mut after = None;
+    for _ in 0..3 {
+        let listed = ok(store.conversations(Some(&owner), page(2, after.clone())).await, "conversations");
+        let cursor = listed.items.last().map(|c| c.last_message_id.clone());
+        pages.push((listed.items.iter().map(|c| c.id).collect::<Vec<_>>(), listed.next.is_some()));
+        if listed.next.is_some() {
+            assert_eq!(listed.next, cursor, "next is the last item's last_message_id");
+        }
+        after = listed.next;
+    }
+    let want = vec![
+        (expected[..2].to_vec(), true),
+        (expected[2..4].to_vec(), true),
+        (expected[4..].to_vec(), false),
+    ];
+    assert_eq!(pages, want, "pages of 2, newest activity first");
+    let first = all_conversations(store, Some(&owner), 10).await;
+    assert_eq!(
+        first.first().map(|c| c.last_message_id.clone()),
+        Some(again.id.clone()),
+        "the cursor is the newest id"
+    );
+    let exact = ok(store.conversations(Some(&owner), page(5, None)).await, "conversations");
+    assert_eq!((exact.items.len(), exact.next), (5, None), "a page that holds the rest exactly is the last");
+
+    // Everything, as an unrestricted viewer pages through it: ours in the same order.
+    let all: Vec<i64> = all_conversations(store, None, 2).await.into_iter().map(|c| c.id).collect();
+    let ours: Vec<i64> = all.into_iter().filter(|id| expected.contains(id)).collect();
+    assert_eq!(ours, expected, "every conversation once, newest activity first");
+}
+
+/// A key sees the conversations holding a message it owns, and nothing of the others.
+pub(crate) async fn viewer_filtering(store: &Arc<dyn MessageStore>) {
+    let (a, b, nobody) = (new_owner(), new_owner(), new_owner());
+    let p = phones(4);
+    let by_a = outbound(Channel::SMS, &p[0], &p[1], "from a");
+    let by_b = outbound(Channel::SMS, &p[0], &p[2], "from b");
+    insert(store, &by_a, Some(&a)).await;
+    insert(store, &by_b, Some(&b)).await;
+    let unowned = inbound(Channel::SMS, &p[3], &p[0], "nobody's", &format!("SM{}", new_id()));
+    let unowned_conversation = receive(store, &unowned).await.conversation_id;
+    // b writes in a's conversation too.
+    let b_in_a = outbound(Channel::SMS, &p[1], &p[0], "b joins");
+    insert(store, &b_in_a, Some(&b)).await;
+    let (shared, own) = (conversation_of(store, &by_a.id).await, conversation_of(store, &by_b.id).await);
+
+    let seen = |viewer: String| async move {
+        all_conversations(store, Some(&viewer), 10).await.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(seen(a.clone()).await, [shared], "a sees its conversation only");
+    assert_eq!(seen(b.clone()).await, [shared, own], "b sees both it wrote in");
+    assert_eq!(seen(nobody.clone()).await, Vec::<i64>::new(), "a key with no message sees none");
+
+    let visible = |id: i64, viewer: Option<String>| async move {
+        let listed = ok(store.conversation_messages(id, viewer.as_deref(), page(10, None)).await, "messages");
+        listed.map(|l| l.items.len())
+    };
+    let cases = [
+        (shared, Some(a.clone()), Some(2)),
+        (shared, Some(b.clone()), Some(2)),
+        (own, Some(a.clone()), None),
+        (own, Some(b.clone()), Some(1)),
+        (unowned_conversation, Some(a.clone()), None),
+        (unowned_conversation, Some(nobody.clone()), None),
+        (unowned_conversation, None, Some(1)),
+        (own, None, Some(1)),
+    ];
+    for (id, viewer, expected) in cases {
+        assert_eq!(visible(id, viewer.clone()).await, expected, "conversation {id} read by {viewer:?}");
+    }
+}
+
+/// A conversation's messages come oldest first, in pages; an unknown conversation is `None`.
+pub(crate) async fn conversation_messages_paging(store: &Arc<dyn MessageStore>) {
+    let p = phones(2);
+    let o0 = outbound(Channel::SMS, &p[0], &p[1], "m0");
+    insert(store, &o0, None).await;
+    let i1 = inbound(Channel::MMS, &p[1], &p[0], "m1", &format!("SM{}", new_id()));
+    receive(store, &i1).await;
+    let o2 = outbound(Channel::MMS, &p[0], &p[1], "m2");
+    insert(store, &o2, None).await;
+    let i3 = inbound(Channel::SMS, &p[1], &p[0], "m3", &format!("SM{}", new_id()));
+    receive(store, &i3).await;
+    let o4 = outbound(Channel::SMS, &formatted(&p[0]), &p[1], "m4");
+    insert(store, &o4, None).await;
+    let conversation = conversation_of(store, &o0.id).await;
+    let ids = [&o0.id, &i1.id, &o2.id, &i3.id, &o4.id].map(String::clone);
+
+    // (limit, after the message at, the messages at, next: the message at)
+    let cases = [
+        (2, None, 0..2, Some(1)),
+        (2, Some(1), 2..4, Some(3)),
+        (2, Some(3), 4..5, None),
+        (5, None, 0..5, None),
+        (10, None, 0..5, None),
+        (3, Some(0), 1..4, Some(3)),
+        (2, Some(4), 5..5, None),
+    ];
+    for (limit, after, expected, next) in cases {
+        let after = after.map(|i: usize| ids[i].as_str());
+        let got = message_page(store, conversation, None, limit, after).await;
+        let want = (ids[expected].to_vec(), next.map(|i: usize| ids[i].clone()));
+        assert_eq!(got, want, "limit {limit} after {after:?}");
+    }
+
+    let listed = ok(store.conversation_messages(conversation, None, page(10, None)).await, "messages");
+    let listed = listed.unwrap_or_else(|| panic!("conversation {conversation} not found"));
+    let shown = listed.items.last().cloned();
+    let created_at = shown.as_ref().map_or(UNIX_EPOCH, |m| m.created_at);
+    assert_recent(created_at, "an outbound message's created_at");
+    let expected = ConversationMessage {
+        id: o4.id.clone(),
+        direction: Direction::Outbound,
+        channel: Channel::SMS,
+        from: o4.from.clone(),
+        to: o4.to.clone(),
+        body: o4.body.clone(),
+        attachments: o4.attachments.clone(),
+        status: Status::Queued,
+        provider: None,
+        timestamp: created_at,
+        created_at,
+    };
+    assert_eq!(shown, Some(expected), "an outbound message as the conversation shows it");
+    let directions: Vec<Direction> = listed.items.iter().map(|m| m.direction).collect();
+    use Direction::{Inbound, Outbound};
+    assert_eq!(directions, [Outbound, Inbound, Outbound, Inbound, Outbound]);
+
+    for unknown in [i64::MAX, 0, -1] {
+        let listed = ok(store.conversation_messages(unknown, None, page(10, None)).await, "messages");
+        assert!(listed.is_none(), "conversation {unknown} does not exist");
+    }
+}
+
+/// An outbound message shows its current status in its conversation.
+pub(crate) async fn outbound_status_shown(store: &Arc<dyn MessageStore>) {
+    let p = phones(2);
+    let sent = outbound(Channel::SMS, &p[0], &p[1], "to be sent");
+    let failed = outbound(Channel::SMS, &p[0], &p[1], "to fail");
+    insert(store, &sent, None).await;
+    insert(store, &failed, None).await;
+    let conversation = conversation_of(store, &sent.id).await;
+    let shown = || async move {
+        let listed = ok(store.conversation_messages(conversation, None, page(10, None)).await, "messages");
+        let listed = listed.unwrap_or_else(|| panic!("conversation {conversation} not found"));
+        listed
+            .items
+            .into_iter()
+            .map(|m| (m.status, m.provider.as_deref().map(str::to_owned)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown().await, [(Status::Queued, None), (Status::Queued, None)], "accepted");
+    ok(store.attempt_started(&sent.id, 1, "conformance-provider").await, "attempt_started");
+    assert_eq!(shown().await, [(Status::Sending, None), (Status::Queued, None)], "an attempt started");
+    let outcome =
+        Final::Sent { provider: Arc::from("conformance-provider"), provider_message_id: Some("x".into()) };
+    ok(store.finish(&sent.id, outcome, None).await, "finish");
+    let failure = Failure { code: FailureCode::OptedOut, message: "opted out".into() };
+    ok(store.finish(&failed.id, Final::Failed { provider: None, failure }, None).await, "finish");
+    let provider = Some("conformance-provider".to_owned());
+    assert_eq!(shown().await, [(Status::Sent, provider), (Status::Failed, None)], "finished");
+}
