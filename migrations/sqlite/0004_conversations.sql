@@ -3,9 +3,12 @@
 -- Messages stored before this migration keep `conversation_id` NULL (they belong to none).
 
 -- A pair of participants on one channel family (`sms` covers SMS and MMS). Participants are
--- normalised, `participant_a <= participant_b`. Ids are assigned in order of creation.
+-- normalised, `participant_a <= participant_b`. Ids are assigned in order of creation: 1, 2, …
+-- A plain rowid (one more than the largest), not AUTOINCREMENT: an upsert that finds its
+-- conversation would use up an AUTOINCREMENT id and leave a gap. Conversations are never
+-- deleted, so no id is ever given twice.
 CREATE TABLE conversations (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY,
     channel         TEXT    NOT NULL,
     participant_a   TEXT    NOT NULL,
     participant_b   TEXT    NOT NULL,

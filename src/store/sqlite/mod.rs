@@ -2,10 +2,11 @@
 //! one connection, so write transactions never deadlock upgrading a read lock; reads use a pool of
 //! their own. Migrations are embedded and run on open.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -17,13 +18,18 @@ use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::codec::{
-    channel_of, from_ms, idempotency_window_start, json_list, ms, parse_list, positions_of, recorded_answer,
-    unavailable, view_of,
+    channel_of, conversation_message_of, conversation_of, from_ms, idempotency_window_start, json_list, ms,
+    opt_out_of, parse_list, positions_of, recorded_answer, unavailable, view_of,
 };
 mod batches;
+#[cfg(test)]
+mod two_way_tests;
 
+use crate::store::conversation::family;
 use crate::store::{
-    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
+    Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted, Listed,
+    MessageStore, MessageView, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received,
+    StoreError,
 };
 
 /// The most writes committed in one transaction.
@@ -36,6 +42,29 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
     reader: SqlitePool,
     file: Arc<DatabaseFile>,
+    opt_outs: Arc<OptOuts>,
+}
+
+/// The `opt_outs` table's keys, kept in memory: [`MessageStore::opted_out`] is asked before
+/// every accept and every dispatch attempt. Loaded at open; changed by the writer task only,
+/// after the write that changed the table committed, in commit order (this process is the
+/// database's only writer), so it is the committed state. The writer also reads it to tell
+/// whether a `STOP` records a new opt-out.
+struct OptOuts(RwLock<HashSet<OptOutKey>>);
+
+impl OptOuts {
+    fn contains(&self, key: &OptOutKey) -> bool {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).contains(key)
+    }
+
+    fn set(&self, key: &OptOutKey, opted_out: bool) {
+        let mut keys = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if opted_out {
+            keys.insert(key.clone());
+        } else {
+            keys.remove(key);
+        }
+    }
 }
 
 /// The database file the store opened, watched so that writes never go into a file that was
@@ -104,6 +133,13 @@ enum Op {
         before: SystemTime,
         batch: u32,
     },
+    /// Stores an inbound message (grouped with the batch's other grouped writes).
+    Inbound {
+        message: InboundMessage,
+    },
+    RemoveOptOut {
+        key: OptOutKey,
+    },
     /// Rewrites the `liveness` row: proves the database takes writes.
     Probe,
 }
@@ -113,11 +149,12 @@ impl Op {
     fn message_id(&self) -> Option<&String> {
         match self {
             Op::Insert { message, .. } => Some(&message.id),
+            Op::Inbound { message } => Some(&message.id),
             Op::AttemptStarted { id, .. }
             | Op::RecordAttempt { id, .. }
             | Op::Schedule { id, .. }
             | Op::Finish { id, .. } => Some(id),
-            Op::Purge { .. } | Op::Probe => None,
+            Op::Purge { .. } | Op::RemoveOptOut { .. } | Op::Probe => None,
         }
     }
 }
@@ -127,6 +164,26 @@ enum Applied {
     Inserted(Inserted),
     Done,
     Purged(u64),
+    /// An inbound message stored (or found stored); `opt`: the opt-out it set or removed.
+    Received {
+        received: Received,
+        opt: Option<(OptOutKey, bool)>,
+    },
+    OptOutRemoved {
+        removed: bool,
+        key: OptOutKey,
+    },
+}
+
+impl Applied {
+    /// The opt-out the write set (`true`) or removed (`false`), for [`OptOuts`] once committed.
+    fn opt_out(&self) -> Option<(&OptOutKey, bool)> {
+        match self {
+            Applied::Received { opt: Some((key, opted_out)), .. } => Some((key, *opted_out)),
+            Applied::OptOutRemoved { key, .. } => Some((key, false)),
+            _ => None,
+        }
+    }
 }
 
 /// The embedded migrations (also run alone by `switchboard migrate`).
@@ -153,6 +210,9 @@ impl SqliteStore {
         // Refuses a database that cannot be written (read-only file system, full disk) now,
         // rather than answering the first send with 503.
         probe(&mut writer).await.map_err(|e| unavailable(format!("cannot write to {path}: {e}")))?;
+        let opt_outs = Arc::new(
+            load_opt_outs(&mut writer).await.map_err(|e| unavailable(format!("cannot read {path}: {e}")))?,
+        );
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -165,8 +225,8 @@ impl SqliteStore {
             path: file_path,
             failing: AtomicBool::new(false),
         });
-        tokio::spawn(write_batches(writer, queue, Arc::clone(&file)));
-        Ok(SqliteStore { path: path.to_owned(), writes, reader, file })
+        tokio::spawn(write_batches(writer, queue, Arc::clone(&file), Arc::clone(&opt_outs)));
+        Ok(SqliteStore { path: path.to_owned(), writes, reader, file, opt_outs })
     }
 
     /// Hands a write to the writer task and waits for its batch to commit.
@@ -193,6 +253,17 @@ impl SqliteStore {
     }
 }
 
+async fn load_opt_outs(conn: &mut SqliteConnection) -> Result<OptOuts, sqlx::Error> {
+    let rows = sqlx::query("SELECT channel, sender, recipient FROM opt_outs").fetch_all(&mut *conn).await?;
+    let keys = rows
+        .iter()
+        .map(|row| {
+            Ok(OptOutKey { family: row.try_get(0)?, sender: row.try_get(1)?, recipient: row.try_get(2)? })
+        })
+        .collect::<Result<HashSet<_>, sqlx::Error>>()?;
+    Ok(OptOuts(RwLock::new(keys)))
+}
+
 /// Queued messages with what dispatch needs to carry on (filtered and ordered by the caller).
 macro_rules! pending_select {
     () => {
@@ -202,6 +273,41 @@ macro_rules! pending_select {
      EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
      FROM queue q JOIN messages m ON m.id = q.message_id"
     };
+}
+
+/// Whether the viewer bound as `?2` may see conversation `c`: anyone when `NULL`, else a key
+/// that owns a message in it.
+macro_rules! visible_to {
+    () => {
+        "(?2 IS NULL OR EXISTS (SELECT 1 FROM messages o WHERE o.owner = ?2 AND o.conversation_id = c.id))"
+    };
+}
+
+/// Conversations with their newest stored message, newest activity first: `?1` the cursor (as
+/// `$after` uses it), `?2` the viewer, `?3` how many.
+macro_rules! conversations_select {
+    ($after:literal) => {
+        concat!(
+            "SELECT c.id, c.channel, c.participant_a, c.participant_b, c.message_count, c.last_message_at, \
+             c.last_message_id, l.id AS last_id, l.direction AS last_direction, l.body AS last_body \
+             FROM conversations c \
+             LEFT JOIN messages l ON l.id = (SELECT MAX(n.id) FROM messages n WHERE n.conversation_id = c.id) \
+             WHERE ",
+            $after,
+            " AND ",
+            visible_to!(),
+            " ORDER BY c.last_message_id DESC LIMIT ?3"
+        )
+    };
+}
+
+/// A page from `limit + 1` rows: the first `limit`, and the cursor after them when more follow.
+fn listed<T, C: Clone>(mut items: Vec<T>, page: &Page<C>, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor).or_else(|| page.after.clone()) } else { None };
+    Listed { items, next }
 }
 
 fn pending_rows(rows: &[SqliteRow]) -> Result<Vec<Pending>, StoreError> {
@@ -237,10 +343,13 @@ fn message_of(row: &SqliteRow) -> Result<OutboundMessage, sqlx::Error> {
 /// (group commit), and no write transaction ever waits on another. If a write of a batch fails,
 /// the batch is rolled back and its writes are applied again one transaction each, so one bad
 /// write never takes others down with it; a database that is locked or failing fails the batch.
+///
+/// [`OptOuts`] follows each committed write that changed an opt-out, before its answer goes.
 async fn write_batches(
     mut conn: SqliteConnection,
     mut queue: mpsc::Receiver<Write>,
     file: Arc<DatabaseFile>,
+    opt_outs: Arc<OptOuts>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
@@ -265,9 +374,12 @@ async fn write_batches(
             }
             continue;
         }
-        match apply_together(&mut conn, &batch).await {
+        match apply_together(&mut conn, &batch, &opt_outs).await {
             Ok(results) => {
                 file.failing.store(false, Ordering::Relaxed);
+                for (key, opted_out) in results.iter().filter_map(Applied::opt_out) {
+                    opt_outs.set(key, opted_out);
+                }
                 for (write, result) in batch.drain(..).zip(results) {
                     let _ = write.reply.send(Ok(result));
                 }
@@ -278,10 +390,13 @@ async fn write_batches(
                 let mut any_applied = false;
                 for write in batch.drain(..) {
                     let result = if alone {
-                        apply_alone(&mut conn, &write.op).await
+                        apply_alone(&mut conn, &write.op, &opt_outs).await
                     } else {
                         Err(failed.error.clone())
                     };
+                    if let Some((key, opted_out)) = result.as_ref().ok().and_then(Applied::opt_out) {
+                        opt_outs.set(key, opted_out);
+                    }
                     any_applied |= result.is_ok();
                     let _ = write.reply.send(result);
                 }
@@ -334,11 +449,27 @@ async fn rollback(conn: &mut SqliteConnection) {
 /// message (each write of a message waits for the one before), so grouping by kind changes
 /// nothing but the number of statements. Should two writes for one id meet anyway, the batch
 /// is refused and applied one write at a time.
-async fn apply_together(conn: &mut SqliteConnection, batch: &[Write]) -> Result<Vec<Applied>, BatchFailed> {
+///
+/// Inbound messages go in the same statement, followed by a read of where each is stored, in
+/// one transaction. Redeliveries of one (family, provider message id), or two opt-out changes
+/// of one pair, do meet in a batch (webhooks are retried, `STOP` is resent): such a batch is
+/// applied one write at a time too, so each sees the one before.
+async fn apply_together(
+    conn: &mut SqliteConnection,
+    batch: &[Write],
+    opt_outs: &OptOuts,
+) -> Result<Vec<Applied>, BatchFailed> {
     let mut group = batches::Group::default();
     let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
-    let mut ids = std::collections::HashSet::with_capacity(batch.len());
-    for write in batch {
+    let mut ids = HashSet::with_capacity(batch.len());
+    // What the grouped statement's rows must not share besides a message: an inbound
+    // (family, provider message id) or an opt-out pair (they would not see each other).
+    let mut inbound_keys = HashSet::new();
+    let mut opt_keys = HashSet::new();
+    // The batch's inbound messages, by position, in the group's order.
+    let mut inbound = Vec::new();
+    for (position, write) in batch.iter().enumerate() {
+        let mut shares_a_row = false;
         let (id, result) = match &write.op {
             Op::Insert { message, owner, key: None } => {
                 group.insert(message, owner.as_deref());
@@ -352,32 +483,53 @@ async fn apply_together(conn: &mut SqliteConnection, batch: &[Write]) -> Result<
                 group.finish(id, outcome, last_attempt.as_ref());
                 (Some(id), Some(Applied::Done))
             }
+            Op::Inbound { message } => {
+                let family = family(message.channel.as_str());
+                shares_a_row = !inbound_keys.insert((family, message.provider_message_id.as_str()))
+                    || (message.opt_change.is_some() && !opt_keys.insert(message.opt_out_key()));
+                group.inbound(message);
+                inbound.push(position);
+                (Some(&message.id), None)
+            }
+            Op::RemoveOptOut { key } => {
+                shares_a_row = !opt_keys.insert(key.clone());
+                (None, None)
+            }
             op => (op.message_id(), None),
         };
-        if id.is_some_and(|id| !ids.insert(id.as_str())) {
-            return Err(unavailable("two writes for one message in a batch").into());
+        if shares_a_row || id.is_some_and(|id| !ids.insert(id.as_str())) {
+            return Err(unavailable("two writes of a batch for one message, inbound id or opt-out").into());
         }
         results.push(result);
     }
-    if results.iter().all(Option::is_some) {
+    if inbound.is_empty() && results.iter().all(Option::is_some) {
         group.write(conn).await?;
     } else {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         for (write, result) in batch.iter().zip(&mut results) {
-            if result.is_none() {
-                *result = Some(apply(conn, &write.op).await?);
+            if result.is_none() && !matches!(write.op, Op::Inbound { .. }) {
+                *result = Some(apply(conn, &write.op, opt_outs).await?);
             }
         }
-        group.write(conn).await?;
+        let stored = group.write(conn).await?;
+        for (position, stored) in inbound.into_iter().zip(stored) {
+            if let Op::Inbound { message } = &batch[position].op {
+                results[position] = Some(received(message, stored, opt_outs));
+            }
+        }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
     }
     Ok(results.into_iter().map(|result| result.unwrap_or(Applied::Done)).collect())
 }
 
-async fn apply_alone(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
+async fn apply_alone(
+    conn: &mut SqliteConnection,
+    op: &Op,
+    opt_outs: &OptOuts,
+) -> Result<Applied, StoreError> {
     let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable);
     let result = match begun {
-        Ok(_) => apply(conn, op).await,
+        Ok(_) => apply(conn, op, opt_outs).await,
         Err(error) => Err(error),
     };
     let committed = match result {
@@ -390,7 +542,7 @@ async fn apply_alone(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, St
     committed
 }
 
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreError> {
+async fn apply(conn: &mut SqliteConnection, op: &Op, opt_outs: &OptOuts) -> Result<Applied, StoreError> {
     let mut group = batches::Group::default();
     match op {
         Op::Insert { message, owner, key } => {
@@ -403,6 +555,25 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreErr
         }
         Op::Finish { id, outcome, last_attempt } => group.finish(id, outcome, last_attempt.as_ref()),
         Op::Purge { before, batch } => return Ok(Applied::Purged(purge(conn, *before, *batch).await?)),
+        Op::Inbound { message } => {
+            group.inbound(message);
+            let stored = group.write(conn).await.map_err(unavailable)?.into_iter().next();
+            let stored =
+                stored.ok_or_else(|| unavailable("an inbound message was not found after its write"))?;
+            return Ok(received(message, stored, opt_outs));
+        }
+        Op::RemoveOptOut { key } => {
+            let removed =
+                sqlx::query("DELETE FROM opt_outs WHERE channel = ? AND sender = ? AND recipient = ?")
+                    .bind(&key.family)
+                    .bind(&key.sender)
+                    .bind(&key.recipient)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            return Ok(Applied::OptOutRemoved { removed: removed > 0, key: key.clone() });
+        }
         Op::Probe => {
             probe(conn).await.map_err(unavailable)?;
             return Ok(Applied::Done);
@@ -410,6 +581,22 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, StoreErr
     }
     group.write(conn).await.map_err(unavailable)?;
     Ok(Applied::Done)
+}
+
+/// The answer for an inbound message from where its write found or put it. `opt_outs` is the
+/// state before the write (no other write of its statement touched its pair): a `STOP` records
+/// a new opt-out only if its pair was not opted out.
+fn received(message: &InboundMessage, stored: batches::Stored, opt_outs: &OptOuts) -> Applied {
+    let duplicate = stored.id != message.id;
+    let opt = match message.opt_change {
+        Some(change) if !duplicate => Some((message.opt_out_key(), change == OptChange::OptOut)),
+        _ => None,
+    };
+    let opted_out = matches!(&opt, Some((key, true)) if !opt_outs.contains(key));
+    Applied::Received {
+        received: Received { id: stored.id, conversation_id: stored.conversation_id, duplicate, opted_out },
+        opt,
+    }
 }
 
 async fn probe(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
@@ -498,17 +685,35 @@ async fn schedule(
     Ok(())
 }
 
+/// Deletes finished messages (their attempts and inbound ids go by cascade) and takes them off
+/// their conversations' counts, then forgets expired idempotency keys.
 async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-    let purged = sqlx::query(
+    let conversations: Vec<Option<i64>> = sqlx::query_scalar(
         "DELETE FROM messages WHERE id IN \
-         (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?)",
+         (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?) \
+         RETURNING conversation_id",
     )
     .bind(ms(before))
     .bind(i64::from(batch))
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(unavailable)?
-    .rows_affected();
+    .map_err(unavailable)?;
+    let purged = u64::try_from(conversations.len()).unwrap_or(u64::MAX);
+    let mut counts = std::collections::BTreeMap::<i64, i64>::new();
+    for id in conversations.into_iter().flatten() {
+        *counts.entry(id).or_default() += 1;
+    }
+    if !counts.is_empty() {
+        let counts: Vec<(i64, i64)> = counts.into_iter().collect();
+        sqlx::query(
+            "UPDATE conversations SET message_count = message_count - (d.value->>1) \
+             FROM json_each(?) AS d WHERE conversations.id = (d.value->>0)",
+        )
+        .bind(serde_json::to_string(&counts).map_err(unavailable)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
     let window_start = idempotency_window_start(ms(SystemTime::now()));
     sqlx::query("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)")
         .bind(window_start)
@@ -666,6 +871,106 @@ impl MessageStore for SqliteStore {
             self.write(Op::Probe).await?;
         }
         Ok(())
+    }
+
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError> {
+        match self.write(Op::Inbound { message: message.clone() }).await? {
+            Applied::Received { received, .. } => Ok(received),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
+    }
+
+    async fn conversations(
+        &self,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Listed<ConversationView, String>, StoreError> {
+        let query = match page.after {
+            Some(_) => sqlx::query(conversations_select!("c.last_message_id < ?1")),
+            None => sqlx::query(conversations_select!("?1 IS NULL")),
+        };
+        let rows = query
+            .bind(page.after.as_deref())
+            .bind(viewer)
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        let items = rows.iter().map(conversation_of).collect::<Result<_, _>>().map_err(unavailable)?;
+        Ok(listed(items, &page, |c: &ConversationView| c.last_message_id.clone()))
+    }
+
+    async fn conversation_messages(
+        &self,
+        id: i64,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
+        let visible: bool = sqlx::query_scalar(concat!(
+            "SELECT EXISTS (SELECT 1 FROM conversations c WHERE c.id = ?1 AND ",
+            visible_to!(),
+            ")"
+        ))
+        .bind(id)
+        .bind(viewer)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        if !visible {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT id, direction, channel, sender, recipient, body, attachments, \
+             CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
+             THEN 'sending' ELSE status END AS status, \
+             provider, occurred_at, created_at \
+             FROM messages m WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let items =
+            rows.iter().map(conversation_message_of).collect::<Result<_, _>>().map_err(unavailable)?;
+        Ok(Some(listed(items, &page, |m: &ConversationMessage| m.id.clone())))
+    }
+
+    async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(self.opt_outs.contains(key))
+    }
+
+    async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
+        let limit = i64::from(page.limit) + 1;
+        let rows = match &page.after {
+            Some(after) => sqlx::query(
+                "SELECT channel, sender, recipient, created_at FROM opt_outs \
+                 WHERE (channel, sender, recipient) > (?, ?, ?) ORDER BY channel, sender, recipient LIMIT ?",
+            )
+            .bind(&after.family)
+            .bind(&after.sender)
+            .bind(&after.recipient)
+            .bind(limit),
+            None => sqlx::query(
+                "SELECT channel, sender, recipient, created_at FROM opt_outs \
+                 ORDER BY channel, sender, recipient LIMIT ?",
+            )
+            .bind(limit),
+        }
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let items = rows.iter().map(opt_out_of).collect::<Result<_, _>>().map_err(unavailable)?;
+        Ok(listed(items, &page, OptOut::key))
+    }
+
+    async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        match self.write(Op::RemoveOptOut { key: key.clone() }).await? {
+            Applied::OptOutRemoved { removed, .. } => Ok(removed),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
     }
 
     fn describe(&self) -> String {
