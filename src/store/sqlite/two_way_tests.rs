@@ -564,3 +564,11 @@ async fn migrating_a_0003_database_keeps_its_messages() -> Result<(), StoreError
     assert_eq!(listed.iter().map(|c| (c.id, c.message_count)).collect::<Vec<_>>(), [(1, 1)]);
     Ok(())
 }
+
+/// The checks every store passes (`store/conformance.rs`), on a fresh database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(unavailable)?;
+    crate::store::conformance::run_all(Arc::new(open(&dir).await?)).await;
+    Ok(())
+}
