@@ -34,10 +34,12 @@ CREATE INDEX messages_owner_conversation ON messages (owner, conversation_id)
     WHERE owner IS NOT NULL AND conversation_id IS NOT NULL;
 
 -- One row per inbound message: a redelivery of (family, provider message id) is the same message.
+-- The reference is checked at commit: the store claims the (family, provider message id) first
+-- and writes the message after, so a concurrent redelivery waits on the claim and writes nothing.
 CREATE TABLE inbound_ids (
     channel             TEXT NOT NULL,
     provider_message_id TEXT NOT NULL,
-    message_id          TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    message_id          TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
     PRIMARY KEY (channel, provider_message_id)
 );
 

@@ -1,19 +1,23 @@
 //! Group commit on PostgreSQL: concurrent writes of one kind — plain inserts (no idempotency
-//! key), attempt starts, message endings — go in one statement per batch, rows passed as arrays
-//! (`UNNEST`), so they share one round trip and one commit instead of one each; for inserts
-//! that is one wait for the WAL flush per batch. A few batches of a kind may be in flight at
+//! key), attempt starts, message endings — go in one transaction per batch, rows passed as
+//! arrays (`UNNEST`), so they share round trips and one commit instead of one each; for inserts
+//! that is one wait for the WAL flush per batch. Starts and endings are one statement; inserts
+//! are three (their conversations, the messages, their conversations' counts). A few batches of a kind may be in flight at
 //! once (on separate connections); the next batch gathers while they commit.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use switchboard_providers::OutboundMessage;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::codec::{class_name, json_list, ms, unavailable};
+use crate::store::conversation::ConversationKey;
 use crate::store::{Attempt, Final, StoreError};
+
+use super::conversations;
 
 /// The most writes in one statement.
 const MAX_BATCH: usize = 256;
@@ -45,9 +49,9 @@ pub(super) struct Batcher<T> {
     writes: mpsc::Sender<(T, Reply)>,
 }
 
-/// A kind of write and its batch statement.
+/// A kind of write and its batch transaction.
 pub(super) trait Statement: Sized + Send + Sync + 'static {
-    /// Writes `rows` in one statement; says, per row, whether it applied (`false`: the lease on
+    /// Writes `rows` in one transaction; says, per row, whether it applied (`false`: the lease on
     /// its message is no longer ours).
     fn apply<'a>(
         pool: &'a PgPool,
@@ -96,8 +100,8 @@ async fn gather<T: Statement>(pool: PgPool, lease: Lease, mut queue: mpsc::Recei
     }
 }
 
-/// Runs a batch statement (which says, per write, whether it applied); if the database refuses
-/// it (one bad row fails the statement), each write is tried alone, so only the bad one fails;
+/// Runs a batch (which says, per write, whether it applied); if the database refuses it (one
+/// bad row fails the batch), each write is tried alone, so only the bad one fails;
 /// if the database is unreachable, every write gets that error.
 async fn each_or_alone<T: Statement>(pool: &PgPool, lease: &Lease, items: &[T]) -> Answers {
     match T::apply(pool, lease, items).await {
@@ -129,11 +133,14 @@ pub(super) struct NewMessage {
     pub owner: Option<String>,
 }
 
-/// New messages with their queue entries, leased to this instance.
+/// New messages with their queue entries, leased to this instance, in their conversations.
 impl Statement for NewMessage {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
         let refs: Vec<_> = rows.iter().map(|r| (&r.message, r.owner.as_deref())).collect();
-        insert_all(pool, lease, &refs).await.map(|()| vec![true; rows.len()])
+        let mut tx = pool.begin().await?;
+        insert_all(&mut tx, lease, &refs).await?;
+        tx.commit().await?;
+        Ok(vec![true; rows.len()])
     }
 }
 
@@ -256,21 +263,31 @@ impl Statement for Ending {
     }
 }
 
-/// One statement: the messages and their queue entries, atomically.
-pub(super) async fn insert_all<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
+/// The messages, their queue entries and their conversations (created when missing, counted
+/// otherwise), in the transaction `conn` is in (see [`conversations`] for the steps and why).
+pub(super) async fn insert_all(
+    conn: &mut PgConnection,
     lease: &Lease,
     rows: &[(&OutboundMessage, Option<&str>)],
 ) -> Result<(), sqlx::Error> {
     let column = |f: fn(&OutboundMessage) -> &str| rows.iter().map(|(m, _)| f(m)).collect::<Vec<_>>();
     let now = ms(SystemTime::now());
+    let members: Vec<(ConversationKey, &str)> = rows
+        .iter()
+        .map(|(m, _)| (ConversationKey::of(m.channel.as_str(), &m.from, &m.to), m.id.as_str()))
+        .collect();
+    let joined = conversations::join(conn, &members, now).await?;
+    // In id order: two batches holding the same id wait for each other in one order.
     sqlx::query(
         "WITH message AS ( \
            INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-           created_at, updated_at, owner) \
-           SELECT id, channel, sender, recipient, subject, body, attachments, tags, 'queued', $10, $10, owner \
-           FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
-             AS row (id, channel, sender, recipient, subject, body, attachments, tags, owner) \
+           created_at, updated_at, owner, conversation_id) \
+           SELECT id, channel, sender, recipient, subject, body, attachments, tags, 'queued', $10, $10, owner, \
+           conversation_id \
+           FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], \
+             $9::TEXT[], $13::BIGINT[]) \
+             AS row (id, channel, sender, recipient, subject, body, attachments, tags, owner, conversation_id) \
+           ORDER BY id \
            RETURNING id) \
          INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $10, $11, $12 FROM message",
     )
@@ -286,9 +303,12 @@ pub(super) async fn insert_all<'e>(
     .bind(now)
     .bind(&lease.token)
     .bind(ms(SystemTime::now() + lease.duration))
-    .execute(executor)
+    .bind(joined.iter().map(|j| j.id).collect::<Vec<_>>())
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    let counted: Vec<(conversations::Joined, &str)> =
+        joined.into_iter().zip(members.iter().map(|(_, id)| *id)).collect();
+    conversations::count(conn, &counted, now).await
 }
 
 #[cfg(test)]

@@ -17,9 +17,11 @@ use crate::store::codec::{
     unavailable, view_of,
 };
 mod batches;
+mod conversations;
 
 use crate::store::{
-    Attempt, Final, IdempotencyKey, Inserted, MessageStore, MessageView, Pending, QueuePosition, StoreError,
+    Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted, Listed,
+    MessageStore, MessageView, OptOut, OptOutKey, Page, Pending, QueuePosition, Received, StoreError,
 };
 use batches::{Batcher, Lease};
 
@@ -314,7 +316,7 @@ impl MessageStore for PostgresStore {
             tx.commit().await.map_err(unavailable)?;
             return recorded_answer(key, &row).map_err(unavailable);
         }
-        batches::insert_all(&mut *tx, &self.lease, &[(message, owner)]).await.map_err(unavailable)?;
+        batches::insert_all(&mut tx, &self.lease, &[(message, owner)]).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted::New)
     }
@@ -436,16 +438,8 @@ impl MessageStore for PostgresStore {
     }
 
     async fn purge(&self, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        let purged = sqlx::query(
-            "DELETE FROM messages WHERE id IN \
-             (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)",
-        )
-        .bind(ms(before))
-        .bind(i64::from(batch))
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
+        let purged =
+            conversations::purge_messages(&self.pool, ms(before), batch).await.map_err(unavailable)?;
         let window_start = idempotency_window_start(ms(SystemTime::now()));
         sqlx::query("DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)")
             .bind(window_start)
@@ -550,6 +544,47 @@ impl MessageStore for PostgresStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop).map_err(unavailable)
+    }
+
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError> {
+        // Another try only when the first delivery's message was purged between this one finding
+        // its claim and reading it: the claim is free again.
+        for _ in 0..3 {
+            if let Some(received) = conversations::insert_inbound(&self.pool, message).await? {
+                return Ok(received);
+            }
+        }
+        Err(unavailable("an inbound message's first delivery vanished three times while being read"))
+    }
+
+    async fn conversations(
+        &self,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Listed<ConversationView, String>, StoreError> {
+        conversations::conversations(&self.pool, viewer, page).await.map_err(unavailable)
+    }
+
+    async fn conversation_messages(
+        &self,
+        id: i64,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
+        conversations::conversation_messages(&self.pool, id, viewer, page).await.map_err(unavailable)
+    }
+
+    /// A query each time: instances sharing the database record opt-outs in one table.
+    async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        conversations::opted_out(&self.pool, key).await.map_err(unavailable)
+    }
+
+    async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
+        conversations::opt_outs(&self.pool, page).await.map_err(unavailable)
+    }
+
+    async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
+        conversations::remove_opt_out(&self.pool, key).await.map_err(unavailable)
     }
 
     fn describe(&self) -> String {
