@@ -74,7 +74,12 @@ fn providers_lists_exactly_the_built_in_kinds() {
             ],
             &[],
         ),
-        ("sendgrid", &["email"], &["api_key", "base_url", "from", "inbound_secret"], &["api_key", "inbound_secret"]),
+        (
+            "sendgrid",
+            &["email"],
+            &["api_key", "base_url", "from", "inbound_secret"],
+            &["api_key", "inbound_secret"],
+        ),
         (
             "smtp",
             &["email"],
@@ -139,7 +144,12 @@ fn readme_provider_example_validates() {
     assert!(example.contains("kind = \"twilio\""), "no example found in the README");
     let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
     std::fs::write(dir.path().join("routes.toml"), example).unwrap_or_else(|error| panic!("{error}"));
-    let env = [("TWILIO_AUTH_TOKEN", "t"), ("SENDGRID_API_KEY", "k"), ("SMTP_PASSWORD", "p")];
+    let env = [
+        ("TWILIO_AUTH_TOKEN", "t"),
+        ("SENDGRID_API_KEY", "k"),
+        ("SENDGRID_INBOUND_SECRET", "s"),
+        ("SMTP_PASSWORD", "p"),
+    ];
     let output = switchboard(dir.path(), &["validate"], &env);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     assert!(stdout(&output).starts_with("routes.toml: valid"), "{}", stdout(&output));

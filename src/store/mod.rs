@@ -368,47 +368,35 @@ pub trait MessageStore: Send + Sync + 'static {
     /// opt-out change its body makes, all or nothing. The same (channel family, provider
     /// message id) stored before — by this instance or another sharing the store — writes
     /// nothing and answers the first message's id and conversation with `duplicate: true`.
-    async fn insert_inbound(&self, _message: &InboundMessage) -> Result<Received, StoreError> {
-        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
-    }
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError>;
 
     /// Conversations, newest activity first (see [`ConversationView`]). `viewer`: `None` sees
     /// every conversation; `Some(key)` only those holding a message owned by that key.
     async fn conversations(
         &self,
-        _viewer: Option<&str>,
-        _page: Page<String>,
-    ) -> Result<Listed<ConversationView, String>, StoreError> {
-        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
-    }
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Listed<ConversationView, String>, StoreError>;
 
     /// A conversation's messages, oldest first (see [`ConversationMessage`]). `None` when there
     /// is no such conversation or `viewer` may not see it (the same rule as
     /// [`MessageStore::conversations`]).
     async fn conversation_messages(
         &self,
-        _id: i64,
-        _viewer: Option<&str>,
-        _page: Page<String>,
-    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
-        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
-    }
+        id: i64,
+        viewer: Option<&str>,
+        page: Page<String>,
+    ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError>;
 
     /// Whether the pair is opted out (asked before a message is accepted and before each of its
     /// attempts).
-    async fn opted_out(&self, _key: &OptOutKey) -> Result<bool, StoreError> {
-        Ok(false)
-    }
+    async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError>;
 
     /// Recorded opt-outs, ordered by (channel, sender, recipient); the cursor is the last key.
-    async fn opt_outs(&self, _page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
-        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
-    }
+    async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError>;
 
     /// Removes an opt-out; `false` when there was none.
-    async fn remove_opt_out(&self, _key: &OptOutKey) -> Result<bool, StoreError> {
-        Err(StoreError::Unavailable("two-way messaging is not implemented by this store".into()))
-    }
+    async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError>;
 
     /// A short description for logs (`memory://`, `sqlite://…`); never a password.
     fn describe(&self) -> String;

@@ -653,3 +653,13 @@ async fn migrating_from_schema_3_keeps_every_message() -> Result<(), StoreError>
     assert_eq!(store.get(old[1]).await?, None);
     assert_counts_match(&db).await
 }
+
+/// The checks every store passes (`store/conformance.rs`), on a fresh database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+async fn conformance() -> Result<(), StoreError> {
+    let db = TestDb::create().await?;
+    let store: Arc<dyn MessageStore> = db.store().await?;
+    crate::store::conformance::run_all(store).await;
+    Ok(())
+}
