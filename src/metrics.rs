@@ -36,6 +36,12 @@ struct ProviderLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedLabels {
+    provider: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     provider: String,
     to: String,
@@ -82,6 +88,7 @@ pub struct Metrics {
     inbound: Family<ChannelLabels, Counter>,
     inbound_duplicates: Family<ChannelLabels, Counter>,
     opt_outs: Family<ChannelLabels, Counter>,
+    inbound_rejected: Family<RejectedLabels, Counter>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -116,6 +123,7 @@ impl Metrics {
         let inbound = Family::default();
         let inbound_duplicates = Family::default();
         let opt_outs = Family::default();
+        let inbound_rejected = Family::default();
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -199,8 +207,14 @@ impl Metrics {
             "Opt-outs recorded (a STOP keyword from a pair not opted out yet), by channel family",
             opt_outs.clone(),
         );
+        registry.register(
+            "switchboard_inbound_rejected",
+            "Requests to a provider's inbound URL refused, by provider and reason (invalid_signature, invalid_request, unsupported_media_type)",
+            inbound_rejected.clone(),
+        );
         Metrics {
             registry,
+            inbound_rejected,
             inbound,
             inbound_duplicates,
             opt_outs,
@@ -277,6 +291,13 @@ impl Metrics {
         counter.get_or_create(&ChannelLabels { channel: channel.to_owned() }).inc();
     }
 
+    /// A request to `provider`'s inbound URL refused for `reason`.
+    pub fn inbound_rejected(&self, provider: &str, reason: &str) {
+        self.inbound_rejected
+            .get_or_create(&RejectedLabels { provider: provider.to_owned(), reason: reason.to_owned() })
+            .inc();
+    }
+
     /// An opt-out recorded on channel family `family`.
     pub fn opted_out(&self, family: &str) {
         self.opt_outs.get_or_create(&ChannelLabels { channel: family.to_owned() }).inc();
@@ -342,6 +363,7 @@ mod tests {
         metrics.inbound("mms", false);
         metrics.inbound("sms", true);
         metrics.opted_out("sms");
+        metrics.inbound_rejected("tw", "invalid_signature");
         let text = metrics.render();
         assert!(!text.contains("version=\"aaa\""), "{text}");
         assert!(text.contains("switchboard_config_last_reload_timestamp_seconds "), "{text}");
@@ -360,6 +382,7 @@ mod tests {
             "switchboard_inbound_messages_total{channel=\"mms\"} 1",
             "switchboard_inbound_duplicates_total{channel=\"sms\"} 1",
             "switchboard_opt_outs_total{channel=\"sms\"} 1",
+            "switchboard_inbound_rejected_total{provider=\"tw\",reason=\"invalid_signature\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -657,8 +657,8 @@ fn keys_env() -> String {
 }
 
 /// With keys: webhooks and reads need a key; a conversation is visible to admin keys and to keys
-/// with a message in it (others get 404); opt-outs are admin only; providers' own inbound URLs
-/// need no key.
+/// that sent a message in it (others get 404, also after posting an inbound message into it);
+/// opt-outs are admin only; providers' own inbound URLs need no key.
 fn access(backend: &Backend) {
     let keys = keys_env();
     let mut env = vec![("SWITCHBOARD_API_KEYS", keys.as_str())];
@@ -684,6 +684,12 @@ fn access(backend: &Backend) {
         404,
         "another key's conversation"
     );
+    // Posting an inbound message into APP's conversation does not let OTHER read it.
+    let intruder = json!({"from": "+18045551234", "to": "+12016661234", "type": "sms", "messaging_provider_id": "intruder-1", "body": "let me in"});
+    let (status, posted) = post(&server, "/api/webhooks/sms", &intruder, Some(OTHER));
+    assert_eq!((status, &posted["conversation_id"]), (200, &json!(1)), "{posted}");
+    assert_eq!(get(&server, "/api/conversations/1/messages", Some(OTHER)).0, 404, "posting grants no view");
+    assert_eq!(ids(OTHER), [2]);
     assert_eq!(get(&server, "/api/conversations/1/messages", Some(APP)).0, 200);
     assert_eq!(get(&server, "/api/conversations/1/messages", Some(OPS)).0, 200);
     assert_eq!(get(&server, "/v1/opt-outs", Some(APP)).0, 403);

@@ -301,3 +301,46 @@ async fn a_retry_of_an_accepted_message_is_replayed_whatever_changed_since() {
     let got = setup.acceptor.accept(SMS.key("new", "a").submission()).await;
     assert_eq!(outcome(&got, &[]), "key_in_flight");
 }
+
+/// An opted-out pair is refused (nothing stored) — other recipients and other senders are not —
+/// while a retry of a message accepted before the opt-out still gets its first answer.
+#[tokio::test]
+async fn an_opted_out_pair_is_refused_but_an_accepted_key_replays() {
+    use crate::store::{InboundMessage, OptChange};
+    let setup = setup("[providers.p]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"p\"]\n[routes.mms]\nproviders = [\"p\"]\n");
+    let keyed = SMS.key("k1", "body-1").submission();
+    let first_id = keyed.message.id.clone();
+    assert!(matches!(setup.acceptor.accept(keyed).await, Ok(Accepted::New { .. })));
+    let stop = InboundMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        channel: Channel::SMS,
+        from: SMS.to.into(),
+        to: "+15550001111".into(),
+        subject: None,
+        body: "STOP".into(),
+        attachments: vec![],
+        provider: None,
+        provider_message_id: "stop-1".into(),
+        timestamp: std::time::SystemTime::now(),
+        owner: None,
+        opt_change: Some(OptChange::OptOut),
+    };
+    let received = setup.store.insert_inbound(&stop).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(received.opted_out);
+    let mut ids = vec![Some(first_id)];
+    let mut got = Vec::new();
+    for send in [SMS, SMS.on("mms"), SMS.key("k1", "body-1"), SMS.key("k2", "body-2"), SMS.to("+15550003333")]
+    {
+        let mut submission = send.submission();
+        if send.channel == "mms" {
+            submission.message.attachments = vec!["https://example.com/a.png".into()];
+        }
+        let id = submission.message.id.clone();
+        let result = setup.acceptor.accept(submission).await;
+        got.push(outcome(&result, &ids));
+        let stored = setup.store.get(&id).await.ok().flatten().is_some();
+        assert_eq!(stored, matches!(result, Ok(Accepted::New { .. })), "{}", got[got.len() - 1]);
+        ids.push(matches!(result, Ok(Accepted::New { .. })).then_some(id));
+    }
+    assert_eq!(got, ["opted_out", "opted_out", "replay of 0", "opted_out", "new"]);
+}

@@ -586,21 +586,6 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         if job.attempts >= max_attempts {
             break;
         }
-        // Asked before every attempt, failovers included: an opt-out recorded while the message
-        // waited (or between two providers) ends it unsent.
-        match shared.store.opted_out(&pair).await {
-            Ok(false) => {}
-            Ok(true) => {
-                let failure = Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() };
-                finish(shared, job, Final::Failed { provider: None, failure }, None).await;
-                return Round::Done;
-            }
-            Err(error) => {
-                // Not known to be allowed: not sent now, asked again after a pause.
-                tracing::warn!(message_id = %job.message.id, error = %error, "could not check the recipient's opt-out; retrying later");
-                return Round::Retry(OPT_OUT_RECHECK);
-            }
-        }
         let now = Instant::now();
         if let Some(until) = handle.health().pause.paused_until(now) {
             next_available = earliest(next_available, until);
@@ -615,6 +600,23 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             let wait = bucket.reserve(now);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
+            }
+        }
+        // Asked right before every attempt (after any rate-limit wait), failovers included: an
+        // opt-out recorded while the message waited, or between two providers, ends it unsent.
+        match shared.store.opted_out(&pair).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
+                let failure = Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() };
+                finish(shared, job, Final::Failed { provider: None, failure }, None).await;
+                return Round::Done;
+            }
+            Err(error) => {
+                // Not known to be allowed: not sent now, asked again after a pause.
+                let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
+                tracing::warn!(message_id = %job.message.id, error = %error, "could not check the recipient's opt-out; retrying later");
+                return Round::Retry(OPT_OUT_RECHECK);
             }
         }
         attempted = true;

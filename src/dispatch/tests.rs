@@ -251,3 +251,46 @@ async fn a_dispatch_that_panics_finishes_its_message_as_failed() {
     assert_eq!(wait_final_in(store.as_ref(), &next_id).await.status, Status::Failed);
     assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
 }
+
+/// An opt-out recorded while a message waits for its provider's rate-limit token is seen when
+/// the token comes: the message ends `opted_out` with no attempt made.
+#[tokio::test]
+async fn an_opt_out_recorded_during_a_rate_limit_wait_stops_the_attempt() {
+    use crate::store::{FailureCode, InboundMessage, OptChange};
+    let config = "[providers.slow]\nkind = \"mock\"\nrate_limit.per_second = 2\nrate_limit.burst = 1\n\
+                  [routes.sms]\nproviders = [\"slow\"]\n";
+    let current = Arc::new(ArcSwap::from_pointee(snapshot(config)));
+    let store = Arc::new(MemoryStore::new(100));
+    let (dispatcher, workers) = Dispatcher::start(
+        current,
+        store.clone(),
+        Arc::new(Metrics::new()),
+        DispatchConfig { queue_capacity: 10, workers: 4 },
+    );
+    let (first, second) = (message(Channel::SMS), message(Channel::SMS));
+    let (first_id, second_id) = (first.id.clone(), second.id.clone());
+    assert!(dispatcher.submit(first, None, None).await.is_ok());
+    assert_eq!(wait_final(&store, &first_id).await.status, Status::Sent, "the first takes the only token");
+    assert!(dispatcher.submit(second, None, None).await.is_ok());
+    // The second waits about 500 ms for a token; the STOP comes meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = InboundMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        channel: Channel::SMS,
+        from: "+15550002222".into(),
+        to: "+15550001111".into(),
+        subject: None,
+        body: "STOP".into(),
+        attachments: vec![],
+        provider: None,
+        provider_message_id: "stop-during-wait".into(),
+        timestamp: std::time::SystemTime::now(),
+        owner: None,
+        opt_change: Some(OptChange::OptOut),
+    };
+    assert!(store.insert_inbound(&stop).await.is_ok_and(|r| r.opted_out));
+    let view = wait_final(&store, &second_id).await;
+    assert_eq!((view.status, view.error.map(|e| e.code)), (Status::Failed, Some(FailureCode::OptedOut)));
+    assert!(view.attempts.is_empty(), "no attempt after the opt-out: {:?}", view.attempts);
+    assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
+}

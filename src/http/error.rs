@@ -58,8 +58,9 @@ pub enum ApiError {
     Refused(Refusal),
     /// The recipient opted out of messages from the sender.
     OptedOut,
-    /// A provider's inbound request whose signature or secret is missing or wrong.
-    InvalidSignature(String),
+    /// A provider's inbound request whose signature or secret is missing or wrong. Which check
+    /// failed is logged, not answered: the caller is not authenticated.
+    InvalidSignature,
     /// More headers than [`MAX_HEADERS`], or more than `limit` bytes of them.
     HeadersTooLarge {
         limit: usize,
@@ -139,7 +140,7 @@ impl ApiError {
             ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden
-            | ApiError::InvalidSignature(_)
+            | ApiError::InvalidSignature
             | ApiError::Refused(Refusal::CountryNotAllowed { .. }) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } | ApiError::Refused(Refusal::RecipientRateLimited { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -173,7 +174,7 @@ impl ApiError {
             ApiError::Refused(Refusal::CountryNotAllowed { .. }) => "country_not_allowed",
             ApiError::Refused(Refusal::RecipientRateLimited { .. }) => "recipient_rate_limited",
             ApiError::OptedOut => "recipient_opted_out",
-            ApiError::InvalidSignature(_) => "invalid_signature",
+            ApiError::InvalidSignature => "invalid_signature",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::MalformedRequest => "malformed_request",
@@ -222,7 +223,9 @@ impl ApiError {
             }
             ApiError::Refused(refusal) => refusal.to_string(),
             ApiError::OptedOut => AcceptError::OptedOut.to_string(),
-            ApiError::InvalidSignature(reason) => format!("the request's signature was refused: {reason}"),
+            ApiError::InvalidSignature => {
+                "the request's signature or credentials are missing or do not match this provider's".into()
+            }
             ApiError::HeadersTooLarge { limit } => {
                 format!("the request has more than {MAX_HEADERS} headers or more than {limit} bytes of them")
             }

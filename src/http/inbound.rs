@@ -74,15 +74,13 @@ async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> 
         .map_err(|_| ApiError::RequestTimeout)??;
     let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
-    let inbound = handle.instance().receive(request).await.map_err(|error| match error {
-        InboundError::NotSupported => ApiError::NotFound,
-        InboundError::InvalidSignature(reason) => {
-            tracing::warn!(provider = name, kind, reason, "inbound request refused: signature");
-            ApiError::InvalidSignature(reason)
+    let inbound = handle.instance().receive(request).await.map_err(|error| refused(state, name, error))?;
+    for message in &inbound.messages {
+        if let Err(error) = payload::check_incoming(message) {
+            state.metrics.inbound_rejected(name, "invalid_request");
+            return Err(error);
         }
-        InboundError::Invalid { field, message } => ApiError::InvalidField { field, message },
-        InboundError::UnsupportedMediaType { expected } => ApiError::WrongMediaType { expected },
-    })?;
+    }
     // Stored one by one: a redelivery of the whole request finds those stored and stores the rest.
     for message in inbound.messages {
         state.receiver.receive(message, Some(name), None).await?;
@@ -92,4 +90,25 @@ async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> 
         HeaderValue::from_str(inbound.content_type).unwrap_or(HeaderValue::from_static("text/plain"));
     response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     Ok(response)
+}
+
+/// The answer to a refused inbound request, logged and counted (the reason is logged, never
+/// answered: the caller is not authenticated).
+fn refused(state: &AppState, provider: &str, error: InboundError) -> ApiError {
+    let (reason, answer) = match error {
+        InboundError::NotSupported => return ApiError::NotFound,
+        InboundError::InvalidSignature(reason) => {
+            tracing::info!(provider, reason, "inbound request refused: signature");
+            ("invalid_signature", ApiError::InvalidSignature)
+        }
+        InboundError::Invalid { field, message } => {
+            tracing::info!(provider, field, "inbound request refused: invalid field");
+            ("invalid_request", ApiError::InvalidField { field, message })
+        }
+        InboundError::UnsupportedMediaType { expected } => {
+            ("unsupported_media_type", ApiError::WrongMediaType { expected })
+        }
+    };
+    state.metrics.inbound_rejected(provider, reason);
+    answer
 }

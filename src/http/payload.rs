@@ -160,6 +160,43 @@ pub fn parse_webhook(webhook: Webhook, body: &[u8]) -> Result<Incoming, ApiError
     })
 }
 
+/// Checks a message a provider's kind parsed from its own inbound format (`/v1/inbound/…`) by
+/// the rules sends follow where they apply to what a carrier delivers: addresses of the
+/// channel's form, no control characters in them or the subject, an SMS body within
+/// [`SMS_MAX_CHARS`], at most [`MAX_ATTACHMENTS`] http(s) attachment URLs. The body may be
+/// empty (a picture message). A kind's parsing is not trusted to have done it.
+pub fn check_incoming(m: &Incoming) -> Result<(), ApiError> {
+    for (field, value) in [("from", Some(&m.from)), ("to", Some(&m.to)), ("subject", m.subject.as_ref())] {
+        if value.is_some_and(|v| v.contains(char::is_control)) {
+            return Err(ApiError::invalid(field, format!("`{field}` must not contain control characters")));
+        }
+    }
+    match m.channel.as_str() {
+        "sms" | "mms" => {
+            check_phone("from", &m.from)?;
+            check_phone("to", &m.to)?;
+            if m.body.chars().count() > SMS_MAX_CHARS {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("an SMS body may have at most {SMS_MAX_CHARS} characters"),
+                ));
+            }
+        }
+        "email" => {
+            check_email("from", &m.from)?;
+            check_email("to", &m.to)?;
+        }
+        _ => {}
+    }
+    if m.attachments.len() > MAX_ATTACHMENTS || !m.attachments.iter().all(|url| is_http_url(url)) {
+        return Err(ApiError::invalid(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments, each an http(s) URL"),
+        ));
+    }
+    Ok(())
+}
+
 /// The channel a messaging-service `type` names: `sms` (the default) or `mms`.
 fn sms_type(kind: Option<&str>) -> Result<Channel, ApiError> {
     match kind {
@@ -718,6 +755,36 @@ mod tests {
         );
         let parsed = parse_webhook(Sms, sms.as_bytes()).ok().and_then(|m| m.timestamp);
         assert_eq!(parsed, humantime::parse_rfc3339_weak("2024-11-01T14:00:00Z").ok());
+    }
+
+    fn check_provider_message(from: &str, body: &str, attachments: &[&str], expected: Result<(), &str>) {
+        let incoming = Incoming {
+            channel: if attachments.is_empty() { Channel::SMS } else { Channel::MMS },
+            from: from.into(),
+            to: "+12016661234".into(),
+            subject: None,
+            body: body.into(),
+            attachments: attachments.iter().map(|a| (*a).to_owned()).collect(),
+            provider_message_id: "SM1".into(),
+            timestamp: None,
+        };
+        let got = check_incoming(&incoming).map_err(|e| match e {
+            ApiError::InvalidField { field, .. } => field,
+            other => other.code().to_owned(),
+        });
+        assert_eq!(got, expected.map_err(str::to_owned), "{from} {body:?} {attachments:?}");
+    }
+
+    #[test]
+    fn provider_messages() {
+        check_provider_message("+18045551234", "hi", &[], Ok(()));
+        check_provider_message("+18045551234", "", &["https://api.twilio.com/m/1"], Ok(()));
+        check_provider_message("+18045551234", "line\nbreak", &[], Ok(()));
+        check_provider_message("whatsapp:+18045551234", "hi", &[], Err("from"));
+        check_provider_message("+1804555\u{0}1234", "hi", &[], Err("from"));
+        check_provider_message("+18045551234", &"x".repeat(SMS_MAX_CHARS + 1), &[], Err("body"));
+        check_provider_message("+18045551234", "", &["javascript:alert(1)"], Err("attachments"));
+        check_provider_message("+18045551234", "", &["https://a.example/x"; 11], Err("attachments"));
     }
 
     #[test]

@@ -74,6 +74,18 @@ struct Record {
     updated_at: SystemTime,
 }
 
+impl Record {
+    /// The key this message lets see its conversation: the owner of a message it sent. An
+    /// inbound message grants no one a view (a key posting a webhook into someone else's
+    /// conversation must not read it).
+    fn viewer_owner(&self) -> Option<&str> {
+        match self.direction {
+            Direction::Outbound => self.owner.as_deref(),
+            Direction::Inbound => None,
+        }
+    }
+}
+
 struct Unfinished {
     subject: Option<String>,
     not_before: SystemTime,
@@ -274,7 +286,7 @@ impl MemoryStore {
             return Err(taken(&id_of(id)));
         }
         record.conversation_id =
-            conversations.join(conversation, id, record.owner.as_deref(), record.created_at);
+            conversations.join(conversation, id, record.viewer_owner(), record.created_at);
         let conversation_id = record.conversation_id;
         shard.insert(id, record);
         Ok(conversation_id)
@@ -295,7 +307,7 @@ impl MemoryStore {
         let Some(old) = evicted else { return };
         let Some(record) = self.shard(old).remove(&old) else { return };
         let mut conversations = lock(&self.conversations);
-        conversations.leave(record.conversation_id, old, record.owner.as_deref());
+        conversations.leave(record.conversation_id, old, record.viewer_owner());
         if let (Direction::Inbound, Some(provider_id)) = (record.direction, &record.provider_message_id) {
             conversations.forget_inbound(family(record.channel.as_str()), provider_id, old);
         }
@@ -812,9 +824,16 @@ mod tests {
     #[tokio::test]
     async fn forgotten_owners_and_conversations() -> Result<(), StoreError> {
         let store = MemoryStore::new(1);
-        let owned = inbound("+15550002222", "p1", Some("k"));
-        let shared = store.insert_inbound(&owned).await?.conversation_id;
+        let owned = message(&new_id());
+        store.insert_for(&owned, Some("k"), None).await?;
+        let shared = store.get(&owned.id).await?.and_then(|v| v.conversation_id).unwrap_or_default();
         check(&store, shared, Some("k"), Some(&[&owned.id]), Some((1, Some(&owned.id)))).await?;
+        let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: None };
+        store.finish(&owned.id, sent, None).await?;
+        // An inbound message a key posted grants it no view.
+        let posted = inbound("+15550002222", "p0", Some("posting-key"));
+        store.insert_inbound(&posted).await?;
+        check(&store, shared, Some("posting-key"), None, None).await?;
         // The owner's only message is forgotten: the conversation is no longer theirs.
         let unowned = inbound("+15550002222", "p2", None);
         store.insert_inbound(&unowned).await?;

@@ -371,7 +371,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<Received, StoreError>;
 
     /// Conversations, newest activity first (see [`ConversationView`]). `viewer`: `None` sees
-    /// every conversation; `Some(key)` only those holding a message owned by that key.
+    /// every conversation; `Some(key)` only those holding an outbound message that key sent
+    /// (an inbound message a key posted grants no view).
     async fn conversations(
         &self,
         viewer: Option<&str>,

@@ -293,7 +293,8 @@ macro_rules! conversations_query {
                SELECT m.id, m.direction, left(m.body, $4) AS body FROM messages m \
                WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1) l ON TRUE \
              WHERE ($2::TEXT IS NULL OR EXISTS ( \
-               SELECT 1 FROM messages o WHERE o.owner = $2 AND o.conversation_id = c.id)) ",
+               SELECT 1 FROM messages o WHERE o.owner = $2 AND o.conversation_id = c.id \
+               AND o.direction = 'outbound')) ",
             $cursor_filter,
             " ORDER BY c.last_message_id DESC LIMIT $3"
         )
@@ -328,7 +329,8 @@ pub(super) async fn conversation_messages(
 ) -> Result<Option<Listed<ConversationMessage, String>>, sqlx::Error> {
     let visible: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1) \
-         AND ($2::TEXT IS NULL OR EXISTS (SELECT 1 FROM messages WHERE owner = $2 AND conversation_id = $1))",
+         AND ($2::TEXT IS NULL OR EXISTS (SELECT 1 FROM messages WHERE owner = $2 AND conversation_id = $1 \
+         AND direction = 'outbound'))",
     )
     .bind(id)
     .bind(viewer)

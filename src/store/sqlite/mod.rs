@@ -276,10 +276,11 @@ macro_rules! pending_select {
 }
 
 /// Whether the viewer bound as `?2` may see conversation `c`: anyone when `NULL`, else a key
-/// that owns a message in it.
+/// that sent a message in it (an inbound message it posted grants no view).
 macro_rules! visible_to {
     () => {
-        "(?2 IS NULL OR EXISTS (SELECT 1 FROM messages o WHERE o.owner = ?2 AND o.conversation_id = c.id))"
+        "(?2 IS NULL OR EXISTS (SELECT 1 FROM messages o WHERE o.owner = ?2 AND o.conversation_id = c.id \
+         AND o.direction = 'outbound'))"
     };
 }
 
