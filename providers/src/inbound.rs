@@ -3,13 +3,27 @@
 //! request came from the provider (its signature or shared secret), parses the provider's own
 //! format into [`Incoming`] messages and says what to answer. The service stores the messages
 //! (conversations, de-duplication, opt-outs); the kind never sees the store.
+//!
+//! These URLs need no API key, so a kind also filters what it can before the body is read:
+//! [`crate::Provider::admit`] sees only the [`InboundHead`] (content type, credential headers),
+//! and [`crate::Provider::max_inbound_body`] bounds how much the service reads. `receive` still
+//! does every check itself: it is safe to call without `admit`.
 
 use std::time::SystemTime;
 
 use crate::Channel;
 
+/// What the service knows of a request before it reads the body.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundHead<'a> {
+    /// The request target as received: path and query (`/v1/inbound/twilio/tw?x=1`).
+    pub path_and_query: &'a str,
+    /// Every header; names are lower-case.
+    pub headers: &'a reqwest::header::HeaderMap,
+}
+
 /// One request as the service received it. Its body was read in full, within the service's
-/// inbound size limit.
+/// inbound size limit and the kind's [`crate::Provider::max_inbound_body`].
 #[derive(Debug, Clone, Copy)]
 pub struct InboundRequest<'a> {
     /// The request target as received: path and query (`/v1/inbound/twilio/tw?x=1`). A kind that
@@ -18,6 +32,13 @@ pub struct InboundRequest<'a> {
     /// Every header; names are lower-case.
     pub headers: &'a reqwest::header::HeaderMap,
     pub body: &'a [u8],
+}
+
+impl<'a> InboundRequest<'a> {
+    /// The request without its body: what [`crate::Provider::admit`] is given.
+    pub fn head(&self) -> InboundHead<'a> {
+        InboundHead { path_and_query: self.path_and_query, headers: self.headers }
+    }
 }
 
 /// A message the provider delivered to one of our numbers or addresses.

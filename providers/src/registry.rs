@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::inbound::{Inbound, InboundError, InboundRequest};
+use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest};
 use crate::secret::is_secret;
 use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
@@ -37,6 +37,20 @@ pub trait Provider: Send + Sync + 'static {
     /// nothing in.
     async fn receive(&self, _request: InboundRequest<'_>) -> Result<Inbound, InboundError> {
         Err(InboundError::NotSupported)
+    }
+
+    /// Checks what can be checked before the body is read (content type, a credential header's
+    /// presence or value): the service calls it first and reads no body when it refuses. An early
+    /// filter only: [`Provider::receive`] repeats every check, so it is safe without this.
+    /// Default: admits everything (a kind without inbound support refuses in `receive`).
+    fn admit(&self, _head: InboundHead<'_>) -> Result<(), InboundError> {
+        Ok(())
+    }
+
+    /// The largest inbound body this kind takes; the service reads at most the smaller of this
+    /// and its own limit. Default: `None` (the service's limit alone).
+    fn max_inbound_body(&self) -> Option<usize> {
+        None
     }
 }
 

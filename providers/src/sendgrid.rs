@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use crate::address::is_email;
 use crate::email::{looks_like_html, with_attachment_links};
 use crate::http::{self, check_url, Answer};
-use crate::inbound::{Inbound, InboundError, InboundRequest, Incoming};
+use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest, Incoming};
 use crate::{
     BuildContext, Channel, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError,
     SentCredentials, SettingIssue, SettingsError,
@@ -202,15 +202,27 @@ impl Provider for SendgridProvider {
     }
 
     async fn receive(&self, request: InboundRequest<'_>) -> Result<Inbound, InboundError> {
-        check_basic_auth(self.settings.inbound_secret.as_ref(), request.headers)?;
-        let content_type = request.headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let boundary = content_type
-            .and_then(|content_type| multer::parse_boundary(content_type).ok())
-            .ok_or(InboundError::UnsupportedMediaType { expected: MULTIPART })?;
+        let boundary = admit(self.settings.inbound_secret.as_ref(), request.head())?;
         let fields = read_form(request.body, boundary).await?;
         let message = parse_email(&fields)?;
         Ok(Inbound { messages: vec![message], content_type: "text/plain", answer: String::new() })
     }
+
+    fn admit(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
+        admit(self.settings.inbound_secret.as_ref(), head).map(|_| ())
+    }
+}
+
+/// The checks made before the body is read, authentication first (an unauthenticated request
+/// learns nothing of what its body should be): the basic-auth password, then a
+/// `multipart/form-data` content type with a boundary, which is returned. [`Provider::receive`]
+/// starts with them.
+fn admit(secret: Option<&Secret>, head: InboundHead<'_>) -> Result<String, InboundError> {
+    check_basic_auth(secret, head.headers)?;
+    let content_type = head.headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    content_type
+        .and_then(|content_type| multer::parse_boundary(content_type).ok())
+        .ok_or(InboundError::UnsupportedMediaType { expected: MULTIPART })
 }
 
 const MULTIPART: &str = "multipart/form-data";
@@ -220,6 +232,9 @@ const MAX_PARTS: usize = 100;
 
 /// The longest text field taken.
 const MAX_FIELD_BYTES: usize = 1 << 20;
+
+/// How much of the body the multipart parser is given at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The fields read; every other part (attachments, spam report, DKIM and SPF results) is skipped.
 const FIELDS: [&str; 9] =
@@ -272,8 +287,11 @@ fn check_basic_auth(
 /// skipped unread; more than [`MAX_PARTS`] parts, or a field twice, is refused.
 async fn read_form(body: &[u8], boundary: String) -> Result<BTreeMap<&'static str, Vec<u8>>, InboundError> {
     let malformed = |_| InboundError::invalid("form", "the multipart/form-data body is malformed");
-    let body = bytes::Bytes::copy_from_slice(body);
-    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(body) });
+    // Fed in chunks, each copied only when the parser asks for it: the body is never copied
+    // whole, and parts skipped unread are dropped as they pass.
+    let chunks =
+        body.chunks(READ_CHUNK).map(|chunk| Ok::<_, Infallible>(bytes::Bytes::copy_from_slice(chunk)));
+    let stream = futures_util::stream::iter(chunks);
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut fields = BTreeMap::new();
     let mut parts = 0;
@@ -547,13 +565,19 @@ mod inbound_tests {
         parts
     }
 
-    fn run(post: Post) -> Result<Inbound, InboundError> {
-        let settings = json!({"api_key": "SG.x", "inbound_secret": post.secret});
+    fn provider(secret: Option<&str>) -> Arc<dyn Provider> {
+        let settings = json!({"api_key": "SG.x", "inbound_secret": secret});
         let context = BuildContext { name: "sg", timeout: Duration::from_secs(1) };
-        let provider = crate::find("sendgrid")
+        crate::find("sendgrid")
             .map(|kind| kind.build(settings, &context))
             .unwrap_or_else(|| panic!("sendgrid is not registered"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What `admit` says of the post's head, and what `receive` (called without `admit`) says
+    /// of the whole post.
+    fn run(post: Post) -> (Result<(), InboundError>, Result<Inbound, InboundError>) {
+        let provider = provider(post.secret);
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in [("authorization", post.authorization), ("content-type", post.content_type)] {
             if let Some(value) = value {
@@ -563,7 +587,7 @@ mod inbound_tests {
         let request =
             InboundRequest { path_and_query: "/v1/inbound/sendgrid/sg", headers: &headers, body: &post.body };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
-        runtime.block_on(provider.receive(request))
+        (provider.admit(request.head()), runtime.block_on(provider.receive(request)))
     }
 
     /// The email of [`fields`] unchanged.
@@ -581,6 +605,8 @@ mod inbound_tests {
     }
 
     /// Why a test request is refused: the error's variant, its field and a part of its text.
+    /// `Secret` and `MediaType` are refused by `admit` already (with the same error), `Invalid`
+    /// only by `receive`.
     #[derive(Debug)]
     enum Refused {
         Secret(&'static str),
@@ -591,7 +617,14 @@ mod inbound_tests {
     /// `expected`: the message taken, or why the request is refused.
     fn check(post: Post, expected: Result<Incoming, Refused>) {
         let what = format!("{:?} {:?}", post.authorization, String::from_utf8_lossy(&post.body));
-        match (run(post), expected) {
+        let (admitted, received) = run(post);
+        let refused_by_head = matches!(expected, Err(Refused::Secret(_) | Refused::MediaType));
+        match (&admitted, &received) {
+            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
+            (Ok(()), _) if !refused_by_head => {}
+            _ => panic!("{what}: admit said {admitted:?}, receive {received:?}; expected {expected:?}"),
+        }
+        match (received, expected) {
             (Ok(inbound), Ok(message)) => {
                 assert_eq!(inbound.messages, vec![message], "{what}");
                 assert_eq!((inbound.content_type, inbound.answer.as_str()), ("text/plain", ""));
@@ -633,6 +666,12 @@ mod inbound_tests {
         // Authentication comes first: an unauthenticated post learns nothing of its body.
         let unauthenticated = Post { content_type: Some("application/json".into()), ..with_auth(None) };
         check(unauthenticated, Err(Refused::Secret("missing basic auth")));
+    }
+
+    #[test]
+    fn inbound_body_limit() {
+        // The service's own limit applies: an email's size is its business, not Inbound Parse's.
+        assert_eq!(provider(Some(SECRET)).max_inbound_body(), None);
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! `X-Twilio-Signature`: base64(HMAC-SHA1(auth token, URL + every parameter's name and value,
 //! sorted by name)). The URL is the one Twilio was told, which a proxy in front of Switchboard
 //! may hide: it is the `public_url` setting joined to the request's path and query. The answer is
-//! an empty TwiML document (no reply message).
+//! an empty TwiML document (no reply message). Only SMS/MMS numbers are taken (`From`/`To` E.164 or
+//! a short code); a post may have at most 200 parameters, and the service reads at most 64 KiB.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,7 +26,7 @@ use url::Url;
 
 use crate::address::{is_alphanumeric_sender, is_phone};
 use crate::http::{self, check_url};
-use crate::inbound::{Inbound, InboundError, InboundRequest, Incoming};
+use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest, Incoming};
 use crate::{
     BuildContext, Channel, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError,
     SentCredentials, SettingIssue, SettingsError,
@@ -212,6 +214,14 @@ impl Provider for TwilioProvider {
     async fn receive(&self, request: InboundRequest<'_>) -> Result<Inbound, InboundError> {
         receive(self.settings.auth_token.expose(), self.public_url.as_deref(), request)
     }
+
+    fn admit(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
+        admit(self.public_url.as_deref(), head).map(|_| ())
+    }
+
+    fn max_inbound_body(&self) -> Option<usize> {
+        Some(MAX_INBOUND_BODY)
+    }
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -219,20 +229,42 @@ const FORM: &str = "application/x-www-form-urlencoded";
 /// The answer Twilio expects: TwiML that does nothing (no reply is sent).
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
+/// The largest inbound body taken. Twilio's form posts are small: a `Body` of at most 1600
+/// characters (19,200 bytes even if every character is 4 UTF-8 bytes, each percent-encoded), up
+/// to 10 media URLs and some 40 short parameters.
+const MAX_INBOUND_BODY: usize = 64 * 1024;
+
+/// The most parameters one post may have. Twilio sends some 40 (more with media); the cap is
+/// checked while parsing, before anything is sorted or hashed, so that a body of many tiny
+/// parameters costs no more than a few hundred.
+const MAX_PARAMS: usize = 200;
+
 /// The most media Twilio attaches to one message.
 const MAX_MEDIA: usize = 10;
 
 /// The longest `MessageSid` taken (Twilio's are 34 characters).
 const MAX_SID_LEN: usize = 64;
 
-/// Checks one inbound request's signature against `auth_token` and `public_url` (trailing `/`
-/// trimmed), then reads its message.
-fn receive(
-    auth_token: &str,
-    public_url: Option<&str>,
-    request: InboundRequest<'_>,
-) -> Result<Inbound, InboundError> {
-    if !has_media_type(request.headers, FORM) {
+/// The longest `Body` taken, in characters: Twilio's own limit, and the service's for an SMS.
+const MAX_BODY_CHARS: usize = 1600;
+
+/// The length of an HMAC-SHA1, in bytes.
+const SIGNATURE_BYTES: usize = 20;
+
+/// The length of `X-Twilio-Signature`: base64 (padded) of [`SIGNATURE_BYTES`] bytes.
+const SIGNATURE_LEN: usize = SIGNATURE_BYTES.div_ceil(3) * 4;
+
+/// What the head of a request gives [`receive`] once [`admit`] let it through.
+struct Admitted<'a> {
+    public_url: &'a str,
+    /// The decoded `X-Twilio-Signature`.
+    signature: Vec<u8>,
+}
+
+/// The checks made before the body is read: the content type, a configured `public_url`, and one
+/// `X-Twilio-Signature` shaped like an HMAC-SHA1 in base64. [`receive`] starts with them.
+fn admit<'a>(public_url: Option<&'a str>, head: InboundHead<'_>) -> Result<Admitted<'a>, InboundError> {
+    if !has_media_type(head.headers, FORM) {
         return Err(InboundError::UnsupportedMediaType { expected: FORM });
     }
     let Some(public_url) = public_url else {
@@ -242,20 +274,37 @@ fn receive(
                 .to_owned(),
         ));
     };
-    let signature = request
-        .headers
-        .get("x-twilio-signature")
-        .map(|value| value.as_bytes())
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| InboundError::InvalidSignature("missing X-Twilio-Signature header".to_owned()))?;
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(request.body).into_owned().collect();
-    let url = format!("{public_url}{}", request.path_and_query);
-    let mac = signing_mac(auth_token.as_bytes(), &url, &params);
-    let decoded = STANDARD.decode(signature).ok();
-    let matches = match (mac, decoded) {
-        (Some(mac), Some(signature)) => mac.verify_slice(&signature).is_ok(),
-        _ => false,
+    let refused = |message: &str| InboundError::InvalidSignature(message.to_owned());
+    let mut values = head.headers.get_all("x-twilio-signature").iter();
+    let signature = match (values.next(), values.next()) {
+        (Some(value), None) if !value.is_empty() => value.as_bytes(),
+        (_, None) => return Err(refused("missing X-Twilio-Signature header")),
+        (_, Some(_)) => return Err(refused("malformed X-Twilio-Signature header: sent more than once")),
     };
+    let decoded = Some(signature)
+        .filter(|signature| signature.len() == SIGNATURE_LEN)
+        .and_then(|signature| STANDARD.decode(signature).ok())
+        .filter(|decoded| decoded.len() == SIGNATURE_BYTES);
+    let Some(signature) = decoded else {
+        return Err(refused(
+            "malformed X-Twilio-Signature header: expected the base64 of a 20-byte HMAC-SHA1",
+        ));
+    };
+    Ok(Admitted { public_url, signature })
+}
+
+/// Checks one inbound request's signature against `auth_token` and `public_url` (trailing `/`
+/// trimmed), then reads its message. Makes every check of [`admit`] first.
+fn receive(
+    auth_token: &str,
+    public_url: Option<&str>,
+    request: InboundRequest<'_>,
+) -> Result<Inbound, InboundError> {
+    let Admitted { public_url, signature } = admit(public_url, request.head())?;
+    let params = parse_params(request.body)?;
+    let url = format!("{public_url}{}", request.path_and_query);
+    let matches = signing_mac(auth_token.as_bytes(), &url, &params)
+        .is_some_and(|mac| mac.verify_slice(&signature).is_ok());
     if !matches {
         return Err(InboundError::InvalidSignature(
             "X-Twilio-Signature does not match the request (check `auth_token` and `public_url`)".to_owned(),
@@ -263,6 +312,19 @@ fn receive(
     }
     let message = incoming(&params)?;
     Ok(Inbound { messages: vec![message], content_type: "text/xml", answer: EMPTY_TWIML.to_owned() })
+}
+
+/// The form's parameters, in order; more than [`MAX_PARAMS`] is refused as soon as the parser
+/// reaches one more (the rest of the body is not parsed).
+fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, InboundError> {
+    let mut params = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(body) {
+        if params.len() == MAX_PARAMS {
+            return Err(InboundError::invalid("form", format!("has more than {MAX_PARAMS} parameters")));
+        }
+        params.push((name.into_owned(), value.into_owned()));
+    }
+    Ok(params)
 }
 
 /// Whether the request's `Content-Type` is `expected` (parameters such as `charset` aside).
@@ -290,12 +352,13 @@ fn signing_mac(auth_token: &[u8], url: &str, params: &[(String, String)]) -> Opt
 
 /// The message in a signed request's parameters.
 fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
-    for (index, (name, _)) in params.iter().enumerate() {
-        if params[..index].iter().any(|(earlier, _)| earlier == name) {
+    let mut by_name = HashMap::with_capacity(params.len());
+    for (name, value) in params {
+        if by_name.insert(name.as_str(), value.as_str()).is_some() {
             return Err(InboundError::invalid(name, "appears more than once"));
         }
     }
-    let get = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, value)| value.as_str());
+    let get = |name: &str| by_name.get(name).copied();
     let required = |name: &str| match get(name) {
         Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
         _ => Err(InboundError::invalid(name, "is missing")),
@@ -307,8 +370,9 @@ fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
             format!("must be at most {MAX_SID_LEN} printable ASCII characters"),
         ));
     }
-    let from = required("From")?;
-    let to = required("To")?;
+    let from = phone_number("From", required("From")?)?;
+    let to = phone_number("To", required("To")?)?;
+    let body = message_body(get("Body").unwrap_or_default())?;
     let media = match get("NumMedia").map(str::trim) {
         None | Some("") => 0,
         Some(count) => count.parse::<usize>().ok().filter(|count| *count <= MAX_MEDIA).ok_or_else(|| {
@@ -329,11 +393,43 @@ fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
         from,
         to,
         subject: None,
-        body: get("Body").unwrap_or_default().to_owned(),
+        body,
         attachments,
         provider_message_id: sid,
         timestamp: None,
     })
+}
+
+/// `From` or `To` as the send API takes a number: E.164 or a short code. The same webhook carries
+/// other channels' addresses (`whatsapp:+1…`, `messenger:…`), which are refused: this kind takes
+/// SMS and MMS only. The value itself is not quoted back (it is a phone number).
+fn phone_number(field: &str, value: String) -> Result<String, InboundError> {
+    if is_phone(&value) {
+        return Ok(value);
+    }
+    let channel = value.split_once(':').map(|(prefix, _)| prefix).filter(|prefix| {
+        (1..=20).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let message = match channel {
+        Some(channel) => {
+            format!("is a `{channel}:` address: only SMS/MMS numbers are taken (E.164 or a short code)")
+        }
+        None => "must be an E.164 number (+ and 2 to 15 digits) or a short code: only SMS/MMS numbers \
+                 are taken"
+            .to_owned(),
+    };
+    Err(InboundError::invalid(field, message))
+}
+
+/// `Body` without control characters other than line breaks and tabs (a carrier may deliver
+/// them; the send API refuses them, so they are dropped rather than stored), at most
+/// [`MAX_BODY_CHARS`] characters.
+fn message_body(raw: &str) -> Result<String, InboundError> {
+    let body: String = raw.chars().filter(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')).collect();
+    if body.chars().count() > MAX_BODY_CHARS {
+        return Err(InboundError::invalid("Body", format!("may have at most {MAX_BODY_CHARS} characters")));
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -420,19 +516,20 @@ mod tests {
     }
 
     /// One inbound request to a provider with `public_url` (or none).
-    struct Post {
-        public_url: Option<&'static str>,
-        path: &'static str,
-        content_type: Option<&'static str>,
-        /// `None`: no header; `Some("")`: the right signature for `signed` (or the body).
+    struct Post<'a> {
+        public_url: Option<&'a str>,
+        path: &'a str,
+        content_type: Option<&'a str>,
+        /// `None`: no header; `Some("")`: the right signature for `signed` (or the body); several
+        /// values separated by `|` are sent as several headers, `<empty>` as an empty value.
         signature: Option<String>,
         /// The parameters the signature is computed over, when not those sent.
-        signed: Option<Vec<(&'static str, &'static str)>>,
-        params: Vec<(&'static str, &'static str)>,
+        signed: Option<Vec<(&'a str, &'a str)>>,
+        params: Vec<(&'a str, &'a str)>,
     }
 
     /// A correctly signed post of `params` to `PATH` (`public_url` = `PUBLIC` with a trailing `/`).
-    fn post(params: &[(&'static str, &'static str)]) -> Post {
+    fn post<'a>(params: &[(&'a str, &'a str)]) -> Post<'a> {
         Post {
             public_url: Some("https://sb.example.com/"),
             path: PATH,
@@ -443,16 +540,26 @@ mod tests {
         }
     }
 
-    fn run(post: Post) -> Result<Inbound, InboundError> {
-        let settings = json!({"account_sid": "AC1", "auth_token": TOKEN, "public_url": post.public_url});
+    fn provider(public_url: Option<&str>) -> Arc<dyn Provider> {
+        let settings = json!({"account_sid": "AC1", "auth_token": TOKEN, "public_url": public_url});
         let context = BuildContext { name: "tw", timeout: std::time::Duration::from_secs(1) };
-        let provider = crate::find("twilio")
+        crate::find("twilio")
             .map(|kind| kind.build(settings, &context))
             .unwrap_or_else(|| panic!("twilio is not registered"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn header(value: &str) -> reqwest::header::HeaderValue {
+        value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}"))
+    }
+
+    /// What `admit` says of the post's head, and what `receive` (called without `admit`) says
+    /// of the whole post.
+    fn run(post: Post<'_>) -> (Result<(), InboundError>, Result<Inbound, InboundError>) {
+        let provider = provider(post.public_url);
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(content_type) = post.content_type {
-            headers.insert("content-type", content_type.parse().unwrap_or_else(|e| panic!("{e}")));
+            headers.insert("content-type", header(content_type));
         }
         let signature = match post.signature {
             Some(signature) if signature.is_empty() => {
@@ -461,14 +568,15 @@ mod tests {
             }
             other => other,
         };
-        if let Some(signature) = signature {
-            headers.insert("x-twilio-signature", signature.parse().unwrap_or_else(|e| panic!("{e}")));
+        // Several signatures, `|`-separated, are sent as several headers; `<empty>` as an empty one.
+        for signature in signature.iter().flat_map(|signature| signature.split('|')) {
+            headers.append("x-twilio-signature", header(signature.replace("<empty>", "").as_str()));
         }
         let body: String =
             url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&post.params).finish();
         let request = InboundRequest { path_and_query: post.path, headers: &headers, body: body.as_bytes() };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
-        runtime.block_on(provider.receive(request))
+        (provider.admit(request.head()), runtime.block_on(provider.receive(request)))
     }
 
     /// An SMS or MMS from +15551230001 to +15559870002 with id `SM1`.
@@ -486,22 +594,35 @@ mod tests {
     }
 
     /// Why a test request is refused: the error's variant, its field and a part of its text.
+    /// `Head` and `MediaType` are refused by `admit` already (with the same error), the others
+    /// only by `receive`.
     #[derive(Debug)]
     enum Refused {
+        Head(&'static str),
         Signature(&'static str),
         Invalid(&'static str, &'static str),
         MediaType,
     }
 
     /// `expected`: the message taken, or why the request is refused.
-    fn check(post: Post, expected: Result<Incoming, Refused>) {
+    fn check(post: Post<'_>, expected: Result<Incoming, Refused>) {
         let what = format!("{:?} {:?} {:?}", post.params, post.signature, post.content_type);
-        match (run(post), expected) {
+        let (admitted, received) = run(post);
+        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
+        match (&admitted, &received) {
+            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
+            (Ok(()), _) if !refused_by_head => {}
+            _ => panic!("{what}: admit said {admitted:?}, receive {received:?}; expected {expected:?}"),
+        }
+        match (received, expected) {
             (Ok(inbound), Ok(message)) => {
                 assert_eq!(inbound.messages, vec![message], "{what}");
                 assert_eq!((inbound.content_type, inbound.answer.as_str()), ("text/xml", EMPTY_TWIML));
             }
-            (Err(InboundError::InvalidSignature(text)), Err(Refused::Signature(part))) => {
+            (
+                Err(InboundError::InvalidSignature(text)),
+                Err(Refused::Signature(part) | Refused::Head(part)),
+            ) => {
                 assert!(text.contains(part), "{what}: {text}");
                 // The expected signature is never told.
                 assert!(!text.contains(&sign(TOKEN, &format!("{PUBLIC}{PATH}"), &SMS)), "{what}");
@@ -509,6 +630,8 @@ mod tests {
             (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
                 assert_eq!(field, name, "{what}: {message}");
                 assert!(message.contains(part), "{what}: {message}");
+                // A refused number is not quoted back.
+                assert!(!message.contains("555"), "{what}: {message}");
             }
             (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
                 assert_eq!(expected, FORM);
@@ -525,10 +648,7 @@ mod tests {
         ("NumMedia", "0"),
     ];
 
-    fn with(
-        base: &[(&'static str, &'static str)],
-        extra: &[(&'static str, &'static str)],
-    ) -> Vec<(&'static str, &'static str)> {
+    fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut params: Vec<_> =
             base.iter().filter(|(name, _)| !extra.iter().any(|(n, _)| n == name)).copied().collect();
         params.extend(extra.iter().filter(|(_, value)| *value != "<none>"));
@@ -586,15 +706,38 @@ mod tests {
         let mut other_host = post(&SMS);
         other_host.signature = Some(sign(TOKEN, &format!("https://other.example.com{PATH}"), &SMS));
         check(other_host, refused(mismatch));
-        let mut garbage = post(&SMS);
-        garbage.signature = Some("not base64!".to_owned());
-        check(garbage, refused(mismatch));
+        // Well-formed but wrong: only `receive` can tell.
+        let mut zeros = post(&SMS);
+        zeros.signature = Some(STANDARD.encode([0_u8; 20]));
+        check(zeros, refused(mismatch));
+
+        // Refused from the headers alone, by `admit` and `receive` alike.
+        let head = |part| Err(Refused::Head(part));
+        let signed = |signature: &str| Post { signature: Some(signature.to_owned()), ..post(&SMS) };
+        let good = sign(TOKEN, &format!("{PUBLIC}{PATH}"), &SMS);
+        let malformed = "malformed X-Twilio-Signature";
+        check(signed("not base64!"), head(malformed));
+        check(signed("not base64, but 28 chars long"), head(malformed));
+        check(signed(&good[..27]), head(malformed));
+        check(signed(&format!("{good}A")), head(malformed));
+        check(signed(&good.replace('=', "A")), head(malformed));
+        check(signed(&STANDARD.encode([0_u8; 21])), head(malformed));
+        check(signed(&STANDARD.encode([0_u8; 32])), head(malformed));
+        check(signed(&format!("{good}|{good}")), head("sent more than once"));
+        check(signed(&format!("|{good}")), head("sent more than once"));
         let mut missing = post(&SMS);
         missing.signature = None;
-        check(missing, refused("missing X-Twilio-Signature"));
+        check(missing, head("missing X-Twilio-Signature"));
+        check(signed("<empty>"), head("missing X-Twilio-Signature"));
+        check(signed("<empty>|<empty>"), head("sent more than once"));
+        check(signed("x"), head(malformed));
         let mut unconfigured = post(&SMS);
         unconfigured.public_url = None;
-        check(unconfigured, refused("provider has no `public_url`"));
+        check(unconfigured, head("provider has no `public_url`"));
+        // The content type is checked first, then `public_url`, then the signature.
+        let untyped = Post { content_type: None, public_url: None, signature: None, ..post(&SMS) };
+        check(untyped, Err(Refused::MediaType));
+        check(Post { public_url: None, signature: None, ..post(&SMS) }, head("no `public_url`"));
     }
 
     #[test]
@@ -631,5 +774,96 @@ mod tests {
         let mut repeated = SMS.to_vec();
         repeated.push(("Body", "again"));
         check(post(&repeated), invalid("Body", "more than once"));
+        let mut last = SMS.to_vec();
+        last.extend([("NumSegments", "1"), ("ApiVersion", "2010-04-01"), ("MessageSid", "SM2")]);
+        check(post(&last), invalid("MessageSid", "more than once"));
+    }
+
+    #[test]
+    fn numbers() {
+        let sent = |field, value| post(&with(&SMS, &[(field, value)]));
+        let from = |value: &str| Ok(Incoming { from: value.into(), ..message("Hello there", &[]) });
+        let to = |value: &str| Ok(Incoming { to: value.into(), ..message("Hello there", &[]) });
+        check(sent("From", "+15551230001"), from("+15551230001"));
+        check(sent("From", " +15551230001 "), from("+15551230001"));
+        check(sent("From", "+12"), from("+12"));
+        check(sent("To", "12345"), to("12345"));
+        check(sent("To", "555"), to("555"));
+        let invalid = |field, part| Err(Refused::Invalid(field, part));
+        let e164 = "must be an E.164 number (+ and 2 to 15 digits) or a short code";
+        check(sent("From", "whatsapp:+15551230001"), invalid("From", "a `whatsapp:` address: only SMS/MMS"));
+        check(sent("To", "whatsapp:+15559870002"), invalid("To", "a `whatsapp:` address: only SMS/MMS"));
+        check(sent("From", "messenger:5551230001"), invalid("From", "a `messenger:` address"));
+        check(sent("From", "15551230001"), invalid("From", e164));
+        check(sent("From", "+1 5551230001"), invalid("From", e164));
+        check(sent("From", "+1555123000123456"), invalid("From", e164));
+        check(sent("From", "Switchboard"), invalid("From", "only SMS/MMS numbers are taken"));
+        check(sent("To", "tel:+15559870002"), invalid("To", "a `tel:` address"));
+        check(sent("To", ":+15559870002"), invalid("To", e164));
+        check(sent("To", "sip:x@example.org"), invalid("To", "a `sip:` address"));
+        check(sent("To", "ann@example.org"), invalid("To", e164));
+    }
+
+    #[test]
+    fn bodies() {
+        let sent = |body| post(&with(&SMS, &[("Body", body)]));
+        let taken = |body: &str| Ok(message(body, &[]));
+        let longest = "é".repeat(MAX_BODY_CHARS);
+        check(sent(&longest), taken(&longest));
+        let too_long = format!("{longest}x");
+        check(sent(&too_long), Err(Refused::Invalid("Body", "at most 1600 characters")));
+        // Control characters other than line breaks and tabs are dropped, not refused, and are
+        // not counted.
+        check(sent("a\u{0}b\u{7}c\u{1b}[0m\n\r\td\u{7f}\u{85}e\u{9f}"), taken("abc[0m\n\r\tde"));
+        let with_controls = format!("{longest}\u{0}\u{1}");
+        check(sent(&with_controls), taken(&longest));
+        check(sent("\u{0}"), taken(""));
+        check(sent("line\r\nbreaks\tand tabs"), taken("line\r\nbreaks\tand tabs"));
+    }
+
+    #[test]
+    fn parameter_count() {
+        // Distinct names: `z`, `zz`, `zzz`, …
+        let names = "z".repeat(MAX_PARAMS);
+        let filler = |count: usize| -> Vec<(&str, &str)> { (1..=count).map(|n| (&names[..n], "")).collect() };
+        let mut most = SMS.to_vec();
+        most.extend(filler(MAX_PARAMS - SMS.len()));
+        check(post(&most), Ok(message("Hello there", &[])));
+        let mut too_many = SMS.to_vec();
+        too_many.extend(filler(MAX_PARAMS - SMS.len() + 1));
+        check(post(&too_many), Err(Refused::Invalid("form", "more than 200 parameters")));
+        // Counted before anything else of the body is looked at: even repeated names.
+        let repeated = vec![("z", ""); MAX_PARAMS + 1];
+        check(post(&repeated), Err(Refused::Invalid("form", "more than 200 parameters")));
+    }
+
+    /// A body of tiny parameters (the service reads up to 4 MiB when the kind's limit is not
+    /// applied) is refused after a few hundred of them, before any sorting or hashing.
+    #[test]
+    fn many_parameters_are_refused_early() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("content-type", header(FORM));
+        headers.insert("x-twilio-signature", header(&STANDARD.encode([0_u8; 20])));
+        for pairs in [100_000, 2 * 1024 * 1024] {
+            let body = "a&".repeat(pairs);
+            let request = InboundRequest { path_and_query: PATH, headers: &headers, body: body.as_bytes() };
+            let started = std::time::Instant::now();
+            let result = receive(TOKEN, Some(PUBLIC), request);
+            let elapsed = started.elapsed();
+            match result {
+                Err(InboundError::Invalid { field, message }) => {
+                    assert_eq!(field, "form");
+                    assert!(message.contains("more than 200 parameters"), "{message}");
+                }
+                other => panic!("{pairs} pairs: {other:?}"),
+            }
+            assert!(elapsed < std::time::Duration::from_secs(1), "{pairs} pairs took {elapsed:?}");
+        }
+    }
+
+    #[test]
+    fn inbound_body_limit() {
+        assert_eq!(provider(Some(PUBLIC)).max_inbound_body(), Some(64 * 1024));
+        assert_eq!(provider(None).max_inbound_body(), Some(MAX_INBOUND_BODY));
     }
 }
