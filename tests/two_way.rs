@@ -816,3 +816,66 @@ fn a_bad_webhook_is_refused_and_stores_nothing() {
     assert_eq!(response.unwrap_or(0), 415);
     assert_eq!(conversation_count(&server), 0);
 }
+
+/// A provider that sends from its own number (`from` setting): a recipient who replied STOP to
+/// that number is not messaged through it, whatever `from` the client gave.
+#[test]
+fn an_opt_out_of_the_number_a_provider_sends_from_is_honoured() {
+    let config = r#"
+[providers.tw]
+kind = "twilio"
+account_sid = "AC0123456789abcdef"
+auth_token = "${TW_TOKEN}"
+from = "+15005550006"
+base_url = "http://127.0.0.1:9"
+
+[routes.sms]
+providers = ["tw"]
+"#;
+    let backend = Backend::sqlite();
+    let server = backend.start(config, &PROVIDER_ENV);
+    let them = "+18045550404";
+    let stop = inbound_keyword(them, "+15005550006", "stop-provider-number", "STOP");
+    let (status, answer) = post(&server, "/api/webhooks/sms", &stop, None);
+    assert_eq!(status, 200, "{answer}\n{}", server.logs());
+    let send = json!({"from": "+12016661234", "to": them, "type": "sms", "body": "hello"});
+    let (status, refusal) = post(&server, "/api/messages/sms", &send, None);
+    assert_eq!((status, refusal["error"]["code"].as_str()), (422, Some("recipient_opted_out")), "{refusal}");
+    let other = json!({"from": "+12016661234", "to": "+18045550405", "type": "sms", "body": "hello"});
+    assert_eq!(post(&server, "/api/messages/sms", &other, None).0, 202, "another recipient is not opted out");
+}
+
+/// A provider's inbound URL refuses a request its headers already condemn without reading the
+/// body (no API key guards these URLs): a huge declared body with no signature is answered 403
+/// at once, and a Twilio body over its 64 KiB cap is 413.
+#[test]
+fn a_provider_request_is_judged_by_its_headers_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let server = Backend::Memory.start(&with_providers(CONFIG), &PROVIDER_ENV);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| panic!("{e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    let head = format!(
+        "POST /v1/inbound/twilio/tw HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).unwrap_or_else(|e| panic!("no answer before the body: {e}"));
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("invalid_signature"), "{answer}");
+
+    let big = format!("MessageSid=SM1&From=%2B18045550101&To=%2B12016661234&Body={}", "x".repeat(70 * 1024));
+    let response = client()
+        .post(server.url("/v1/inbound/twilio/tw"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .body(big)
+        .send()
+        .map(|r| r.status().as_u16());
+    assert_eq!(response.unwrap_or(0), 413);
+    assert_eq!(
+        metric(&server, "switchboard_inbound_rejected_total{provider=\"tw\",reason=\"invalid_signature\"}"),
+        Some(1)
+    );
+}

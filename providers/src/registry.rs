@@ -24,6 +24,14 @@ pub trait Provider: Send + Sync + 'static {
     /// anything logs, stores or returns them. Implementations do not scrub.
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError>;
 
+    /// The sender this provider sends `message` from: its own configured sender when it replaces
+    /// the message's (`from` settings), else the message's `from`. Opt-outs are checked against
+    /// it before every attempt: a recipient who replied STOP to the number they actually got
+    /// messages from is not messaged from it again. Default: the message's `from`.
+    fn sender<'a>(&'a self, message: &'a OutboundMessage) -> &'a str {
+        &message.from
+    }
+
     /// Every string this provider puts on the wire that carries a credential, exactly as sent
     /// (a token, the `user:password` of a Basic header, a SASL payload, a secret-bearing URL),
     /// made into [`SentCredentials`] once when the provider is built. Its answers are cleaned of

@@ -176,8 +176,12 @@ fn rate_limit_reset(answer: &Answer, now: SystemTime) -> Option<Duration> {
 
 #[async_trait]
 impl Provider for SendgridProvider {
+    fn sender<'a>(&'a self, message: &'a OutboundMessage) -> &'a str {
+        self.settings.from.as_deref().unwrap_or(&message.from)
+    }
+
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let from = self.settings.from.as_deref().unwrap_or(&message.from);
+        let from = self.sender(message);
         let request = self
             .client
             .post(&self.endpoint)

@@ -309,8 +309,12 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendError {
 
 #[async_trait]
 impl Provider for SmtpProvider {
+    fn sender<'a>(&'a self, message: &'a OutboundMessage) -> &'a str {
+        self.from.as_deref().unwrap_or(&message.from)
+    }
+
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
-        let from = self.from.as_deref().unwrap_or(&message.from);
+        let from = self.sender(message);
         let (built, id) = build_email(message, from)?;
         self.transport.send(built).await.map_err(|error| classify(&error))?;
         Ok(Receipt { provider_message_id: Some(id) })

@@ -180,13 +180,18 @@ struct TwilioAnswer {
 
 #[async_trait]
 impl Provider for TwilioProvider {
+    /// The `from` setting, else the message's `from`. With a Messaging Service Twilio picks the
+    /// number from its pool: the message's `from` stands for it.
+    fn sender<'a>(&'a self, message: &'a OutboundMessage) -> &'a str {
+        self.settings.from.as_deref().unwrap_or(&message.from)
+    }
+
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
         let s = &self.settings;
         let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
-        match (&s.messaging_service_sid, &s.from) {
-            (Some(service), _) => form.push(("MessagingServiceSid", service)),
-            (None, Some(from)) => form.push(("From", from)),
-            (None, None) => form.push(("From", &message.from)),
+        match &s.messaging_service_sid {
+            Some(service) => form.push(("MessagingServiceSid", service)),
+            None => form.push(("From", self.sender(message))),
         }
         form.push(("Body", &message.body));
         form.extend(message.attachments.iter().map(|url| ("MediaUrl", url.as_str())));

@@ -18,7 +18,7 @@ pub use destination::{check_country, RecipientCounts, Refusal};
 use crate::dispatch::{Dispatcher, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, Snapshot};
-use crate::store::{IdempotencyKey, Inserted, MessageStore, OptOutKey};
+use crate::store::{opted_out_from_any, IdempotencyKey, Inserted, MessageStore};
 
 /// A message to accept, with who sends it and the idempotency key it came with.
 #[derive(Debug)]
@@ -127,8 +127,11 @@ impl Acceptor {
             None => None,
         };
         destination::check_country(&route.config, &message.to)?;
-        let pair = OptOutKey::of(channel, &message.from, &message.to);
-        match self.store.opted_out(&pair).await {
+        // The message's sender and every sender its route's providers would use instead: a
+        // recipient who replied STOP to any number this message could come from is not sent it.
+        let mut senders = vec![message.from.as_str()];
+        senders.extend(route.all_providers().map(|p| p.instance().sender(&message)));
+        match opted_out_from_any(self.store.as_ref(), channel, &senders, &message.to).await {
             Ok(false) => {}
             Ok(true) => return self.replay_or(key.as_ref(), AcceptError::OptedOut).await,
             Err(error) => return Err(SubmitError::Store(error).into()),

@@ -22,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::routing::{NoRoute, ProviderHandle, Snapshot};
 use crate::store::conversation::OPTED_OUT;
 use crate::store::{
-    Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, OptOutKey, Outcome,
-    Pending, QueuePosition, Status, StoreError,
+    opted_out_from_any, Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore,
+    Outcome, Pending, QueuePosition, Status, StoreError,
 };
 
 /// How long a provider that answered 429 without Retry-After is left alone.
@@ -581,7 +581,6 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let mut next_available: Option<Instant> = None;
     let mut attempted = false;
     let plan = route.plan(&job.message, job.round, Instant::now());
-    let pair = OptOutKey::of(channel.as_str(), &job.message.from, &job.message.to);
     for handle in &plan {
         if job.attempts >= max_attempts {
             break;
@@ -604,7 +603,8 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         // Asked right before every attempt (after any rate-limit wait), failovers included: an
         // opt-out recorded while the message waited, or between two providers, ends it unsent.
-        match shared.store.opted_out(&pair).await {
+        let senders = [job.message.from.as_str(), handle.instance().sender(&job.message)];
+        match opted_out_from_any(shared.store.as_ref(), channel.as_str(), &senders, &job.message.to).await {
             Ok(false) => {}
             Ok(true) => {
                 let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());

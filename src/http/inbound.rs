@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use switchboard_providers::inbound::{InboundError, InboundRequest};
+use switchboard_providers::inbound::{InboundError, InboundHead, InboundRequest};
 
 use super::guard::Caller;
 use super::payload::{self, Webhook};
@@ -68,13 +68,20 @@ async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> 
     let snapshot = state.snapshot.load_full();
     let handle = snapshot.provider(name).filter(|h| h.config.kind.kind == kind).ok_or(ApiError::NotFound)?;
     let (parts, body) = request.into_parts();
-    let limit = state.inbound_body_limit;
+    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let instance = handle.instance();
+    // What the headers alone can refuse is refused before a byte of the body is read: these
+    // URLs take no API key.
+    instance
+        .admit(InboundHead { path_and_query, headers: &parts.headers })
+        .map_err(|error| refused(state, name, error))?;
+    let limit =
+        instance.max_inbound_body().map_or(state.inbound_body_limit, |l| l.min(state.inbound_body_limit));
     let bytes = tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, limit))
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
-    let inbound = handle.instance().receive(request).await.map_err(|error| refused(state, name, error))?;
+    let inbound = instance.receive(request).await.map_err(|error| refused(state, name, error))?;
     for message in &inbound.messages {
         if let Err(error) = payload::check_incoming(message) {
             state.metrics.inbound_rejected(name, "invalid_request");

@@ -79,6 +79,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// Every provider the route may use: its own and its rules', each once per list.
+    pub fn all_providers(&self) -> impl Iterator<Item = &Arc<ProviderHandle>> {
+        self.providers.iter().chain(self.rule_providers.iter().flatten())
+    }
+
     /// The rule a message matches, if any.
     pub fn rule_for(&self, message: &OutboundMessage) -> Option<usize> {
         if self.config.rules.is_empty() {

@@ -405,6 +405,26 @@ pub trait MessageStore: Send + Sync + 'static {
     fn is_durable(&self) -> bool;
 }
 
+/// Whether `to` opted out of messages on `channel` from any of `senders` (the message's `from`
+/// and the senders its providers would use instead): asked before a message is accepted and
+/// before each attempt. Each distinct sender is asked once.
+pub async fn opted_out_from_any(
+    store: &dyn MessageStore,
+    channel: &str,
+    senders: &[&str],
+    to: &str,
+) -> Result<bool, StoreError> {
+    for (i, sender) in senders.iter().enumerate() {
+        if senders[..i].contains(sender) {
+            continue;
+        }
+        if store.opted_out(&OptOutKey::of(channel, sender, to)).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Opens the store a URL names: `memory://`, `sqlite://PATH` (created if missing) or
 /// `postgres://…`; migrations run.
 pub async fn open(
