@@ -179,12 +179,32 @@ pub struct Page<C> {
     pub after: Option<C>,
 }
 
+impl<C> Page<C> {
+    /// How many rows a store fetches for this page: one more than it holds, to know whether
+    /// more follow.
+    pub fn fetch(&self) -> usize {
+        usize::try_from(self.limit).unwrap_or(usize::MAX).saturating_add(1)
+    }
+}
+
 /// A page of items, and the cursor of its last item when more may follow (`None`: this was the
-/// last page). Stores fetch `limit + 1` rows to know.
+/// last page). Stores fetch [`Page::fetch`] rows to know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed<T, C> {
     pub items: Vec<T>,
     pub next: Option<C>,
+}
+
+impl<T, C> Listed<T, C> {
+    /// A page from rows fetched with [`Page::fetch`]: the first `limit`, and the cursor after
+    /// the last of them when the extra row says more follow.
+    pub fn from_rows(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more { items.last().map(cursor) } else { None };
+        Listed { items, next }
+    }
 }
 
 /// The longest `body_preview`, in characters.

@@ -229,21 +229,6 @@ fn taken(id: &str) -> StoreError {
     StoreError::Unavailable(format!("message id {id:?} is already stored"))
 }
 
-/// How many items a page holds, and how many to look at to know whether more follow.
-fn page_size(limit: u32) -> (usize, usize) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    (limit, limit.saturating_add(1))
-}
-
-/// The cursor after the last of `items` when more than `limit` were found (they are cut to
-/// `limit`).
-fn paged<T, C>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(cursor) } else { None };
-    Listed { items, next }
-}
-
 impl MemoryStore {
     /// Keeps at most `retain_finished` finished messages (queued and in-flight ones are always
     /// kept).
@@ -601,7 +586,7 @@ impl MessageStore for MemoryStore {
         viewer: Option<&str>,
         page: Page<String>,
     ) -> Result<Listed<ConversationView, String>, StoreError> {
-        let (limit, fetch) = page_size(page.limit);
+        let fetch = page.fetch();
         let before = match page.after.as_deref() {
             None => Bound::Unbounded,
             Some(after) => match key(after) {
@@ -629,7 +614,7 @@ impl MessageStore for MemoryStore {
             })
             .collect();
         drop(conversations);
-        Ok(paged(items, limit, |item| item.last_message_id.clone()))
+        Ok(Listed::from_rows(items, page.limit, |item| item.last_message_id.clone()))
     }
 
     async fn conversation_messages(
@@ -638,7 +623,7 @@ impl MessageStore for MemoryStore {
         viewer: Option<&str>,
         page: Page<String>,
     ) -> Result<Option<Listed<ConversationMessage, String>>, StoreError> {
-        let (limit, fetch) = page_size(page.limit);
+        let (fetch, limit) = (page.fetch(), usize::try_from(page.limit).unwrap_or(usize::MAX));
         let ids: Vec<u128> = {
             let conversations = lock(&self.conversations);
             let Some(conversation) = conversations.by_id.get(&id) else { return Ok(None) };
@@ -687,7 +672,7 @@ impl MessageStore for MemoryStore {
     }
 
     async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
-        let (limit, fetch) = page_size(page.limit);
+        let fetch = page.fetch();
         let after = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let items = self
             .opt_outs_read()
@@ -700,7 +685,7 @@ impl MessageStore for MemoryStore {
                 created_at: *created_at,
             })
             .collect();
-        Ok(paged(items, limit, OptOut::key))
+        Ok(Listed::from_rows(items, page.limit, OptOut::key))
     }
 
     async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {

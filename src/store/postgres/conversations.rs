@@ -268,20 +268,6 @@ pub(super) async fn insert_inbound(
     Ok(Some(Received { id: message.id.clone(), conversation_id: joined.id, duplicate: false, opted_out }))
 }
 
-/// A page of `items` fetched with one row more than `limit`: the extra row says more follow.
-fn paged<T, C>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(cursor) } else { None };
-    Listed { items, next }
-}
-
-/// One row more than a page holds.
-fn fetch_limit(limit: u32) -> i64 {
-    i64::from(limit) + 1
-}
-
 /// The conversation list's query, with `$cursor_filter` narrowing it to a page after a cursor.
 macro_rules! conversations_query {
     ($cursor_filter:literal) => {
@@ -313,12 +299,12 @@ pub(super) async fn conversations(
     };
     let rows = query
         .bind(viewer)
-        .bind(fetch_limit(page.limit))
+        .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))
         .bind(i32::try_from(PREVIEW_CHARS).unwrap_or(i32::MAX))
         .fetch_all(pool)
         .await?;
     let items = rows.iter().map(conversation_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(paged(items, page.limit, |c| c.last_message_id.clone()))
+    Ok(Listed::from_rows(items, page.limit, |c| c.last_message_id.clone()))
 }
 
 pub(super) async fn conversation_messages(
@@ -346,11 +332,11 @@ pub(super) async fn conversation_messages(
     )
     .bind(id)
     .bind(page.after.as_deref())
-    .bind(fetch_limit(page.limit))
+    .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))
     .fetch_all(pool)
     .await?;
     let items = rows.iter().map(conversation_message_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(paged(items, page.limit, |m| m.id.clone())))
+    Ok(Some(Listed::from_rows(items, page.limit, |m| m.id.clone())))
 }
 
 pub(super) async fn opted_out(pool: &PgPool, key: &OptOutKey) -> Result<bool, sqlx::Error> {
@@ -380,11 +366,11 @@ pub(super) async fn opt_outs(
     .bind(after.map(|k| k.family.as_str()))
     .bind(after.map(|k| k.sender.as_str()))
     .bind(after.map(|k| k.recipient.as_str()))
-    .bind(fetch_limit(page.limit))
+    .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))
     .fetch_all(pool)
     .await?;
     let items = rows.iter().map(opt_out_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(paged(items, page.limit, OptOut::key))
+    Ok(Listed::from_rows(items, page.limit, OptOut::key))
 }
 
 pub(super) async fn remove_opt_out<'e>(

@@ -302,15 +302,6 @@ macro_rules! conversations_select {
     };
 }
 
-/// A page from `limit + 1` rows: the first `limit`, and the cursor after them when more follow.
-fn listed<T, C: Clone>(mut items: Vec<T>, page: &Page<C>, cursor: impl Fn(&T) -> C) -> Listed<T, C> {
-    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(cursor).or_else(|| page.after.clone()) } else { None };
-    Listed { items, next }
-}
-
 fn pending_rows(rows: &[SqliteRow]) -> Result<Vec<Pending>, StoreError> {
     rows.iter()
         .map(|row| {
@@ -893,12 +884,12 @@ impl MessageStore for SqliteStore {
         let rows = query
             .bind(page.after.as_deref())
             .bind(viewer)
-            .bind(i64::from(page.limit) + 1)
+            .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
         let items = rows.iter().map(conversation_of).collect::<Result<_, _>>().map_err(unavailable)?;
-        Ok(listed(items, &page, |c: &ConversationView| c.last_message_id.clone()))
+        Ok(Listed::from_rows(items, page.limit, |c: &ConversationView| c.last_message_id.clone()))
     }
 
     async fn conversation_messages(
@@ -930,13 +921,13 @@ impl MessageStore for SqliteStore {
         )
         .bind(id)
         .bind(page.after.as_deref().unwrap_or(""))
-        .bind(i64::from(page.limit) + 1)
+        .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         let items =
             rows.iter().map(conversation_message_of).collect::<Result<_, _>>().map_err(unavailable)?;
-        Ok(Some(listed(items, &page, |m: &ConversationMessage| m.id.clone())))
+        Ok(Some(Listed::from_rows(items, page.limit, |m: &ConversationMessage| m.id.clone())))
     }
 
     async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
@@ -944,7 +935,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
-        let limit = i64::from(page.limit) + 1;
+        let limit = i64::try_from(page.fetch()).unwrap_or(i64::MAX);
         let rows = match &page.after {
             Some(after) => sqlx::query(
                 "SELECT channel, sender, recipient, created_at FROM opt_outs \
@@ -964,7 +955,7 @@ impl MessageStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         let items = rows.iter().map(opt_out_of).collect::<Result<_, _>>().map_err(unavailable)?;
-        Ok(listed(items, &page, OptOut::key))
+        Ok(Listed::from_rows(items, page.limit, OptOut::key))
     }
 
     async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
