@@ -77,7 +77,8 @@ impl Receiver {
         if received.opted_out {
             self.metrics.opted_out(family(channel));
         }
-        tracing::info!(
+        // At debug, like a successful attempt: a line per message would cost more than storing it.
+        tracing::debug!(
             message_id = %received.id,
             conversation_id = received.conversation_id,
             channel,
