@@ -32,16 +32,20 @@ use crate::store::conversation::{family, ConversationKey, InboundMessage, OptCha
 use crate::store::{Attempt, Final};
 
 /// The conversation upsert for rows whose fields `F, L, H` (positions) are the family and the
-/// two participants and whose field 0 is the message id; `$filter` limits the rows.
+/// two participants and whose field 0 is the message id; `$filter` limits the rows. Rows are
+/// counted per conversation first: a conversation's row is written once per batch however many
+/// of its messages the batch holds, and new conversations get their ids in the order of their
+/// first message (ids are UUIDv7s: they sort by creation).
 macro_rules! upsert_conversations {
     ($rows:literal, $f:literal, $l:literal, $h:literal, $($filter:tt)+) => {
         concat!(
             "INSERT INTO conversations (channel, participant_a, participant_b, created_at, last_message_at, \
              last_message_id, message_count) \
-             SELECT value->>", $f, ", value->>", $l, ", value->>", $h, ", NEW.now, NEW.now, value->>0, 1 \
+             SELECT value->>", $f, ", value->>", $l, ", value->>", $h, ", NEW.now, NEW.now, MAX(value->>0), COUNT(*) \
              FROM jsonb_each(NEW.", $rows, ") WHERE ", $($filter)+, " \
+             GROUP BY value->>", $f, ", value->>", $l, ", value->>", $h, " ORDER BY MIN(value->>0) \
              ON CONFLICT (channel, participant_a, participant_b) DO UPDATE SET \
-             message_count = message_count + 1, last_message_at = excluded.last_message_at, \
+             message_count = message_count + excluded.message_count, last_message_at = excluded.last_message_at, \
              last_message_id = MAX(last_message_id, excluded.last_message_id); "
         )
     };
