@@ -865,6 +865,15 @@ fn a_provider_request_is_judged_by_its_headers_before_its_body_is_read() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("invalid_signature"), "{answer}");
 
+    // A provider of a kind that takes nothing in: 404 before any body is read.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| panic!("{e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    let head = head.replace("/v1/inbound/twilio/tw", "/v1/inbound/mock/p");
+    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).unwrap_or_else(|e| panic!("no answer before the body: {e}"));
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 404"), "a mock provider");
+
     let big = format!("MessageSid=SM1&From=%2B18045550101&To=%2B12016661234&Body={}", "x".repeat(70 * 1024));
     let response = client()
         .post(server.url("/v1/inbound/twilio/tw"))

@@ -50,9 +50,10 @@ pub trait Provider: Send + Sync + 'static {
     /// Checks what can be checked before the body is read (content type, a credential header's
     /// presence or value): the service calls it first and reads no body when it refuses. An early
     /// filter only: [`Provider::receive`] repeats every check, so it is safe without this.
-    /// Default: admits everything (a kind without inbound support refuses in `receive`).
+    /// Default: `NotSupported`, as `receive`'s default — a kind that takes inbound messages
+    /// implements both (so that a provider without inbound support never has a body read).
     fn admit(&self, _head: InboundHead<'_>) -> Result<(), InboundError> {
-        Ok(())
+        Err(InboundError::NotSupported)
     }
 
     /// The largest inbound body this kind takes; the service reads at most the smaller of this
