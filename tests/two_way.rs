@@ -240,6 +240,9 @@ fn client_flow(backend: &Backend) {
     assert_eq!(counts, [&json!(2), &json!(4)], "{list}");
     assert_eq!(get(&server, "/api/conversations/3/messages", None).0, 404);
     assert_eq!(get(&server, "/api/conversations/abc/messages", None).0, 404);
+    for odd in ["+1", "01", "0", "-1", "99999999999999999999"] {
+        assert_eq!(get(&server, &format!("/api/conversations/{odd}/messages"), None).0, 404, "{odd}");
+    }
     // An inbound message reads like any other.
     let view = message_view(&server, inbound_ids[0]["id"].as_str().unwrap_or_default());
     assert_eq!(
@@ -559,6 +562,9 @@ fn stop_and_start(backend: &Backend) {
     let path = format!("/v1/opt-outs/sms/{}/{}", ours.replace('+', "%2B"), theirs.replace('+', "%2B"));
     let delete =
         |server: &Server| client().delete(server.url(&path)).send().map(|r| r.status().as_u16()).unwrap_or(0);
+    let odd = format!("/v1/opt-outs/sms/{}/{}%00", ours.replace('+', "%2B"), theirs.replace('+', "%2B"));
+    let odd_status = client().delete(server.url(&odd)).send().map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_eq!(odd_status, 404, "a NUL is not a formatting character");
     assert_eq!(delete(&server), 204);
     assert_eq!(delete(&server), 404);
     assert_eq!(send(&server, theirs).0, 202);
@@ -815,6 +821,13 @@ fn a_bad_webhook_is_refused_and_stores_nothing() {
         client().post(server.url("/api/webhooks/sms")).body("from=x").send().map(|r| r.status().as_u16());
     assert_eq!(response.unwrap_or(0), 415);
     assert_eq!(conversation_count(&server), 0);
+    // A timestamp with a UTC offset is RFC 3339 too.
+    let offset = json!({"from": "+18045551234", "to": "+12016661234", "type": "sms", "messaging_provider_id": "offset-1", "body": "hi", "timestamp": "2024-11-01T15:00:00+01:00"});
+    let (status, answer) = post(&server, "/api/webhooks/sms", &offset, None);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["conversation_id"].as_i64().unwrap_or(0);
+    let (_, thread) = get(&server, &format!("/api/conversations/{id}/messages"), None);
+    assert_eq!(thread["messages"][0]["timestamp"], "2024-11-01T14:00:00.000Z", "{thread}");
 }
 
 /// A provider that sends from its own number (`from` setting): a recipient who replied STOP to
@@ -887,4 +900,53 @@ fn a_provider_request_is_judged_by_its_headers_before_its_body_is_read() {
         metric(&server, "switchboard_inbound_rejected_total{provider=\"tw\",reason=\"invalid_signature\"}"),
         Some(1)
     );
+}
+
+/// A message waiting for its turn is not sent through a backup provider once its recipient
+/// opted out of the number the route's primary sends from: the check before each attempt asks
+/// about every sender of the route, as accepting does.
+#[test]
+fn a_waiting_message_does_not_go_out_through_a_backup_after_an_opt_out_of_the_primary_number() {
+    let config = r#"
+[providers.slow]
+kind = "mock"
+rate_limit.per_second = 1
+rate_limit.burst = 1
+
+[providers.tw]
+kind = "twilio"
+account_sid = "AC0123456789abcdef"
+auth_token = "${TW_TOKEN}"
+from = "+15005550006"
+base_url = "http://127.0.0.1:9"
+
+[routes.sms]
+providers = ["slow", "tw"]
+"#;
+    let backend = Backend::sqlite();
+    let server = backend.start(config, &PROVIDER_ENV);
+    let them = "+18045550606";
+    let send = |to: &str| {
+        let (status, answer) = post(
+            &server,
+            "/api/messages/sms",
+            &json!({"from": "+12016661234", "to": to, "type": "sms", "body": "hi"}),
+            None,
+        );
+        assert_eq!(status, 202, "{answer}");
+        answer["id"].as_str().unwrap_or_default().to_owned()
+    };
+    let first = send("+18045550607");
+    assert_eq!(common::wait_final(&server, &first)["status"], "sent", "the first takes `slow`'s only token");
+    // The second waits about a second for `slow`'s next token; the STOP to `tw`'s number comes first.
+    let waiting = send(them);
+    let stop = inbound_keyword(them, "+15005550006", "stop-primary-number", "STOP");
+    assert_eq!(post(&server, "/api/webhooks/sms", &stop, None).0, 200);
+    let view = common::wait_final(&server, &waiting);
+    assert_eq!(
+        (view["status"].as_str(), view["error"]["code"].as_str()),
+        (Some("failed"), Some("opted_out")),
+        "{view}"
+    );
+    assert_eq!(view["attempts"], json!([]), "{view}");
 }

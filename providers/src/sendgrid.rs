@@ -336,7 +336,9 @@ fn parse_email(fields: &BTreeMap<&'static str, Vec<u8>>) -> Result<Incoming, Inb
         let Some(raw) = fields.get(name) else { return String::new() };
         let label = charsets.get(name).map_or("utf-8", String::as_str);
         let encoding = encoding_rs::Encoding::for_label(label.as_bytes()).unwrap_or(encoding_rs::UTF_8);
-        encoding.decode(raw).0.into_owned()
+        // The named set decides: a byte-order mark in the text does not switch it (`\xff\xfe`
+        // in a UTF-8 field is two bad bytes, not UTF-16).
+        encoding.decode_without_bom_handling(raw).0.into_owned()
     };
     let envelope = match fields.get("envelope") {
         Some(raw) => Some(
@@ -761,6 +763,16 @@ mod inbound_tests {
                 ("headers", None, b"Message-ID: <m1@example.org>"),
             ]),
             body("caf\u{fffd}"),
+        );
+        check(
+            post(&[
+                ("text", None, b"\xff\xfeSTOP"),
+                ("from", None, b"ann@example.org"),
+                ("to", None, b"support@in.example.com"),
+                ("subject", None, b"Hello"),
+                ("headers", None, b"Message-ID: <m1@example.org>"),
+            ]),
+            body("\u{fffd}\u{fffd}STOP"),
         );
 
         let id = |headers: &str, expected: &str| {

@@ -129,8 +129,7 @@ impl Acceptor {
         destination::check_country(&route.config, &message.to)?;
         // The message's sender and every sender its route's providers would use instead: a
         // recipient who replied STOP to any number this message could come from is not sent it.
-        let mut senders = vec![message.from.as_str()];
-        senders.extend(route.all_providers().map(|p| p.instance().sender(&message)));
+        let senders = route.senders(&message);
         match opted_out_from_any(self.store.as_ref(), channel, &senders, &message.to).await {
             Ok(false) => {}
             Ok(true) => return self.replay_or(key.as_ref(), AcceptError::OptedOut).await,

@@ -581,6 +581,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let mut next_available: Option<Instant> = None;
     let mut attempted = false;
     let plan = route.plan(&job.message, job.round, Instant::now());
+    let senders = route.senders(&job.message);
     for handle in &plan {
         if job.attempts >= max_attempts {
             break;
@@ -603,7 +604,6 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         // Asked right before every attempt (after any rate-limit wait), failovers included: an
         // opt-out recorded while the message waited, or between two providers, ends it unsent.
-        let senders = [job.message.from.as_str(), handle.instance().sender(&job.message)];
         match opted_out_from_any(shared.store.as_ref(), channel.as_str(), &senders, &job.message.to).await {
             Ok(false) => {}
             Ok(true) => {

@@ -53,9 +53,11 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let mut parts = text.split('\n');
+        // Message ids are UUIDs: a cursor naming anything else was not one this service made.
+        let id = |id: &str| uuid::Uuid::try_parse(id).is_ok().then(|| id.to_owned());
         let cursor = match (parts.next()?, parts.next()?) {
-            ("c", id) => Cursor::Conversations(id.to_owned()),
-            ("m", id) => Cursor::Messages(id.to_owned()),
+            ("c", last) => Cursor::Conversations(id(last)?),
+            ("m", last) => Cursor::Messages(id(last)?),
             ("o", family) => Cursor::OptOuts(OptOutKey {
                 family: family.to_owned(),
                 sender: parts.next()?.to_owned(),
@@ -118,9 +120,13 @@ pub async fn messages(
     id: Result<Path<String>, PathRejection>,
     query: QueryResult,
 ) -> Result<Response, ApiError> {
-    // Not a positive integer: no such conversation.
-    let id =
-        id.ok().and_then(|Path(id)| id.parse::<i64>().ok()).filter(|id| *id > 0).ok_or(ApiError::NotFound)?;
+    // Not a positive integer written plainly (no sign, no leading zero): no such conversation.
+    let id = id
+        .ok()
+        .filter(|Path(id)| !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|Path(id)| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or(ApiError::NotFound)?;
     let page = page(query, |c| match c {
         Cursor::Messages(id) => Some(id),
         _ => None,
@@ -150,6 +156,12 @@ pub async fn remove_opt_out(
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Ok(Path((channel, sender, recipient))) = path else { return Err(ApiError::NotFound) };
+    // Normalising drops formatting characters: a control character or a space is not one, and a
+    // path holding one names no opt-out.
+    let odd = |part: &String| part.contains(|c: char| c.is_control() || c.is_whitespace());
+    if [&channel, &sender, &recipient].into_iter().any(odd) {
+        return Err(ApiError::NotFound);
+    }
     let family = family(&channel);
     let key = OptOutKey {
         family: family.to_owned(),
@@ -187,6 +199,8 @@ mod tests {
             "!!",
             "eA",
             &URL_SAFE_NO_PAD.encode("c"),
+            &URL_SAFE_NO_PAD.encode("c\n"),
+            &URL_SAFE_NO_PAD.encode("c\nzzzz"),
             &URL_SAFE_NO_PAD.encode("o\nsms\n+1"),
             &URL_SAFE_NO_PAD.encode("m\na\nb"),
         ] {
@@ -213,8 +227,9 @@ mod tests {
 
     #[test]
     fn pages() {
-        let m = Cursor::Messages("abc".into()).encode();
-        let c = Cursor::Conversations("abc".into()).encode();
+        const ID: &str = "0190f0a0-0000-7000-8000-000000000001";
+        let m = Cursor::Messages(ID.into()).encode();
+        let c = Cursor::Conversations(ID.into()).encode();
         check_page("", Ok((DEFAULT_LIMIT, None)));
         check_page("limit=1", Ok((1, None)));
         check_page("limit=200", Ok((200, None)));
@@ -222,7 +237,7 @@ mod tests {
         check_page("limit=0", Err("limit"));
         check_page("limit=-1", Err("limit"));
         check_page("limit=ten", Err("limit"));
-        check_page(&format!("cursor={m}"), Ok((DEFAULT_LIMIT, Some("abc"))));
+        check_page(&format!("cursor={m}"), Ok((DEFAULT_LIMIT, Some(ID))));
         check_page("cursor=", Ok((DEFAULT_LIMIT, None)));
         check_page(&format!("cursor={c}"), Err("cursor"));
         check_page("cursor=garbage!", Err("cursor"));

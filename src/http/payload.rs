@@ -396,7 +396,7 @@ fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
 fn check_timestamp(timestamp: Option<&str>) -> Result<Option<SystemTime>, ApiError> {
     timestamp
         .map(|t| {
-            humantime::parse_rfc3339_weak(t).map_err(|_| {
+            rfc3339(t).ok_or_else(|| {
                 ApiError::invalid(
                     "timestamp",
                     format!("`timestamp` must be an RFC 3339 date-time, got {t:?}"),
@@ -404,6 +404,39 @@ fn check_timestamp(timestamp: Option<&str>) -> Result<Option<SystemTime>, ApiErr
             })
         })
         .transpose()
+}
+
+/// An RFC 3339 date-time in UTC (`Z`, either case) or with a numeric offset (`+01:00`), from
+/// 1970 on.
+fn rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text.replace('t', "T").replace('z', "Z");
+    if text.ends_with('Z') {
+        return humantime::parse_rfc3339_weak(&text).ok();
+    }
+    let split = text.len().checked_sub(6)?;
+    let (local, offset) = (text.get(..split)?, text.get(split..)?.as_bytes());
+    let sign = match offset[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digit = |b: u8| b.is_ascii_digit().then(|| u64::from(b - b'0'));
+    if offset[3] != b':' {
+        return None;
+    }
+    let (hours, minutes) =
+        (digit(offset[1])? * 10 + digit(offset[2])?, digit(offset[4])? * 10 + digit(offset[5])?);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let utc_as_local = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    // Local time = UTC + offset, so UTC = local − offset.
+    let shift = std::time::Duration::from_secs((hours * 60 + minutes) * 60);
+    if sign > 0 {
+        utc_as_local.checked_sub(shift)
+    } else {
+        utc_as_local.checked_add(shift)
+    }
 }
 
 fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
@@ -785,6 +818,28 @@ mod tests {
         check_provider_message("+18045551234", &"x".repeat(SMS_MAX_CHARS + 1), &[], Err("body"));
         check_provider_message("+18045551234", "", &["javascript:alert(1)"], Err("attachments"));
         check_provider_message("+18045551234", "", &["https://a.example/x"; 11], Err("attachments"));
+    }
+
+    #[test]
+    fn timestamps() {
+        let utc = humantime::parse_rfc3339_weak("2024-11-01T14:00:00Z").ok();
+        for (text, expected) in [
+            ("2024-11-01T14:00:00Z", utc),
+            ("2024-11-01t14:00:00z", utc),
+            ("2024-11-01T15:00:00+01:00", utc),
+            ("2024-11-01T09:00:00-05:00", utc),
+            ("2024-11-01T14:00:00+00:00", utc),
+            ("2024-11-01T14:00:00.250Z", utc.map(|t| t + std::time::Duration::from_millis(250))),
+            ("2024-11-01T14:00:00+24:00", None),
+            ("2024-11-01T14:00:00+0100", None),
+            ("2024-11-01T14:00:00", None),
+            ("2024-11-01T14:00:00+01:0é", None),
+            ("yesterday", None),
+            ("", None),
+            ("+01:00", None),
+        ] {
+            assert_eq!(rfc3339(text), expected, "{text}");
+        }
     }
 
     #[test]

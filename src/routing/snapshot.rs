@@ -79,9 +79,19 @@ pub struct Route {
 }
 
 impl Route {
-    /// Every provider the route may use: its own and its rules', each once per list.
-    pub fn all_providers(&self) -> impl Iterator<Item = &Arc<ProviderHandle>> {
-        self.providers.iter().chain(self.rule_providers.iter().flatten())
+    /// Every number or address `message` may be sent from on this route: its own `from` and the
+    /// sender each provider of the route (its own list and its rules') would use instead. An
+    /// opt-out from any of them stops the message, at accept and before every attempt, so that
+    /// failing over to another provider never routes around one.
+    pub fn senders<'a>(&'a self, message: &'a OutboundMessage) -> Vec<&'a str> {
+        let providers = self.providers.iter().chain(self.rule_providers.iter().flatten());
+        let mut senders = vec![message.from.as_str()];
+        for sender in providers.map(|p| p.instance().sender(message)) {
+            if !senders.contains(&sender) {
+                senders.push(sender);
+            }
+        }
+        senders
     }
 
     /// The rule a message matches, if any.

@@ -405,19 +405,16 @@ pub trait MessageStore: Send + Sync + 'static {
     fn is_durable(&self) -> bool;
 }
 
-/// Whether `to` opted out of messages on `channel` from any of `senders` (the message's `from`
-/// and the senders its providers would use instead): asked before a message is accepted and
-/// before each attempt. Each distinct sender is asked once.
+/// Whether `to` opted out of messages on `channel` from any of `senders` (a route's
+/// `Route::senders` for the message): asked before a message is accepted and before each
+/// attempt.
 pub async fn opted_out_from_any(
     store: &dyn MessageStore,
     channel: &str,
     senders: &[&str],
     to: &str,
 ) -> Result<bool, StoreError> {
-    for (i, sender) in senders.iter().enumerate() {
-        if senders[..i].contains(sender) {
-            continue;
-        }
+    for sender in senders {
         if store.opted_out(&OptOutKey::of(channel, sender, to)).await? {
             return Ok(true);
         }
