@@ -5,7 +5,8 @@
 # Steadier than req/s on a noisy machine for A/B comparisons of two builds:
 #   SB_BIN=/tmp/old benches/cpu_per_message.sh; SB_BIN=/tmp/new benches/cpu_per_message.sh
 # Extra arguments go to `serve` (e.g. --workers 1024); STORE_URL overrides the store
-# (default: a fresh SQLite file).
+# (default: a fresh SQLite file). TARGET=inbound posts inbound SMS webhooks instead
+# (benches/inbound.lua, each with its own provider id) and counts the inbound messages stored.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=$root/../shared/bench
@@ -17,12 +18,17 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
 counter() { curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
-url=http://127.0.0.1:$port/api/messages/sms
-WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 1 >/dev/null
-ticks0=$(awk '{print $14+$15}' "/proc/$pid/stat"); done0=$(counter switchboard_messages_completed_total)
-line=$(WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 8)
+url=http://127.0.0.1:$port/api/messages/sms; metric=switchboard_messages_completed_total
+load() { WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 "$1"; }
+if [[ ${TARGET:-send} == inbound ]]; then
+  url=http://127.0.0.1:$port/api/webhooks/sms; metric=switchboard_inbound_messages_total
+  load() { taskset -c 1 wrk -t1 -c64 -d"$1s" --latency -s "$root/benches/inbound.lua" "$url" | sed -n 's/^RESULT //p'; }
+fi
+load 1 >/dev/null
+ticks0=$(awk '{print $14+$15}' "/proc/$pid/stat"); done0=$(counter $metric)
+line=$(load 8)
 sleep 0.5
-ticks1=$(awk '{print $14+$15}' "/proc/$pid/stat"); done1=$(counter switchboard_messages_completed_total)
+ticks1=$(awk '{print $14+$15}' "/proc/$pid/stat"); done1=$(counter $metric)
 hz=$(getconf CLK_TCK)
 printf '%s cpu_us_per_message=%.2f delivered=%s\n' "$line" \
   "$(echo "($ticks1 - $ticks0) * 1000000 / $hz / ($done1 - $done0)" | bc -l)" "$((done1 - done0))"

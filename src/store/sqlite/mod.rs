@@ -25,7 +25,7 @@ mod batches;
 #[cfg(test)]
 mod two_way_tests;
 
-use crate::store::conversation::family;
+use crate::store::conversation::{family, Direction};
 use crate::store::{
     Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted, Listed,
     MessageStore, MessageView, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received,
@@ -691,20 +691,43 @@ async fn schedule(
 /// Deletes finished messages (their attempts and inbound ids go by cascade) and takes them off
 /// their conversations' counts, then forgets expired idempotency keys.
 async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> Result<u64, StoreError> {
-    let conversations: Vec<Option<i64>> = sqlx::query_scalar(
+    let rows = sqlx::query(
         "DELETE FROM messages WHERE id IN \
          (SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?) \
-         RETURNING conversation_id",
+         RETURNING conversation_id, direction, channel, provider_message_id",
     )
     .bind(ms(before))
     .bind(i64::from(batch))
     .fetch_all(&mut *conn)
     .await
     .map_err(unavailable)?;
-    let purged = u64::try_from(conversations.len()).unwrap_or(u64::MAX);
+    let purged = u64::try_from(rows.len()).unwrap_or(u64::MAX);
     let mut counts = std::collections::BTreeMap::<i64, i64>::new();
-    for id in conversations.into_iter().flatten() {
-        *counts.entry(id).or_default() += 1;
+    // The de-duplication keys of purged inbound messages go with them (`inbound_ids` has no
+    // foreign key to cascade).
+    let mut inbound_keys = Vec::new();
+    for row in &rows {
+        if let Some(id) = row.try_get::<Option<i64>, _>(0).map_err(unavailable)? {
+            *counts.entry(id).or_default() += 1;
+        }
+        let direction: String = row.try_get(1).map_err(unavailable)?;
+        let provider_message_id: Option<String> = row.try_get(3).map_err(unavailable)?;
+        if let (Direction::Inbound, Some(provider_message_id)) =
+            (Direction::from_stored(&direction), provider_message_id)
+        {
+            let channel: String = row.try_get(2).map_err(unavailable)?;
+            inbound_keys.push((family(&channel).to_owned(), provider_message_id));
+        }
+    }
+    if !inbound_keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM inbound_ids WHERE (channel, provider_message_id) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&inbound_keys).map_err(unavailable)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     }
     if !counts.is_empty() {
         let counts: Vec<(i64, i64)> = counts.into_iter().collect();
