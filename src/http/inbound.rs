@@ -12,9 +12,8 @@ use axum::Json;
 use serde::Serialize;
 use switchboard_providers::inbound::{InboundError, InboundHead, InboundRequest};
 
-use super::guard::Caller;
 use super::payload::{self, Webhook};
-use super::{is_json, read_body, ApiError, AppState};
+use super::{caller_of, is_json, read_body_in_time, ApiError, AppState};
 use crate::store::Received;
 
 /// The answer to a generic webhook.
@@ -37,14 +36,11 @@ pub async fn webhook_email(State(state): State<Arc<AppState>>, request: Request)
 /// 200 with the stored (or, for a redelivery, the first) message's id and its conversation.
 async fn webhook(state: &AppState, webhook: Webhook, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller { key: None, admin: false });
+    let caller = caller_of(&parts);
     if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes =
-        tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, state.body_limit))
-            .await
-            .map_err(|_| ApiError::RequestTimeout)??;
+    let bytes = read_body_in_time(state, body, &parts.headers, state.body_limit).await?;
     let incoming = payload::parse_webhook(webhook, &bytes)?;
     let channel = incoming.channel.clone();
     let Received { id, conversation_id, .. } =
@@ -77,9 +73,7 @@ async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> 
         .map_err(|error| refused(state, name, error))?;
     let limit =
         instance.max_inbound_body().map_or(state.inbound_body_limit, |l| l.min(state.inbound_body_limit));
-    let bytes = tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, limit))
-        .await
-        .map_err(|_| ApiError::RequestTimeout)??;
+    let bytes = read_body_in_time(state, body, &parts.headers, limit).await?;
     let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
     let inbound = instance.receive(request).await.map_err(|error| refused(state, name, error))?;
     for message in &inbound.messages {

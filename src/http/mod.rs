@@ -107,16 +107,13 @@ async fn native(State(state): State<Arc<AppState>>, request: Request) -> Respons
 async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<Response, ApiError> {
     // Taking the request apart avoids copying its headers.
     let (parts, body) = request.into_parts();
-    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller { key: None, admin: false });
+    let caller = caller_of(&parts);
     if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
     // Refused before the body is read: a flood costs as little as possible.
     state.guard.take_send(&caller)?;
-    let bytes =
-        tokio::time::timeout(state.guard.body_timeout, read_body(body, &parts.headers, state.body_limit))
-            .await
-            .map_err(|_| ApiError::RequestTimeout)??;
+    let bytes = read_body_in_time(state, body, &parts.headers, state.body_limit).await?;
     let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
     let message = payload::parse(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
     let accepted = state
@@ -178,6 +175,23 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Who is calling, as the guard found it (anyone, when it did not run).
+fn caller_of(parts: &axum::http::request::Parts) -> Caller {
+    parts.extensions.get::<Caller>().cloned().unwrap_or(Caller { key: None, admin: false })
+}
+
+/// The body, at most `limit` bytes, arrived within the request timeout.
+async fn read_body_in_time(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(state.guard.body_timeout, read_body(body, headers, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {

@@ -14,6 +14,7 @@ use switchboard_providers::{Channel, OutboundMessage};
 
 use super::error::ApiError;
 use crate::accept::AcceptError;
+use crate::store::conversation::family;
 
 /// The most characters an SMS body may have (ten concatenated segments).
 pub const SMS_MAX_CHARS: usize = 1600;
@@ -171,30 +172,11 @@ pub fn check_incoming(m: &Incoming) -> Result<(), ApiError> {
             return Err(ApiError::invalid(field, format!("`{field}` must not contain control characters")));
         }
     }
-    match m.channel.as_str() {
-        "sms" | "mms" => {
-            check_phone("from", &m.from)?;
-            check_phone("to", &m.to)?;
-            if m.body.chars().count() > SMS_MAX_CHARS {
-                return Err(ApiError::invalid(
-                    "body",
-                    format!("an SMS body may have at most {SMS_MAX_CHARS} characters"),
-                ));
-            }
-        }
-        "email" => {
-            check_email("from", &m.from)?;
-            check_email("to", &m.to)?;
-        }
-        _ => {}
+    check_addresses(m.channel.as_str(), &m.from, &m.to)?;
+    if family(m.channel.as_str()) == "sms" {
+        check_sms_length(&m.body)?;
     }
-    if m.attachments.len() > MAX_ATTACHMENTS || !m.attachments.iter().all(|url| is_http_url(url)) {
-        return Err(ApiError::invalid(
-            "attachments",
-            format!("at most {MAX_ATTACHMENTS} attachments, each an http(s) URL"),
-        ));
-    }
-    Ok(())
+    check_attachment_urls(&m.attachments)
 }
 
 /// The channel a messaging-service `type` names: `sms` (the default) or `mms`.
@@ -441,31 +423,12 @@ fn rfc3339(text: &str) -> Option<SystemTime> {
 
 fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
     check_control_characters(p)?;
-    match p.channel.as_str() {
-        "sms" | "mms" => {
-            check_phone("from", &p.from)?;
-            check_phone("to", &p.to)?;
-        }
-        "email" => {
-            check_email("from", &p.from)?;
-            check_email("to", &p.to)?;
-        }
-        _ => {
-            for (field, value) in [("from", &p.from), ("to", &p.to)] {
-                if value.trim().is_empty() {
-                    return Err(ApiError::invalid(field, format!("`{field}` must not be empty")));
-                }
-            }
-        }
-    }
+    check_addresses(p.channel.as_str(), &p.from, &p.to)?;
     if p.body.trim().is_empty() {
         return Err(ApiError::invalid("body", "`body` must not be empty"));
     }
-    if p.channel == Channel::SMS && p.body.chars().count() > SMS_MAX_CHARS {
-        return Err(ApiError::invalid(
-            "body",
-            format!("an SMS body may have at most {SMS_MAX_CHARS} characters"),
-        ));
+    if p.channel == Channel::SMS {
+        check_sms_length(&p.body)?;
     }
     if let Some(subject) = &p.subject {
         if subject.chars().count() > MAX_SUBJECT_CHARS {
@@ -484,14 +447,7 @@ fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
             "an SMS cannot carry attachments: send it as type \"mms\"",
         ));
     }
-    if p.attachments.len() > MAX_ATTACHMENTS {
-        return Err(ApiError::invalid("attachments", format!("at most {MAX_ATTACHMENTS} attachments")));
-    }
-    for (i, url) in p.attachments.iter().enumerate() {
-        if !is_http_url(url) {
-            return Err(ApiError::invalid("attachments", format!("attachment {i} is not an http(s) URL")));
-        }
-    }
+    check_attachment_urls(&p.attachments)?;
     if p.tags.len() > MAX_TAGS {
         return Err(ApiError::invalid("tags", format!("at most {MAX_TAGS} tags")));
     }
@@ -501,6 +457,45 @@ fn validate(p: &OutboundMessage) -> Result<(), ApiError> {
                 "tags",
                 format!("tags are 1 to {MAX_TAG_LEN} printable characters"),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `from` and `to` of the channel's form: phone numbers for SMS and MMS, email addresses for
+/// email, anything not blank for another channel.
+fn check_addresses(channel: &str, from: &str, to: &str) -> Result<(), ApiError> {
+    for (field, value) in [("from", from), ("to", to)] {
+        match channel {
+            "sms" | "mms" => check_phone(field, value)?,
+            "email" => check_email(field, value)?,
+            _ if value.trim().is_empty() => {
+                return Err(ApiError::invalid(field, format!("`{field}` must not be empty")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_sms_length(body: &str) -> Result<(), ApiError> {
+    if body.chars().count() > SMS_MAX_CHARS {
+        return Err(ApiError::invalid(
+            "body",
+            format!("an SMS body may have at most {SMS_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// At most [`MAX_ATTACHMENTS`], each an http(s) URL.
+fn check_attachment_urls(attachments: &[String]) -> Result<(), ApiError> {
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::invalid("attachments", format!("at most {MAX_ATTACHMENTS} attachments")));
+    }
+    for (i, url) in attachments.iter().enumerate() {
+        if !is_http_url(url) {
+            return Err(ApiError::invalid("attachments", format!("attachment {i} is not an http(s) URL")));
         }
     }
     Ok(())
@@ -653,12 +648,17 @@ mod tests {
         );
     }
 
-    fn check_body(endpoint: Endpoint, body: &str, expected: Result<(), (&str, Option<&str>)>) {
-        let got = parse(endpoint, body.as_bytes(), "id".into()).map(|_| ()).map_err(|e| match e {
+    /// An error as the cases write it: its code and the field it names.
+    fn shape(error: ApiError) -> (&'static str, Option<String>) {
+        match error {
             ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
             ApiError::DuplicateField { field } => ("duplicate_field", Some(field)),
             other => (other.code(), None),
-        });
+        }
+    }
+
+    fn check_body(endpoint: Endpoint, body: &str, expected: Result<(), (&str, Option<&str>)>) {
+        let got = parse(endpoint, body.as_bytes(), "id".into()).map(|_| ()).map_err(shape);
         let expected = expected.map_err(|(code, field)| (code, field.map(str::to_owned)));
         assert_eq!(got, expected, "{body}");
     }
@@ -711,11 +711,7 @@ mod tests {
     }
 
     fn check_webhook(webhook: Webhook, body: &str, expected: Result<(&str, &str), (&str, Option<&str>)>) {
-        let got = parse_webhook(webhook, body.as_bytes()).map_err(|e| match e {
-            ApiError::InvalidField { field, .. } => ("invalid_field", Some(field)),
-            ApiError::DuplicateField { field } => ("duplicate_field", Some(field)),
-            other => (other.code(), None),
-        });
+        let got = parse_webhook(webhook, body.as_bytes()).map_err(shape);
         let got = got
             .as_ref()
             .map(|m| (m.channel.as_str(), m.provider_message_id.as_str()))
