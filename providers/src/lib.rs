@@ -13,6 +13,7 @@ mod email;
 pub mod http;
 pub mod inbound;
 mod message;
+pub mod receipt;
 mod registry;
 pub mod scrub;
 mod secret;

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest};
+use crate::receipt::Receipts;
 use crate::secret::is_secret;
 use crate::{OutboundMessage, Receipt, SendError, SentCredentials};
 
@@ -60,6 +61,22 @@ pub trait Provider: Send + Sync + 'static {
     /// and its own limit. Default: `None` (the service's limit alone).
     fn max_inbound_body(&self) -> Option<usize> {
         None
+    }
+
+    /// Checks what can be checked of a receipt request (`POST /v1/receipts/{kind}/{name}`) before
+    /// its body is read, as [`Provider::admit`] does for inbound messages. Default:
+    /// `NotSupported` (the service answers 404 and reads nothing).
+    fn admit_receipts(&self, _head: InboundHead<'_>) -> Result<(), InboundError> {
+        Err(InboundError::NotSupported)
+    }
+
+    /// Takes in the provider's delivery receipts posted to `POST /v1/receipts/{kind}/{name}`:
+    /// verifies the request (its signature; a signed time older than
+    /// [`crate::receipt::MAX_SIGNATURE_AGE`] than `now` is refused as a replay with
+    /// [`InboundError::InvalidSignature`]), then parses its events (see [`crate::receipt`]).
+    /// Default: this kind takes no receipts.
+    async fn receipts(&self, _request: InboundRequest<'_>, _now: SystemTime) -> Result<Receipts, InboundError> {
+        Err(InboundError::NotSupported)
     }
 }
 
