@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// an email with its attachments (they are read and dropped, not stored).
     #[arg(long, env = "SWITCHBOARD_MAX_INBOUND_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_inbound_body_bytes: usize,
+    /// Lets `status_callback` URLs be plain http to a loopback host (127.0.0.0/8, ::1,
+    /// localhost): for a receiver on this machine, and tests. Without it callbacks are https
+    /// only, and never to a loopback, private or link-local address.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_LOOPBACK_CALLBACKS")]
+    pub allow_loopback_callbacks: bool,
     /// Finished messages the in-memory store keeps for status queries (oldest forgotten first).
     #[arg(long, env = "SWITCHBOARD_MEMORY_RETENTION", default_value_t = 20_000)]
     pub memory_retention: usize,
@@ -236,6 +241,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         grace_period: args.grace_period,
         body_limit: args.max_body_bytes,
         inbound_body_limit: args.max_inbound_body_bytes,
+        allow_loopback_callbacks: args.allow_loopback_callbacks,
         memory_retention: args.memory_retention,
         reload: WatchOptions {
             debounce: args.reload_debounce,

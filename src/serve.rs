@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub grace_period: Duration,
     pub body_limit: usize,
     pub inbound_body_limit: usize,
+    /// `status_callback` URLs may be http to a loopback host.
+    pub allow_loopback_callbacks: bool,
     pub memory_retention: usize,
     pub reload: WatchOptions,
     /// `sqlite://PATH` or `memory://`.
@@ -138,6 +140,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
         inbound_body_limit: options.inbound_body_limit,
+        allow_loopback_callbacks: options.allow_loopback_callbacks,
         guard: Guard::new(options.api_keys.clone(), &options.limits),
     });
 

@@ -129,6 +129,7 @@ mod tests {
             max_attempts: 1,
             allowed_country_codes: codes.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             max_per_recipient_per_hour: max,
+            status_callback: None,
             sources: BTreeMap::new(),
         }
     }

@@ -18,7 +18,7 @@ pub use destination::{check_country, RecipientCounts, Refusal};
 use crate::dispatch::{Dispatcher, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, Snapshot};
-use crate::store::{opted_out_from_any, IdempotencyKey, Inserted, MessageStore};
+use crate::store::{blocked, Blocked, IdempotencyKey, Inserted, MessageStore, Meta};
 
 /// A message to accept, with who sends it and the idempotency key it came with.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct Submission {
     /// idempotency key (one caller's key can neither replay nor block another's request).
     pub caller: Option<String>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The message's own `status_callback` (checked by the caller); without one, its route's
+    /// default applies.
+    pub status_callback: Option<String>,
 }
 
 /// What accepting did.
@@ -53,6 +56,9 @@ pub enum AcceptError {
     /// The recipient opted out of messages from this sender (an inbound `STOP`).
     #[error("{}", crate::store::conversation::OPTED_OUT)]
     OptedOut,
+    /// The recipient's address is on the suppression list (a bounce, a spam report).
+    #[error("{}", crate::store::delivery::SUPPRESSED)]
+    Suppressed,
     /// A request with the same idempotency key is being answered right now.
     #[error("a request with this idempotency key is still being answered")]
     KeyInFlight,
@@ -96,7 +102,7 @@ impl Acceptor {
     /// while another retry of it is being answered. A country the route does not allow is
     /// refused whatever the key.
     pub async fn accept(&self, submission: Submission) -> Result<Accepted, AcceptError> {
-        let Submission { message, caller, idempotency_key } = submission;
+        let Submission { message, caller, idempotency_key, status_callback } = submission;
         // Keys are per caller: one caller's key can neither replay nor block another's request.
         let key = idempotency_key.map(|mut key| {
             if let Some(owner) = &caller {
@@ -130,9 +136,12 @@ impl Acceptor {
         // The message's sender and every sender its route's providers would use instead: a
         // recipient who replied STOP to any number this message could come from is not sent it.
         let senders = route.senders(&message);
-        match opted_out_from_any(self.store.as_ref(), channel, &senders, &message.to).await {
-            Ok(false) => {}
-            Ok(true) => return self.replay_or(key.as_ref(), AcceptError::OptedOut).await,
+        match blocked(self.store.as_ref(), channel, &senders, &message.to).await {
+            Ok(None) => {}
+            Ok(Some(Blocked::OptedOut)) => return self.replay_or(key.as_ref(), AcceptError::OptedOut).await,
+            Ok(Some(Blocked::Suppressed)) => {
+                return self.replay_or(key.as_ref(), AcceptError::Suppressed).await
+            }
             Err(error) => return Err(SubmitError::Store(error).into()),
         }
         let reserved = match self.recipients.reserve(&route.config, &message.to, SystemTime::now()) {
@@ -140,7 +149,9 @@ impl Acceptor {
             Err(refusal) => return self.replay_or(key.as_ref(), refusal).await,
         };
         let (id, channel) = (message.id.clone(), channel.to_owned());
-        match self.dispatcher.submit(message, caller.as_deref(), key.as_ref()).await {
+        let status_callback = status_callback.or_else(|| route.config.status_callback.clone());
+        let meta = Meta { owner: caller.as_deref(), status_callback: status_callback.as_deref() };
+        match self.dispatcher.submit(message, meta, key.as_ref()).await {
             Ok(Submitted::Accepted) => Ok(Accepted::New { id, channel }),
             Ok(Submitted::Replayed { id, channel }) => {
                 self.recipients.give_back(reserved);

@@ -91,6 +91,7 @@ impl Send {
             idempotency_key: self
                 .key
                 .map(|(key, body)| IdempotencyKey { key: key.to_owned(), request_hash: body.to_owned() }),
+            status_callback: None,
         }
     }
 }
@@ -110,6 +111,7 @@ fn outcome(result: &Result<Accepted, AcceptError>, earlier: &[Option<String>]) -
         Err(AcceptError::Refused(Refusal::RecipientRateLimited { .. })) => "recipient_rate_limited".into(),
         Err(AcceptError::KeyInFlight) => "key_in_flight".into(),
         Err(AcceptError::OptedOut) => "opted_out".into(),
+        Err(AcceptError::Suppressed) => "suppressed".into(),
         Err(AcceptError::Submit(SubmitError::KeyReused)) => "key_reused".into(),
         Err(AcceptError::Submit(SubmitError::QueueFull)) => "queue_full".into(),
         Err(AcceptError::Submit(SubmitError::ShuttingDown)) => "shutting_down".into(),

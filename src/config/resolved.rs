@@ -209,6 +209,8 @@ pub struct ResolvedRoute {
     pub allowed_country_codes: Option<Vec<String>>,
     /// Messages accepted per recipient per clock hour; `None`: unlimited.
     pub max_per_recipient_per_hour: Option<u32>,
+    /// Where changes of its messages' status are POSTed when a message names no URL of its own.
+    pub status_callback: Option<String>,
     pub sources: BTreeMap<&'static str, SettingSource>,
 }
 

@@ -22,6 +22,8 @@ pub enum Ty {
     Strategy,
     /// A non-empty list of country calling codes: strings of 1–3 digits not starting with 0.
     CountryCodes,
+    /// A callback URL: https, or http to a loopback host (see `crate::callbacks::check_url`).
+    Url,
 }
 
 impl Ty {
@@ -32,6 +34,7 @@ impl Ty {
             Ty::Positive => "number",
             Ty::Strategy => "string",
             Ty::CountryCodes => "array",
+            Ty::Url => "string",
         }
     }
 }
@@ -164,6 +167,14 @@ pub const ROUTE_SPECS: &[Spec] = &[
         doc: "Messages accepted per recipient per clock hour on this channel; more are refused with \
               429 `recipient_rate_limited`. Absent: unlimited.",
     },
+    Spec {
+        key: "status_callback",
+        ty: Ty::Url,
+        default: None,
+        doc: "Where every change of a message's `status` or `delivery_status` is POSTed (signed, \
+              Standard Webhooks) when the message names no `status_callback` of its own. https, or \
+              http to loopback with `serve --allow-loopback-callbacks`. Absent: no callbacks.",
+    },
 ];
 
 const GROUPS: &[&str] = &["retry", "breaker", "rate_limit"];
@@ -175,6 +186,7 @@ pub enum Checked {
     Number(f64),
     Strategy(Strategy),
     CountryCodes(Vec<String>),
+    Url(String),
 }
 
 #[derive(Debug, Clone)]
@@ -380,6 +392,27 @@ fn check_into(
             diagnostics.push(wrong_type(spec.key, node, "an array of strings such as [\"1\", \"44\"]"));
             return;
         }
+        // Loopback allowed here: whether it may be used is the server's `--allow-loopback-callbacks`,
+        // checked again when a callback connects.
+        (Ty::Url, Value::Str(url)) => match crate::callbacks::check_url(url, true) {
+            Ok(_) => Checked::Url(url.clone()),
+            Err(error) => {
+                diagnostics.push(Diagnostic::error(
+                    Code::OutOfRange,
+                    node.origin.clone(),
+                    format!("`{}`: {error}", spec.key),
+                ));
+                return;
+            }
+        },
+        (Ty::Url, _) => {
+            diagnostics.push(wrong_type(
+                spec.key,
+                node,
+                "a URL string such as \"https://example.com/hooks\"",
+            ));
+            return;
+        }
     };
     let source = match &node.origin {
         Origin::Env(var) => SettingSource::Env(var.clone()),
@@ -548,6 +581,10 @@ pub fn resolve_route(
         Some(Checked::Int(n)) => u32::try_from(*n).ok(),
         _ => None,
     };
+    let status_callback = match lookup.find("status_callback").map(|s| &s.value) {
+        Some(Checked::Url(url)) => Some(url.clone()),
+        _ => None,
+    };
     let weights = vec![1; providers.len()];
     ResolvedRoute {
         channel,
@@ -558,6 +595,7 @@ pub fn resolve_route(
         max_attempts,
         allowed_country_codes,
         max_per_recipient_per_hour,
+        status_callback,
         sources: lookup.sources,
     }
 }

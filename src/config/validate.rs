@@ -503,6 +503,7 @@ fn validate_route(
                     "max_attempts",
                     "allowed_country_codes",
                     "max_per_recipient_per_hour",
+                    "status_callback",
                 ];
                 diagnostics.push(unknown_key(item, &format!("[routes.{channel_name}]"), known));
             }

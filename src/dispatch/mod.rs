@@ -21,8 +21,9 @@ use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, ProviderHandle, Snapshot};
 use crate::store::conversation::OPTED_OUT;
+use crate::store::delivery::SUPPRESSED;
 use crate::store::{
-    opted_out_from_any, Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore,
+    blocked, Attempt, Blocked, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, Meta,
     Outcome, Pending, QueuePosition, Status, StoreError,
 };
 
@@ -200,7 +201,7 @@ impl Dispatcher {
     pub async fn submit(
         &self,
         message: OutboundMessage,
-        owner: Option<&str>,
+        meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
         let shared = Arc::clone(&self.shared);
@@ -210,12 +211,14 @@ impl Dispatcher {
             return Err(SubmitError::ShuttingDown);
         }
         let slot = shared.tx.clone().try_reserve_owned().map_err(|_| SubmitError::QueueFull)?;
-        let (owner, key) = (owner.map(str::to_owned), key.cloned());
+        let (owner, key) = (meta.owner.map(str::to_owned), key.cloned());
+        let status_callback = meta.status_callback.map(str::to_owned);
         let accept = tokio::spawn(async move {
             let _submitting = submitting;
             // Held before it is stored: the sweep never mistakes it for an orphan.
             shared.held.hold(&message.id);
-            let inserted = shared.store.insert_for(&message, owner.as_deref(), key.as_ref()).await;
+            let meta = Meta { owner: owner.as_deref(), status_callback: status_callback.as_deref() };
+            let inserted = shared.store.insert_for(&message, meta, key.as_ref()).await;
             if !matches!(inserted, Ok(Inserted::New)) {
                 shared.held.release(&message.id);
             }
@@ -604,11 +607,18 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         }
         // Asked right before every attempt (after any rate-limit wait), failovers included: an
         // opt-out recorded while the message waited, or between two providers, ends it unsent.
-        match opted_out_from_any(shared.store.as_ref(), channel.as_str(), &senders, &job.message.to).await {
-            Ok(false) => {}
-            Ok(true) => {
+        match blocked(shared.store.as_ref(), channel.as_str(), &senders, &job.message.to).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
                 let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
-                let failure = Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() };
+                let failure = match why {
+                    Blocked::OptedOut => {
+                        Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() }
+                    }
+                    Blocked::Suppressed => {
+                        Failure { code: FailureCode::Suppressed, message: SUPPRESSED.to_owned() }
+                    }
+                };
                 finish(shared, job, Final::Failed { provider: None, failure }, None).await;
                 return Round::Done;
             }

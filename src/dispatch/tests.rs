@@ -11,6 +11,7 @@ use super::{DispatchConfig, Dispatcher, Submitted};
 use crate::config::{load_bytes, Environment};
 use crate::metrics::Metrics;
 use crate::routing::Snapshot;
+use crate::store::Meta;
 use crate::store::{Inserted, MemoryStore, MessageStore, MessageView, Status, StoreError};
 
 fn snapshot(config: &str) -> Snapshot {
@@ -62,9 +63,9 @@ async fn a_route_gone_by_dispatch_time_fails_the_message_with_no_route() {
     let first = message(Channel::SMS);
     let second = message(Channel::SMS);
     let (first_id, second_id) = (first.id.clone(), second.id.clone());
-    assert!(dispatcher.submit(first, None, None).await.is_ok());
+    assert!(dispatcher.submit(first, Meta::default(), None).await.is_ok());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(dispatcher.submit(second, None, None).await.is_ok());
+    assert!(dispatcher.submit(second, Meta::default(), None).await.is_ok());
     current.store(Arc::new(snapshot(
         "[providers.mail]\nkind = \"mock\"\n[routes.email]\nproviders = [\"mail\"]\n",
     )));
@@ -88,7 +89,7 @@ async fn shutdown_reports_what_was_still_queued() {
     for id in &ids {
         let mut m = message(Channel::SMS);
         m.id = id.clone();
-        assert!(dispatcher.submit(m, None, None).await.is_ok());
+        assert!(dispatcher.submit(m, Meta::default(), None).await.is_ok());
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(dispatcher.queue_depth(), 3);
@@ -128,7 +129,8 @@ async fn a_caller_that_goes_away_once_the_message_is_stored_still_gets_it_sent()
     let m = message(Channel::SMS);
     let id = m.id.clone();
     // The caller (an HTTP handler whose client hung up) is dropped while the store acknowledges.
-    let gave_up = tokio::time::timeout(Duration::from_millis(20), dispatcher.submit(m, None, None)).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(20), dispatcher.submit(m, Meta::default(), None)).await;
     assert!(gave_up.is_err(), "the submit was still waiting for the store");
     assert_eq!(wait_final_in(store.as_ref(), &id).await.status, Status::Sent);
     assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
@@ -148,7 +150,7 @@ async fn queued_messages_no_worker_holds_are_picked_up() {
     for id in &ids {
         let mut m = message(Channel::SMS);
         m.id = id.clone();
-        assert_eq!(dispatcher.submit(m, None, None).await.ok(), Some(Submitted::Accepted));
+        assert_eq!(dispatcher.submit(m, Meta::default(), None).await.ok(), Some(Submitted::Accepted));
     }
     for id in &ids {
         assert_eq!(wait_final_in(store.as_ref(), id).await.attempts.len(), 1);
@@ -189,7 +191,7 @@ async fn progress_the_store_refused_is_written_again_until_it_takes_it() {
     store.refuse_writes.store(4, Ordering::SeqCst);
     let m = message(Channel::SMS);
     let id = m.id.clone();
-    assert_eq!(dispatcher.submit(m, None, None).await.ok(), Some(Submitted::Accepted));
+    assert_eq!(dispatcher.submit(m, Meta::default(), None).await.ok(), Some(Submitted::Accepted));
     let view = wait_final_in(store.as_ref(), &id).await;
     assert_eq!((view.status, view.attempts.len()), (Status::Sent, 1));
     assert_eq!(store.refused.load(Ordering::SeqCst), 4);
@@ -240,14 +242,14 @@ async fn a_dispatch_that_panics_finishes_its_message_as_failed() {
     let (dispatcher, workers) = start(config, store.clone());
     let m = message(Channel::SMS);
     let id = m.id.clone();
-    assert_eq!(dispatcher.submit(m, None, None).await.ok(), Some(Submitted::Accepted));
+    assert_eq!(dispatcher.submit(m, Meta::default(), None).await.ok(), Some(Submitted::Accepted));
     let view = wait_final_in(store.as_ref(), &id).await;
     assert_eq!(view.status, Status::Failed);
     assert_eq!(view.error.map(|e| e.code), Some(crate::store::FailureCode::InternalError));
     // The worker slot came back: the next message is dispatched too.
     let next = message(Channel::SMS);
     let next_id = next.id.clone();
-    assert!(dispatcher.submit(next, None, None).await.is_ok());
+    assert!(dispatcher.submit(next, Meta::default(), None).await.is_ok());
     assert_eq!(wait_final_in(store.as_ref(), &next_id).await.status, Status::Failed);
     assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
 }
@@ -269,9 +271,9 @@ async fn an_opt_out_recorded_during_a_rate_limit_wait_stops_the_attempt() {
     );
     let (first, second) = (message(Channel::SMS), message(Channel::SMS));
     let (first_id, second_id) = (first.id.clone(), second.id.clone());
-    assert!(dispatcher.submit(first, None, None).await.is_ok());
+    assert!(dispatcher.submit(first, Meta::default(), None).await.is_ok());
     assert_eq!(wait_final(&store, &first_id).await.status, Status::Sent, "the first takes the only token");
-    assert!(dispatcher.submit(second, None, None).await.is_ok());
+    assert!(dispatcher.submit(second, Meta::default(), None).await.is_ok());
     // The second waits about 500 ms for a token; the STOP comes meanwhile.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stop = InboundMessage {

@@ -58,6 +58,8 @@ pub enum ApiError {
     Refused(Refusal),
     /// The recipient opted out of messages from the sender.
     OptedOut,
+    /// The recipient's address is on the suppression list.
+    Suppressed,
     /// A provider's inbound request whose signature or secret is missing or wrong. Which check
     /// failed is logged, not answered: the caller is not authenticated.
     InvalidSignature,
@@ -136,7 +138,9 @@ impl ApiError {
             ApiError::NoRoute(_) | ApiError::QueueFull | ApiError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::KeyReused | ApiError::OptedOut => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyReused | ApiError::OptedOut | ApiError::Suppressed => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden
@@ -174,6 +178,7 @@ impl ApiError {
             ApiError::Refused(Refusal::CountryNotAllowed { .. }) => "country_not_allowed",
             ApiError::Refused(Refusal::RecipientRateLimited { .. }) => "recipient_rate_limited",
             ApiError::OptedOut => "recipient_opted_out",
+            ApiError::Suppressed => "recipient_suppressed",
             ApiError::InvalidSignature => "invalid_signature",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
@@ -223,6 +228,7 @@ impl ApiError {
             }
             ApiError::Refused(refusal) => refusal.to_string(),
             ApiError::OptedOut => AcceptError::OptedOut.to_string(),
+            ApiError::Suppressed => AcceptError::Suppressed.to_string(),
             ApiError::InvalidSignature => {
                 "the request's signature or credentials are missing or do not match this provider's".into()
             }
@@ -251,6 +257,7 @@ impl From<AcceptError> for ApiError {
             AcceptError::NoRoute(no_route) => ApiError::NoRoute(no_route),
             AcceptError::Refused(refusal) => ApiError::Refused(refusal),
             AcceptError::OptedOut => ApiError::OptedOut,
+            AcceptError::Suppressed => ApiError::Suppressed,
             AcceptError::KeyInFlight => ApiError::KeyInFlight,
             AcceptError::Submit(error) => error.into(),
         }
@@ -283,7 +290,7 @@ impl ApiError {
     fn body(&self) -> Body<'_> {
         let field = match self {
             ApiError::InvalidField { field, .. } | ApiError::DuplicateField { field } => Some(field.as_str()),
-            ApiError::Refused(_) | ApiError::OptedOut => Some("to"),
+            ApiError::Refused(_) | ApiError::OptedOut | ApiError::Suppressed => Some("to"),
             _ => None,
         };
         Body { error: Detail { code: self.code(), message: self.message(), field } }

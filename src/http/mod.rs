@@ -55,6 +55,8 @@ pub struct AppState {
     pub inbound_body_limit: usize,
     /// API keys and request limits.
     pub guard: Guard,
+    /// `status_callback` URLs may be http to a loopback host (`--allow-loopback-callbacks`).
+    pub allow_loopback_callbacks: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -115,11 +117,15 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     state.guard.take_send(&caller)?;
     let bytes = read_body_in_time(state, body, &parts.headers, state.body_limit).await?;
     let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
-    let message = payload::parse(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
-    let accepted = state
-        .acceptor
-        .accept(Submission { message, caller: caller.key.as_deref().map(str::to_owned), idempotency_key })
-        .await?;
+    let (message, status_callback) = payload::parse_send(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
+    if let Some(url) = &status_callback {
+        crate::callbacks::check_url(url, state.allow_loopback_callbacks).map_err(|error| {
+            ApiError::InvalidField { field: "status_callback".into(), message: error.to_string() }
+        })?;
+    }
+    let caller = caller.key.as_deref().map(str::to_owned);
+    let submission = Submission { message, caller, idempotency_key, status_callback };
+    let accepted = state.acceptor.accept(submission).await?;
     Ok(accepted_response(endpoint, &accepted))
 }
 

@@ -66,6 +66,7 @@ struct Native {
     body: Option<String>,
     attachments: Option<Vec<String>>,
     tags: Option<Vec<String>>,
+    status_callback: Option<String>,
 }
 
 /// The generic inbound webhooks of the messaging-service contract.
@@ -193,9 +194,20 @@ fn sms_type(kind: Option<&str>) -> Result<Channel, ApiError> {
 /// Parses and validates a body for `endpoint` into the message to accept under `id`. Whether
 /// the channel is one anything serves is for accepting to say (`crate::accept`).
 pub fn parse(endpoint: Endpoint, body: &[u8], id: String) -> Result<OutboundMessage, ApiError> {
+    parse_send(endpoint, body, id).map(|(message, _)| message)
+}
+
+/// [`parse`], and the native API's `status_callback` (as given: whether it may be used is the
+/// caller's check, `crate::callbacks::check_url`).
+pub fn parse_send(
+    endpoint: Endpoint,
+    body: &[u8],
+    id: String,
+) -> Result<(OutboundMessage, Option<String>), ApiError> {
     if let Some(field) = repeated_key(body) {
         return Err(ApiError::DuplicateField { field });
     }
+    let mut status_callback = None;
     let parsed = match endpoint {
         Endpoint::LegacySms => {
             let p: LegacySms = from_json(body)?;
@@ -227,6 +239,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8], id: String) -> Result<OutboundMess
         }
         Endpoint::Native => {
             let p: Native = from_json(body)?;
+            status_callback = p.status_callback;
             let name = required("channel", p.channel)?;
             let channel = Channel::new(&name).map_err(|_| AcceptError::UnknownChannel(name.clone()))?;
             OutboundMessage {
@@ -242,7 +255,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8], id: String) -> Result<OutboundMess
         }
     };
     validate(&parsed)?;
-    Ok(parsed)
+    Ok((parsed, status_callback))
 }
 
 fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {

@@ -8,6 +8,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_providers::{Channel, ErrorClass};
 
 use super::conversation::{preview, ConversationMessage, ConversationView, Direction, LastMessage, OptOut};
+use super::delivery::{delivery_status_of, timeline, CallbackJob, Event, Source};
 use super::{
     replay_or_reused, Attempt, Failure, FailureCode, IdempotencyKey, Inserted, MessageView, Outcome,
     QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
@@ -106,7 +107,7 @@ pub(super) fn channel_of(text: &str) -> Channel {
 
 /// What `get` shows, from a `messages` row and its finished `attempts` rows, whatever the SQL
 /// database (both stores select the same columns).
-pub(super) fn view_of<R>(row: &R, attempts: &[R]) -> Result<MessageView, sqlx::Error>
+pub(super) fn view_of<R>(row: &R, attempts: &[R], events: &[R]) -> Result<MessageView, sqlx::Error>
 where
     R: Row,
     for<'a> &'a str: ColumnIndex<R>,
@@ -114,6 +115,7 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
+    let delivery_status: Option<String> = row.try_get("delivery_status")?;
     let error_code: Option<String> = row.try_get("error_code")?;
     let error_message: Option<String> = row.try_get("error_message")?;
     let provider: Option<String> = row.try_get("provider")?;
@@ -138,9 +140,61 @@ where
         tags: parse_list(&tags),
         direction: Direction::from_stored(&row.try_get::<String, _>("direction")?),
         conversation_id: row.try_get("conversation_id")?,
+        delivery_status: delivery_status_of(delivery_status.as_deref()),
+        status_callback: row.try_get("status_callback")?,
+        events: events.iter().map(event_of).collect::<Result<_, sqlx::Error>>()?,
         owner: row.try_get("owner")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
+    })
+    .map(|mut view| {
+        let receipts = std::mem::take(&mut view.events);
+        view.events = timeline(&view, receipts);
+        view
+    })
+}
+
+/// A provider's receipt from an `events` row (`time, source, type, provider, detail`).
+fn event_of<R>(row: &R) -> Result<Event, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let provider: Option<String> = row.try_get("provider")?;
+    let detail: String = row.try_get("detail")?;
+    let source: String = row.try_get("source")?;
+    Ok(Event {
+        time: from_ms(row.try_get("time")?),
+        source: if source == "switchboard" { Source::Switchboard } else { Source::Provider },
+        kind: row.try_get("type")?,
+        provider: provider.map(Arc::from),
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// A callback from a `callbacks` row (`id, webhook_id, message_id, url, status,
+/// delivery_status, created_at, attempts`).
+pub(super) fn callback_of<R>(row: &R) -> Result<CallbackJob, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    let delivery_status: Option<String> = row.try_get("delivery_status")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(CallbackJob {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        message_id: row.try_get("message_id")?,
+        url: row.try_get("url")?,
+        status: status_of(&status),
+        delivery_status: delivery_status_of(delivery_status.as_deref()),
+        created_at: from_ms(row.try_get("created_at")?),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
     })
 }
 

@@ -3,6 +3,7 @@
 //! uses phone numbers, addresses, provider ids and API keys of its own, so it holds whatever
 //! else the store holds; the checks panic with what differed.
 
+use crate::store::Meta;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -106,7 +107,8 @@ fn assert_recent(time: SystemTime, what: &str) {
 }
 
 async fn insert(store: &Arc<dyn MessageStore>, message: &OutboundMessage, owner: Option<&str>) {
-    let inserted = ok(store.insert_for(message, owner, None).await, "insert_for");
+    let inserted =
+        ok(store.insert_for(message, Meta { owner, status_callback: None }, None).await, "insert_for");
     assert_eq!(inserted, Inserted::New, "inserting {}", message.id);
 }
 
@@ -232,7 +234,7 @@ pub(crate) async fn keyed_insert_counts_once(store: &Arc<dyn MessageStore>) {
     let cases =
         [(&first, &key, Inserted::New), (&again, &key, replay), (&other, &reused, Inserted::KeyReused)];
     for (message, key, expected) in cases {
-        let answer = ok(store.insert_for(message, Some(&owner), Some(key)).await, "insert_for");
+        let answer = ok(store.insert_for(message, Meta::owned_by(&owner), Some(key)).await, "insert_for");
         assert_eq!(answer, expected, "{} with key hash {}", message.body, key.request_hash);
     }
     for id in [&again.id, &other.id] {

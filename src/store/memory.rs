@@ -15,10 +15,12 @@ use switchboard_providers::{Channel, OutboundMessage};
 
 use super::codec::ms as codec_ms;
 use super::conversation::{family, preview, LastMessage};
+use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source};
 use super::{
-    replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, Direction, Failure,
-    Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, MessageView, OptChange, OptOut,
-    OptOutKey, Page, Pending, QueuePosition, Received, Status, StoreError, IDEMPOTENCY_WINDOW,
+    replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, DeliveryStatus,
+    Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, MessageView,
+    Meta, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received, Status, StoreError,
+    CALLBACK_LEASE, IDEMPOTENCY_WINDOW,
 };
 
 const SHARDS: usize = 32;
@@ -68,6 +70,10 @@ struct Record {
     error: Option<Box<Failure>>,
     tags: Box<[String]>,
     owner: Option<Box<str>>,
+    delivery_status: Option<DeliveryStatus>,
+    status_callback: Option<Box<str>>,
+    /// Providers' receipts, as recorded.
+    events: Vec<Event>,
     /// Inbound: when the provider says it was sent; outbound: `created_at`.
     occurred_at: SystemTime,
     created_at: SystemTime,
@@ -206,6 +212,41 @@ pub struct MemoryStore {
     conversations: Mutex<Conversations>,
     /// Opt-outs and when they were recorded; read before every accept and attempt.
     opt_outs: RwLock<BTreeMap<OptOutKey, SystemTime>>,
+    /// (provider, provider message id) → message: how receipts find the messages they are about.
+    sent_ids: Mutex<HashMap<(Arc<str>, Box<str>), u128>>,
+    outbox: Mutex<Outbox>,
+}
+
+/// Callbacks to deliver, by outbox id (the order they were queued in).
+#[derive(Default)]
+struct Outbox {
+    last_id: i64,
+    rows: BTreeMap<i64, OutboxRow>,
+}
+
+struct OutboxRow {
+    job: CallbackJob,
+    next_at: SystemTime,
+    leased_until: Option<SystemTime>,
+}
+
+impl Outbox {
+    /// Queues a callback telling of `record`'s state now, if it has a callback URL.
+    fn push(&mut self, id: u128, record: &Record, now: SystemTime) {
+        let Some(url) = &record.status_callback else { return };
+        self.last_id += 1;
+        let job = CallbackJob {
+            id: self.last_id,
+            webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+            message_id: id_of(id),
+            url: url.to_string(),
+            status: record.status,
+            delivery_status: record.delivery_status,
+            created_at: now,
+            attempts: 0,
+        };
+        self.rows.insert(self.last_id, OutboxRow { job, next_at: now, leased_until: None });
+    }
 }
 
 fn key(id: &str) -> Option<u128> {
@@ -240,6 +281,8 @@ impl MemoryStore {
             keys: Mutex::new(HashMap::new()),
             conversations: Mutex::new(Conversations::default()),
             opt_outs: RwLock::new(BTreeMap::new()),
+            sent_ids: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Outbox::default()),
         }
     }
 
@@ -291,6 +334,9 @@ impl MemoryStore {
         };
         let Some(old) = evicted else { return };
         let Some(record) = self.shard(old).remove(&old) else { return };
+        if let (Some(provider), Some(provider_id)) = (&record.provider, &record.provider_message_id) {
+            lock(&self.sent_ids).remove(&(Arc::clone(provider), provider_id.clone()));
+        }
         let mut conversations = lock(&self.conversations);
         conversations.leave(record.conversation_id, old, record.viewer_owner());
         if let (Direction::Inbound, Some(provider_id)) = (record.direction, &record.provider_message_id) {
@@ -304,6 +350,12 @@ impl MemoryStore {
 
     fn opt_outs_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<OptOutKey, SystemTime>> {
         self.opt_outs.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether message `id` is stored and was handled by `provider` (a receipt naming our id
+    /// must come from the provider that sent it).
+    fn handled_by(&self, id: u128, provider: &str) -> bool {
+        self.shard(id).get(&id).is_some_and(|record| record.provider.as_deref() == Some(provider))
     }
 
     /// The newest message of `conversation` still stored, as the listing shows it.
@@ -325,10 +377,11 @@ impl MessageStore for MemoryStore {
     async fn insert_for(
         &self,
         message: &OutboundMessage,
-        owner: Option<&str>,
+        meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
         let Some(id) = self::key(&message.id) else { return Err(not_a_uuid(&message.id)) };
+        let owner = meta.owner;
         let now = SystemTime::now();
         let conversation = ConversationKey::of(message.channel.as_str(), &message.from, &message.to);
         let record = Record {
@@ -352,6 +405,9 @@ impl MessageStore for MemoryStore {
             error: None,
             tags: message.tags.clone().into_boxed_slice(),
             owner: owner.map(Box::from),
+            delivery_status: None,
+            status_callback: meta.status_callback.map(Box::from),
+            events: Vec::new(),
             occurred_at: now,
             created_at: now,
             updated_at: now,
@@ -374,11 +430,16 @@ impl MessageStore for MemoryStore {
 
     async fn attempt_started(&self, id: &str, _number: u32, _provider: &str) -> Result<(), StoreError> {
         // Only the status: nothing here survives a crash, so there is nothing to reconcile.
-        self.update(id, |record| {
+        let Some(key) = key(id) else { return Ok(()) };
+        let mut outbox = lock(&self.outbox);
+        if let Some(record) = self.shard(key).get_mut(&key) {
             if record.status == Status::Queued {
                 record.status = Status::Sending;
+                record.updated_at = SystemTime::now();
+                outbox.push(key, record, record.updated_at);
             }
-        })
+        }
+        Ok(())
     }
 
     async fn record_attempt(&self, id: &str, _number: u32, attempt: Attempt) -> Result<(), StoreError> {
@@ -406,12 +467,21 @@ impl MessageStore for MemoryStore {
         outcome: Final,
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError> {
-        self.update(id, |record| {
+        let Some(finished) = key(id) else { return Ok(()) };
+        {
+            let mut outbox = lock(&self.outbox);
+            let mut shard = self.shard(finished);
+            let Some(record) = shard.get_mut(&finished) else { return Ok(()) };
             record.attempts.extend(last_attempt.map(|(_, attempt)| attempt));
             record.unfinished = None;
+            record.updated_at = SystemTime::now();
             match outcome {
                 Final::Sent { provider, provider_message_id } => {
                     record.status = Status::Sent;
+                    if let Some(provider_id) = &provider_message_id {
+                        lock(&self.sent_ids)
+                            .insert((Arc::clone(&provider), provider_id.as_str().into()), finished);
+                    }
                     record.provider = Some(provider);
                     record.provider_message_id = provider_message_id.map(String::into_boxed_str);
                 }
@@ -421,10 +491,9 @@ impl MessageStore for MemoryStore {
                     record.error = Some(Box::new(failure));
                 }
             }
-        })?;
-        if let Some(finished) = key(id) {
-            self.retire(finished);
+            outbox.push(finished, record, record.updated_at);
         }
+        self.retire(finished);
         Ok(())
     }
 
@@ -438,24 +507,35 @@ impl MessageStore for MemoryStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(key) = key(id) else { return Ok(None) };
-        Ok(self.shard(key).get(&key).map(|r| MessageView {
-            id: id.to_owned(),
-            channel: r.channel.clone(),
-            from: r.from.to_string(),
-            to: r.to.to_string(),
-            attachments: r.attachments.to_vec(),
-            status: r.status,
-            provider: r.provider.clone(),
-            provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
-            attempts: r.attempts.clone(),
-            error: r.error.as_deref().cloned(),
-            tags: r.tags.to_vec(),
-            direction: r.direction,
-            conversation_id: Some(r.conversation_id),
-            owner: r.owner.as_deref().map(str::to_owned),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }))
+        Ok(self
+            .shard(key)
+            .get(&key)
+            .map(|r| MessageView {
+                id: id.to_owned(),
+                channel: r.channel.clone(),
+                from: r.from.to_string(),
+                to: r.to.to_string(),
+                attachments: r.attachments.to_vec(),
+                status: r.status,
+                provider: r.provider.clone(),
+                provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
+                attempts: r.attempts.clone(),
+                error: r.error.as_deref().cloned(),
+                tags: r.tags.to_vec(),
+                direction: r.direction,
+                conversation_id: Some(r.conversation_id),
+                delivery_status: r.delivery_status,
+                status_callback: r.status_callback.as_deref().map(str::to_owned),
+                events: r.events.clone(),
+                owner: r.owner.as_deref().map(str::to_owned),
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+            .map(|mut view| {
+                let receipts = std::mem::take(&mut view.events);
+                view.events = timeline(&view, receipts);
+                view
+            }))
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
@@ -541,6 +621,9 @@ impl MessageStore for MemoryStore {
             error: None,
             tags: Box::new([]),
             owner: message.owner.as_deref().map(Box::from),
+            delivery_status: None,
+            status_callback: None,
+            events: Vec::new(),
             occurred_at: message.timestamp,
             created_at: now,
             updated_at: now,
@@ -692,6 +775,81 @@ impl MessageStore for MemoryStore {
         Ok(self.opt_outs_write().remove(key).is_some())
     }
 
+    async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
+        let mut applied = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            if let Some(suppress) = &receipt.suppress {
+                self.opt_outs_write().entry(suppress.clone()).or_insert(receipt.time);
+            }
+            let by_id = receipt.message_id.as_deref().and_then(key);
+            let by_provider = || {
+                let provider_id = receipt.provider_message_id.as_deref()?;
+                lock(&self.sent_ids)
+                    .get(&(Arc::from(receipt.provider.as_str()), Box::from(provider_id)))
+                    .copied()
+            };
+            let found = by_id.filter(|&id| self.handled_by(id, &receipt.provider)).or_else(by_provider);
+            let Some(id) = found else {
+                applied.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            let mut outbox = lock(&self.outbox);
+            let mut shard = self.shard(id);
+            let Some(record) = shard.get_mut(&id) else {
+                applied.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            record.events.push(Event {
+                time: receipt.time,
+                source: Source::Provider,
+                kind: receipt.event.clone(),
+                provider: Some(Arc::from(receipt.provider.as_str())),
+                detail: serde_json::Value::Object(receipt.detail.clone()),
+            });
+            let moved = receipt.status.filter(|status| status.may_follow(record.delivery_status));
+            if let Some(status) = moved {
+                record.delivery_status = Some(status);
+                record.updated_at = SystemTime::now();
+                outbox.push(id, record, record.updated_at);
+            }
+            applied.push(ReceiptApplied::Recorded { message_id: id_of(id), moved: moved.is_some() });
+        }
+        Ok(applied)
+    }
+
+    async fn due_callbacks(&self, limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
+        let now = SystemTime::now();
+        let mut outbox = lock(&self.outbox);
+        let mut seen = std::collections::HashSet::new();
+        let mut due = Vec::new();
+        for row in outbox.rows.values_mut() {
+            if due.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                break;
+            }
+            // Only each message's oldest: a later one waits until it is done.
+            if !seen.insert(row.job.message_id.clone()) {
+                continue;
+            }
+            if row.next_at <= now && row.leased_until.is_none_or(|until| until <= now) {
+                row.leased_until = Some(now + CALLBACK_LEASE);
+                due.push(row.job.clone());
+            }
+        }
+        Ok(due)
+    }
+
+    async fn callback_done(&self, id: i64) -> Result<(), StoreError> {
+        lock(&self.outbox).rows.remove(&id);
+        Ok(())
+    }
+
+    async fn callback_retry(&self, id: i64, attempts: u32, next_at: SystemTime) -> Result<(), StoreError> {
+        if let Some(row) = lock(&self.outbox).rows.get_mut(&id) {
+            (row.job.attempts, row.next_at, row.leased_until) = (attempts, next_at, None);
+        }
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         "memory://".to_owned()
     }
@@ -810,7 +968,7 @@ mod tests {
     async fn forgotten_owners_and_conversations() -> Result<(), StoreError> {
         let store = MemoryStore::new(1);
         let owned = message(&new_id());
-        store.insert_for(&owned, Some("k"), None).await?;
+        store.insert_for(&owned, Meta::owned_by("k"), None).await?;
         let shared = store.get(&owned.id).await?.and_then(|v| v.conversation_id).unwrap_or_default();
         check(&store, shared, Some("k"), Some(&[&owned.id]), Some((1, Some(&owned.id)))).await?;
         let sent = Final::Sent { provider: Arc::from("p"), provider_message_id: None };

@@ -6,6 +6,7 @@ mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod conversation;
+pub mod delivery;
 mod memory;
 mod postgres;
 mod sqlite;
@@ -21,9 +22,11 @@ pub use conversation::{
     ConversationKey, ConversationMessage, ConversationView, Direction, InboundMessage, Listed, OptChange,
     OptOut, OptOutKey, Page, Received,
 };
+pub use delivery::{CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source};
 pub use memory::MemoryStore;
 pub use postgres::{redact as redact_url, PostgresStore};
 pub use sqlite::SqliteStore;
+pub use switchboard_providers::receipt::DeliveryStatus;
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -136,15 +139,18 @@ pub enum FailureCode {
     InternalError,
     /// Its recipient opted out of messages from its sender after it was accepted.
     OptedOut,
+    /// Its recipient's address was suppressed (a bounce, a spam report) after it was accepted.
+    Suppressed,
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 5] = [
+    pub const ALL: [FailureCode; 6] = [
         FailureCode::Rejected,
         FailureCode::AttemptsExhausted,
         FailureCode::NoRoute,
         FailureCode::InternalError,
         FailureCode::OptedOut,
+        FailureCode::Suppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +160,7 @@ impl FailureCode {
             FailureCode::NoRoute => "no_route",
             FailureCode::InternalError => "internal_error",
             FailureCode::OptedOut => "opted_out",
+            FailureCode::Suppressed => "suppressed",
         }
     }
 
@@ -196,6 +203,12 @@ pub struct MessageView {
     pub direction: Direction,
     /// The conversation it belongs to; `None` for messages accepted before two-way messaging.
     pub conversation_id: Option<i64>,
+    /// What the providers' receipts say became of it; `None` until the first one.
+    pub delivery_status: Option<DeliveryStatus>,
+    /// Where changes of `status` and `delivery_status` are POSTed.
+    pub status_callback: Option<String>,
+    /// Its timeline, oldest first (see [`delivery::timeline`]).
+    pub events: Vec<Event>,
     /// The API key (by name) that created it; only that key may read it.
     #[serde(skip)]
     pub owner: Option<String>,
@@ -221,6 +234,22 @@ pub enum StoreError {
     LeaseLost(String),
     #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://… or memory://")]
     UnsupportedUrl(String),
+}
+
+/// What a new message carries besides what its provider is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta<'a> {
+    /// The API key (by name) that sent it; `None` with authentication off.
+    pub owner: Option<&'a str>,
+    /// Where its changes of status are POSTed (checked by the caller).
+    pub status_callback: Option<&'a str>,
+}
+
+impl<'a> Meta<'a> {
+    /// A message sent by `owner`, without a callback.
+    pub fn owned_by(owner: &'a str) -> Meta<'a> {
+        Meta { owner: Some(owner), status_callback: None }
+    }
 }
 
 /// An `Idempotency-Key` and a digest of the request that came with it.
@@ -271,19 +300,19 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn insert_for(
         &self,
         message: &OutboundMessage,
-        owner: Option<&str>,
+        meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError>;
     /// What an insert with this idempotency key would answer without inserting: `Replay` or
     /// `KeyReused` while the key is live, `None` when it is unknown or expired.
     async fn find_key(&self, key: &IdempotencyKey) -> Result<Option<Inserted>, StoreError>;
-    /// [`MessageStore::insert_for`] with no owner (authentication off).
+    /// [`MessageStore::insert_for`] with no owner (authentication off) and no callback.
     async fn insert(
         &self,
         message: &OutboundMessage,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        self.insert_for(message, None, key).await
+        self.insert_for(message, Meta::default(), key).await
     }
     /// Records that attempt `number` (from 1) is about to call `provider`; the message is
     /// `sending` from its first attempt on.
@@ -399,27 +428,60 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Removes an opt-out; `false` when there was none.
     async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError>;
 
+    /// Records providers' receipts, in order, all or nothing: each is matched to its message
+    /// (by Switchboard's id, else by the provider's message id among the messages that provider
+    /// handled), recorded as an event, and moves the message's delivery status when
+    /// [`DeliveryStatus::may_follow`] allows — which queues a callback when the message has a
+    /// `status_callback`. A receipt's suppression is recorded whether its message is known or not.
+    async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError>;
+
+    /// Takes up to `limit` callbacks due now, the oldest of each message only (callbacks of one
+    /// message go out in order), leased to this instance for [`CALLBACK_LEASE`]: another instance
+    /// sharing the store does not take them meanwhile.
+    async fn due_callbacks(&self, limit: u32) -> Result<Vec<CallbackJob>, StoreError>;
+
+    /// A callback was delivered, or given up on: it leaves the outbox.
+    async fn callback_done(&self, id: i64) -> Result<(), StoreError>;
+
+    /// A delivery failed: tried again at `next_at` (the lease ends).
+    async fn callback_retry(&self, id: i64, attempts: u32, next_at: SystemTime) -> Result<(), StoreError>;
+
     /// A short description for logs (`memory://`, `sqlite://…`); never a password.
     fn describe(&self) -> String;
     /// Whether accepted messages survive a restart.
     fn is_durable(&self) -> bool;
 }
 
-/// Whether `to` opted out of messages on `channel` from any of `senders` (a route's
-/// `Route::senders` for the message): asked before a message is accepted and before each
-/// attempt.
-pub async fn opted_out_from_any(
+/// How long a callback taken with [`MessageStore::due_callbacks`] is this instance's to deliver.
+pub const CALLBACK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a message may not go to its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// The recipient opted out of one of the senders (STOP).
+    OptedOut,
+    /// The address is on the suppression list (a bounce, a spam report).
+    Suppressed,
+}
+
+/// Whether `to` may not get messages on `channel` from any of `senders` (a route's
+/// `Route::senders` for the message): suppressed, or opted out of one of them. Asked before a
+/// message is accepted and before each attempt.
+pub async fn blocked(
     store: &dyn MessageStore,
     channel: &str,
     senders: &[&str],
     to: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Blocked>, StoreError> {
+    if store.opted_out(&OptOutKey::suppression(channel, to)).await? {
+        return Ok(Some(Blocked::Suppressed));
+    }
     for sender in senders {
         if store.opted_out(&OptOutKey::of(channel, sender, to)).await? {
-            return Ok(true);
+            return Ok(Some(Blocked::OptedOut));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Opens the store a URL names: `memory://`, `sqlite://PATH` (created if missing) or
@@ -460,14 +522,18 @@ mod failure_code_tests {
                 | FailureCode::AttemptsExhausted
                 | FailureCode::NoRoute
                 | FailureCode::InternalError
-                | FailureCode::OptedOut => {}
+                | FailureCode::OptedOut
+                | FailureCode::Suppressed => {}
             }
             // …and reads back as itself, shown as stored.
             assert_eq!(FailureCode::from_stored(code.as_str()), code);
             assert_eq!(serde_json::to_value(code).ok(), Some(serde_json::json!(code.as_str())));
         }
         let names: Vec<&str> = FailureCode::ALL.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, ["rejected", "attempts_exhausted", "no_route", "internal_error", "opted_out"]);
+        assert_eq!(
+            names,
+            ["rejected", "attempts_exhausted", "no_route", "internal_error", "opted_out", "suppressed"]
+        );
         assert_eq!(FailureCode::from_stored("from_a_newer_version"), FailureCode::InternalError);
     }
 }
@@ -487,8 +553,9 @@ pub(crate) mod test_support {
     use async_trait::async_trait;
 
     use super::{
-        Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted,
-        Listed, MemoryStore, MessageView, OptOut, OptOutKey, Page, Pending, QueuePosition, Received,
+        Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
+        Inserted, Listed, MemoryStore, MessageView, Meta, OptOut, OptOutKey, Page, Pending, QueuePosition,
+        ReceiptApplied, ReceiptRecord, Received,
     };
 
     /// An SMS with the given id, tagged `otp`.
@@ -575,10 +642,10 @@ pub(crate) mod test_support {
         async fn insert_for(
             &self,
             message: &OutboundMessage,
-            owner: Option<&str>,
+            meta: Meta<'_>,
             key: Option<&IdempotencyKey>,
         ) -> Result<Inserted, StoreError> {
-            let inserted = self.inner.insert_for(message, owner, key).await;
+            let inserted = self.inner.insert_for(message, meta, key).await;
             tokio::time::sleep(self.insert_ack_delay).await;
             inserted
         }
@@ -660,6 +727,26 @@ pub(crate) mod test_support {
         }
         async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
             self.inner.remove_opt_out(key).await
+        }
+        async fn record_receipts(
+            &self,
+            receipts: &[ReceiptRecord],
+        ) -> Result<Vec<ReceiptApplied>, StoreError> {
+            self.inner.record_receipts(receipts).await
+        }
+        async fn due_callbacks(&self, limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
+            self.inner.due_callbacks(limit).await
+        }
+        async fn callback_done(&self, id: i64) -> Result<(), StoreError> {
+            self.inner.callback_done(id).await
+        }
+        async fn callback_retry(
+            &self,
+            id: i64,
+            attempts: u32,
+            next_at: SystemTime,
+        ) -> Result<(), StoreError> {
+            self.inner.callback_retry(id, attempts, next_at).await
         }
         fn describe(&self) -> String {
             "faulty://".into()

@@ -10,7 +10,7 @@ use switchboard_providers::{Channel, OutboundMessage};
 use super::*;
 use crate::store::postgres::batches::{insert_all, Lease};
 use crate::store::postgres::{PostgresStore, MIGRATOR};
-use crate::store::{Direction, Final, IdempotencyKey, Inserted, MessageStore, Status};
+use crate::store::{Direction, Final, IdempotencyKey, Inserted, MessageStore, Meta, Status};
 
 /// Our number, and the people it writes to.
 const US: &str = "+15550001111";
@@ -296,7 +296,12 @@ async fn keyed_inserts_join_conversations_and_replays_touch_none() -> Result<(),
         (outbound(Channel::EMAIL, "a@example.com", "b@example.com"), key("k3", "h1"), Inserted::New, 2),
     ];
     for (message, key, expected, count) in cases {
-        assert_eq!(store.insert_for(&message, Some("owner"), Some(&key)).await?, expected, "{}", key.key);
+        assert_eq!(
+            store.insert_for(&message, Meta::owned_by("owner"), Some(&key)).await?,
+            expected,
+            "{}",
+            key.key
+        );
         let listed = store.conversations(None, page(10, None)).await?;
         let phones = listed.items.iter().find(|c| c.channel == "sms").map(|c| (c.id, c.message_count));
         assert_eq!(phones, Some((1, count)), "after {}", key.key);
@@ -489,8 +494,8 @@ async fn conversations_are_listed_newest_activity_first_in_pages() -> Result<(),
 async fn a_key_sees_only_conversations_it_sent_messages_in() -> Result<(), StoreError> {
     let db = TestDb::create().await?;
     let store = db.store().await?;
-    store.insert_for(&outbound(Channel::SMS, US, "+15550000001"), Some("k1"), None).await?;
-    store.insert_for(&outbound(Channel::SMS, US, "+15550000002"), Some("k2"), None).await?;
+    store.insert_for(&outbound(Channel::SMS, US, "+15550000001"), Meta::owned_by("k1"), None).await?;
+    store.insert_for(&outbound(Channel::SMS, US, "+15550000002"), Meta::owned_by("k2"), None).await?;
     let mut posted = inbound(Channel::SMS, "+15550000002", US, "SM1");
     posted.owner = Some("k1".to_owned());
     store.insert_inbound(&posted).await?;

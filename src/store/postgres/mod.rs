@@ -20,8 +20,9 @@ mod batches;
 mod conversations;
 
 use crate::store::{
-    Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted, Listed,
-    MessageStore, MessageView, OptOut, OptOutKey, Page, Pending, QueuePosition, Received, StoreError,
+    Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
+    Inserted, Listed, MessageStore, MessageView, Meta, OptOut, OptOutKey, Page, Pending, QueuePosition,
+    ReceiptApplied, ReceiptRecord, Received, StoreError,
 };
 use batches::{Batcher, Lease};
 
@@ -275,9 +276,10 @@ impl MessageStore for PostgresStore {
     async fn insert_for(
         &self,
         message: &OutboundMessage,
-        owner: Option<&str>,
+        meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
+        let owner = meta.owner;
         let now = ms(SystemTime::now());
         let Some(key) = key else {
             let new = batches::NewMessage { message: message.clone(), owner: owner.map(str::to_owned) };
@@ -409,7 +411,8 @@ impl MessageStore for PostgresStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at, direction, conversation_id \
+            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at, direction, conversation_id, \
+             NULL::TEXT AS delivery_status, NULL::TEXT AS status_callback \
              FROM messages WHERE id = $1",
         )
         .bind(id)
@@ -427,7 +430,7 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let view = view_of(&row, &attempts).map_err(unavailable)?;
+        let view = view_of(&row, &attempts, &[]).map_err(unavailable)?;
         Ok(Some(view))
     }
 
@@ -585,6 +588,22 @@ impl MessageStore for PostgresStore {
 
     async fn remove_opt_out(&self, key: &OptOutKey) -> Result<bool, StoreError> {
         conversations::remove_opt_out(&self.pool, key).await.map_err(unavailable)
+    }
+
+    async fn record_receipts(&self, _receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
+        Err(unavailable("receipts are not implemented for PostgreSQL yet"))
+    }
+
+    async fn due_callbacks(&self, _limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn callback_done(&self, _id: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn callback_retry(&self, _id: i64, _attempts: u32, _next_at: SystemTime) -> Result<(), StoreError> {
+        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -29,7 +29,7 @@ use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{class_name, json_list, ms};
 use crate::store::conversation::{family, ConversationKey, InboundMessage, OptChange};
-use crate::store::{Attempt, Final};
+use crate::store::{Attempt, Final, Meta};
 
 /// The conversation upsert for rows whose fields `F, L, H` (positions) are the family and the
 /// two participants and whose field 0 is the message id; `$filter` limits the rows. Rows are
@@ -73,6 +73,24 @@ macro_rules! inbound_is_new {
     };
 }
 
+/// Queues a callback for each message of `$rows` (its id at position 0) that has a
+/// `status_callback` and passes `$filter`, telling of status `$status` (an SQL expression over
+/// the message `m`) and its delivery status.
+macro_rules! queue_callbacks {
+    ($status:literal, $rows:literal, $filter:literal) => {
+        concat!(
+            "INSERT INTO callbacks (webhook_id, message_id, url, status, delivery_status, created_at, next_at) \
+             SELECT 'msg_' || lower(hex(randomblob(16))), m.id, m.status_callback, ",
+            $status,
+            ", m.delivery_status, NEW.now, NEW.now FROM jsonb_each(NEW.",
+            $rows,
+            ") AS r JOIN messages m ON m.id = r.value->>0 WHERE m.status_callback IS NOT NULL AND ",
+            $filter,
+            "; "
+        )
+    };
+}
+
 /// The view and trigger, created on the writer's connection (temporary objects: they are not
 /// part of the schema and vanish with the connection). An empty array makes its statements
 /// no-ops. `WHERE true` keeps `ON CONFLICT` from being read as a join constraint.
@@ -83,10 +101,11 @@ const SETUP: &str = concat!(
     // Outbound messages: their conversations, rows and queue entries.
     upsert_conversations!("new_messages", "9", "10", "11", "true"),
     "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-     created_at, updated_at, owner, direction, conversation_id) \
+     created_at, updated_at, owner, direction, conversation_id, status_callback) \
      SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
      value->>6, value->>7, 'queued', NEW.now, NEW.now, value->>8, 'outbound', ",
     conversation_id!("9", "10", "11"),
+    ", value->>12",
     " FROM jsonb_each(NEW.new_messages); \
      INSERT INTO queue (message_id, not_before) SELECT value->>0, NEW.now FROM jsonb_each(NEW.new_messages); ",
     // Inbound messages not stored before: conversations, rows (finished at once, never
@@ -112,7 +131,13 @@ const SETUP: &str = concat!(
      SELECT value->>11, value->>8, value->>0 FROM jsonb_each(NEW.inbound) WHERE ",
     inbound_is_new!(),
     "; ",
-    // Attempts and endings.
+    // Attempts and endings. A first attempt makes its message `sending`: a callback when it
+    // has a URL (before the attempt's row: a restarted first attempt is no change).
+    queue_callbacks!(
+        "'sending'",
+        "attempt_starts",
+        "m.status = 'queued' AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id)"
+    ),
     "INSERT INTO attempts (message_id, number, provider, started_at) \
      SELECT value->>0, value->>1, value->>2, NEW.now FROM jsonb_each(NEW.attempt_starts) WHERE true \
      ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
@@ -128,8 +153,9 @@ const SETUP: &str = concat!(
      provider_message_id = v.value->>3, error_code = v.value->>4, \
      error_message = v.value->>5, updated_at = NEW.now, finished_at = NEW.now \
      FROM jsonb_each(NEW.endings) AS v WHERE messages.id = v.value->>0; \
-     DELETE FROM queue WHERE message_id IN (SELECT value->>0 FROM jsonb_each(NEW.endings)); \
-     END;"
+     DELETE FROM queue WHERE message_id IN (SELECT value->>0 FROM jsonb_each(NEW.endings)); ",
+    queue_callbacks!("m.status", "endings", "true"),
+    "END;"
 );
 
 /// Creates the view and trigger [`Group::write`] needs on `conn` (once per connection).
@@ -141,8 +167,8 @@ pub(super) async fn prepare(conn: &mut SqliteConnection) -> Result<(), sqlx::Err
 // than looking keys up. Each row's fields are in the order of the columns its statement writes.
 
 /// `id, channel, sender, recipient, subject, body, attachments, tags, owner`, then its
-/// conversation's `family, low, high`; the lists carried as their column's own JSON text, so
-/// they are stored exactly as written.
+/// conversation's `family, low, high`, then its `status_callback`; the lists carried as their
+/// column's own JSON text, so they are stored exactly as written.
 #[derive(Serialize)]
 struct NewMessage<'a>(
     &'a str,
@@ -157,6 +183,7 @@ struct NewMessage<'a>(
     &'a str,
     String,
     String,
+    Option<&'a str>,
 );
 
 /// `id, channel, sender, recipient, subject, body, attachments, provider, provider_message_id,
@@ -228,7 +255,7 @@ pub(super) struct Group<'a> {
 
 impl<'a> Group<'a> {
     /// A new message without an idempotency key, and its queue entry.
-    pub(super) fn insert(&mut self, m: &'a OutboundMessage, owner: Option<&'a str>) {
+    pub(super) fn insert(&mut self, m: &'a OutboundMessage, meta: Meta<'a>) {
         let conversation = ConversationKey::of(m.channel.as_str(), &m.from, &m.to);
         self.inserts.push(NewMessage(
             &m.id,
@@ -239,10 +266,11 @@ impl<'a> Group<'a> {
             &m.body,
             json_list(&m.attachments),
             json_list(&m.tags),
-            owner,
+            meta.owner,
             family(m.channel.as_str()),
             conversation.low,
             conversation.high,
+            meta.status_callback,
         ));
     }
 

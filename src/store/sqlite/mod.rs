@@ -22,14 +22,15 @@ use crate::store::codec::{
     opt_out_of, parse_list, positions_of, recorded_answer, unavailable, view_of,
 };
 mod batches;
+mod receipts;
 #[cfg(test)]
 mod two_way_tests;
 
 use crate::store::conversation::{family, Direction};
 use crate::store::{
-    Attempt, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage, Inserted, Listed,
-    MessageStore, MessageView, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received,
-    StoreError,
+    Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
+    Inserted, Listed, MessageStore, MessageView, Meta, OptChange, OptOut, OptOutKey, Page, Pending,
+    QueuePosition, ReceiptApplied, ReceiptRecord, Received, StoreError,
 };
 
 /// The most writes committed in one transaction.
@@ -106,6 +107,7 @@ enum Op {
     Insert {
         message: OutboundMessage,
         owner: Option<String>,
+        status_callback: Option<String>,
         key: Option<IdempotencyKey>,
     },
     AttemptStarted {
@@ -140,6 +142,22 @@ enum Op {
     RemoveOptOut {
         key: OptOutKey,
     },
+    /// Providers' receipts (see [`MessageStore::record_receipts`]).
+    Receipts {
+        receipts: Vec<ReceiptRecord>,
+    },
+    /// Leases the due callbacks.
+    DueCallbacks {
+        limit: u32,
+    },
+    CallbackDone {
+        id: i64,
+    },
+    CallbackRetry {
+        id: i64,
+        attempts: u32,
+        next_at: SystemTime,
+    },
     /// Rewrites the `liveness` row: proves the database takes writes.
     Probe,
 }
@@ -154,7 +172,13 @@ impl Op {
             | Op::RecordAttempt { id, .. }
             | Op::Schedule { id, .. }
             | Op::Finish { id, .. } => Some(id),
-            Op::Purge { .. } | Op::RemoveOptOut { .. } | Op::Probe => None,
+            Op::Purge { .. }
+            | Op::RemoveOptOut { .. }
+            | Op::Receipts { .. }
+            | Op::DueCallbacks { .. }
+            | Op::CallbackDone { .. }
+            | Op::CallbackRetry { .. }
+            | Op::Probe => None,
         }
     }
 }
@@ -173,15 +197,22 @@ enum Applied {
         removed: bool,
         key: OptOutKey,
     },
+    /// Receipts recorded; `suppressed`: the suppressions they added.
+    Receipts {
+        applied: Vec<ReceiptApplied>,
+        suppressed: Vec<OptOutKey>,
+    },
+    Callbacks(Vec<CallbackJob>),
 }
 
 impl Applied {
-    /// The opt-out the write set (`true`) or removed (`false`), for [`OptOuts`] once committed.
-    fn opt_out(&self) -> Option<(&OptOutKey, bool)> {
+    /// The opt-outs the write set (`true`) or removed (`false`), for [`OptOuts`] once committed.
+    fn opt_outs(&self) -> Vec<(&OptOutKey, bool)> {
         match self {
-            Applied::Received { opt: Some((key, opted_out)), .. } => Some((key, *opted_out)),
-            Applied::OptOutRemoved { key, .. } => Some((key, false)),
-            _ => None,
+            Applied::Received { opt: Some((key, opted_out)), .. } => vec![(key, *opted_out)],
+            Applied::OptOutRemoved { key, .. } => vec![(key, false)],
+            Applied::Receipts { suppressed, .. } => suppressed.iter().map(|key| (key, true)).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -369,7 +400,7 @@ async fn write_batches(
         match apply_together(&mut conn, &batch, &opt_outs).await {
             Ok(results) => {
                 file.failing.store(false, Ordering::Relaxed);
-                for (key, opted_out) in results.iter().filter_map(Applied::opt_out) {
+                for (key, opted_out) in results.iter().flat_map(Applied::opt_outs) {
                     opt_outs.set(key, opted_out);
                 }
                 for (write, result) in batch.drain(..).zip(results) {
@@ -386,7 +417,7 @@ async fn write_batches(
                     } else {
                         Err(failed.error.clone())
                     };
-                    if let Some((key, opted_out)) = result.as_ref().ok().and_then(Applied::opt_out) {
+                    for (key, opted_out) in result.as_ref().map(Applied::opt_outs).unwrap_or_default() {
                         opt_outs.set(key, opted_out);
                     }
                     any_applied |= result.is_ok();
@@ -463,8 +494,11 @@ async fn apply_together(
     for (position, write) in batch.iter().enumerate() {
         let mut shares_a_row = false;
         let (id, result) = match &write.op {
-            Op::Insert { message, owner, key: None } => {
-                group.insert(message, owner.as_deref());
+            Op::Insert { message, owner, status_callback, key: None } => {
+                group.insert(
+                    message,
+                    Meta { owner: owner.as_deref(), status_callback: status_callback.as_deref() },
+                );
                 (Some(&message.id), Some(Applied::Inserted(Inserted::New)))
             }
             Op::AttemptStarted { id, number, provider } => {
@@ -548,8 +582,31 @@ async fn apply_alone(
 async fn apply(conn: &mut SqliteConnection, op: &Op, opt_outs: &OptOuts) -> Result<Applied, StoreError> {
     let mut group = batches::Group::default();
     match op {
-        Op::Insert { message, owner, key } => {
-            return Ok(Applied::Inserted(insert(conn, message, owner.as_deref(), key.as_ref()).await?))
+        Op::Insert { message, owner, status_callback, key } => {
+            let meta = Meta { owner: owner.as_deref(), status_callback: status_callback.as_deref() };
+            return Ok(Applied::Inserted(insert(conn, message, meta, key.as_ref()).await?));
+        }
+        Op::Receipts { receipts } => return receipts::record(conn, receipts).await.map_err(unavailable),
+        Op::DueCallbacks { limit } => {
+            return receipts::due_callbacks(conn, *limit).await.map(Applied::Callbacks).map_err(unavailable)
+        }
+        Op::CallbackDone { id } => {
+            sqlx::query("DELETE FROM callbacks WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            return Ok(Applied::Done);
+        }
+        Op::CallbackRetry { id, attempts, next_at } => {
+            sqlx::query("UPDATE callbacks SET attempts = ?, next_at = ?, leased_until = NULL WHERE id = ?")
+                .bind(i64::from(*attempts))
+                .bind(ms(*next_at))
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            return Ok(Applied::Done);
         }
         Op::AttemptStarted { id, number, provider } => group.start(id, *number, provider),
         Op::RecordAttempt { id, number, attempt } => record_attempt(conn, id, *number, attempt).await?,
@@ -613,7 +670,7 @@ async fn probe(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
 async fn insert(
     conn: &mut SqliteConnection,
     message: &OutboundMessage,
-    owner: Option<&str>,
+    meta: Meta<'_>,
     key: Option<&IdempotencyKey>,
 ) -> Result<Inserted, StoreError> {
     let now = ms(SystemTime::now());
@@ -636,7 +693,7 @@ async fn insert(
         }
     }
     let mut group = batches::Group::default();
-    group.insert(message, owner);
+    group.insert(message, meta);
     group.write(conn).await.map_err(unavailable)?;
     if let Some(key) = key {
         sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
@@ -755,10 +812,15 @@ impl MessageStore for SqliteStore {
     async fn insert_for(
         &self,
         message: &OutboundMessage,
-        owner: Option<&str>,
+        meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        let op = Op::Insert { message: message.clone(), owner: owner.map(str::to_owned), key: key.cloned() };
+        let op = Op::Insert {
+            message: message.clone(),
+            owner: meta.owner.map(str::to_owned),
+            status_callback: meta.status_callback.map(str::to_owned),
+            key: key.cloned(),
+        };
         match self.write(op).await? {
             Applied::Inserted(inserted) => Ok(inserted),
             _ => Err(unavailable("unexpected answer from the database writer")),
@@ -821,7 +883,7 @@ impl MessageStore for SqliteStore {
              THEN 'sending' ELSE status END AS status, \
              sender, recipient, attachments, \
              provider, provider_message_id, error_code, error_message, tags, owner, created_at, \
-             direction, conversation_id, \
+             direction, conversation_id, delivery_status, status_callback, \
              MAX(updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) AS updated_at \
              FROM messages m WHERE id = ?",
         )
@@ -840,7 +902,14 @@ impl MessageStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
-        let view = view_of(&row, &attempts).map_err(unavailable)?;
+        let events = sqlx::query(
+            "SELECT time, source, type, provider, detail FROM events WHERE message_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
         Ok(Some(view))
     }
 
@@ -997,6 +1066,28 @@ impl MessageStore for SqliteStore {
             Applied::OptOutRemoved { removed, .. } => Ok(removed),
             _ => Err(unavailable("unexpected answer from the database writer")),
         }
+    }
+
+    async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
+        match self.write(Op::Receipts { receipts: receipts.to_vec() }).await? {
+            Applied::Receipts { applied, .. } => Ok(applied),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
+    }
+
+    async fn due_callbacks(&self, limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
+        match self.write(Op::DueCallbacks { limit }).await? {
+            Applied::Callbacks(jobs) => Ok(jobs),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
+    }
+
+    async fn callback_done(&self, id: i64) -> Result<(), StoreError> {
+        self.write(Op::CallbackDone { id }).await.map(drop)
+    }
+
+    async fn callback_retry(&self, id: i64, attempts: u32, next_at: SystemTime) -> Result<(), StoreError> {
+        self.write(Op::CallbackRetry { id, attempts, next_at }).await.map(drop)
     }
 
     fn describe(&self) -> String {

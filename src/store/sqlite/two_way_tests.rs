@@ -1,6 +1,7 @@
 //! Two-way messaging in the SQLite store: conversations, inbound messages, opt-outs, and what
 //! purges and migrations do to them.
 
+use crate::store::Meta;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -398,8 +399,8 @@ async fn conversations_are_listed_newest_first_by_page() -> Result<(), StoreErro
 async fn viewers_see_the_conversations_they_sent_in() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(unavailable)?;
     let store = open(&dir).await?;
-    store.insert_for(&out("sms", US, THEM), Some("k1"), None).await?;
-    store.insert_for(&out("email", "a@x.com", "b@y.com"), Some("k2"), None).await?;
+    store.insert_for(&out("sms", US, THEM), Meta::owned_by("k1"), None).await?;
+    store.insert_for(&out("email", "a@x.com", "b@y.com"), Meta::owned_by("k2"), None).await?;
     store.insert_inbound(&inbound("SM1", "hi", None)).await?;
     let mut stranger = inbound("SM2", "hi", None);
     stranger.from = "+15550004444".into();
@@ -428,7 +429,7 @@ async fn viewers_see_the_conversations_they_sent_in() -> Result<(), StoreError> 
     assert_eq!(read(3, Some("k1")).await?, None);
     assert_eq!(read(99, None).await?, None, "no such conversation");
     // Sending in a conversation makes it visible.
-    store.insert_for(&out("sms", THEM, US), Some("k2"), None).await?;
+    store.insert_for(&out("sms", THEM, US), Meta::owned_by("k2"), None).await?;
     assert_eq!(ids(Some("k2")).await?, [1, 2]);
     assert_eq!(read(1, Some("k2")).await?, Some(3));
     Ok(())

@@ -1,0 +1,171 @@
+//! What happens to a message after a provider took it: providers' receipts (recorded as
+//! [`Event`]s, moving its forward-only [`DeliveryStatus`]), the suppression list (addresses that
+//! bounced or complained, kept with the opt-outs under the sender [`SUPPRESSED_SENDER`]) and the
+//! callback outbox ([`CallbackJob`]: one row per change of a message's `status` or
+//! `delivery_status` that its caller asked to be told of).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use switchboard_providers::receipt::DeliveryStatus;
+
+use super::conversation::{family, normalize, OptOutKey};
+use super::{rfc3339, MessageView, Status};
+
+/// The opt-out "sender" of a suppressed address: it gets no message on its channel family from
+/// any sender. Shown as such by `GET /v1/opt-outs` and removed by
+/// `DELETE /v1/opt-outs/{channel}/*/{recipient}`.
+pub const SUPPRESSED_SENDER: &str = "*";
+
+/// Why a send to a suppressed address is refused (422 `recipient_suppressed`) or ends failed.
+pub const SUPPRESSED: &str =
+    "the recipient's address is on the suppression list (it bounced, was dropped as invalid, or reported spam)";
+
+impl OptOutKey {
+    /// The suppression of `address` on `channel`'s family (every sender).
+    pub fn suppression(channel: &str, address: &str) -> OptOutKey {
+        let family = family(channel);
+        OptOutKey {
+            family: family.to_owned(),
+            sender: SUPPRESSED_SENDER.to_owned(),
+            recipient: normalize(family, address),
+        }
+    }
+
+    /// Whether this is a suppression rather than one recipient's opt-out from one sender.
+    pub fn is_suppression(&self) -> bool {
+        self.sender == SUPPRESSED_SENDER
+    }
+}
+
+/// Who an event is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A provider's receipt.
+    Provider,
+    /// Switchboard itself (accepted, attempts started, sent or failed).
+    Switchboard,
+}
+
+/// One entry of a message's timeline (`events` of `GET /v1/messages/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub source: Source,
+    /// A delivery status, a `status`, or the provider's own event name.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub provider: Option<Arc<str>>,
+    /// The provider's raw status fields, or Switchboard's error code.
+    pub detail: Value,
+}
+
+/// A provider's receipt as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptRecord {
+    /// The provider (by name) that posted it: only messages it handled are matched by
+    /// `provider_message_id`.
+    pub provider: String,
+    pub message_id: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub event: String,
+    pub status: Option<DeliveryStatus>,
+    pub time: SystemTime,
+    pub suppress: Option<OptOutKey>,
+    /// Recipients already masked.
+    pub detail: Map<String, Value>,
+}
+
+/// What recording one receipt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptApplied {
+    /// No message of this provider matches: acknowledged and counted, nothing recorded but the
+    /// suppression it asks for.
+    Unknown,
+    /// Recorded as an event of `message_id`; `moved`: its delivery status became the receipt's.
+    Recorded { message_id: String, moved: bool },
+}
+
+/// One callback to deliver: the change of `status` / `delivery_status` it tells of. Delivered
+/// in order per message ([`crate::store::MessageStore::due_callbacks`] gives only each
+/// message's oldest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackJob {
+    /// The outbox row.
+    pub id: i64,
+    /// The Standard Webhooks `webhook-id`: the same on every retry.
+    pub webhook_id: String,
+    pub message_id: String,
+    pub url: String,
+    pub status: Status,
+    pub delivery_status: Option<DeliveryStatus>,
+    /// When the change happened: the callback is dropped 24 h after.
+    pub created_at: SystemTime,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+}
+
+/// The timeline `GET /v1/messages/{id}` shows: Switchboard's own events, drawn from the message
+/// (accepted, first attempt, how it ended), and the providers' receipts, oldest first.
+pub fn timeline(view: &MessageView, receipts: Vec<Event>) -> Vec<Event> {
+    let switchboard = |time, kind: &str, provider: Option<Arc<str>>, detail| Event {
+        time,
+        source: Source::Switchboard,
+        kind: kind.to_owned(),
+        provider,
+        detail,
+    };
+    let mut events = Vec::with_capacity(receipts.len() + 3);
+    if view.status == Status::Received {
+        events.push(switchboard(view.created_at, "received", None, Value::Null));
+    } else {
+        events.push(switchboard(view.created_at, "queued", None, Value::Null));
+    }
+    if let Some(first) = view.attempts.first() {
+        let started = first.time.checked_sub(std::time::Duration::from_millis(first.latency_ms));
+        events.push(switchboard(
+            started.unwrap_or(first.time),
+            "sending",
+            Some(first.provider.clone()),
+            Value::Null,
+        ));
+    }
+    match view.status {
+        Status::Sent => events.push(switchboard(view.updated_at, "sent", view.provider.clone(), Value::Null)),
+        Status::Failed => {
+            let detail = view
+                .error
+                .as_ref()
+                .map_or(Value::Null, |failure| serde_json::json!({"code": failure.code.as_str()}));
+            events.push(switchboard(view.updated_at, "failed", view.provider.clone(), detail));
+        }
+        Status::Queued | Status::Sending | Status::Received => {}
+    }
+    events.extend(receipts);
+    // Stable: events of one time keep their order (Switchboard's first, receipts as recorded).
+    events.sort_by_key(|event| event.time);
+    events
+}
+
+/// A delivery status as stored; an unknown text (written by a newer version) reads as none.
+pub fn delivery_status_of(text: Option<&str>) -> Option<DeliveryStatus> {
+    text.and_then(DeliveryStatus::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suppressions_are_opt_outs_from_every_sender() {
+        let key = OptOutKey::suppression("email", " Bob@Example.COM ");
+        assert_eq!(key.recipient, "bob@example.com");
+        assert!(key.is_suppression());
+        assert_eq!(OptOutKey::suppression("mms", "+1 (555) 000-1111").family, "sms");
+        assert!(!OptOutKey::of("sms", "+15550001111", "+15550002222").is_suppression());
+    }
+}
