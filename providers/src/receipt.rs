@@ -8,14 +8,20 @@
 //! answer. The service finds each receipt's message, records the event, moves the message's
 //! delivery status forward and adds suppressed addresses; the kind never sees the store.
 
-use std::time::{Duration, SystemTime};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::inbound::InboundError;
 use crate::Channel;
 
 /// How old a signed timestamp may be (either way) before the request is refused as a replay.
 pub const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest string a kind puts in a receipt's `detail`, in characters: longer ones are cut.
+pub const MAX_DETAIL_CHARS: usize = 200;
 
 /// Where a message is after a provider took it, as the provider reported it. Only moves forward
 /// (see [`DeliveryStatus::may_follow`]).
@@ -130,6 +136,113 @@ pub struct Receipts {
     /// `Content-Type` of the answer.
     pub content_type: &'static str,
     pub answer: String,
+}
+
+/// `text` as a receipt's `detail` shows it: without control characters, at most
+/// [`MAX_DETAIL_CHARS`] characters.
+pub(crate) fn detail_text(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect()
+}
+
+/// The one value of the header `name` (lower-case), named `shown` in the errors: missing or
+/// empty, sent more than once, or not visible ASCII is refused as a bad signature.
+pub(crate) fn single_header<'a>(
+    headers: &'a reqwest::header::HeaderMap,
+    name: &str,
+    shown: &str,
+) -> Result<&'a str, InboundError> {
+    let refused = |problem: &str| InboundError::InvalidSignature(format!("{problem} {shown} header"));
+    let mut values = headers.get_all(name).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) if !value.is_empty() => value,
+        (_, None) => return Err(refused("missing")),
+        (_, Some(_)) => {
+            return Err(InboundError::InvalidSignature(format!(
+                "malformed {shown} header: sent more than once"
+            )))
+        }
+    };
+    value.to_str().ok().filter(|text| text.bytes().all(|b| b.is_ascii_graphic())).ok_or_else(|| {
+        InboundError::InvalidSignature(format!("malformed {shown} header: not printable ASCII"))
+    })
+}
+
+/// A signed time header's Unix seconds: 1 to 20 ASCII digits. The signature covers the header's
+/// text as sent, not this number.
+pub(crate) fn unix_seconds(text: &str) -> Option<u64> {
+    let digits = (1..=20).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
+/// Refuses a signed time (Unix seconds, from the header named `shown`) more than
+/// [`MAX_SIGNATURE_AGE`] before or after `now`: a replayed request, or a clock far off.
+pub(crate) fn check_signed_time(shown: &str, signed: u64, now: SystemTime) -> Result<(), InboundError> {
+    let signed_at = UNIX_EPOCH.checked_add(Duration::from_secs(signed));
+    let age = signed_at.map(|at| now.duration_since(at).unwrap_or_else(|later| later.duration()));
+    match age {
+        Some(age) if age <= MAX_SIGNATURE_AGE => Ok(()),
+        _ => Err(InboundError::InvalidSignature(format!(
+            "stale {shown}: the request was signed more than {} minutes before or after now \
+             (a replay, or a clock that is off)",
+            MAX_SIGNATURE_AGE.as_secs() / 60
+        ))),
+    }
+}
+
+/// Unix seconds (an integer, or a number with a fraction) as a time, from 1970 to the year 9999.
+pub(crate) fn unix_time(value: &Value) -> Option<SystemTime> {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: f64 = 253_402_300_799.0;
+    let seconds = value.as_f64()?;
+    if !(0.0..=LAST).contains(&seconds) {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs_f64(seconds))
+}
+
+/// The items of a JSON array body, when it has at most `max` of them; `Ok(None)`: more (the rest
+/// is parsed without being kept). Not an array, or not JSON: the parser's error.
+pub(crate) fn json_array(body: &[u8], max: usize) -> Result<Option<Vec<Value>>, serde_json::Error> {
+    let mut parser = serde_json::Deserializer::from_slice(body);
+    let items = BoundedArray(max).deserialize(&mut parser)?;
+    parser.end()?;
+    Ok(items)
+}
+
+/// Reads a JSON array, keeping at most `.0` items.
+struct BoundedArray(usize);
+
+impl<'de> DeserializeSeed<'de> for BoundedArray {
+    type Value = Option<Vec<Value>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray {
+    type Value = Option<Vec<Value>>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Vec::new();
+        loop {
+            if kept.len() == self.0 {
+                if items.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(Some(kept));
+                }
+                while items.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            match items.next_element::<Value>()? {
+                Some(item) => kept.push(item),
+                None => return Ok(Some(kept)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

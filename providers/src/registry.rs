@@ -75,7 +75,11 @@ pub trait Provider: Send + Sync + 'static {
     /// [`crate::receipt::MAX_SIGNATURE_AGE`] than `now` is refused as a replay with
     /// [`InboundError::InvalidSignature`]), then parses its events (see [`crate::receipt`]).
     /// Default: this kind takes no receipts.
-    async fn receipts(&self, _request: InboundRequest<'_>, _now: SystemTime) -> Result<Receipts, InboundError> {
+    async fn receipts(
+        &self,
+        _request: InboundRequest<'_>,
+        _now: SystemTime,
+    ) -> Result<Receipts, InboundError> {
         Err(InboundError::NotSupported)
     }
 }
