@@ -93,3 +93,11 @@ impl InboundError {
         InboundError::Invalid { field: field.to_owned(), message: message.into() }
     }
 }
+
+/// Whether the request's `Content-Type` is `expected` (parameters such as `charset` aside).
+pub(crate) fn has_media_type(headers: &reqwest::header::HeaderMap, expected: &str) -> bool {
+    let value = headers.get(reqwest::header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    value.is_some_and(|value| {
+        value.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(expected)
+    })
+}

@@ -8,14 +8,20 @@
 //! answer. The service finds each receipt's message, records the event, moves the message's
 //! delivery status forward and adds suppressed addresses; the kind never sees the store.
 
-use std::time::{Duration, SystemTime};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::inbound::InboundError;
 use crate::Channel;
 
 /// How old a signed timestamp may be (either way) before the request is refused as a replay.
 pub const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest string a kind puts in a receipt's `detail`, in characters: longer ones are cut.
+pub const MAX_DETAIL_CHARS: usize = 200;
 
 /// Where a message is after a provider took it, as the provider reported it. Only moves forward
 /// (see [`DeliveryStatus::may_follow`]).
@@ -41,6 +47,7 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every delivery status, in the order of the way a message goes.
     pub const ALL: [DeliveryStatus; 8] = [
         DeliveryStatus::Sent,
         DeliveryStatus::Deferred,
@@ -52,6 +59,7 @@ impl DeliveryStatus {
         DeliveryStatus::Read,
     ];
 
+    /// The status's name in the API (`delivery_status`) and in the events' timeline.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Sent => "sent",
@@ -126,10 +134,120 @@ pub struct ProviderReceipt {
 /// What the kind accepted, and the answer the provider expects (`200` with this body).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Receipts {
+    /// The post's receipts, in the order the provider listed them (possibly none: a batch of
+    /// events none of which is usable is still acknowledged).
     pub receipts: Vec<ProviderReceipt>,
     /// `Content-Type` of the answer.
     pub content_type: &'static str,
+    /// The answer's body (the built-in kinds answer an empty `text/plain` one).
     pub answer: String,
+}
+
+/// `text` as a receipt's `detail` shows it: without control characters, at most
+/// [`MAX_DETAIL_CHARS`] characters.
+pub(crate) fn detail_text(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect()
+}
+
+/// The one value of the header `name` (lower-case), named `shown` in the errors: missing or
+/// empty, sent more than once, or not visible ASCII is refused as a bad signature.
+pub(crate) fn single_header<'a>(
+    headers: &'a reqwest::header::HeaderMap,
+    name: &str,
+    shown: &str,
+) -> Result<&'a str, InboundError> {
+    let refused = |problem: &str| InboundError::InvalidSignature(format!("{problem} {shown} header"));
+    let mut values = headers.get_all(name).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) if !value.is_empty() => value,
+        (_, None) => return Err(refused("missing")),
+        (_, Some(_)) => {
+            return Err(InboundError::InvalidSignature(format!(
+                "malformed {shown} header: sent more than once"
+            )))
+        }
+    };
+    value.to_str().ok().filter(|text| text.bytes().all(|b| b.is_ascii_graphic())).ok_or_else(|| {
+        InboundError::InvalidSignature(format!("malformed {shown} header: not printable ASCII"))
+    })
+}
+
+/// A signed time header's Unix seconds: 1 to 20 ASCII digits. The signature covers the header's
+/// text as sent, not this number.
+pub(crate) fn unix_seconds(text: &str) -> Option<u64> {
+    let digits = (1..=20).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
+/// Refuses a signed time (Unix seconds, from the header named `shown`) more than
+/// [`MAX_SIGNATURE_AGE`] before or after `now`: a replayed request, or a clock far off.
+pub(crate) fn check_signed_time(shown: &str, signed: u64, now: SystemTime) -> Result<(), InboundError> {
+    let signed_at = UNIX_EPOCH.checked_add(Duration::from_secs(signed));
+    let age = signed_at.map(|at| now.duration_since(at).unwrap_or_else(|later| later.duration()));
+    match age {
+        Some(age) if age <= MAX_SIGNATURE_AGE => Ok(()),
+        _ => Err(InboundError::InvalidSignature(format!(
+            "stale {shown}: the request was signed more than {} minutes before or after now \
+             (a replay, or a clock that is off)",
+            MAX_SIGNATURE_AGE.as_secs() / 60
+        ))),
+    }
+}
+
+/// Unix seconds (an integer, or a number with a fraction) as a time, from 1970 to the year 9999.
+pub(crate) fn unix_time(value: &Value) -> Option<SystemTime> {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: f64 = 253_402_300_799.0;
+    let seconds = value.as_f64()?;
+    if !(0.0..=LAST).contains(&seconds) {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs_f64(seconds))
+}
+
+/// The items of a JSON array body, when it has at most `max` of them; `Ok(None)`: more (the rest
+/// is parsed without being kept). Not an array, or not JSON: the parser's error.
+pub(crate) fn json_array(body: &[u8], max: usize) -> Result<Option<Vec<Value>>, serde_json::Error> {
+    let mut parser = serde_json::Deserializer::from_slice(body);
+    let items = BoundedArray(max).deserialize(&mut parser)?;
+    parser.end()?;
+    Ok(items)
+}
+
+/// Reads a JSON array, keeping at most `.0` items.
+struct BoundedArray(usize);
+
+impl<'de> DeserializeSeed<'de> for BoundedArray {
+    type Value = Option<Vec<Value>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray {
+    type Value = Option<Vec<Value>>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Vec::new();
+        loop {
+            if kept.len() == self.0 {
+                if items.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(Some(kept));
+                }
+                while items.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            match items.next_element::<Value>()? {
+                Some(item) => kept.push(item),
+                None => return Ok(Some(kept)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +281,109 @@ mod tests {
         check(Some(Undelivered), Read, false);
         check(Some(Deferred), Sent, false);
         assert_eq!(DeliveryStatus::parse("bounce"), None);
+    }
+}
+
+/// The helpers the kinds share to take receipts in.
+#[cfg(test)]
+mod helper_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn detail_texts() {
+        let check = |text: &str, expected: &str| assert_eq!(detail_text(text), expected, "{text:?}");
+        check("550 5.1.1 user unknown", "550 5.1.1 user unknown");
+        check("a\u{0}b\nc\u{1b}[0m\u{85}", "abc[0m");
+        check(&"é".repeat(MAX_DETAIL_CHARS + 1), &"é".repeat(MAX_DETAIL_CHARS));
+        check("", "");
+    }
+
+    #[test]
+    fn single_headers() {
+        let check = |values: &[&[u8]], expected: Result<&str, &str>| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            for value in values {
+                let value = reqwest::header::HeaderValue::from_bytes(value).unwrap_or_else(|e| panic!("{e}"));
+                headers.append("x-signed", value);
+            }
+            match (single_header(&headers, "x-signed", "X-Signed"), expected) {
+                (Ok(value), Ok(expected)) => assert_eq!(value, expected),
+                (Err(InboundError::InvalidSignature(text)), Err(expected)) => assert_eq!(text, expected),
+                (got, expected) => panic!("{values:?}: got {got:?}, expected {expected:?}"),
+            }
+        };
+        check(&[b"abc=="], Ok("abc=="));
+        check(&[], Err("missing X-Signed header"));
+        check(&[b""], Err("missing X-Signed header"));
+        check(&[b"a", b"a"], Err("malformed X-Signed header: sent more than once"));
+        check(&[b"", b""], Err("malformed X-Signed header: sent more than once"));
+        check(&[b"a b"], Err("malformed X-Signed header: not printable ASCII"));
+        check(&[b"caf\xe9"], Err("malformed X-Signed header: not printable ASCII"));
+    }
+
+    #[test]
+    fn signed_times() {
+        let check = |text: &str, now: u64, expected: Result<(), &str>| {
+            let now = UNIX_EPOCH + Duration::from_secs(now);
+            let checked = unix_seconds(text)
+                .ok_or("malformed")
+                .and_then(|signed| check_signed_time("X-Signed", signed, now).map_err(|_| "stale"));
+            assert_eq!(checked, expected, "{text} at {now:?}");
+        };
+        check("1700000000", 1_700_000_000, Ok(()));
+        check("1700000000", 1_700_000_300, Ok(()));
+        check("1700000300", 1_700_000_000, Ok(()));
+        check("01700000000", 1_700_000_000, Ok(()));
+        check("1700000000", 1_700_000_301, Err("stale"));
+        check("1700000301", 1_700_000_000, Err("stale"));
+        check("0", 1_700_000_000, Err("stale"));
+        check("18446744073709551615", 1_700_000_000, Err("stale"));
+        for odd in ["", "-1", "+1", "1.0", "1e9", " 1", "18446744073709551616", "123456789012345678901"] {
+            check(odd, 1_700_000_000, Err("malformed"));
+        }
+        let stale = check_signed_time("X-Signed", 0, UNIX_EPOCH + Duration::from_secs(1_000));
+        let Err(InboundError::InvalidSignature(text)) = stale else { panic!("{stale:?}") };
+        assert!(text.starts_with("stale X-Signed: ") && text.contains("5 minutes"), "{text}");
+    }
+
+    #[test]
+    fn unix_times() {
+        let check = |value: Value, expected: Option<Duration>| {
+            assert_eq!(unix_time(&value), expected.map(|since| UNIX_EPOCH + since), "{value}");
+        };
+        check(json!(0), Some(Duration::ZERO));
+        check(json!(1_513_299_569), Some(Duration::from_secs(1_513_299_569)));
+        check(json!(1.25), Some(Duration::from_millis(1250)));
+        check(json!(253_402_300_799_u64), Some(Duration::from_secs(253_402_300_799)));
+        for odd in
+            [json!(253_402_300_800_u64), json!(-1), json!(u64::MAX), json!(1e300), json!("1"), json!(null)]
+        {
+            check(odd, None);
+        }
+    }
+
+    #[test]
+    fn json_arrays() {
+        let check = |body: &str, max: usize, expected: Result<Option<usize>, ()>| {
+            let parsed =
+                json_array(body.as_bytes(), max).map(|items| items.map(|items| items.len())).map_err(|_| ());
+            assert_eq!(parsed, expected, "{body} (at most {max})");
+        };
+        check("[]", 2, Ok(Some(0)));
+        check("[1, {\"a\": [2]}]", 2, Ok(Some(2)));
+        check(" [1, 2] \n", 2, Ok(Some(2)));
+        check("[1, 2, 3]", 2, Ok(None));
+        check("[1, 2, {\"deep\": [[[]]]}, 4]", 2, Ok(None));
+        check("[]", 0, Ok(Some(0)));
+        check("[1]", 0, Ok(None));
+        for odd in ["", "{}", "1", "[1,]", "[1", "[1, 2, 3", "[] []", "[1, 2, 3] x"] {
+            check(odd, 2, Err(()));
+        }
+        let items = json_array(b"[{\"event\": \"open\"}, 5]", 10).ok().flatten();
+        assert_eq!(items, Some(vec![json!({"event": "open"}), json!(5)]));
     }
 }

@@ -12,6 +12,26 @@
 //! basic-auth password (`https://parse:SECRET@sb.example.com/v1/inbound/sendgrid/{name}`) that
 //! must equal the `inbound_secret` setting. Attachments arrive as files, not URLs: they are not
 //! stored (the message keeps its text). The "POST the raw, full MIME message" option must be off.
+//!
+//! Delivery receipts: SendGrid's Event Webhook posts batches of events to
+//! `/v1/receipts/sendgrid/{name}` as a JSON array (`application/json`). Only the Signed Event
+//! Webhook is taken: `X-Twilio-Email-Event-Webhook-Signature` is the base64 of a DER ECDSA
+//! P-256/SHA-256 signature, by the key whose public half is the `event_webhook_public_key`
+//! setting, of the `X-Twilio-Email-Event-Webhook-Timestamp` header (Unix seconds) as sent followed
+//! by the raw body. A timestamp more than 5 minutes from now, either way, is refused as a replay;
+//! without the setting every post is refused. Each event becomes one receipt: `processed` → sent,
+//! `deferred` → deferred, `delivered` → delivered, `bounce` → bounced, `dropped` → dropped,
+//! `open` → opened; any other (`click`, `spamreport`, `unsubscribe`, `group_unsubscribe`, …) is an
+//! event of its own name. The message is found by `sg_message_id` up to its first `.` (the
+//! `X-Message-Id` the send recorded) or by `switchboard_message_id` (the send's `custom_args`, which
+//! SendGrid copies into each event); an event with neither is still returned, for the service to
+//! count as unknown. `timestamp` is the event's time. The address (`email`) is suppressed after a
+//! `bounce` (not a `blocked` one: that is about the sender), a `spamreport`, or a `dropped` whose
+//! `reason` names the address (`Bounced Address`, `Unsubscribed Address`, `Spam Reporting
+//! Address`, `Invalid`). The event's detail holds `event`, `reason`, `status`, `type`, `response`
+//! and `attempt` when sent (each at most 200 characters, the address masked in them), never the
+//! address itself. An element that is not an object, or has no usable `event`, is skipped. A post
+//! may carry at most 5,000 events; the answer is an empty `text/plain` body.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,18 +42,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use p256::ecdsa::signature::MultipartVerifier;
+use p256::ecdsa::{DerSignature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::address::is_email;
 use crate::email::{looks_like_html, with_attachment_links};
 use crate::http::{self, check_url, Answer};
-use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest, Incoming};
+use crate::inbound::{has_media_type, Inbound, InboundError, InboundHead, InboundRequest, Incoming};
+use crate::receipt::{
+    check_signed_time, detail_text, json_array, single_header, unix_seconds, unix_time, DeliveryStatus,
+    ProviderReceipt, Receipts,
+};
 use crate::{
-    BuildContext, Channel, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError,
-    SentCredentials, SettingIssue, SettingsError,
+    mask_recipient, BuildContext, Channel, Kind, OutboundMessage, Provider, Receipt, Registration, Secret,
+    SendError, SentCredentials, SettingIssue, SettingsError,
 };
 
 /// Settings of a `sendgrid` provider.
@@ -52,6 +79,13 @@ pub struct SendgridSettings {
     /// it inbound requests are refused. Only from the environment: `"${SENDGRID_INBOUND_SECRET}"`.
     #[serde(default)]
     pub inbound_secret: Option<Secret>,
+    /// The Verification Key of SendGrid's Signed Event Webhook (Mail Settings → Event Webhook →
+    /// Signed Event Webhook Requests): the base64 of an ECDSA P-256 public key (DER
+    /// SubjectPublicKeyInfo; it starts `MFkw`). Event Webhook posts to
+    /// `/v1/receipts/sendgrid/{name}` are checked against it; without it they are refused. A
+    /// public key, not a secret: it may be written here as it is.
+    #[serde(default)]
+    pub event_webhook_public_key: Option<String>,
     /// API endpoint. https only, except for loopback hosts (local test servers).
     #[serde(default = "default_base_url")]
     #[schemars(default = "default_base_url")]
@@ -86,6 +120,18 @@ impl Kind for SendgridKind {
         if settings.inbound_secret.as_ref().is_some_and(Secret::is_blank) {
             issues.push(SettingIssue::new("inbound_secret", "`inbound_secret` is empty"));
         }
+        if let Some(Err(problem)) = settings.event_webhook_public_key.as_deref().map(event_webhook_key) {
+            issues.push(
+                SettingIssue::new(
+                    "event_webhook_public_key",
+                    format!("`event_webhook_public_key` {problem}"),
+                )
+                .with_help(
+                    "copy the Verification Key SendGrid shows under Mail Settings → Event Webhook → \
+                         Signed Event Webhook Requests: one base64 line starting with MFkw",
+                ),
+            );
+        }
         issues.extend(check_url("base_url", &settings.base_url));
         issues
     }
@@ -98,11 +144,19 @@ impl Kind for SendgridKind {
         // The inbound secret is never sent, but an answer quoting it is cleaned all the same.
         let secrets = [Some(&settings.api_key), settings.inbound_secret.as_ref()];
         let credentials = SentCredentials::new(secrets.into_iter().flatten().map(Secret::expose));
+        let event_key = match settings.event_webhook_public_key.as_deref().map(event_webhook_key) {
+            Some(Err(problem)) => {
+                return Err(SettingsError::other(format!("`event_webhook_public_key` {problem}")))
+            }
+            Some(Ok(key)) => Some(key),
+            None => None,
+        };
         Ok(Arc::new(SendgridProvider {
             client: http::client(context.timeout)?,
             endpoint,
             settings,
             credentials,
+            event_key,
         }))
     }
 }
@@ -116,6 +170,8 @@ struct SendgridProvider {
     settings: SendgridSettings,
     /// The API key and the inbound secret.
     credentials: SentCredentials,
+    /// `event_webhook_public_key`, parsed.
+    event_key: Option<VerifyingKey>,
 }
 
 /// SendGrid rejects a message without a subject; one without is sent with this.
@@ -215,6 +271,203 @@ impl Provider for SendgridProvider {
     fn admit(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
         admit(self.settings.inbound_secret.as_ref(), head).map(|_| ())
     }
+
+    fn admit_receipts(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
+        admit_events(self.event_key.as_ref(), head).map(|_| ())
+    }
+
+    async fn receipts(&self, request: InboundRequest<'_>, now: SystemTime) -> Result<Receipts, InboundError> {
+        receipts(self.event_key.as_ref(), request, now)
+    }
+}
+
+/// The key of `event_webhook_public_key`: the base64 of a DER SubjectPublicKeyInfo holding an
+/// ECDSA P-256 key (PEM armor and line breaks around it are taken too). The error completes
+/// "`event_webhook_public_key` …".
+fn event_webhook_key(text: &str) -> Result<VerifyingKey, &'static str> {
+    /// Far more than the 124 characters of a P-256 key's base64 SubjectPublicKeyInfo.
+    const MAX_KEY_TEXT: usize = 1024;
+    if text.len() > MAX_KEY_TEXT {
+        return Err("is too long for an ECDSA P-256 public key");
+    }
+    let base64: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("-----"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    if base64.is_empty() {
+        return Err("is empty");
+    }
+    let der = STANDARD.decode(base64).map_err(|_| "is not base64")?;
+    VerifyingKey::from_public_key_der(&der)
+        .map_err(|_| "is not an ECDSA P-256 public key (base64 of a DER SubjectPublicKeyInfo)")
+}
+
+const JSON: &str = "application/json";
+
+const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
+const TIMESTAMP_HEADER: &str = "x-twilio-email-event-webhook-timestamp";
+/// The headers' names as SendGrid writes them, for errors.
+const SIGNATURE_SHOWN: &str = "X-Twilio-Email-Event-Webhook-Signature";
+const TIMESTAMP_SHOWN: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
+
+/// The longest signature header taken: the base64 of the longest DER ECDSA P-256 signature
+/// (72 bytes).
+const MAX_SIGNATURE_TEXT: usize = 96;
+
+/// The most events one post may carry. SendGrid posts a batch when it reaches 768 KB (or every
+/// 30 seconds): even events of 160 bytes, smaller than any it sends, stay below this.
+const MAX_EVENTS: usize = 5000;
+
+/// The longest message id taken from an event (`sg_message_id`'s first part, SendGrid's
+/// `X-Message-Id`, is 22 characters; Switchboard's ids 36).
+const MAX_ID_LEN: usize = 128;
+
+/// The longest event name taken (SendGrid's longest is `group_resubscribe`).
+const MAX_EVENT_NAME_LEN: usize = 32;
+
+/// What the head of an Event Webhook post gives [`receipts`] once [`admit_events`] let it through.
+struct SignedEvents<'a> {
+    key: &'a VerifyingKey,
+    signature: DerSignature,
+    /// The timestamp header as sent: what is signed.
+    timestamp: &'a str,
+    signed_at: u64,
+}
+
+/// The checks made before the body is read, authentication first: a configured key, one
+/// well-formed signature header and one timestamp header, then a JSON content type.
+/// [`receipts`] starts with them.
+fn admit_events<'a>(
+    key: Option<&'a VerifyingKey>,
+    head: InboundHead<'a>,
+) -> Result<SignedEvents<'a>, InboundError> {
+    let Some(key) = key else {
+        return Err(InboundError::InvalidSignature(
+            "provider has no `event_webhook_public_key`: its events' signatures cannot be checked; set \
+             it to the Verification Key of SendGrid's Signed Event Webhook"
+                .to_owned(),
+        ));
+    };
+    let text = single_header(head.headers, SIGNATURE_HEADER, SIGNATURE_SHOWN)?;
+    let signature = Some(text)
+        .filter(|text| text.len() <= MAX_SIGNATURE_TEXT)
+        .and_then(|text| STANDARD.decode(text).ok())
+        .and_then(|der| DerSignature::try_from(der.as_slice()).ok())
+        .ok_or_else(|| {
+            InboundError::InvalidSignature(format!(
+                "malformed {SIGNATURE_SHOWN} header: expected the base64 of a DER ECDSA signature"
+            ))
+        })?;
+    let timestamp = single_header(head.headers, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
+    let signed_at = unix_seconds(timestamp).ok_or_else(|| {
+        InboundError::InvalidSignature(format!("malformed {TIMESTAMP_SHOWN} header: expected Unix seconds"))
+    })?;
+    if !has_media_type(head.headers, JSON) {
+        return Err(InboundError::UnsupportedMediaType { expected: JSON });
+    }
+    Ok(SignedEvents { key, signature, timestamp, signed_at })
+}
+
+/// Checks one Event Webhook post (every check of [`admit_events`], the timestamp's age against
+/// `now`, the signature over the timestamp and the raw body), then reads its events.
+fn receipts(
+    key: Option<&VerifyingKey>,
+    request: InboundRequest<'_>,
+    now: SystemTime,
+) -> Result<Receipts, InboundError> {
+    let signed = admit_events(key, request.head())?;
+    check_signed_time(TIMESTAMP_SHOWN, signed.signed_at, now)?;
+    let parts = [signed.timestamp.as_bytes(), request.body];
+    if signed.key.multipart_verify(&parts, &signed.signature).is_err() {
+        return Err(InboundError::InvalidSignature(format!(
+            "{SIGNATURE_SHOWN} does not match the request (check `event_webhook_public_key`)"
+        )));
+    }
+    let events = json_array(request.body, MAX_EVENTS)
+        .map_err(|_| InboundError::invalid("events", "must be a JSON array of event objects"))?
+        .ok_or_else(|| InboundError::invalid("events", format!("has more than {MAX_EVENTS} events")))?;
+    let receipts = events.iter().filter_map(event_receipt).collect();
+    Ok(Receipts { receipts, content_type: "text/plain", answer: String::new() })
+}
+
+/// The receipt of one event; `None` when it is not an object or has no usable `event` name.
+/// Every other field is optional and taken only when of the expected type.
+fn event_receipt(event: &Value) -> Option<ProviderReceipt> {
+    let event = event.as_object()?;
+    let text = |name: &str| event.get(name).and_then(Value::as_str).map(str::trim);
+    let raw_name = text("event")?;
+    let is_name = (1..=MAX_EVENT_NAME_LEN).contains(&raw_name.len())
+        && raw_name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !is_name {
+        return None;
+    }
+    let name = raw_name.to_ascii_lowercase();
+    let status = match name.as_str() {
+        "processed" => Some(DeliveryStatus::Sent),
+        "deferred" => Some(DeliveryStatus::Deferred),
+        "delivered" => Some(DeliveryStatus::Delivered),
+        "bounce" => Some(DeliveryStatus::Bounced),
+        "dropped" => Some(DeliveryStatus::Dropped),
+        "open" => Some(DeliveryStatus::Opened),
+        _ => None,
+    };
+    let an_id = |id: &str| {
+        ((1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| id.to_owned())
+    };
+    let provider_message_id = text("sg_message_id").and_then(|id| id.split('.').next()).and_then(an_id);
+    // Custom arguments are copied into each event; older events carry them in `unique_args`.
+    let legacy = event.get("unique_args").and_then(|args| args.get("switchboard_message_id"));
+    let message_id =
+        event.get("switchboard_message_id").or(legacy).and_then(Value::as_str).map(str::trim).and_then(an_id);
+    let address = text("email").filter(|address| is_email(address));
+    let reason = text("reason").unwrap_or_default().to_ascii_lowercase();
+    let suppressed = match name.as_str() {
+        "bounce" => !text("type").is_some_and(|kind| kind.eq_ignore_ascii_case("blocked")),
+        "spamreport" => true,
+        "dropped" => {
+            ["bounce", "unsubscribe", "address"].iter().any(|word| reason.contains(word))
+                || reason == "invalid"
+        }
+        _ => false,
+    };
+    let mut detail = Map::new();
+    detail.insert("event".to_owned(), Value::String(name.clone()));
+    for field in ["reason", "status", "type", "response", "attempt"] {
+        let value = match event.get(field) {
+            Some(Value::String(value)) => Value::String(detail_text(&without_address(value, address))),
+            Some(Value::Number(number)) => Value::Number(number.clone()),
+            _ => continue,
+        };
+        detail.insert(field.to_owned(), value);
+    }
+    Some(ProviderReceipt {
+        message_id,
+        provider_message_id,
+        event: status.map_or(name, |status| status.as_str().to_owned()),
+        status,
+        time: event.get("timestamp").and_then(unix_time),
+        suppress: address.filter(|_| suppressed).map(|address| (Channel::EMAIL, address.to_owned())),
+        detail,
+    })
+}
+
+/// `text` with every occurrence of `address` (ASCII case ignored) masked: a bounce's `reason`
+/// often quotes the recipient.
+fn without_address(text: &str, address: Option<&str>) -> String {
+    let Some(address) = address.filter(|address| !address.is_empty()) else { return text.to_owned() };
+    // ASCII lower-casing keeps every byte where it was: positions found in the copy hold in `text`.
+    let (lower, wanted) = (text.to_ascii_lowercase(), address.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, found) in lower.match_indices(&wanted) {
+        out.push_str(&text[last..start]);
+        out.push_str(&mask_recipient(address));
+        last = start + found.len();
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 /// The checks made before the body is read, authentication first (an unauthenticated request
@@ -847,5 +1100,615 @@ mod inbound_tests {
         let raw =
             [("email", None, b"From: a@b.org\r\n\r\nHi".as_slice()), ("to", None, b"support@in.example.com")];
         check(post(&raw), Err(Refused::Invalid("email", "raw MIME")));
+    }
+}
+
+/// Event Webhook posts (`receipts`) and the `event_webhook_public_key` setting.
+#[cfg(test)]
+mod receipt_tests {
+    use p256::ecdsa::signature::Signer;
+    use p256::ecdsa::{Signature, SigningKey};
+    use serde_json::json;
+
+    use super::*;
+    use crate::find;
+    use crate::test_support::check_settings;
+
+    /// SendGrid's own example of a signed post (as its client libraries test it): this key, this
+    /// timestamp and this body give this signature.
+    const DOC_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g==";
+    const DOC_TIMESTAMP: &str = "1600112502";
+    const DOC_SIGNATURE: &str =
+        "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiXDWzM+uOe5W0JuG+luQAbPIqHh89M15TluLtEZtM=";
+    /// A signature of another body by the same key.
+    const DOC_OTHER_SIGNATURE: &str =
+        "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH3j/0=";
+    const DOC_BODY: &str = concat!(
+        r#"[{"email":"hello@world.com","event":"dropped","reason":"Bounced Address","#,
+        r#""sg_event_id":"ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA","#,
+        r#""sg_message_id":"LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0","#,
+        r#""smtp-id":"<LRzXl_NHStOGhQ4kofSm_A@ismtpd0039p1iad1.sendgrid.net>","timestamp":1600112492}]"#,
+        "\r\n"
+    );
+
+    /// The DER SubjectPublicKeyInfo of a P-256 key, up to the point: every such key starts so
+    /// (base64 `MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE`).
+    const SPKI_PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+
+    /// A test signing key made from `seed` (the keys the tests sign with, as SendGrid signs).
+    fn signing_key(seed: u8) -> SigningKey {
+        SigningKey::from_slice(&[seed; 32]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `key`'s public half as SendGrid's dashboard shows it.
+    fn public_der(key: &SigningKey) -> Vec<u8> {
+        let mut der = SPKI_PREFIX.to_vec();
+        der.extend_from_slice(key.verifying_key().to_sec1_point(false).as_bytes());
+        der
+    }
+
+    fn public_key(key: &SigningKey) -> String {
+        STANDARD.encode(public_der(key))
+    }
+
+    /// The signature header SendGrid would send for `timestamp` and `body`.
+    fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
+        let mut signed = timestamp.as_bytes().to_vec();
+        signed.extend_from_slice(body);
+        let signature: Signature = key.sign(&signed);
+        STANDARD.encode(signature.to_der().as_bytes())
+    }
+
+    #[test]
+    fn settings() {
+        let check = |key: &str, expected: &[&str]| {
+            check_settings("sendgrid", json!({"api_key": "SG.x", "event_webhook_public_key": key}), expected);
+        };
+        check(DOC_KEY, &[]);
+        check(&public_key(&signing_key(7)), &[]);
+        check(&format!("  {DOC_KEY}\n"), &[]);
+        check(
+            &format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
+                &DOC_KEY[..64],
+                &DOC_KEY[64..]
+            ),
+            &[],
+        );
+        check_settings("sendgrid", json!({"api_key": "SG.x", "event_webhook_public_key": null}), &[]);
+        let field = ["event_webhook_public_key"];
+        check("", &field);
+        check("foo", &field);
+        check("not base64!", &field);
+        check(&DOC_KEY[..DOC_KEY.len() - 4], &field);
+        check(&"A".repeat(2000), &field);
+        // Well-formed base64 of something else: a bare point, another curve, a point off the curve.
+        let point = signing_key(7).verifying_key().to_sec1_point(false);
+        check(&STANDARD.encode(point.as_bytes()), &field);
+        let mut other_curve = public_der(&signing_key(7));
+        other_curve[22] = 0x08;
+        check(&STANDARD.encode(&other_curve), &field);
+        let mut off_curve = public_der(&signing_key(7));
+        off_curve[90] ^= 1;
+        check(&STANDARD.encode(&off_curve), &field);
+        let issues = find("sendgrid")
+            .map(|kind| kind.check(json!({"api_key": "x", "event_webhook_public_key": "foo"})));
+        let issue = issues.into_iter().flatten().next().unwrap_or_else(|| panic!("no issue"));
+        assert_eq!(issue.message, "`event_webhook_public_key` is not base64");
+        assert!(issue.help.is_some_and(|help| help.contains("Verification Key")));
+    }
+
+    /// One Event Webhook post to a provider whose key is `configured`.
+    struct Post {
+        configured: Option<String>,
+        content_type: Option<&'static str>,
+        /// `None`: no header; several values separated by `|` are sent as several headers.
+        timestamp: Option<String>,
+        signature: Option<String>,
+        body: Vec<u8>,
+        /// Seconds since the epoch the post is received at.
+        now: u64,
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    /// `body` signed now by `signing_key(1)`, posted to a provider configured with its key.
+    fn post(body: &str) -> Post {
+        let key = signing_key(1);
+        let timestamp = NOW.to_string();
+        Post {
+            configured: Some(public_key(&key)),
+            content_type: Some("application/json"),
+            signature: Some(sign(&key, &timestamp, body.as_bytes())),
+            timestamp: Some(timestamp),
+            body: body.as_bytes().to_vec(),
+            now: NOW,
+        }
+    }
+
+    /// What `admit_receipts` says of the post's head, and what `receipts` (called without it)
+    /// says of the whole post.
+    fn run(post: Post) -> (Result<(), InboundError>, Result<Receipts, InboundError>) {
+        let settings = json!({"api_key": "SG.x", "event_webhook_public_key": post.configured});
+        let context = BuildContext { name: "sg", timeout: Duration::from_secs(1) };
+        let provider = find("sendgrid")
+            .map(|kind| kind.build(settings, &context))
+            .unwrap_or_else(|| panic!("sendgrid is not registered"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        let values = [
+            ("content-type", post.content_type.map(str::to_owned)),
+            (SIGNATURE_HEADER, post.signature),
+            (TIMESTAMP_HEADER, post.timestamp),
+        ];
+        for (name, value) in values {
+            for value in value.iter().flat_map(|value| value.split('|')) {
+                headers.append(name, value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}")));
+            }
+        }
+        let request = InboundRequest {
+            path_and_query: "/v1/receipts/sendgrid/sg",
+            headers: &headers,
+            body: &post.body,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(post.now);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        (provider.admit_receipts(request.head()), runtime.block_on(provider.receipts(request, now)))
+    }
+
+    /// Why a test post is refused: `Head` and `MediaType` by `admit_receipts` already (with the
+    /// same error), the others only by `receipts`.
+    #[derive(Debug, Clone)]
+    enum Refused {
+        Head(&'static str),
+        Signature(&'static str),
+        Invalid(&'static str, &'static str),
+        MediaType,
+    }
+
+    /// `expected`: the receipts taken, or why the post is refused.
+    fn check(post: Post, expected: Result<Vec<ProviderReceipt>, Refused>) {
+        let what =
+            format!("{:?} {:?} {:?}", post.timestamp, post.signature, String::from_utf8_lossy(&post.body));
+        let (admitted, taken) = run(post);
+        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
+        match (&admitted, &taken) {
+            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
+            (Ok(()), _) if !refused_by_head => {}
+            _ => {
+                panic!("{what}: admit_receipts said {admitted:?}, receipts {taken:?}; expected {expected:?}")
+            }
+        }
+        match (taken, expected) {
+            (Ok(receipts), Ok(expected)) => {
+                assert_eq!(receipts.receipts, expected, "{what}");
+                assert_eq!((receipts.content_type, receipts.answer.as_str()), ("text/plain", ""), "{what}");
+            }
+            (
+                Err(InboundError::InvalidSignature(text)),
+                Err(Refused::Signature(part) | Refused::Head(part)),
+            ) => assert!(text.contains(part), "{what}: {text}"),
+            (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
+                assert_eq!(field, name, "{what}: {message}");
+                assert!(message.contains(part), "{what}: {message}");
+            }
+            (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
+                assert_eq!(expected, JSON);
+            }
+            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    /// A receipt of event `event` with no ids, no time and no suppression.
+    fn receipt(event: &str, status: Option<DeliveryStatus>, detail: Value) -> ProviderReceipt {
+        ProviderReceipt {
+            message_id: None,
+            provider_message_id: None,
+            event: event.into(),
+            status,
+            time: None,
+            suppress: None,
+            detail: detail.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn at(seconds: u64) -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_secs(seconds))
+    }
+
+    #[test]
+    fn documented_post() {
+        let documented = |signature: &str, now: u64| Post {
+            configured: Some(DOC_KEY.into()),
+            timestamp: Some(DOC_TIMESTAMP.into()),
+            signature: Some(signature.into()),
+            body: DOC_BODY.as_bytes().to_vec(),
+            now,
+            ..post("[]")
+        };
+        let dropped = ProviderReceipt {
+            provider_message_id: Some("LRzXl_NHStOGhQ4kofSm_A".into()),
+            time: at(1_600_112_492),
+            suppress: Some((Channel::EMAIL, "hello@world.com".into())),
+            ..receipt(
+                "dropped",
+                Some(DeliveryStatus::Dropped),
+                json!({"event": "dropped", "reason": "Bounced Address"}),
+            )
+        };
+        check(documented(DOC_SIGNATURE, 1_600_112_502), Ok(vec![dropped.clone()]));
+        check(documented(DOC_SIGNATURE, 1_600_112_502 + 300), Ok(vec![dropped]));
+        check(documented(DOC_SIGNATURE, 1_600_112_502 + 301), Err(Refused::Signature("stale")));
+        check(documented(DOC_OTHER_SIGNATURE, 1_600_112_502), Err(Refused::Signature("does not match")));
+    }
+
+    #[test]
+    fn a_batch_of_several_messages() {
+        let body = json!([
+            {"email": "ann@example.org", "timestamp": 1_700_000_001, "event": "processed",
+             "sg_message_id": "msgA.filter0001.1.0", "switchboard_message_id": "0190-a", "sg_event_id": "e1"},
+            {"email": "bob@example.org", "timestamp": 1_700_000_002, "event": "bounce", "type": "bounce",
+             "status": "5.1.1", "reason": "550 5.1.1 <Bob@Example.org>: user unknown",
+             "sg_message_id": "msgB.filter0001.2.0", "switchboard_message_id": "0190-b"},
+            {"email": "ann@example.org", "timestamp": 1_700_000_003, "event": "delivered", "response": "250 OK",
+             "sg_message_id": "msgA.filter0001.1.0", "switchboard_message_id": "0190-a"},
+            {"email": "cy@example.org", "timestamp": 1_700_000_004, "event": "open", "sg_message_id": "msgC"},
+            {"email": "dee@example.org", "timestamp": 1_700_000_005, "event": "delivered"},
+            "not an event",
+            {"event": 5},
+        ])
+        .to_string();
+        let ann = |event: &str, status, detail, time| ProviderReceipt {
+            message_id: Some("0190-a".into()),
+            provider_message_id: Some("msgA".into()),
+            time: at(time),
+            ..receipt(event, Some(status), detail)
+        };
+        let expected = vec![
+            ann("sent", DeliveryStatus::Sent, json!({"event": "processed"}), 1_700_000_001),
+            ProviderReceipt {
+                message_id: Some("0190-b".into()),
+                provider_message_id: Some("msgB".into()),
+                time: at(1_700_000_002),
+                suppress: Some((Channel::EMAIL, "bob@example.org".into())),
+                ..receipt(
+                    "bounced",
+                    Some(DeliveryStatus::Bounced),
+                    json!({"event": "bounce", "type": "bounce", "status": "5.1.1",
+                           "reason": "550 5.1.1 <b***@example.org>: user unknown"}),
+                )
+            },
+            ann(
+                "delivered",
+                DeliveryStatus::Delivered,
+                json!({"event": "delivered", "response": "250 OK"}),
+                1_700_000_003,
+            ),
+            ProviderReceipt {
+                provider_message_id: Some("msgC".into()),
+                time: at(1_700_000_004),
+                ..receipt("opened", Some(DeliveryStatus::Opened), json!({"event": "open"}))
+            },
+            // No id at all: still a receipt, for the service to count as unknown.
+            ProviderReceipt {
+                time: at(1_700_000_005),
+                ..receipt("delivered", Some(DeliveryStatus::Delivered), json!({"event": "delivered"}))
+            },
+        ];
+        check(post(&body), Ok(expected));
+        check(post("[]"), Ok(vec![]));
+        check(post(" [ ] "), Ok(vec![]));
+    }
+
+    #[test]
+    fn refused_signatures() {
+        let mismatch = || Err(Refused::Signature("X-Twilio-Email-Event-Webhook-Signature does not match"));
+        let body = r#"[{"event":"delivered","sg_message_id":"msgA"}]"#;
+        // Another key signed it.
+        let other = signing_key(2);
+        check(
+            Post { signature: Some(sign(&other, &NOW.to_string(), body.as_bytes())), ..post(body) },
+            mismatch(),
+        );
+        check(Post { configured: Some(public_key(&other)), ..post(body) }, mismatch());
+        // Something else was signed: another body, another timestamp, the body alone.
+        let mut tampered = post(body);
+        tampered.body = body.replace("delivered", "bounce").into_bytes();
+        check(tampered, mismatch());
+        check(Post { timestamp: Some((NOW + 1).to_string()), ..post(body) }, mismatch());
+        check(Post { timestamp: Some(format!("0{NOW}")), ..post(body) }, mismatch());
+        let key = signing_key(1);
+        check(Post { signature: Some(sign(&key, "", body.as_bytes())), ..post(body) }, mismatch());
+        // The signed text is the timestamp as sent: a leading zero signed is a leading zero checked.
+        let padded = format!("0{NOW}");
+        check(
+            Post {
+                signature: Some(sign(&key, &padded, body.as_bytes())),
+                timestamp: Some(padded),
+                ..post(body)
+            },
+            Ok(vec![ProviderReceipt {
+                provider_message_id: Some("msgA".into()),
+                ..receipt("delivered", Some(DeliveryStatus::Delivered), json!({"event": "delivered"}))
+            }]),
+        );
+
+        // Replays: at most 5 minutes either way.
+        let stale = || Err(Refused::Signature("stale X-Twilio-Email-Event-Webhook-Timestamp"));
+        let taken = || {
+            Ok(vec![ProviderReceipt {
+                provider_message_id: Some("msgA".into()),
+                ..receipt("delivered", Some(DeliveryStatus::Delivered), json!({"event": "delivered"}))
+            }])
+        };
+        check(Post { now: NOW + 300, ..post(body) }, taken());
+        check(Post { now: NOW - 300, ..post(body) }, taken());
+        check(Post { now: NOW + 301, ..post(body) }, stale());
+        check(Post { now: NOW - 301, ..post(body) }, stale());
+        check(Post { now: NOW + 86_400 * 365, ..post(body) }, stale());
+        let far = u64::MAX.to_string();
+        check(
+            Post { signature: Some(sign(&key, &far, body.as_bytes())), timestamp: Some(far), ..post(body) },
+            stale(),
+        );
+
+        // Refused from the headers alone.
+        let head = |part| Err(Refused::Head(part));
+        let malformed_signature = "malformed X-Twilio-Email-Event-Webhook-Signature header";
+        check(Post { signature: None, ..post(body) }, head("missing X-Twilio-Email-Event-Webhook-Signature"));
+        check(
+            Post { signature: Some(String::new()), ..post(body) },
+            head("missing X-Twilio-Email-Event-Webhook-Signature"),
+        );
+        check(Post { signature: Some("not base64!".into()), ..post(body) }, head(malformed_signature));
+        check(Post { signature: Some(STANDARD.encode([7_u8; 70])), ..post(body) }, head(malformed_signature));
+        check(Post { signature: Some(STANDARD.encode([0_u8; 64])), ..post(body) }, head(malformed_signature));
+        let long = format!("{}AAAA", sign(&key, &NOW.to_string(), body.as_bytes()));
+        check(Post { signature: Some(long), ..post(body) }, head(malformed_signature));
+        let twice = post(body).signature.map(|signature| format!("{signature}|{signature}"));
+        check(Post { signature: twice, ..post(body) }, head("sent more than once"));
+        let malformed_timestamp = "malformed X-Twilio-Email-Event-Webhook-Timestamp header";
+        check(Post { timestamp: None, ..post(body) }, head("missing X-Twilio-Email-Event-Webhook-Timestamp"));
+        for timestamp in ["12a", "-5", "1.5", "+1700000000", "999999999999999999999"] {
+            check(Post { timestamp: Some(timestamp.into()), ..post(body) }, head(malformed_timestamp));
+        }
+        check(Post { timestamp: Some(format!("{NOW}|{NOW}")), ..post(body) }, head("sent more than once"));
+        check(Post { configured: None, ..post(body) }, head("provider has no `event_webhook_public_key`"));
+    }
+
+    #[test]
+    fn content_types_and_bodies() {
+        let typed = |content_type| Post { content_type, ..post("[]") };
+        check(typed(Some("application/json; charset=utf-8")), Ok(vec![]));
+        check(typed(Some("Application/JSON")), Ok(vec![]));
+        check(typed(Some("text/plain")), Err(Refused::MediaType));
+        check(typed(Some("application/x-www-form-urlencoded")), Err(Refused::MediaType));
+        check(typed(None), Err(Refused::MediaType));
+        // Authentication comes first: an unsigned post learns nothing of what its body should be.
+        check(
+            Post { signature: None, content_type: Some("text/plain"), ..post("[]") },
+            Err(Refused::Head("missing X-Twilio-Email-Event-Webhook-Signature")),
+        );
+
+        let not_events = Err(Refused::Invalid("events", "must be a JSON array of event objects"));
+        for body in ["", "{}", r#"{"event":"open"}"#, "[", "[{}", "[] []", "null", "\"x\"", "[1,]"] {
+            check(post(body), not_events.clone());
+        }
+        // Every element is looked at on its own: whatever is not a usable event is skipped.
+        let odd = r#"[1, "x", null, [], {}, {"event": null}, {"event": ["open"]}, {"event": ""},
+            {"event": "not an event name"}, {"event": "an_event_name_longer_than_32_chars"}]"#;
+        check(post(odd), Ok(vec![]));
+        let most = format!("[{}]", vec![r#"{"event":"click"}"#; MAX_EVENTS].join(","));
+        let taken = check_count(post(&most));
+        assert_eq!(taken, MAX_EVENTS);
+        let too_many = format!("[{}]", vec!["{}"; MAX_EVENTS + 1].join(","));
+        check(post(&too_many), Err(Refused::Invalid("events", "more than 5000 events")));
+    }
+
+    /// How many receipts a post that must be taken gives.
+    fn check_count(post: Post) -> usize {
+        match run(post) {
+            (Ok(()), Ok(receipts)) => receipts.receipts.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One event's receipt, or `None` when it is skipped.
+    fn check_event(event: Value, expected: Option<ProviderReceipt>) {
+        assert_eq!(event_receipt(&event), expected, "{event}");
+    }
+
+    #[test]
+    fn event_names() {
+        use DeliveryStatus::*;
+        let cases = [
+            ("processed", Some(Sent), "sent"),
+            ("deferred", Some(Deferred), "deferred"),
+            ("delivered", Some(Delivered), "delivered"),
+            ("bounce", Some(Bounced), "bounced"),
+            ("dropped", Some(Dropped), "dropped"),
+            ("open", Some(Opened), "opened"),
+            ("Delivered", Some(Delivered), "delivered"),
+            ("click", None, "click"),
+            ("unsubscribe", None, "unsubscribe"),
+            ("group_unsubscribe", None, "group_unsubscribe"),
+            ("group_resubscribe", None, "group_resubscribe"),
+            ("SpamReport", None, "spamreport"),
+            ("account_status_change", None, "account_status_change"),
+        ];
+        for (name, status, event) in cases {
+            let detail = json!({"event": name.to_ascii_lowercase()});
+            check_event(json!({"event": name}), Some(receipt(event, status, detail)));
+        }
+        for odd in [
+            json!(null),
+            json!(1),
+            json!("open"),
+            json!(["open"]),
+            json!({}),
+            json!({"event": 1}),
+            json!({"event": "op en"}),
+            json!({"event": "ouvert\u{e9}"}),
+            json!({"event": "x".repeat(33)}),
+        ] {
+            check_event(odd, None);
+        }
+    }
+
+    #[test]
+    fn event_ids_and_times() {
+        let delivered = |changes: Value| {
+            let mut event = json!({"event": "delivered"});
+            if let (Some(event), Some(changes)) = (event.as_object_mut(), changes.as_object()) {
+                event.extend(changes.clone());
+            }
+            event
+        };
+        let base = receipt("delivered", Some(DeliveryStatus::Delivered), json!({"event": "delivered"}));
+        let provider_id = |id: Option<&str>| {
+            Some(ProviderReceipt { provider_message_id: id.map(str::to_owned), ..base.clone() })
+        };
+        check_event(
+            delivered(json!({"sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"})),
+            provider_id(Some("14c5d75ce93")),
+        );
+        check_event(
+            delivered(json!({"sg_message_id": "LRzXl_NHStOGhQ4kofSm_A"})),
+            provider_id(Some("LRzXl_NHStOGhQ4kofSm_A")),
+        );
+        check_event(delivered(json!({"sg_message_id": " abc .x"})), provider_id(None));
+        check_event(delivered(json!({"sg_message_id": ".abc"})), provider_id(None));
+        check_event(delivered(json!({"sg_message_id": ""})), provider_id(None));
+        check_event(delivered(json!({"sg_message_id": 5})), provider_id(None));
+        check_event(
+            delivered(json!({"sg_message_id": "a".repeat(128)})),
+            provider_id(Some(&"a".repeat(128))),
+        );
+        check_event(delivered(json!({"sg_message_id": "a".repeat(129)})), provider_id(None));
+        check_event(delivered(json!({"sg_message_id": "é.x"})), provider_id(None));
+
+        let message_id =
+            |id: Option<&str>| Some(ProviderReceipt { message_id: id.map(str::to_owned), ..base.clone() });
+        check_event(delivered(json!({"switchboard_message_id": "0190abcd"})), message_id(Some("0190abcd")));
+        check_event(delivered(json!({"switchboard_message_id": " 0190abcd "})), message_id(Some("0190abcd")));
+        check_event(
+            delivered(json!({"unique_args": {"switchboard_message_id": "0190abcd"}})),
+            message_id(Some("0190abcd")),
+        );
+        check_event(
+            delivered(
+                json!({"switchboard_message_id": "top", "unique_args": {"switchboard_message_id": "legacy"}}),
+            ),
+            message_id(Some("top")),
+        );
+        check_event(delivered(json!({"switchboard_message_id": 190})), message_id(None));
+        check_event(delivered(json!({"switchboard_message_id": "a b"})), message_id(None));
+        check_event(delivered(json!({"unique_args": "0190abcd"})), message_id(None));
+
+        let time = |time: Option<SystemTime>| Some(ProviderReceipt { time, ..base.clone() });
+        check_event(delivered(json!({"timestamp": 1_513_299_569})), time(at(1_513_299_569)));
+        check_event(delivered(json!({"timestamp": 0})), time(at(0)));
+        check_event(
+            delivered(json!({"timestamp": 1_513_299_569.5})),
+            time(Some(UNIX_EPOCH + Duration::from_millis(1_513_299_569_500))),
+        );
+        check_event(delivered(json!({"timestamp": 253_402_300_799_u64})), time(at(253_402_300_799)));
+        for odd in [
+            json!(253_402_300_800_u64),
+            json!(u64::MAX),
+            json!(-1),
+            json!(-0.5),
+            json!("1513299569"),
+            json!(null),
+            json!(1e300),
+        ] {
+            check_event(delivered(json!({"timestamp": odd})), time(None));
+        }
+    }
+
+    #[test]
+    fn suppressions() {
+        let check = |event: Value, suppressed: Option<&str>| {
+            let taken = event_receipt(&event).unwrap_or_else(|| panic!("{event}: skipped"));
+            let expected = suppressed.map(|address| (Channel::EMAIL, address.to_owned()));
+            assert_eq!(taken.suppress, expected, "{event}");
+        };
+        let address = Some("ann@example.org");
+        check(json!({"event": "bounce", "email": "ann@example.org", "type": "bounce"}), address);
+        check(json!({"event": "bounce", "email": "ann@example.org"}), address);
+        check(json!({"event": "bounce", "email": " ann@example.org ", "type": 5}), address);
+        // A block is about the sender (its IP, its content), not the address.
+        check(json!({"event": "bounce", "email": "ann@example.org", "type": "blocked"}), None);
+        check(json!({"event": "bounce", "email": "ann@example.org", "type": "Blocked"}), None);
+        check(json!({"event": "spamreport", "email": "ann@example.org"}), address);
+        for reason in
+            ["Bounced Address", "Unsubscribed Address", "Spam Reporting Address", "Invalid", "invalid "]
+        {
+            check(json!({"event": "dropped", "email": "ann@example.org", "reason": reason}), address);
+        }
+        for reason in [
+            "Invalid SMTPAPI header",
+            "Spam Content (if spam checker app is enabled)",
+            "Recipient List over Package Quota",
+            "",
+        ] {
+            check(json!({"event": "dropped", "email": "ann@example.org", "reason": reason}), None);
+        }
+        check(json!({"event": "dropped", "email": "ann@example.org"}), None);
+        for event in
+            ["processed", "deferred", "delivered", "open", "click", "unsubscribe", "group_unsubscribe"]
+        {
+            check(json!({"event": event, "email": "ann@example.org", "reason": "Bounced Address"}), None);
+        }
+        // Only a usable address.
+        for email in [
+            json!("Ann <ann@example.org>"),
+            json!("nobody"),
+            json!(""),
+            json!(["ann@example.org"]),
+            json!(null),
+        ] {
+            check(json!({"event": "bounce", "email": email}), None);
+        }
+        check(json!({"event": "bounce"}), None);
+    }
+
+    #[test]
+    fn details() {
+        let check = |event: Value, expected: Value| {
+            let taken = event_receipt(&event).unwrap_or_else(|| panic!("{event}: skipped"));
+            assert_eq!(Value::Object(taken.detail), expected, "{event}");
+        };
+        check(
+            json!({"event": "deferred", "email": "ann@example.org", "response": "400 try again later", "attempt": "5",
+                   "ip": "168.1.1.1", "category": "cat facts", "sg_event_id": "e1", "useragent": "Mozilla"}),
+            json!({"event": "deferred", "response": "400 try again later", "attempt": "5"}),
+        );
+        check(json!({"event": "deferred", "attempt": 5}), json!({"event": "deferred", "attempt": 5}));
+        check(
+            json!({"event": "bounce", "reason": {"x": 1}, "status": ["5.1.1"], "type": true, "response": null}),
+            json!({"event": "bounce"}),
+        );
+        // The address never shows, in any case; other text is kept, cleaned and cut.
+        check(
+            json!({"event": "bounce", "email": "Ann@Example.org",
+                   "reason": "550 <ann@example.org> unknown; ANN@EXAMPLE.ORG again", "status": "5.1.1\u{0}\u{1b}"}),
+            json!({"event": "bounce", "reason": "550 <A***@Example.org> unknown; A***@Example.org again",
+                   "status": "5.1.1"}),
+        );
+        let long = "é".repeat(500);
+        check(
+            json!({"event": "bounce", "reason": long}),
+            json!({"event": "bounce", "reason": "é".repeat(200)}),
+        );
+        let detail = event_receipt(
+            &json!({"event": "bounce", "email": "ann@example.org", "reason": "ann@example.org"}),
+        )
+        .map(|receipt| Value::Object(receipt.detail).to_string())
+        .unwrap_or_default();
+        assert!(!detail.contains("ann@example.org"), "{detail}");
     }
 }

@@ -12,21 +12,36 @@
 //! may hide: it is the `public_url` setting joined to the request's path and query. The answer is
 //! an empty TwiML document (no reply message). Only SMS/MMS numbers are taken (`From`/`To` E.164 or
 //! a short code); a post may have at most 200 parameters, and the service reads at most 64 KiB.
+//!
+//! Delivery receipts: Twilio posts each change of a sent message's status to the message's
+//! `StatusCallback` URL, form-encoded (`MessageSid`, `MessageStatus`, `ErrorCode`, `ErrorMessage`,
+//! `To`, `From`, `AccountSid`, …) and signed in `X-Twilio-Signature` exactly as inbound messages
+//! are (same checks, same limits). With `public_url` set and no `status_callback`, every send asks
+//! for them at `{public_url}/v1/receipts/twilio/{name}`. `MessageStatus` is mapped to a delivery
+//! status: `sent` → sent, `delivered` → delivered, `undelivered` and `failed` → undelivered,
+//! `read` → read, `canceled` → dropped; any other (`queued`, `accepted`, `scheduled`, `sending`,
+//! …) is recorded as an event of its own (lower-cased) name. The event's detail holds
+//! `MessageStatus` and, when sent, `ErrorCode` and `ErrorMessage`. The answer is an empty
+//! `text/plain` body. Twilio signs no time, so a replayed receipt cannot be told from a late
+//! one: it is taken, and the message's delivery status only ever moves forward.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use sha1::Sha1;
 use url::Url;
 
 use crate::address::{is_alphanumeric_sender, is_phone};
 use crate::http::{self, check_url};
-use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest, Incoming};
+use crate::inbound::{has_media_type, Inbound, InboundError, InboundHead, InboundRequest, Incoming};
+use crate::receipt::{detail_text, DeliveryStatus, ProviderReceipt, Receipts};
 use crate::{
     BuildContext, Channel, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError,
     SentCredentials, SettingIssue, SettingsError,
@@ -48,13 +63,17 @@ pub struct TwilioSettings {
     /// `From` is not sent.
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
-    /// URL Twilio calls with the message's delivery status (sent as `StatusCallback`).
+    /// URL Twilio calls with the message's delivery status (sent as `StatusCallback`). Default,
+    /// when `public_url` is set: Switchboard's own receipts URL,
+    /// `{public_url}/v1/receipts/twilio/{name}`; set this only to send the statuses elsewhere.
     #[serde(default)]
     pub status_callback: Option<String>,
-    /// Base URL Twilio was told for inbound messages, e.g. `https://sb.example.com`: the number's
-    /// messaging webhook is this + `/v1/inbound/twilio/{name}`. Twilio signs the URL it calls, so
-    /// the signature is checked against this (trailing `/` trimmed) + the request's path and
-    /// query. Without it inbound requests are refused. https only, except for loopback hosts.
+    /// Base URL at which Twilio reaches Switchboard, e.g. `https://sb.example.com`: the number's
+    /// messaging webhook is this + `/v1/inbound/twilio/{name}`, and sends ask for delivery
+    /// receipts at this + `/v1/receipts/twilio/{name}`. Twilio signs the URL it calls, so the
+    /// signature is checked against this (trailing `/` trimmed) + the request's path and query.
+    /// Without it inbound messages and receipts are refused. https only, except for loopback
+    /// hosts.
     #[serde(default)]
     pub public_url: Option<String>,
     /// API endpoint. https only, except for loopback hosts (local test servers).
@@ -126,6 +145,12 @@ impl Kind for TwilioKind {
         settings: TwilioSettings,
         context: &BuildContext<'_>,
     ) -> Result<Arc<dyn Provider>, SettingsError> {
+        Ok(Arc::new(TwilioProvider::new(settings, context)?))
+    }
+}
+
+impl TwilioProvider {
+    fn new(settings: TwilioSettings, context: &BuildContext<'_>) -> Result<TwilioProvider, SettingsError> {
         let endpoint = http::join(
             &settings.base_url,
             &format!("/2010-04-01/Accounts/{}/Messages.json", settings.account_sid),
@@ -134,13 +159,17 @@ impl Kind for TwilioKind {
         let credentials =
             SentCredentials::new([token.to_owned(), format!("{}:{token}", settings.account_sid)]);
         let public_url = settings.public_url.as_deref().map(|url| url.trim_end_matches('/').to_owned());
-        Ok(Arc::new(TwilioProvider {
+        let status_callback = settings.status_callback.clone().or_else(|| {
+            public_url.as_deref().map(|public| format!("{public}{}", receipts_path(context.name)))
+        });
+        Ok(TwilioProvider {
             client: http::client(context.timeout)?,
             endpoint,
             public_url,
+            status_callback,
             settings,
             credentials,
-        }))
+        })
     }
 }
 
@@ -157,6 +186,20 @@ fn check_public_url(value: &str) -> Option<SettingIssue> {
     })
 }
 
+/// The path of the provider `name`'s receipts URL: `/v1/receipts/twilio/{name}`, the name
+/// percent-encoded (provider names need none; a name from elsewhere stays one path segment).
+fn receipts_path(name: &str) -> String {
+    let mut path = String::from("/v1/receipts/twilio/");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
 inventory::submit! { Registration::of::<TwilioKind>() }
 
 #[derive(Debug)]
@@ -165,6 +208,9 @@ struct TwilioProvider {
     endpoint: String,
     /// `public_url` without its trailing `/`.
     public_url: Option<String>,
+    /// The `StatusCallback` every send carries: `status_callback`, else the receipts URL under
+    /// `public_url`.
+    status_callback: Option<String>,
     settings: TwilioSettings,
     /// The auth token and the Basic pair.
     credentials: SentCredentials,
@@ -188,21 +234,11 @@ impl Provider for TwilioProvider {
 
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, SendError> {
         let s = &self.settings;
-        let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
-        match &s.messaging_service_sid {
-            Some(service) => form.push(("MessagingServiceSid", service)),
-            None => form.push(("From", self.sender(message))),
-        }
-        form.push(("Body", &message.body));
-        form.extend(message.attachments.iter().map(|url| ("MediaUrl", url.as_str())));
-        if let Some(callback) = &s.status_callback {
-            form.push(("StatusCallback", callback));
-        }
         let request = self
             .client
             .post(&self.endpoint)
             .basic_auth(&s.account_sid, Some(s.auth_token.expose()))
-            .form(&form);
+            .form(&self.send_form(message));
         let answer = http::execute(request).await?;
         let parsed: Option<TwilioAnswer> = serde_json::from_slice(&answer.body).ok();
         if answer.status.is_success() {
@@ -227,6 +263,37 @@ impl Provider for TwilioProvider {
     fn max_inbound_body(&self) -> Option<usize> {
         Some(MAX_INBOUND_BODY)
     }
+
+    fn admit_receipts(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
+        admit(self.public_url.as_deref(), head).map(|_| ())
+    }
+
+    /// Twilio signs no time: `now` is not used (see the module's documentation).
+    async fn receipts(
+        &self,
+        request: InboundRequest<'_>,
+        _now: SystemTime,
+    ) -> Result<Receipts, InboundError> {
+        receipts(self.settings.auth_token.expose(), self.public_url.as_deref(), request)
+    }
+}
+
+impl TwilioProvider {
+    /// The form a send posts: `To`, `MessagingServiceSid` or `From`, `Body`, one `MediaUrl` per
+    /// attachment, and `StatusCallback` when there is one.
+    fn send_form<'a>(&'a self, message: &'a OutboundMessage) -> Vec<(&'static str, &'a str)> {
+        let mut form = vec![("To", message.to.as_str())];
+        match &self.settings.messaging_service_sid {
+            Some(service) => form.push(("MessagingServiceSid", service)),
+            None => form.push(("From", self.sender(message))),
+        }
+        form.push(("Body", &message.body));
+        form.extend(message.attachments.iter().map(|url| ("MediaUrl", url.as_str())));
+        if let Some(callback) = &self.status_callback {
+            form.push(("StatusCallback", callback));
+        }
+        form
+    }
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -249,6 +316,9 @@ const MAX_MEDIA: usize = 10;
 
 /// The longest `MessageSid` taken (Twilio's are 34 characters).
 const MAX_SID_LEN: usize = 64;
+
+/// The longest `MessageStatus` taken (Twilio's longest is `partially_delivered`).
+const MAX_STATUS_LEN: usize = 32;
 
 /// The longest `Body` taken, in characters: Twilio's own limit, and the service's for an SMS.
 const MAX_BODY_CHARS: usize = 1600;
@@ -305,6 +375,29 @@ fn receive(
     public_url: Option<&str>,
     request: InboundRequest<'_>,
 ) -> Result<Inbound, InboundError> {
+    let params = signed_params(auth_token, public_url, request)?;
+    let message = incoming(&params)?;
+    Ok(Inbound { messages: vec![message], content_type: "text/xml", answer: EMPTY_TWIML.to_owned() })
+}
+
+/// Checks one status callback's signature as [`receive`] does, then reads its receipt.
+fn receipts(
+    auth_token: &str,
+    public_url: Option<&str>,
+    request: InboundRequest<'_>,
+) -> Result<Receipts, InboundError> {
+    let params = signed_params(auth_token, public_url, request)?;
+    let receipt = status_receipt(&params)?;
+    Ok(Receipts { receipts: vec![receipt], content_type: "text/plain", answer: String::new() })
+}
+
+/// The parameters of a request signed by Twilio: every check of [`admit`], the parameter count,
+/// then `X-Twilio-Signature` against `auth_token` and `public_url` + the request's path and query.
+fn signed_params(
+    auth_token: &str,
+    public_url: Option<&str>,
+    request: InboundRequest<'_>,
+) -> Result<Vec<(String, String)>, InboundError> {
     let Admitted { public_url, signature } = admit(public_url, request.head())?;
     let params = parse_params(request.body)?;
     let url = format!("{public_url}{}", request.path_and_query);
@@ -315,8 +408,7 @@ fn receive(
             "X-Twilio-Signature does not match the request (check `auth_token` and `public_url`)".to_owned(),
         ));
     }
-    let message = incoming(&params)?;
-    Ok(Inbound { messages: vec![message], content_type: "text/xml", answer: EMPTY_TWIML.to_owned() })
+    Ok(params)
 }
 
 /// The form's parameters, in order; more than [`MAX_PARAMS`] is refused as soon as the parser
@@ -330,14 +422,6 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, InboundError> {
         params.push((name.into_owned(), value.into_owned()));
     }
     Ok(params)
-}
-
-/// Whether the request's `Content-Type` is `expected` (parameters such as `charset` aside).
-fn has_media_type(headers: &reqwest::header::HeaderMap, expected: &str) -> bool {
-    let value = headers.get(reqwest::header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    value.is_some_and(|value| {
-        value.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(expected)
-    })
 }
 
 /// HMAC-SHA1 keyed with the auth token over `url` and every parameter's name and value, sorted by
@@ -355,26 +439,51 @@ fn signing_mac(auth_token: &[u8], url: &str, params: &[(String, String)]) -> Opt
     Some(mac)
 }
 
-/// The message in a signed request's parameters.
-fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
-    let mut by_name = HashMap::with_capacity(params.len());
-    for (name, value) in params {
-        if by_name.insert(name.as_str(), value.as_str()).is_some() {
-            return Err(InboundError::invalid(name, "appears more than once"));
+/// A signed request's parameters by name; a name sent twice is refused.
+struct Params<'a>(HashMap<&'a str, &'a str>);
+
+impl<'a> Params<'a> {
+    fn new(params: &'a [(String, String)]) -> Result<Params<'a>, InboundError> {
+        let mut by_name = HashMap::with_capacity(params.len());
+        for (name, value) in params {
+            if by_name.insert(name.as_str(), value.as_str()).is_some() {
+                return Err(InboundError::invalid(name, "appears more than once"));
+            }
+        }
+        Ok(Params(by_name))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).copied()
+    }
+
+    /// The parameter, trimmed: missing or blank is refused.
+    fn required(&self, name: &str) -> Result<String, InboundError> {
+        match self.get(name) {
+            Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+            _ => Err(InboundError::invalid(name, "is missing")),
         }
     }
-    let get = |name: &str| by_name.get(name).copied();
-    let required = |name: &str| match get(name) {
-        Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-        _ => Err(InboundError::invalid(name, "is missing")),
-    };
-    let sid = required("MessageSid")?;
-    if sid.len() > MAX_SID_LEN || !sid.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(InboundError::invalid(
-            "MessageSid",
-            format!("must be at most {MAX_SID_LEN} printable ASCII characters"),
-        ));
+
+    /// `MessageSid`: at most [`MAX_SID_LEN`] printable ASCII characters.
+    fn message_sid(&self) -> Result<String, InboundError> {
+        let sid = self.required("MessageSid")?;
+        if sid.len() > MAX_SID_LEN || !sid.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InboundError::invalid(
+                "MessageSid",
+                format!("must be at most {MAX_SID_LEN} printable ASCII characters"),
+            ));
+        }
+        Ok(sid)
     }
+}
+
+/// The message in a signed request's parameters.
+fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
+    let params = Params::new(params)?;
+    let get = |name: &str| params.get(name);
+    let required = |name: &str| params.required(name);
+    let sid = params.message_sid()?;
     let from = phone_number("From", required("From")?)?;
     let to = phone_number("To", required("To")?)?;
     let body = message_body(get("Body").unwrap_or_default())?;
@@ -403,6 +512,53 @@ fn incoming(params: &[(String, String)]) -> Result<Incoming, InboundError> {
         provider_message_id: sid,
         timestamp: None,
     })
+}
+
+/// The receipt in a signed status callback's parameters.
+fn status_receipt(params: &[(String, String)]) -> Result<ProviderReceipt, InboundError> {
+    let params = Params::new(params)?;
+    let sid = params.message_sid()?;
+    let raw = params.required("MessageStatus")?;
+    let is_name = raw.len() <= MAX_STATUS_LEN
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !is_name {
+        return Err(InboundError::invalid(
+            "MessageStatus",
+            format!("must be a status name: at most {MAX_STATUS_LEN} letters, digits, `_` or `-`"),
+        ));
+    }
+    let name = raw.to_ascii_lowercase();
+    let status = delivery_status(&name);
+    let mut detail = Map::new();
+    detail.insert("MessageStatus".to_owned(), Value::String(raw));
+    for field in ["ErrorCode", "ErrorMessage"] {
+        let value = params.get(field).map(str::trim).filter(|value| !value.is_empty());
+        if let Some(value) = value {
+            detail.insert(field.to_owned(), Value::String(detail_text(value)));
+        }
+    }
+    Ok(ProviderReceipt {
+        message_id: None,
+        provider_message_id: Some(sid),
+        event: status.map_or(name, |status| status.as_str().to_owned()),
+        status,
+        time: None,
+        suppress: None,
+        detail,
+    })
+}
+
+/// The delivery status a `MessageStatus` (lower-cased) reports; `None` for the steps before
+/// Twilio sends the message on (`queued`, `accepted`, `scheduled`, `sending`) and any other.
+fn delivery_status(name: &str) -> Option<DeliveryStatus> {
+    match name {
+        "sent" => Some(DeliveryStatus::Sent),
+        "delivered" => Some(DeliveryStatus::Delivered),
+        "undelivered" | "failed" => Some(DeliveryStatus::Undelivered),
+        "read" => Some(DeliveryStatus::Read),
+        "canceled" => Some(DeliveryStatus::Dropped),
+        _ => None,
+    }
 }
 
 /// `From` or `To` as the send API takes a number: E.164 or a short code. The same webhook carries
@@ -497,8 +653,8 @@ mod tests {
     ];
     const DOC_SIGNATURE: &str = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
 
-    const TOKEN: &str = "12345";
-    const PUBLIC: &str = "https://sb.example.com";
+    pub(super) const TOKEN: &str = "12345";
+    pub(super) const PUBLIC: &str = "https://sb.example.com";
     const PATH: &str = "/v1/inbound/twilio/tw";
 
     fn owned(params: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -506,7 +662,7 @@ mod tests {
     }
 
     /// What Twilio would send in `X-Twilio-Signature` for `url` and `params`.
-    fn sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    pub(super) fn sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
         let mac = signing_mac(token.as_bytes(), url, &owned(params));
         mac.map(|mac| STANDARD.encode(mac.finalize().into_bytes())).unwrap_or_default()
     }
@@ -521,20 +677,20 @@ mod tests {
     }
 
     /// One inbound request to a provider with `public_url` (or none).
-    struct Post<'a> {
-        public_url: Option<&'a str>,
-        path: &'a str,
-        content_type: Option<&'a str>,
+    pub(super) struct Post<'a> {
+        pub(super) public_url: Option<&'a str>,
+        pub(super) path: &'a str,
+        pub(super) content_type: Option<&'a str>,
         /// `None`: no header; `Some("")`: the right signature for `signed` (or the body); several
         /// values separated by `|` are sent as several headers, `<empty>` as an empty value.
-        signature: Option<String>,
+        pub(super) signature: Option<String>,
         /// The parameters the signature is computed over, when not those sent.
-        signed: Option<Vec<(&'a str, &'a str)>>,
-        params: Vec<(&'a str, &'a str)>,
+        pub(super) signed: Option<Vec<(&'a str, &'a str)>>,
+        pub(super) params: Vec<(&'a str, &'a str)>,
     }
 
     /// A correctly signed post of `params` to `PATH` (`public_url` = `PUBLIC` with a trailing `/`).
-    fn post<'a>(params: &[(&'a str, &'a str)]) -> Post<'a> {
+    pub(super) fn post<'a>(params: &[(&'a str, &'a str)]) -> Post<'a> {
         Post {
             public_url: Some("https://sb.example.com/"),
             path: PATH,
@@ -545,7 +701,7 @@ mod tests {
         }
     }
 
-    fn provider(public_url: Option<&str>) -> Arc<dyn Provider> {
+    pub(super) fn provider(public_url: Option<&str>) -> Arc<dyn Provider> {
         let settings = json!({"account_sid": "AC1", "auth_token": TOKEN, "public_url": public_url});
         let context = BuildContext { name: "tw", timeout: std::time::Duration::from_secs(1) };
         crate::find("twilio")
@@ -562,16 +718,24 @@ mod tests {
     /// of the whole post.
     fn run(post: Post<'_>) -> (Result<(), InboundError>, Result<Inbound, InboundError>) {
         let provider = provider(post.public_url);
+        let (headers, body) = request_parts(&post);
+        let request = InboundRequest { path_and_query: post.path, headers: &headers, body: body.as_bytes() };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        (provider.admit(request.head()), runtime.block_on(provider.receive(request)))
+    }
+
+    /// The post's headers (its signature computed as [`Post::signature`] says) and form body.
+    pub(super) fn request_parts(post: &Post<'_>) -> (reqwest::header::HeaderMap, String) {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(content_type) = post.content_type {
             headers.insert("content-type", header(content_type));
         }
-        let signature = match post.signature {
+        let signature = match &post.signature {
             Some(signature) if signature.is_empty() => {
                 let signed = post.signed.as_deref().unwrap_or(&post.params);
                 Some(sign(TOKEN, &format!("{PUBLIC}{}", post.path), signed))
             }
-            other => other,
+            other => other.clone(),
         };
         // Several signatures, `|`-separated, are sent as several headers; `<empty>` as an empty one.
         for signature in signature.iter().flat_map(|signature| signature.split('|')) {
@@ -579,9 +743,7 @@ mod tests {
         }
         let body: String =
             url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&post.params).finish();
-        let request = InboundRequest { path_and_query: post.path, headers: &headers, body: body.as_bytes() };
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
-        (provider.admit(request.head()), runtime.block_on(provider.receive(request)))
+        (headers, body)
     }
 
     /// An SMS or MMS from +15551230001 to +15559870002 with id `SM1`.
@@ -602,7 +764,7 @@ mod tests {
     /// `Head` and `MediaType` are refused by `admit` already (with the same error), the others
     /// only by `receive`.
     #[derive(Debug)]
-    enum Refused {
+    pub(super) enum Refused {
         Head(&'static str),
         Signature(&'static str),
         Invalid(&'static str, &'static str),
@@ -653,7 +815,10 @@ mod tests {
         ("NumMedia", "0"),
     ];
 
-    fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pub(super) fn with<'a>(
+        base: &[(&'a str, &'a str)],
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
         let mut params: Vec<_> =
             base.iter().filter(|(name, _)| !extra.iter().any(|(n, _)| n == name)).copied().collect();
         params.extend(extra.iter().filter(|(_, value)| *value != "<none>"));
@@ -870,5 +1035,256 @@ mod tests {
     fn inbound_body_limit() {
         assert_eq!(provider(Some(PUBLIC)).max_inbound_body(), Some(64 * 1024));
         assert_eq!(provider(None).max_inbound_body(), Some(MAX_INBOUND_BODY));
+    }
+}
+
+/// Status callbacks (`receipts`) and the `StatusCallback` sends carry.
+#[cfg(test)]
+mod receipt_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde_json::json;
+
+    use super::tests::{post, provider, request_parts, sign, with, Post, Refused, PUBLIC, TOKEN};
+    use super::*;
+    use crate::test_support::email;
+
+    const RECEIPTS_PATH: &str = "/v1/receipts/twilio/tw";
+
+    /// A status callback as Twilio posts it: `MessageSid` `SM1`, `MessageStatus` `delivered`.
+    const DELIVERED: [(&str, &str); 8] = [
+        ("MessageSid", "SM1"),
+        ("SmsSid", "SM1"),
+        ("MessageStatus", "delivered"),
+        ("SmsStatus", "delivered"),
+        ("AccountSid", "AC1"),
+        ("From", "+15559870002"),
+        ("To", "+15551230001"),
+        ("ApiVersion", "2010-04-01"),
+    ];
+
+    /// A rightly signed status callback of `params` to the receipts path.
+    fn callback<'a>(params: &[(&'a str, &'a str)]) -> Post<'a> {
+        Post { path: RECEIPTS_PATH, ..post(params) }
+    }
+
+    /// The receipt of message `SM1` with this delivery status and event name.
+    fn receipt(status: Option<DeliveryStatus>, event: &str, detail: serde_json::Value) -> ProviderReceipt {
+        ProviderReceipt {
+            message_id: None,
+            provider_message_id: Some("SM1".into()),
+            event: event.into(),
+            status,
+            time: None,
+            suppress: None,
+            detail: detail.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// `expected`: the receipt taken, or why the callback is refused (`Head` and `MediaType` by
+    /// `admit_receipts` already, with the same error). Twilio signs no time: `now` changes nothing.
+    fn check(post: Post<'_>, expected: Result<ProviderReceipt, Refused>) {
+        let what = format!("{:?} {:?} {:?}", post.params, post.signature, post.content_type);
+        let provider = provider(post.public_url);
+        let (headers, body) = request_parts(&post);
+        let request = InboundRequest { path_and_query: post.path, headers: &headers, body: body.as_bytes() };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        let admitted = provider.admit_receipts(request.head());
+        let taken = runtime.block_on(provider.receipts(request, SystemTime::now()));
+        for now in [UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(4_000_000_000)] {
+            assert_eq!(runtime.block_on(provider.receipts(request, now)), taken, "{what}");
+        }
+        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
+        match (&admitted, &taken) {
+            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
+            (Ok(()), _) if !refused_by_head => {}
+            _ => {
+                panic!("{what}: admit_receipts said {admitted:?}, receipts {taken:?}; expected {expected:?}")
+            }
+        }
+        match (taken, expected) {
+            (Ok(receipts), Ok(receipt)) => {
+                assert_eq!(receipts.receipts, vec![receipt], "{what}");
+                assert_eq!((receipts.content_type, receipts.answer.as_str()), ("text/plain", ""), "{what}");
+            }
+            (
+                Err(InboundError::InvalidSignature(text)),
+                Err(Refused::Signature(part) | Refused::Head(part)),
+            ) => assert!(text.contains(part), "{what}: {text}"),
+            (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
+                assert_eq!(field, name, "{what}: {message}");
+                assert!(message.contains(part), "{what}: {message}");
+            }
+            (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
+                assert_eq!(expected, FORM);
+            }
+            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        use DeliveryStatus::*;
+        let cases = [
+            ("sent", Some(Sent), "sent"),
+            ("delivered", Some(Delivered), "delivered"),
+            ("undelivered", Some(Undelivered), "undelivered"),
+            ("failed", Some(Undelivered), "undelivered"),
+            ("read", Some(Read), "read"),
+            ("canceled", Some(Dropped), "dropped"),
+            ("DELIVERED", Some(Delivered), "delivered"),
+            ("queued", None, "queued"),
+            ("accepted", None, "accepted"),
+            ("scheduled", None, "scheduled"),
+            ("sending", None, "sending"),
+            ("Partially_Delivered", None, "partially_delivered"),
+            ("receiving", None, "receiving"),
+        ];
+        for (sent, status, event) in cases {
+            let params = with(&DELIVERED, &[("MessageStatus", sent)]);
+            check(callback(&params), Ok(receipt(status, event, json!({"MessageStatus": sent}))));
+        }
+    }
+
+    #[test]
+    fn error_details() {
+        let failed = with(
+            &DELIVERED,
+            &[
+                ("MessageStatus", "undelivered"),
+                ("ErrorCode", "30003"),
+                ("ErrorMessage", "Unreachable handset"),
+            ],
+        );
+        let detail = json!({"MessageStatus": "undelivered", "ErrorCode": "30003", "ErrorMessage": "Unreachable handset"});
+        check(callback(&failed), Ok(receipt(Some(DeliveryStatus::Undelivered), "undelivered", detail)));
+        // Blank error fields are left out; long or odd ones are cut and cleaned.
+        let blank = with(&DELIVERED, &[("ErrorCode", ""), ("ErrorMessage", " ")]);
+        check(
+            callback(&blank),
+            Ok(receipt(Some(DeliveryStatus::Delivered), "delivered", json!({"MessageStatus": "delivered"}))),
+        );
+        let long = "é".repeat(300);
+        let odd = with(&DELIVERED, &[("ErrorCode", " 30008\u{1b}[0m "), ("ErrorMessage", &long)]);
+        let detail =
+            json!({"MessageStatus": "delivered", "ErrorCode": "30008[0m", "ErrorMessage": "é".repeat(200)});
+        check(callback(&odd), Ok(receipt(Some(DeliveryStatus::Delivered), "delivered", detail)));
+    }
+
+    #[test]
+    fn refused_callbacks() {
+        let invalid = |field, part| Err(Refused::Invalid(field, part));
+        check(callback(&with(&DELIVERED, &[("MessageSid", "<none>")])), invalid("MessageSid", "is missing"));
+        check(callback(&with(&DELIVERED, &[("MessageSid", "SM 1")])), invalid("MessageSid", "printable"));
+        check(
+            callback(&with(&DELIVERED, &[("MessageSid", &"S".repeat(65))])),
+            invalid("MessageSid", "at most 64"),
+        );
+        check(
+            callback(&with(&DELIVERED, &[("MessageStatus", "<none>")])),
+            invalid("MessageStatus", "is missing"),
+        );
+        check(callback(&with(&DELIVERED, &[("MessageStatus", "")])), invalid("MessageStatus", "is missing"));
+        for odd in ["de livered", "délivré", "<b>sent</b>", &"s".repeat(33)] {
+            check(
+                callback(&with(&DELIVERED, &[("MessageStatus", odd)])),
+                invalid("MessageStatus", "status name"),
+            );
+        }
+        let mut twice = DELIVERED.to_vec();
+        twice.push(("MessageStatus", "read"));
+        check(callback(&twice), invalid("MessageStatus", "more than once"));
+
+        // Signed as inbound messages are: the same checks, the same texts.
+        let mismatch = Err(Refused::Signature("X-Twilio-Signature does not match"));
+        let mut changed = callback(&with(&DELIVERED, &[("MessageStatus", "read")]));
+        changed.signed = Some(DELIVERED.to_vec());
+        check(changed, mismatch);
+        // A signature for another URL (the inbound one) does not hold here.
+        let mut elsewhere = callback(&DELIVERED);
+        elsewhere.signature = Some(sign(TOKEN, &format!("{PUBLIC}/v1/inbound/twilio/tw"), &DELIVERED));
+        check(elsewhere, Err(Refused::Signature("does not match")));
+        check(
+            Post { signature: None, ..callback(&DELIVERED) },
+            Err(Refused::Head("missing X-Twilio-Signature")),
+        );
+        check(Post { public_url: None, ..callback(&DELIVERED) }, Err(Refused::Head("no `public_url`")));
+        check(
+            Post { content_type: Some("application/json"), ..callback(&DELIVERED) },
+            Err(Refused::MediaType),
+        );
+    }
+
+    /// `public_url` and `status_callback` set as given, to a provider named `name`: the
+    /// `StatusCallback` its sends carry.
+    fn check_callback(
+        public_url: Option<&str>,
+        status_callback: Option<&str>,
+        name: &str,
+        expected: Option<&str>,
+    ) {
+        let settings = json!({
+            "account_sid": "AC1", "auth_token": "t", "public_url": public_url, "status_callback": status_callback,
+        });
+        let issues = crate::find("twilio").map(|kind| kind.check(settings.clone()));
+        assert_eq!(issues, Some(vec![]), "{settings}");
+        let settings: TwilioSettings = serde_json::from_value(settings).unwrap_or_else(|e| panic!("{e}"));
+        let context = BuildContext { name, timeout: Duration::from_secs(1) };
+        let provider = TwilioProvider::new(settings, &context).unwrap_or_else(|e| panic!("{e}"));
+        let message = OutboundMessage {
+            to: "+15551230001".into(),
+            from: "+15559870002".into(),
+            ..email("x", None, "Hi", &[])
+        };
+        let form = provider.send_form(&message);
+        let callbacks: Vec<&str> =
+            form.iter().filter(|(field, _)| *field == "StatusCallback").map(|(_, value)| *value).collect();
+        assert_eq!(
+            callbacks,
+            expected.into_iter().collect::<Vec<_>>(),
+            "{public_url:?} {status_callback:?} {name}"
+        );
+    }
+
+    #[test]
+    fn status_callback_on_sends() {
+        check_callback(None, None, "tw", None);
+        check_callback(
+            Some("https://sb.example.com"),
+            None,
+            "tw",
+            Some("https://sb.example.com/v1/receipts/twilio/tw"),
+        );
+        check_callback(
+            Some("https://sb.example.com/"),
+            None,
+            "tw-us_2",
+            Some("https://sb.example.com/v1/receipts/twilio/tw-us_2"),
+        );
+        check_callback(
+            Some("https://example.com/switchboard/"),
+            None,
+            "tw",
+            Some("https://example.com/switchboard/v1/receipts/twilio/tw"),
+        );
+        check_callback(
+            Some("http://127.0.0.1:8080"),
+            None,
+            "a b/c",
+            Some("http://127.0.0.1:8080/v1/receipts/twilio/a%20b%2Fc"),
+        );
+        // An explicit `status_callback` wins, with or without `public_url`.
+        check_callback(
+            None,
+            Some("https://hooks.example.com/tw"),
+            "tw",
+            Some("https://hooks.example.com/tw"),
+        );
+        check_callback(
+            Some("https://sb.example.com"),
+            Some("https://hooks.example.com/tw"),
+            "tw",
+            Some("https://hooks.example.com/tw"),
+        );
     }
 }

@@ -7,23 +7,43 @@
 //! `X-Switchboard-Message-Id`. A receiver recomputes the HMAC over the raw body, compares in
 //! constant time and refuses timestamps more than a few minutes old (replays). A 2xx answer whose
 //! JSON has a string `id` records it as the provider message id.
+//!
+//! Delivery receipts: the gateway reports what became of a message by posting
+//! `{"id", "status", "time"}` (`application/json`) to `/v1/receipts/webhook/{name}`: `id` is
+//! Switchboard's message id (the `id` it was sent), `status` one of `sent`, `deferred`,
+//! `delivered`, `undelivered`, `bounced`, `dropped`, `opened`, `read`, and the optional `time` when
+//! it happened, as RFC 3339 (`2024-05-01T12:00:00Z`) or Unix seconds. An array of up to 1,000 such
+//! objects is taken too (every one must be valid). The post is signed the way sends are, with the
+//! same `secret`: `X-Switchboard-Timestamp` (Unix seconds) and `X-Switchboard-Signature:
+//! sha256=HEX`, the HMAC-SHA256 of `"{timestamp}.{body}"`; it is compared in constant time, and a
+//! timestamp more than 5 minutes from now, either way, is refused as a replay. The body may be at
+//! most 256 KiB; the answer is an empty `text/plain` body.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use crate::http::{self, check_url};
+use crate::inbound::{has_media_type, InboundError, InboundHead, InboundRequest};
+use crate::receipt::{
+    check_signed_time, json_array, single_header, unix_seconds, unix_time, DeliveryStatus, ProviderReceipt,
+    Receipts,
+};
 use crate::{
     BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
     SettingIssue, SettingsError,
 };
 
+/// The signed time of a send or a receipt (Unix seconds).
 pub const TIMESTAMP_HEADER: &str = "x-switchboard-timestamp";
+/// The signature of a send or a receipt: `sha256=` and the hex HMAC-SHA256 (see [`signature`]).
 pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
+/// The message id of a send.
 pub const MESSAGE_ID_HEADER: &str = "x-switchboard-message-id";
 
 /// Settings of a `webhook` provider. Which channels it carries is the common `channels` list
@@ -124,13 +144,9 @@ struct Payload<'a> {
 /// `sha256=` and the hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     // HMAC accepts keys of any length: this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
+    let Some(mac) = signing_mac(secret, timestamp.to_string().as_bytes(), body) else {
+        return String::new();
     };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
     let digest = mac.finalize().into_bytes();
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256=");
@@ -138,6 +154,16 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+/// HMAC-SHA256 keyed with `secret` over `timestamp` (as sent), `.` and `body`. `None` only if the
+/// key were refused, which HMAC never does.
+fn signing_mac(secret: &[u8], timestamp: &[u8], body: &[u8]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    mac.update(timestamp);
+    mac.update(b".");
+    mac.update(body);
+    Some(mac)
 }
 
 #[derive(Deserialize)]
@@ -180,6 +206,250 @@ impl Provider for WebhookProvider {
     fn credentials_sent(&self) -> &SentCredentials {
         &self.credentials
     }
+
+    fn admit_receipts(&self, head: InboundHead<'_>) -> Result<(), InboundError> {
+        admit_receipts(head).map(|_| ())
+    }
+
+    async fn receipts(&self, request: InboundRequest<'_>, now: SystemTime) -> Result<Receipts, InboundError> {
+        receipts(self.settings.secret.expose().as_bytes(), request, now)
+    }
+
+    /// Receipts only: this kind takes no inbound messages.
+    fn max_inbound_body(&self) -> Option<usize> {
+        Some(MAX_RECEIPTS_BODY)
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// The headers' names as errors show them.
+const TIMESTAMP_SHOWN: &str = "X-Switchboard-Timestamp";
+const SIGNATURE_SHOWN: &str = "X-Switchboard-Signature";
+
+/// The largest receipts body taken: 1,000 receipts of some 250 bytes.
+const MAX_RECEIPTS_BODY: usize = 256 * 1024;
+
+/// The most receipts one post may carry (as an array).
+const MAX_RECEIPTS: usize = 1000;
+
+/// The longest message id taken (Switchboard's are 36 characters).
+const MAX_ID_LEN: usize = 128;
+
+/// What the head of a receipts post gives [`receipts`] once [`admit_receipts`] let it through.
+struct Signed<'a> {
+    /// The decoded HMAC of `X-Switchboard-Signature`.
+    signature: [u8; 32],
+    /// The timestamp header as sent: what is signed.
+    timestamp: &'a str,
+    signed_at: u64,
+}
+
+/// The checks made before the body is read, authentication first: one well-formed signature
+/// header and one timestamp header, then a JSON content type. [`receipts`] starts with them.
+fn admit_receipts(head: InboundHead<'_>) -> Result<Signed<'_>, InboundError> {
+    let text = single_header(head.headers, SIGNATURE_HEADER, SIGNATURE_SHOWN)?;
+    let signature = text.strip_prefix("sha256=").and_then(hex_digest).ok_or_else(|| {
+        InboundError::InvalidSignature(format!(
+            "malformed {SIGNATURE_SHOWN} header: expected `sha256=` and 64 hex digits"
+        ))
+    })?;
+    let timestamp = single_header(head.headers, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
+    let signed_at = unix_seconds(timestamp).ok_or_else(|| {
+        InboundError::InvalidSignature(format!("malformed {TIMESTAMP_SHOWN} header: expected Unix seconds"))
+    })?;
+    if !has_media_type(head.headers, JSON) {
+        return Err(InboundError::UnsupportedMediaType { expected: JSON });
+    }
+    Ok(Signed { signature, timestamp, signed_at })
+}
+
+/// 64 hex digits (either case) as the 32 bytes of an HMAC-SHA256.
+fn hex_digest(hex: &str) -> Option<[u8; 32]> {
+    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0_u8; 32];
+    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
+        *out = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(digest)
+}
+
+/// Checks one receipts post (every check of [`admit_receipts`], the timestamp's age against `now`,
+/// the HMAC keyed with `secret`), then reads its receipts.
+fn receipts(secret: &[u8], request: InboundRequest<'_>, now: SystemTime) -> Result<Receipts, InboundError> {
+    let signed = admit_receipts(request.head())?;
+    check_signed_time(TIMESTAMP_SHOWN, signed.signed_at, now)?;
+    let matches = signing_mac(secret, signed.timestamp.as_bytes(), request.body)
+        .is_some_and(|mac| mac.verify_slice(&signed.signature).is_ok());
+    if !matches {
+        return Err(InboundError::InvalidSignature(format!(
+            "{SIGNATURE_SHOWN} does not match the request (check the provider's `secret`)"
+        )));
+    }
+    let receipts = parse_receipts(request.body)?;
+    Ok(Receipts { receipts, content_type: "text/plain", answer: String::new() })
+}
+
+/// The receipts of a body: one object, or an array of at most [`MAX_RECEIPTS`] of them.
+fn parse_receipts(body: &[u8]) -> Result<Vec<ProviderReceipt>, InboundError> {
+    let not_json = || {
+        InboundError::invalid("body", r#"must be a JSON object {"id", "status", "time"} or an array of them"#)
+    };
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let items = json_array(body, MAX_RECEIPTS)
+            .map_err(|_| not_json())?
+            .ok_or_else(|| InboundError::invalid("body", format!("has more than {MAX_RECEIPTS} receipts")))?;
+        return items.iter().enumerate().map(|(index, item)| receipt(item, &format!("[{index}]"))).collect();
+    }
+    let item: Value = serde_json::from_slice(body).map_err(|_| not_json())?;
+    receipt(&item, "").map(|receipt| vec![receipt])
+}
+
+/// The receipt `{"id", "status", "time"}`; `at` names it in errors (`[2]` in an array), other
+/// fields are ignored.
+fn receipt(item: &Value, at: &str) -> Result<ProviderReceipt, InboundError> {
+    let field = |name: &str| if at.is_empty() { name.to_owned() } else { format!("{at}.{name}") };
+    let invalid = |name: &str, message: &str| InboundError::invalid(&field(name), message);
+    let Some(item) = item.as_object() else {
+        return Err(InboundError::invalid(if at.is_empty() { "body" } else { at }, "must be a JSON object"));
+    };
+    let present = |name: &str| item.get(name).filter(|value| !value.is_null());
+    let id = match present("id") {
+        None => return Err(invalid("id", "is missing")),
+        Some(id) => id
+            .as_str()
+            .map(str::trim)
+            .filter(|id| (1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())),
+    };
+    let Some(id) = id else {
+        return Err(invalid(
+            "id",
+            &format!("must be the message's id: a string of at most {MAX_ID_LEN} printable ASCII characters"),
+        ));
+    };
+    let status = match present("status") {
+        None => return Err(invalid("status", "is missing")),
+        Some(status) => status.as_str().and_then(DeliveryStatus::parse),
+    };
+    let Some(status) = status else {
+        let names: Vec<&str> = DeliveryStatus::ALL.iter().map(|status| status.as_str()).collect();
+        return Err(invalid("status", &format!("must be one of {}", names.join(", "))));
+    };
+    let time = match present("time") {
+        None => None,
+        Some(Value::String(text)) => parse_rfc3339(text),
+        Some(number @ Value::Number(_)) => unix_time(number),
+        Some(_) => None,
+    };
+    if present("time").is_some() && time.is_none() {
+        return Err(invalid(
+            "time",
+            "must be an RFC 3339 time (2024-05-01T12:00:00Z) or Unix seconds, from 1970 to 9999",
+        ));
+    }
+    let mut detail = Map::new();
+    detail.insert("status".to_owned(), Value::String(status.as_str().to_owned()));
+    Ok(ProviderReceipt {
+        message_id: Some(id.to_owned()),
+        provider_message_id: None,
+        event: status.as_str().to_owned(),
+        status: Some(status),
+        time,
+        suppress: None,
+        detail,
+    })
+}
+
+/// An RFC 3339 time: `2024-05-01T12:00:00Z`, with an optional fraction of a second (nanoseconds
+/// kept) and `Z` or an offset `±hh:mm`; `t`, `z` and a space for `T` are taken. From 1970 to
+/// 9999; a leap second counts as the next one.
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let bytes = text.as_bytes();
+    if !(20..=64).contains(&bytes.len()) {
+        return None;
+    }
+    let number = |from: usize, to: usize| -> Option<i64> {
+        let digits = bytes.get(from..to)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|(at, separator)| bytes[*at] != *separator)
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // The first 19 bytes are ASCII: the rest starts on a character boundary.
+    let mut rest = &bytes[19..];
+    let mut nanos = 0_u32;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut scale = 100_000_000;
+        for digit in &fraction[..digits.min(9)] {
+            nanos += u32::from(digit - b'0') * scale;
+            scale /= 10;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from((a - b'0') * 10 + (b - b'0')))
+            };
+            let (hours, minutes) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = (hours * 60 + minutes) * 60;
+            if *sign == b'-' {
+                -seconds
+            } else {
+                seconds
+            }
+        }
+        _ => return None,
+    };
+    let seconds = days_since_epoch(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let seconds = u64::try_from(seconds).ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to this date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`).
+fn days_since_epoch(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -240,5 +510,355 @@ mod tests {
             signature(b"key-of-sixteen-b", 1_700_000_000, br#"{"a":1}"#),
             "sha256=784063fa0e7c8fe4ad424eea010a42eeef36656a8716a7f72d8eba5bb0c1eca4"
         );
+    }
+}
+
+/// Receipts posted by the gateway (`receipts`).
+#[cfg(test)]
+mod receipt_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef";
+    const NOW: u64 = 1_700_000_000;
+
+    /// One receipts post to a provider whose secret is [`SECRET`].
+    #[derive(Clone)]
+    struct Post {
+        content_type: Option<&'static str>,
+        /// `None`: no header; several values separated by `|` are sent as several headers.
+        timestamp: Option<String>,
+        /// `None`: no header; `Some("")`: the right one, as sends sign (see [`signature`]).
+        signature: Option<String>,
+        /// The key the right signature is made with.
+        key: &'static str,
+        body: String,
+        /// Seconds since the epoch the post is received at.
+        now: u64,
+    }
+
+    /// `body`, signed now with the provider's secret.
+    fn post(body: &str) -> Post {
+        Post {
+            content_type: Some("application/json"),
+            timestamp: Some(NOW.to_string()),
+            signature: Some(String::new()),
+            key: SECRET,
+            body: body.to_owned(),
+            now: NOW,
+        }
+    }
+
+    /// What `admit_receipts` says of the post's head, and what `receipts` (called without it)
+    /// says of the whole post.
+    fn run(post: Post) -> (Result<(), InboundError>, Result<Receipts, InboundError>) {
+        let settings = json!({"url": "https://gw.example.com/send", "secret": SECRET});
+        let context = crate::BuildContext { name: "gw", timeout: Duration::from_secs(1) };
+        let provider = crate::find("webhook")
+            .map(|kind| kind.build(settings, &context))
+            .unwrap_or_else(|| panic!("webhook is not registered"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signature = match post.signature {
+            Some(signature) if signature.is_empty() => {
+                let timestamp = post.timestamp.as_deref().and_then(|t| t.parse().ok()).unwrap_or_default();
+                Some(super::signature(post.key.as_bytes(), timestamp, post.body.as_bytes()))
+            }
+            other => other,
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let values = [
+            ("content-type", post.content_type.map(str::to_owned)),
+            (SIGNATURE_HEADER, signature),
+            (TIMESTAMP_HEADER, post.timestamp),
+        ];
+        for (name, value) in values {
+            for value in value.iter().flat_map(|value| value.split('|')) {
+                headers.append(name, value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}")));
+            }
+        }
+        let request = InboundRequest {
+            path_and_query: "/v1/receipts/webhook/gw",
+            headers: &headers,
+            body: post.body.as_bytes(),
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(post.now);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        (provider.admit_receipts(request.head()), runtime.block_on(provider.receipts(request, now)))
+    }
+
+    /// Why a test post is refused: `Head` and `MediaType` by `admit_receipts` already (with the
+    /// same error), the others only by `receipts`.
+    #[derive(Debug, Clone)]
+    enum Refused {
+        Head(&'static str),
+        Signature(&'static str),
+        Invalid(&'static str, &'static str),
+        MediaType,
+    }
+
+    /// `expected`: the receipts taken, or why the post is refused.
+    fn check(post: Post, expected: Result<Vec<ProviderReceipt>, Refused>) {
+        let what = format!("{:?} {:?} {}", post.timestamp, post.signature, post.body);
+        let (admitted, taken) = run(post);
+        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
+        match (&admitted, &taken) {
+            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
+            (Ok(()), _) if !refused_by_head => {}
+            _ => {
+                panic!("{what}: admit_receipts said {admitted:?}, receipts {taken:?}; expected {expected:?}")
+            }
+        }
+        match (taken, expected) {
+            (Ok(receipts), Ok(expected)) => {
+                assert_eq!(receipts.receipts, expected, "{what}");
+                assert_eq!((receipts.content_type, receipts.answer.as_str()), ("text/plain", ""), "{what}");
+            }
+            (
+                Err(InboundError::InvalidSignature(text)),
+                Err(Refused::Signature(part) | Refused::Head(part)),
+            ) => {
+                assert!(text.contains(part), "{what}: {text}");
+                assert!(!text.contains(SECRET), "{what}: {text}");
+            }
+            (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
+                assert_eq!(field, name, "{what}: {message}");
+                assert!(message.contains(part), "{what}: {message}");
+            }
+            (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
+                assert_eq!(expected, JSON);
+            }
+            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    /// The receipt of message `id` with this status, at `time` (Unix seconds).
+    fn receipt(id: &str, status: DeliveryStatus, time: Option<u64>) -> ProviderReceipt {
+        ProviderReceipt {
+            message_id: Some(id.to_owned()),
+            provider_message_id: None,
+            event: status.as_str().to_owned(),
+            status: Some(status),
+            time: time.map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)),
+            suppress: None,
+            detail: json!({"status": status.as_str()}).as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn receipts_taken() {
+        use DeliveryStatus::*;
+        let one = |body: Value| post(&body.to_string());
+        check(
+            one(json!({"id": "0190abcd", "status": "delivered"})),
+            Ok(vec![receipt("0190abcd", Delivered, None)]),
+        );
+        for status in DeliveryStatus::ALL {
+            check(one(json!({"id": "m1", "status": status.as_str()})), Ok(vec![receipt("m1", status, None)]));
+        }
+        check(
+            one(json!({"id": "m1", "status": "read", "time": "2024-02-29T12:34:56Z"})),
+            Ok(vec![receipt("m1", Read, Some(1_709_210_096))]),
+        );
+        check(
+            one(json!({"id": "m1", "status": "read", "time": 1_709_210_096})),
+            Ok(vec![receipt("m1", Read, Some(1_709_210_096))]),
+        );
+        check(one(json!({"id": "m1", "status": "read", "time": null})), Ok(vec![receipt("m1", Read, None)]));
+        // Other fields are the gateway's own business.
+        check(
+            one(json!({"id": " m1 ", "status": "bounced", "reason": "550", "to": "ann@example.org"})),
+            Ok(vec![receipt("m1", Bounced, None)]),
+        );
+        let array = json!([
+            {"id": "m1", "status": "sent", "time": "2024-02-29T12:34:56+01:00"},
+            {"id": "m2", "status": "undelivered"},
+            {"id": "m1", "status": "delivered", "time": 1_709_210_100},
+        ]);
+        check(
+            one(array),
+            Ok(vec![
+                receipt("m1", Sent, Some(1_709_206_496)),
+                receipt("m2", Undelivered, None),
+                receipt("m1", Delivered, Some(1_709_210_100)),
+            ]),
+        );
+        check(post("[]"), Ok(vec![]));
+        let most = format!("[{}]", vec![r#"{"id":"m","status":"sent"}"#; MAX_RECEIPTS].join(","));
+        match run(post(&most)) {
+            (Ok(()), Ok(receipts)) => assert_eq!(receipts.receipts.len(), MAX_RECEIPTS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_bodies() {
+        let one = |body: Value| post(&body.to_string());
+        let invalid = |field, part| Err(Refused::Invalid(field, part));
+        let names = "must be one of sent, deferred, delivered, undelivered, bounced, dropped, opened, read";
+        check(one(json!({"id": "m1", "status": "bounce"})), invalid("status", names));
+        check(one(json!({"id": "m1", "status": "Delivered"})), invalid("status", names));
+        check(one(json!({"id": "m1", "status": 3})), invalid("status", names));
+        check(one(json!({"id": "m1"})), invalid("status", "is missing"));
+        check(one(json!({"id": "m1", "status": null})), invalid("status", "is missing"));
+        check(one(json!({"status": "sent"})), invalid("id", "is missing"));
+        check(one(json!({"id": 5, "status": "sent"})), invalid("id", "must be the message's id"));
+        check(one(json!({"id": "", "status": "sent"})), invalid("id", "must be the message's id"));
+        check(one(json!({"id": "m 1", "status": "sent"})), invalid("id", "must be the message's id"));
+        check(one(json!({"id": "m".repeat(129), "status": "sent"})), invalid("id", "at most 128"));
+        for time in [
+            json!("yesterday"),
+            json!("2024-02-30T00:00:00Z"),
+            json!(-1),
+            json!(true),
+            json!({}),
+            json!(1e300),
+        ] {
+            check(one(json!({"id": "m1", "status": "sent", "time": time})), invalid("time", "RFC 3339"));
+        }
+        check(
+            one(json!([{"id": "m1", "status": "sent"}, {"id": "m2", "status": "lost"}])),
+            invalid("[1].status", names),
+        );
+        check(one(json!([{"id": "m1", "status": "sent"}, "m2"])), invalid("[1]", "must be a JSON object"));
+        check(one(json!("m1")), invalid("body", "must be a JSON object"));
+        for body in ["", "{", "null", "[{}", r#"{"id":"m1","status":"sent"} x"#] {
+            check(post(body), invalid("body", "must be a JSON object"));
+        }
+        let too_many = format!("[{}]", vec!["{}"; MAX_RECEIPTS + 1].join(","));
+        check(post(&too_many), invalid("body", "more than 1000 receipts"));
+    }
+
+    #[test]
+    fn signatures() {
+        let body = r#"{"id":"m1","status":"delivered"}"#;
+        let taken = || Ok(vec![receipt("m1", DeliveryStatus::Delivered, None)]);
+        check(post(body), taken());
+        let upper = signature(SECRET.as_bytes(), NOW, body.as_bytes())
+            .to_ascii_uppercase()
+            .replace("SHA256=", "sha256=");
+        check(Post { signature: Some(upper), ..post(body) }, taken());
+        let mismatch = || Err(Refused::Signature("X-Switchboard-Signature does not match"));
+        check(Post { key: "another-secret-of-16", ..post(body) }, mismatch());
+        let mut tampered = post(body);
+        tampered.signature = Some(signature(SECRET.as_bytes(), NOW, body.as_bytes()));
+        tampered.body = body.replace("delivered", "bounced");
+        check(tampered, mismatch());
+        check(
+            Post { signature: Some(signature(SECRET.as_bytes(), NOW + 1, body.as_bytes())), ..post(body) },
+            mismatch(),
+        );
+        // What is signed is the timestamp header as sent.
+        let padded = Post {
+            timestamp: Some(format!("0{NOW}")),
+            signature: Some(signature(SECRET.as_bytes(), NOW, body.as_bytes())),
+            ..post(body)
+        };
+        check(padded, mismatch());
+        check(Post { signature: Some(format!("sha256={}", "0".repeat(64))), ..post(body) }, mismatch());
+
+        // Replays: at most 5 minutes either way.
+        let stale = || Err(Refused::Signature("stale X-Switchboard-Timestamp"));
+        check(Post { now: NOW + 300, ..post(body) }, taken());
+        check(Post { now: NOW - 300, ..post(body) }, taken());
+        check(Post { now: NOW + 301, ..post(body) }, stale());
+        check(Post { now: NOW - 301, ..post(body) }, stale());
+        check(Post { timestamp: Some("0".into()), ..post(body) }, stale());
+
+        // Refused from the headers alone; authentication before the content type.
+        let head = |part| Err(Refused::Head(part));
+        let malformed = "malformed X-Switchboard-Signature header";
+        let good = signature(SECRET.as_bytes(), NOW, body.as_bytes());
+        for odd in [
+            &good[7..],
+            &good[..70],
+            "sha1=abc",
+            &format!("{good}0"),
+            &good.replace("sha256=", "sha256:"),
+            &format!("sha256={}", "g".repeat(64)),
+            &format!("sha256= {}", &good[8..]),
+        ] {
+            check(Post { signature: Some(odd.to_owned()), ..post(body) }, head(malformed));
+        }
+        check(Post { signature: None, ..post(body) }, head("missing X-Switchboard-Signature header"));
+        check(Post { signature: Some(format!("{good}|{good}")), ..post(body) }, head("sent more than once"));
+        check(
+            Post { timestamp: None, signature: Some(good.clone()), ..post(body) },
+            head("missing X-Switchboard-Timestamp header"),
+        );
+        for timestamp in ["now", "-1", "1.5", "99999999999999999999999"] {
+            check(
+                Post { timestamp: Some(timestamp.into()), signature: Some(good.clone()), ..post(body) },
+                head("malformed X-Switchboard-Timestamp header"),
+            );
+        }
+        check(Post { content_type: Some("text/plain"), ..post(body) }, Err(Refused::MediaType));
+        check(Post { content_type: None, ..post(body) }, Err(Refused::MediaType));
+        check(Post { content_type: Some("application/json; charset=utf-8"), ..post(body) }, taken());
+        check(
+            Post { content_type: Some("text/plain"), signature: None, ..post(body) },
+            head("missing X-Switchboard-Signature"),
+        );
+    }
+
+    #[test]
+    fn receipts_body_limit() {
+        let settings = json!({"url": "https://gw.example.com/send", "secret": SECRET});
+        let context = crate::BuildContext { name: "gw", timeout: Duration::from_secs(1) };
+        let provider = crate::find("webhook").map(|kind| kind.build(settings, &context));
+        let limit = provider.and_then(Result::ok).and_then(|provider| provider.max_inbound_body());
+        assert_eq!(limit, Some(256 * 1024));
+    }
+
+    fn check_time(text: &str, expected: Option<(u64, u32)>) {
+        let expected = expected.map(|(seconds, nanos)| UNIX_EPOCH + Duration::new(seconds, nanos));
+        assert_eq!(parse_rfc3339(text), expected, "{text}");
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        check_time("1970-01-01T00:00:00Z", Some((0, 0)));
+        check_time("2024-02-29T12:34:56Z", Some((1_709_210_096, 0)));
+        check_time("2024-02-29t12:34:56z", Some((1_709_210_096, 0)));
+        check_time("2024-02-29 12:34:56Z", Some((1_709_210_096, 0)));
+        check_time("2024-02-29T14:34:56+02:00", Some((1_709_210_096, 0)));
+        check_time("2024-02-29T02:04:56-10:30", Some((1_709_210_096, 0)));
+        check_time("2024-02-29T12:34:56.5Z", Some((1_709_210_096, 500_000_000)));
+        check_time("2024-02-29T12:34:56.123456789987Z", Some((1_709_210_096, 123_456_789)));
+        check_time("2000-03-01T00:00:00Z", Some((951_868_800, 0)));
+        check_time("1999-12-31T23:00:00-00:00", Some((946_681_200, 0)));
+        check_time("2016-12-31T23:59:60Z", Some((1_483_228_800, 0)));
+        check_time("9999-12-31T23:59:59Z", Some((253_402_300_799, 0)));
+        check_time("1970-01-01T01:00:00+01:00", Some((0, 0)));
+        for odd in [
+            "",
+            "2024-02-29",
+            "2024-02-29T12:34:56",
+            "2024-02-29T12:34:56+0200",
+            "2024-02-29T12:34:56+02",
+            "2024-02-29T12:34:56.Z",
+            "2024-02-29T12:34:56 Z",
+            "2024-02-29T12:34:56ZZ",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-01T00:00:00Z",
+            "2024-01-00T00:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T12:60:00Z",
+            "2024-01-01T12:00:61Z",
+            "2024-01-01T12:00:00+24:00",
+            "2024-01-01T12:00:00+01:60",
+            "2024/01/01T12:00:00Z",
+            "+2024-01-01T12:00:00Z",
+            "２024-01-01T12:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:30:00+01:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            check_time(odd, None);
+        }
+        check_time(&format!("2024-01-01T12:00:00.{}Z", "1".repeat(60)), None);
     }
 }
