@@ -77,7 +77,7 @@ fn providers_lists_exactly_the_built_in_kinds() {
         (
             "sendgrid",
             &["email"],
-            &["api_key", "base_url", "from", "inbound_secret"],
+            &["api_key", "base_url", "event_webhook_public_key", "from", "inbound_secret"],
             &["api_key", "inbound_secret"],
         ),
         (

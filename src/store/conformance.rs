@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::conversation::{preview, LastMessage};
+use super::delivery::{ReceiptApplied, ReceiptRecord, Source};
 use super::{
-    ConversationMessage, ConversationView, Direction, Failure, FailureCode, Final, IdempotencyKey,
-    InboundMessage, Inserted, Listed, MessageStore, OptChange, OptOut, OptOutKey, Page, Received, Status,
-    StoreError,
+    blocked, Blocked, ConversationMessage, ConversationView, DeliveryStatus, Direction, Failure, FailureCode,
+    Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, OptChange, OptOut, OptOutKey,
+    Page, Received, Status, StoreError,
 };
 
 /// Runs every check, one after the other.
@@ -29,6 +30,9 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     viewer_filtering(&store).await;
     conversation_messages_paging(&store).await;
     outbound_status_shown(&store).await;
+    receipts_move_delivery_status_forward(&store).await;
+    callbacks_go_out_in_order(&store).await;
+    suppressions_block_every_sender(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -635,4 +639,174 @@ pub(crate) async fn outbound_status_shown(store: &Arc<dyn MessageStore>) {
     ok(store.finish(&failed.id, Final::Failed { provider: None, failure }, None).await, "finish");
     let provider = Some("conformance-provider".to_owned());
     assert_eq!(shown().await, [(Status::Sent, provider), (Status::Failed, None)], "finished");
+}
+
+/// A receipt from `provider` naming the provider's id for a message.
+fn receipt(provider: &str, provider_id: &str, status: Option<DeliveryStatus>, event: &str) -> ReceiptRecord {
+    ReceiptRecord {
+        provider: provider.to_owned(),
+        message_id: None,
+        provider_message_id: Some(provider_id.to_owned()),
+        event: event.to_owned(),
+        status,
+        time: SystemTime::now(),
+        suppress: None,
+        detail: serde_json::Map::from_iter([("raw".to_owned(), serde_json::json!(event))]),
+    }
+}
+
+/// A message sent by provider `tw` as `provider_id`, with a callback URL.
+async fn sent_with_callback(store: &Arc<dyn MessageStore>, provider_id: &str) -> String {
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let message = outbound(Channel::SMS, &from, &to, "hi");
+    let meta = Meta { owner: None, status_callback: Some("https://example.com/cb") };
+    ok(store.insert_for(&message, meta, None).await, "insert");
+    ok(store.attempt_started(&message.id, 1, "tw").await, "attempt_started");
+    let sent = Final::Sent { provider: Arc::from("tw"), provider_message_id: Some(provider_id.to_owned()) };
+    ok(store.finish(&message.id, sent, None).await, "finish");
+    message.id
+}
+
+/// Receipts out of order and duplicated: the delivery status only moves forward, every receipt
+/// is an event; receipts for unknown ids, or from another provider, match nothing.
+pub(crate) async fn receipts_move_delivery_status_forward(store: &Arc<dyn MessageStore>) {
+    let provider_id = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let id = sent_with_callback(store, &provider_id).await;
+    let before = ok(store.get(&id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(before.delivery_status, None);
+    assert_eq!(before.status_callback.as_deref(), Some("https://example.com/cb"));
+    let kinds: Vec<&str> = before.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["queued", "sent"], "Switchboard's own events");
+    let receipts = [
+        receipt("tw", &provider_id, Some(DeliveryStatus::Delivered), "delivered"),
+        receipt("tw", &provider_id, Some(DeliveryStatus::Sent), "sent"),
+        receipt("tw", &provider_id, None, "queued"),
+        receipt("tw", &provider_id, Some(DeliveryStatus::Delivered), "delivered"),
+        receipt("tw", "SM-unknown", Some(DeliveryStatus::Delivered), "delivered"),
+        receipt("other", &provider_id, Some(DeliveryStatus::Undelivered), "undelivered"),
+    ];
+    let applied = ok(store.record_receipts(&receipts).await, "record_receipts");
+    let recorded = |moved| ReceiptApplied::Recorded { message_id: id.clone(), moved };
+    assert_eq!(
+        applied,
+        [
+            recorded(true),
+            recorded(false),
+            recorded(false),
+            recorded(false),
+            ReceiptApplied::Unknown,
+            ReceiptApplied::Unknown
+        ]
+    );
+    // By our own id (SendGrid's custom_args), from the provider that sent it only.
+    let mut by_id = receipt("tw", "no-such-provider-id", Some(DeliveryStatus::Read), "read");
+    by_id.message_id = Some(id.clone());
+    let mut elsewhere = by_id.clone();
+    elsewhere.provider = "other".into();
+    let applied = ok(store.record_receipts(&[elsewhere, by_id]).await, "record_receipts");
+    assert_eq!(applied, [ReceiptApplied::Unknown, recorded(true)]);
+    let view = ok(store.get(&id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(view.delivery_status, Some(DeliveryStatus::Read));
+    let provider_events: Vec<(&str, Option<&str>)> = view
+        .events
+        .iter()
+        .filter(|e| e.source == Source::Provider)
+        .map(|e| (e.kind.as_str(), e.provider.as_deref()))
+        .collect();
+    let tw = Some("tw");
+    assert_eq!(
+        provider_events,
+        [("delivered", tw), ("sent", tw), ("queued", tw), ("delivered", tw), ("read", tw)]
+    );
+    let detail = view.events.iter().find(|e| e.source == Source::Provider).map(|e| e.detail.clone());
+    assert_eq!(detail, Some(serde_json::json!({"raw": "delivered"})));
+    let times: Vec<SystemTime> = view.events.iter().map(|e| e.time).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+}
+
+/// A message's callbacks: one per change of status or delivery status, its oldest only due,
+/// the next once it is done; a retry waits for its time; a message without a URL queues none.
+pub(crate) async fn callbacks_go_out_in_order(store: &Arc<dyn MessageStore>) {
+    // Whatever earlier checks queued goes first.
+    loop {
+        let due = ok(store.due_callbacks(100).await, "due_callbacks");
+        if due.is_empty() {
+            break;
+        }
+        for job in due {
+            ok(store.callback_done(job.id).await, "callback_done");
+        }
+    }
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let quiet = outbound(Channel::SMS, &from, &to, "no callback");
+    insert(store, &quiet, None).await;
+    ok(store.attempt_started(&quiet.id, 1, "tw").await, "attempt_started");
+    let provider_id = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let id = sent_with_callback(store, &provider_id).await;
+    let delivered = receipt("tw", &provider_id, Some(DeliveryStatus::Delivered), "delivered");
+    ok(store.record_receipts(&[delivered]).await, "record_receipts");
+    let mut told = Vec::new();
+    let mut webhook_ids = HashSet::new();
+    for round in 0..5 {
+        let due = ok(store.due_callbacks(100).await, "due_callbacks");
+        assert!(due.len() <= 1, "round {round}: one message, one callback at a time: {due:?}");
+        let Some(job) = due.into_iter().next() else { break };
+        assert_eq!((job.message_id.as_str(), job.url.as_str()), (id.as_str(), "https://example.com/cb"));
+        assert!(webhook_ids.insert(job.webhook_id.clone()), "webhook ids differ per change");
+        assert!(ok(store.due_callbacks(100).await, "due_callbacks").is_empty(), "leased: not due again");
+        if told.is_empty() {
+            // The first delivery fails once: retried later, then again now.
+            let later = SystemTime::now() + Duration::from_secs(3600);
+            ok(store.callback_retry(job.id, 1, later).await, "callback_retry");
+            assert!(ok(store.due_callbacks(100).await, "due_callbacks").is_empty(), "waits for its time");
+            ok(store.callback_retry(job.id, 2, SystemTime::now()).await, "callback_retry");
+            let again = ok(store.due_callbacks(100).await, "due_callbacks");
+            assert_eq!(
+                again.iter().map(|j| (j.id, j.attempts, j.webhook_id.clone())).collect::<Vec<_>>(),
+                [(job.id, 2, job.webhook_id.clone())]
+            );
+        }
+        told.push((job.status, job.delivery_status));
+        ok(store.callback_done(job.id).await, "callback_done");
+    }
+    assert_eq!(
+        told,
+        [(Status::Sending, None), (Status::Sent, None), (Status::Sent, Some(DeliveryStatus::Delivered))]
+    );
+}
+
+/// A suppression (a bounce's) blocks its address from every sender, is listed with the
+/// opt-outs under the sender `*`, and is recorded even when its message is unknown.
+pub(crate) async fn suppressions_block_every_sender(store: &Arc<dyn MessageStore>) {
+    let [to, other] = <[String; 2]>::try_from(emails(2)).unwrap_or_else(|_| panic!("two addresses"));
+    let mut bounce = receipt("sg", "unknown-message", Some(DeliveryStatus::Bounced), "bounced");
+    bounce.suppress = Some(OptOutKey::suppression("email", &to.to_uppercase()));
+    assert_eq!(
+        ok(store.record_receipts(&[bounce.clone(), bounce]).await, "record_receipts"),
+        [ReceiptApplied::Unknown, ReceiptApplied::Unknown]
+    );
+    let senders = ["a@example.com", "b@example.com"];
+    assert_eq!(
+        ok(blocked(store.as_ref(), "email", &senders, &to).await, "blocked"),
+        Some(Blocked::Suppressed)
+    );
+    assert_eq!(ok(blocked(store.as_ref(), "email", &senders, &other).await, "blocked"), None);
+    assert_eq!(
+        ok(blocked(store.as_ref(), "sms", &senders, &to).await, "blocked"),
+        None,
+        "per channel family"
+    );
+    let listed = ok(store.opt_outs(Page { limit: 200, after: None }).await, "opt_outs");
+    let mut all = listed.items;
+    let mut next = listed.next;
+    while let Some(after) = next {
+        let more = ok(store.opt_outs(Page { limit: 200, after: Some(after) }).await, "opt_outs");
+        all.extend(more.items);
+        next = more.next;
+    }
+    let entries: Vec<(&str, &str)> =
+        all.iter().filter(|o| o.recipient == to).map(|o| (o.channel.as_str(), o.sender.as_str())).collect();
+    assert_eq!(entries, [("email", "*")]);
+    assert!(ok(store.remove_opt_out(&OptOutKey::suppression("email", &to)).await, "remove_opt_out"));
+    assert_eq!(ok(blocked(store.as_ref(), "email", &senders, &to).await, "blocked"), None);
 }
