@@ -81,6 +81,9 @@ pub enum KeysCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Print a fresh secret for signing status callbacks (`whsec_` and base64 of 32 random
+    /// bytes), to set as SWITCHBOARD_CALLBACK_SECRET and give to the callback receivers.
+    CallbackSecret,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +206,7 @@ pub fn run() -> ExitCode {
         Command::Migrate(args) => migrate(&args),
         Command::Providers { format } => providers(format),
         Command::Keys(KeysCommand::New { name, admin }) => new_key(&name, admin),
+        Command::Keys(KeysCommand::CallbackSecret) => new_callback_secret(),
         Command::Explain(args) => explain(&args),
     }
 }
@@ -294,6 +298,25 @@ fn new_key(name: &str, admin: bool) -> ExitCode {
     eprintln!(
         "line 1 is the key: give it to the client (it is shown only now). Line 2 is the entry to add to \
          SWITCHBOARD_API_KEYS or the --api-keys-file."
+    );
+    ExitCode::SUCCESS
+}
+
+/// `keys callback-secret`: the secret alone on stdout, so `$(switchboard keys callback-secret)`
+/// gives just it; how to use it on stderr.
+fn new_callback_secret() -> ExitCode {
+    let secret = match crate::callbacks::new_secret_text() {
+        Ok(secret) => secret,
+        Err(error) => {
+            eprintln!("switchboard: no randomness from the operating system: {error}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    print_out(&format!("{secret}\n"));
+    eprintln!(
+        "set it as {} for `switchboard serve`, and give it to the callback receivers: they \
+         verify the webhook-signature header with it (Standard Webhooks).",
+        crate::callbacks::SECRET_ENV
     );
     ExitCode::SUCCESS
 }
