@@ -235,6 +235,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
+    let callback_secret = match crate::callbacks::CallbackSecret::from_env() {
+        Ok(secret) => secret,
+        Err(error) => {
+            eprintln!("switchboard: {}: {error}", crate::callbacks::SECRET_ENV);
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
     let options = ServeOptions {
         config: args.config,
         listen: args.listen,
@@ -246,6 +253,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         body_limit: args.max_body_bytes,
         inbound_body_limit: args.max_inbound_body_bytes,
         allow_loopback_callbacks: args.allow_loopback_callbacks,
+        callback_secret,
         memory_retention: args.memory_retention,
         reload: WatchOptions {
             debounce: args.reload_debounce,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
+pub mod outbox;
 pub mod reload;
 pub mod routing;
 pub mod serve;

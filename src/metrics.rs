@@ -42,6 +42,17 @@ struct RejectedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiptLabels {
+    provider: String,
+    delivery_status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     provider: String,
     to: String,
@@ -89,6 +100,9 @@ pub struct Metrics {
     inbound_duplicates: Family<ChannelLabels, Counter>,
     opt_outs: Family<ChannelLabels, Counter>,
     inbound_rejected: Family<RejectedLabels, Counter>,
+    receipts: Family<ReceiptLabels, Counter>,
+    receipts_rejected: Family<RejectedLabels, Counter>,
+    callbacks: Family<ResultLabels, Counter>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -124,6 +138,9 @@ impl Metrics {
         let inbound_duplicates = Family::default();
         let opt_outs = Family::default();
         let inbound_rejected = Family::default();
+        let receipts = Family::default();
+        let receipts_rejected = Family::default();
+        let callbacks = Family::default();
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -212,8 +229,27 @@ impl Metrics {
             "Requests to a provider's inbound URL refused, by provider and reason (invalid_signature, invalid_request, unsupported_media_type)",
             inbound_rejected.clone(),
         );
+        registry.register(
+            "switchboard_receipts",
+            "Providers' delivery receipts taken in, by provider and the delivery status they report \
+             (`none`: an event only, such as a click; `unknown`: no message of that provider matches)",
+            receipts.clone(),
+        );
+        registry.register(
+            "switchboard_receipts_rejected",
+            "Requests to a provider's receipt URL refused, by provider and reason (invalid_signature, invalid_request, unsupported_media_type)",
+            receipts_rejected.clone(),
+        );
+        registry.register(
+            "switchboard_callbacks",
+            "Status callbacks, by result: delivered, failed (to be retried), expired (given up after 24 h), dropped (its message is gone)",
+            callbacks.clone(),
+        );
         Metrics {
             registry,
+            receipts,
+            receipts_rejected,
+            callbacks,
             inbound_rejected,
             inbound,
             inbound_duplicates,
@@ -296,6 +332,25 @@ impl Metrics {
         self.inbound_rejected
             .get_or_create(&RejectedLabels { provider: provider.to_owned(), reason: reason.to_owned() })
             .inc();
+    }
+
+    /// A receipt from `provider` reporting `delivery_status` (`none`, `unknown`: see the metric).
+    pub fn receipt(&self, provider: &str, delivery_status: &str) {
+        let labels =
+            ReceiptLabels { provider: provider.to_owned(), delivery_status: delivery_status.to_owned() };
+        self.receipts.get_or_create(&labels).inc();
+    }
+
+    /// A request to `provider`'s receipt URL refused for `reason`.
+    pub fn receipt_rejected(&self, provider: &str, reason: &str) {
+        self.receipts_rejected
+            .get_or_create(&RejectedLabels { provider: provider.to_owned(), reason: reason.to_owned() })
+            .inc();
+    }
+
+    /// A callback delivery ended with `result`.
+    pub fn callback(&self, result: &str) {
+        self.callbacks.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
     }
 
     /// An opt-out recorded on channel family `family`.

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub inbound_body_limit: usize,
     /// `status_callback` URLs may be http to a loopback host.
     pub allow_loopback_callbacks: bool,
+    /// Signs status callbacks (`SWITCHBOARD_CALLBACK_SECRET`); without it none is sent.
+    pub callback_secret: Option<crate::callbacks::CallbackSecret>,
     pub memory_retention: usize,
     pub reload: WatchOptions,
     /// `sqlite://PATH` or `memory://`.
@@ -54,6 +56,8 @@ pub enum ServeError {
     Build(#[from] routing::BuildError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+    #[error("cannot send status callbacks: {0}")]
+    Callbacks(String),
     #[error("the HTTP server failed: {0}")]
     Server(std::io::Error),
     #[error(
@@ -127,6 +131,25 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     dispatcher.resume(pending);
     let purger =
         tokio::spawn(purge_finished(Arc::clone(&store), options.retention, stop_watching.subscribe()));
+    let callbacks = match options.callback_secret.clone() {
+        Some(secret) => {
+            let client = crate::callbacks::Callbacks::new(secret, options.allow_loopback_callbacks)
+                .map_err(|error| ServeError::Callbacks(error.to_string()))?;
+            let worker = crate::outbox::run(
+                Arc::clone(&store),
+                Arc::new(client),
+                Arc::clone(&metrics),
+                stop_watching.subscribe(),
+            );
+            Some(tokio::spawn(worker))
+        }
+        None => {
+            tracing::info!(
+                "status callbacks are off: SWITCHBOARD_CALLBACK_SECRET is not set (sends naming a status_callback are refused; callbacks a route's default queues wait for it)"
+            );
+            None
+        }
+    };
     let acceptor =
         Acceptor::new(Arc::clone(&snapshot), dispatcher.clone(), Arc::clone(&store), Arc::clone(&metrics));
     let state = Arc::new(AppState {
@@ -141,6 +164,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         body_limit: options.body_limit,
         inbound_body_limit: options.inbound_body_limit,
         allow_loopback_callbacks: options.allow_loopback_callbacks,
+        callbacks_on: options.callback_secret.is_some(),
         guard: Guard::new(options.api_keys.clone(), &options.limits),
     });
 
@@ -179,6 +203,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             let _ = task.await;
         }
         let _ = purger.await;
+        if let Some(worker) = callbacks {
+            let _ = worker.await;
+        }
         remaining
     };
     let mut server = std::pin::pin!(server);

@@ -2,7 +2,7 @@
 //! message is routed when it is picked up, from the snapshot current at that moment, and tried
 //! on its route's providers in failover order, within its route's `max_attempts`.
 
-mod backoff;
+pub mod backoff;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -108,7 +108,7 @@ fn access(path: &str, metrics_public: bool) -> Access {
         "/metrics" if metrics_public => Access::Public,
         _ if path == "/admin" || path.starts_with("/admin/") => Access::Admin,
         _ if path == "/v1/opt-outs" || path.starts_with("/v1/opt-outs/") => Access::Admin,
-        _ if path.starts_with("/v1/inbound/") => Access::Provider,
+        _ if path.starts_with("/v1/inbound/") || path.starts_with("/v1/receipts/") => Access::Provider,
         // /api, /v1, /metrics, and unknown paths (no probing for routes without a key).
         _ => Access::AnyKey,
     }
@@ -248,6 +248,7 @@ mod tests {
         // A provider's inbound URL needs no key (its signature is checked) and gives none.
         check("/v1/inbound/twilio/tw", None, Ok((None, false)));
         check("/v1/inbound/twilio/tw", Some("Bearer k-ops"), Ok((None, false)));
+        check("/v1/receipts/sendgrid/sg", None, Ok((None, false)));
     }
 
     fn check_request(uri: &str, headers: &[(&str, &str)], expected: Result<(), &str>) {

@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use switchboard_providers::inbound::{InboundError, InboundHead, InboundRequest};
+use switchboard_providers::Provider;
+
+use crate::metrics::Metrics;
 
 use super::payload::{self, Webhook};
 use super::{caller_of, is_json, read_body_in_time, ApiError, AppState};
@@ -61,21 +65,12 @@ pub async fn provider_inbound(
 }
 
 async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> Result<Response, ApiError> {
-    let snapshot = state.snapshot.load_full();
-    let handle = snapshot.provider(name).filter(|h| h.config.kind.kind == kind).ok_or(ApiError::NotFound)?;
-    let (parts, body) = request.into_parts();
+    let refuse = |error| refused(state, name, error, Metrics::inbound_rejected);
+    let (instance, parts, bytes) =
+        read_provider_request(state, kind, name, request, |p, head| p.admit(head), refuse).await?;
     let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let instance = handle.instance();
-    // What the headers alone can refuse is refused before a byte of the body is read: these
-    // URLs take no API key.
-    instance
-        .admit(InboundHead { path_and_query, headers: &parts.headers })
-        .map_err(|error| refused(state, name, error))?;
-    let limit =
-        instance.max_inbound_body().map_or(state.inbound_body_limit, |l| l.min(state.inbound_body_limit));
-    let bytes = read_body_in_time(state, body, &parts.headers, limit).await?;
     let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
-    let inbound = instance.receive(request).await.map_err(|error| refused(state, name, error))?;
+    let inbound = instance.receive(request).await.map_err(refuse)?;
     for message in &inbound.messages {
         if let Err(error) = payload::check_incoming(message) {
             state.metrics.inbound_rejected(name, "invalid_request");
@@ -86,30 +81,63 @@ async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> 
     for message in inbound.messages {
         state.receiver.receive(message, Some(name), None).await?;
     }
-    let mut response = (StatusCode::OK, inbound.answer).into_response();
-    let content_type =
-        HeaderValue::from_str(inbound.content_type).unwrap_or(HeaderValue::from_static("text/plain"));
-    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    Ok(response)
+    Ok(provider_answer(inbound.content_type, inbound.answer))
 }
 
-/// The answer to a refused inbound request, logged and counted (the reason is logged, never
-/// answered: the caller is not authenticated).
-fn refused(state: &AppState, provider: &str, error: InboundError) -> ApiError {
+/// `200` with the body and content type a provider expects.
+pub(super) fn provider_answer(content_type: &'static str, answer: String) -> Response {
+    let mut response = (StatusCode::OK, answer).into_response();
+    let content_type = HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// A request to one of a provider's own URLs (`/v1/inbound/…`, `/v1/receipts/…`): `name` must be
+/// a provider of `kind` in the active config (else 404); `admit` (the kind's check of the
+/// headers) runs before a byte of the body is read — these URLs take no API key — and the body
+/// is read within the smaller of the service's and the kind's limit.
+pub(super) async fn read_provider_request(
+    state: &AppState,
+    kind: &str,
+    name: &str,
+    request: Request,
+    admit: impl FnOnce(&dyn Provider, InboundHead<'_>) -> Result<(), InboundError>,
+    refuse: impl Fn(InboundError) -> ApiError,
+) -> Result<(Arc<dyn Provider>, axum::http::request::Parts, Bytes), ApiError> {
+    let snapshot = state.snapshot.load_full();
+    let handle = snapshot.provider(name).filter(|h| h.config.kind.kind == kind).ok_or(ApiError::NotFound)?;
+    let instance = Arc::clone(handle.instance());
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    admit(instance.as_ref(), InboundHead { path_and_query, headers: &parts.headers }).map_err(&refuse)?;
+    let limit =
+        instance.max_inbound_body().map_or(state.inbound_body_limit, |l| l.min(state.inbound_body_limit));
+    let bytes = read_body_in_time(state, body, &parts.headers, limit).await?;
+    Ok((instance, parts, bytes))
+}
+
+/// The answer to a refused request to a provider's URL, logged and counted with `count` (the
+/// reason is logged, never answered: the caller is not authenticated).
+pub(super) fn refused(
+    state: &AppState,
+    provider: &str,
+    error: InboundError,
+    count: fn(&Metrics, &str, &str),
+) -> ApiError {
     let (reason, answer) = match error {
         InboundError::NotSupported => return ApiError::NotFound,
         InboundError::InvalidSignature(reason) => {
-            tracing::info!(provider, reason, "inbound request refused: signature");
+            tracing::info!(provider, reason, "request to a provider URL refused: signature");
             ("invalid_signature", ApiError::InvalidSignature)
         }
         InboundError::Invalid { field, message } => {
-            tracing::info!(provider, field, "inbound request refused: invalid field");
+            tracing::info!(provider, field, "request to a provider URL refused: invalid field");
             ("invalid_request", ApiError::InvalidField { field, message })
         }
         InboundError::UnsupportedMediaType { expected } => {
             ("unsupported_media_type", ApiError::WrongMediaType { expected })
         }
     };
-    state.metrics.inbound_rejected(provider, reason);
+    count(&state.metrics, provider, reason);
     answer
 }

@@ -7,6 +7,7 @@ mod error;
 pub mod guard;
 mod inbound;
 pub mod payload;
+mod receipts;
 pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,10 @@ use crate::store::{IdempotencyKey, MessageStore};
 use guard::{Caller, Guard};
 use sha2::{Digest, Sha256};
 
+/// Why a send naming a `status_callback` is refused when no callback secret is configured.
+const CALLBACKS_OFF: &str =
+    "status callbacks are off on this server (it has no SWITCHBOARD_CALLBACK_SECRET to sign them with)";
+
 /// What every handler shares.
 pub struct AppState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -57,6 +62,8 @@ pub struct AppState {
     pub guard: Guard,
     /// `status_callback` URLs may be http to a loopback host (`--allow-loopback-callbacks`).
     pub allow_loopback_callbacks: bool,
+    /// A callback secret is configured: status callbacks are sent.
+    pub callbacks_on: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -68,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/webhooks/sms", post(inbound::webhook_sms))
         .route("/api/webhooks/email", post(inbound::webhook_email))
         .route("/v1/inbound/{kind}/{provider}", post(inbound::provider_inbound))
+        .route("/v1/receipts/{kind}/{provider}", post(receipts::provider_receipts))
         .route("/api/conversations", get(conversations::list))
         .route("/api/conversations/{id}/messages", get(conversations::messages))
         .route("/v1/opt-outs", get(conversations::opt_outs))
@@ -119,9 +127,12 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
     let (message, status_callback) = payload::parse_send(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
     if let Some(url) = &status_callback {
-        crate::callbacks::check_url(url, state.allow_loopback_callbacks).map_err(|error| {
-            ApiError::InvalidField { field: "status_callback".into(), message: error.to_string() }
-        })?;
+        let invalid = |message: String| ApiError::InvalidField { field: "status_callback".into(), message };
+        if !state.callbacks_on {
+            return Err(invalid(CALLBACKS_OFF.to_owned()));
+        }
+        crate::callbacks::check_url(url, state.allow_loopback_callbacks)
+            .map_err(|e| invalid(e.to_string()))?;
     }
     let caller = caller.key.as_deref().map(str::to_owned);
     let submission = Submission { message, caller, idempotency_key, status_callback };

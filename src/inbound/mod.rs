@@ -9,10 +9,16 @@ use std::time::SystemTime;
 
 use switchboard_providers::inbound::Incoming;
 use switchboard_providers::mask_recipient;
+use switchboard_providers::receipt::ProviderReceipt;
 
 use crate::metrics::Metrics;
 use crate::store::conversation::family;
-use crate::store::{InboundMessage, MessageStore, OptChange, OptOutKey, Received, StoreError};
+use crate::store::{
+    InboundMessage, MessageStore, OptChange, OptOutKey, ReceiptApplied, ReceiptRecord, Received, StoreError,
+};
+
+/// The longest event name kept (a provider's own names are short).
+const MAX_EVENT_CHARS: usize = 64;
 
 /// Bodies that opt the sender out of messages from the number it wrote to (whole body, trimmed,
 /// any case).
@@ -37,7 +43,24 @@ pub fn opt_change(channel: &str, body: &str) -> Option<OptChange> {
     }
 }
 
-/// Stores inbound messages and counts them.
+/// What the store records of a provider's receipt.
+fn record(provider: &str, receipt: &ProviderReceipt, now: SystemTime) -> ReceiptRecord {
+    ReceiptRecord {
+        provider: provider.to_owned(),
+        message_id: receipt.message_id.clone(),
+        provider_message_id: receipt.provider_message_id.clone(),
+        event: receipt.event.chars().take(MAX_EVENT_CHARS).collect(),
+        status: receipt.status,
+        time: receipt.time.unwrap_or(now),
+        suppress: receipt
+            .suppress
+            .as_ref()
+            .map(|(channel, address)| OptOutKey::suppression(channel.as_str(), address)),
+        detail: receipt.detail.clone(),
+    }
+}
+
+/// Stores inbound messages and receipts, and counts them.
 pub struct Receiver {
     store: Arc<dyn MessageStore>,
     metrics: Arc<Metrics>,
@@ -46,6 +69,32 @@ pub struct Receiver {
 impl Receiver {
     pub fn new(store: Arc<dyn MessageStore>, metrics: Arc<Metrics>) -> Receiver {
         Receiver { store, metrics }
+    }
+
+    /// Records the receipts one request from `provider` carried, in one store write (events,
+    /// delivery statuses, suppressions, callbacks queued), and counts them
+    /// (`switchboard_receipts_total`). A receipt without a time gets `now`.
+    pub async fn record_receipts(
+        &self,
+        provider: &str,
+        receipts: &[ProviderReceipt],
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<ReceiptRecord> = receipts.iter().map(|r| record(provider, r, now)).collect();
+        let applied = self.store.record_receipts(&records).await?;
+        for (record, applied) in records.iter().zip(&applied) {
+            let status = match applied {
+                ReceiptApplied::Unknown => "unknown",
+                ReceiptApplied::Recorded { .. } => record.status.map_or("none", |s| s.as_str()),
+            };
+            self.metrics.receipt(provider, status);
+        }
+        let unknown = applied.iter().filter(|a| matches!(a, ReceiptApplied::Unknown)).count();
+        tracing::debug!(provider, receipts = records.len(), unknown, "receipts recorded");
+        Ok(())
     }
 
     /// Stores one message that came through `provider` (`None`: a generic webhook, posted by

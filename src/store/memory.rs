@@ -213,9 +213,12 @@ pub struct MemoryStore {
     /// Opt-outs and when they were recorded; read before every accept and attempt.
     opt_outs: RwLock<BTreeMap<OptOutKey, SystemTime>>,
     /// (provider, provider message id) → message: how receipts find the messages they are about.
-    sent_ids: Mutex<HashMap<(Arc<str>, Box<str>), u128>>,
+    sent_ids: Mutex<HashMap<SentId, u128>>,
     outbox: Mutex<Outbox>,
 }
+
+/// (provider, provider message id) of a sent message.
+type SentId = (Arc<str>, Box<str>);
 
 /// Callbacks to deliver, by outbox id (the order they were queued in).
 #[derive(Default)]
