@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::guard::Caller;
 use super::{ApiError, AppState};
+use crate::store::delivery::SUPPRESSED_SENDER;
 use crate::store::conversation::{family, normalize};
 use crate::store::{OptOutKey, Page};
 
@@ -163,10 +164,11 @@ pub async fn remove_opt_out(
         return Err(ApiError::NotFound);
     }
     let family = family(&channel);
-    let key = OptOutKey {
-        family: family.to_owned(),
-        sender: normalize(family, &sender),
-        recipient: normalize(family, &recipient),
+    // `*`: a suppressed address (every sender).
+    let key = if sender == SUPPRESSED_SENDER {
+        OptOutKey::suppression(family, &recipient)
+    } else {
+        OptOutKey { family: family.to_owned(), sender: normalize(family, &sender), recipient: normalize(family, &recipient) }
     };
     if state.receiver.remove_opt_out(&key).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
