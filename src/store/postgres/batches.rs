@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::codec::{class_name, json_list, ms, unavailable};
 use crate::store::conversation::ConversationKey;
-use crate::store::{Attempt, Final, StoreError};
+use crate::store::{Attempt, Final, Meta, StoreError};
 
 use super::conversations;
 
@@ -127,16 +127,25 @@ fn applied(ids: &[&str], held: &[String]) -> Vec<bool> {
     ids.iter().map(|id| held.contains(id)).collect()
 }
 
-/// A new message without idempotency key, and who created it.
+/// A new message without idempotency key, who created it, and where its changes are POSTed.
 pub(super) struct NewMessage {
     pub message: OutboundMessage,
     pub owner: Option<String>,
+    pub status_callback: Option<String>,
 }
 
 /// New messages with their queue entries, leased to this instance, in their conversations.
 impl Statement for NewMessage {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
-        let refs: Vec<_> = rows.iter().map(|r| (&r.message, r.owner.as_deref())).collect();
+        let refs: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    &r.message,
+                    Meta { owner: r.owner.as_deref(), status_callback: r.status_callback.as_deref() },
+                )
+            })
+            .collect();
         let mut tx = pool.begin().await?;
         insert_all(&mut tx, lease, &refs).await?;
         tx.commit().await?;
@@ -152,7 +161,9 @@ pub(super) struct Start {
 }
 
 /// For each attempt whose message this instance still holds: renews the lease, records the
-/// attempt's row and the message `sending`.
+/// attempt's row and the message `sending` — with a callback when that is a change (the
+/// message was `queued` and had no attempt: a restarted first attempt is none) and the message
+/// has a `status_callback`. Every part of the statement reads the rows as they were before it.
 impl Statement for Start {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -169,7 +180,13 @@ impl Statement for Start {
                started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
              status AS ( \
                UPDATE messages SET status = 'sending', updated_at = $6 \
-               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1) \
+               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1), \
+             callback AS ( \
+               INSERT INTO callbacks (message_id, url, status, delivery_status, created_at, next_at) \
+               SELECT m.id, m.status_callback, 'sending', m.delivery_status, $6, $6 \
+               FROM messages m JOIN held ON held.message_id = m.id \
+               WHERE m.status_callback IS NOT NULL AND m.status = 'queued' \
+               AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) ORDER BY m.id RETURNING 1) \
              SELECT message_id FROM held",
         )
         .bind(&ids)
@@ -192,7 +209,8 @@ pub(super) struct Ending {
 }
 
 /// For each message this instance still holds: takes it off the queue, records its final
-/// attempt and its end. A message whose lease was taken over is left to the new holder.
+/// attempt and its end, and queues a callback telling of it when the message has a
+/// `status_callback`. A message whose lease was taken over is left to the new holder.
 impl Statement for Ending {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -233,7 +251,12 @@ impl Statement for Ending {
              ended AS ( \
                UPDATE messages SET status = i.status, provider = i.provider, provider_message_id = i.provider_message_id, \
                error_code = i.error_code, error_message = i.error_message, updated_at = $17, finished_at = $17 \
-               FROM input i JOIN held ON held.message_id = i.id WHERE messages.id = i.id RETURNING 1) \
+               FROM input i JOIN held ON held.message_id = i.id WHERE messages.id = i.id RETURNING 1), \
+             callback AS ( \
+               INSERT INTO callbacks (message_id, url, status, delivery_status, created_at, next_at) \
+               SELECT m.id, m.status_callback, i.status, m.delivery_status, $17, $17 \
+               FROM input i JOIN held ON held.message_id = i.id JOIN messages m ON m.id = i.id \
+               WHERE m.status_callback IS NOT NULL ORDER BY m.id RETURNING 1) \
              SELECT message_id FROM held",
         )
         .bind(&ids)
@@ -263,12 +286,13 @@ impl Statement for Ending {
     }
 }
 
-/// The messages, their queue entries and their conversations (created when missing, counted
-/// otherwise), in the transaction `conn` is in (see [`conversations`] for the steps and why).
+/// The messages (with their owners and status callbacks), their queue entries and their
+/// conversations (created when missing, counted otherwise), in the transaction `conn` is in
+/// (see [`conversations`] for the steps and why).
 pub(super) async fn insert_all(
     conn: &mut PgConnection,
     lease: &Lease,
-    rows: &[(&OutboundMessage, Option<&str>)],
+    rows: &[(&OutboundMessage, Meta<'_>)],
 ) -> Result<(), sqlx::Error> {
     let column = |f: fn(&OutboundMessage) -> &str| rows.iter().map(|(m, _)| f(m)).collect::<Vec<_>>();
     let now = ms(SystemTime::now());
@@ -281,12 +305,13 @@ pub(super) async fn insert_all(
     sqlx::query(
         "WITH message AS ( \
            INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
-           created_at, updated_at, owner, conversation_id) \
+           created_at, updated_at, owner, conversation_id, status_callback) \
            SELECT id, channel, sender, recipient, subject, body, attachments, tags, 'queued', $10, $10, owner, \
-           conversation_id \
+           conversation_id, status_callback \
            FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], \
-             $9::TEXT[], $13::BIGINT[]) \
-             AS row (id, channel, sender, recipient, subject, body, attachments, tags, owner, conversation_id) \
+             $9::TEXT[], $13::BIGINT[], $14::TEXT[]) \
+             AS row (id, channel, sender, recipient, subject, body, attachments, tags, owner, conversation_id, \
+             status_callback) \
            ORDER BY id \
            RETURNING id) \
          INSERT INTO queue (message_id, not_before, lease_token, lease_until) SELECT id, $10, $11, $12 FROM message",
@@ -299,11 +324,12 @@ pub(super) async fn insert_all(
     .bind(column(|m| &m.body))
     .bind(rows.iter().map(|(m, _)| json_list(&m.attachments)).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| json_list(&m.tags)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, owner)| *owner).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, meta)| meta.owner).collect::<Vec<_>>())
     .bind(now)
     .bind(&lease.token)
     .bind(ms(SystemTime::now() + lease.duration))
     .bind(joined.iter().map(|j| j.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, meta)| meta.status_callback).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     let counted: Vec<(conversations::Joined, &str)> =

@@ -389,4 +389,4 @@ pub(super) async fn remove_opt_out<'e>(
 
 #[cfg(test)]
 #[path = "conversations_tests.rs"]
-mod tests;
+pub(super) mod tests;

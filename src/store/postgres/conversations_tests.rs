@@ -21,14 +21,14 @@ fn failed(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
 }
 
 /// A database for one test, dropped when the test ends (also when it fails).
-struct TestDb {
+pub(in crate::store::postgres) struct TestDb {
     admin: String,
     name: String,
-    url: String,
+    pub(in crate::store::postgres) url: String,
 }
 
 impl TestDb {
-    async fn create() -> Result<TestDb, StoreError> {
+    pub(in crate::store::postgres) async fn create() -> Result<TestDb, StoreError> {
         let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL").unwrap_or_default();
         assert!(!admin.trim().is_empty(), "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests");
         let name = format!("sb_conv_{}", uuid::Uuid::now_v7().simple());
@@ -39,12 +39,12 @@ impl TestDb {
         Ok(TestDb { url: format!("{base}/{name}"), admin, name })
     }
 
-    async fn store(&self) -> Result<Arc<PostgresStore>, StoreError> {
+    pub(in crate::store::postgres) async fn store(&self) -> Result<Arc<PostgresStore>, StoreError> {
         Ok(Arc::new(PostgresStore::open(&self.url).await?))
     }
 
     /// One number the query answers.
-    async fn number(&self, query: &'static str) -> Result<i64, StoreError> {
+    pub(in crate::store::postgres) async fn number(&self, query: &'static str) -> Result<i64, StoreError> {
         let mut conn = PgConnection::connect(&self.url).await.map_err(failed("connect"))?;
         sqlx::query_scalar(query).fetch_one(&mut conn).await.map_err(failed(query))
     }
@@ -259,7 +259,7 @@ async fn batches_taking_conversations_in_any_order_never_deadlock() -> Result<()
                         .iter()
                         .map(|p| outbound(Channel::SMS, US, &format!("+1555200{p:04}")))
                         .collect();
-                    let rows: Vec<_> = messages.iter().map(|m| (m, None)).collect();
+                    let rows: Vec<_> = messages.iter().map(|m| (m, Meta::default())).collect();
                     let mut tx = pool.begin().await?;
                     insert_all(&mut tx, &lease, &rows).await?;
                     tx.commit().await?;

@@ -18,6 +18,9 @@ use crate::store::codec::{
 };
 mod batches;
 mod conversations;
+#[cfg(test)]
+mod delivery_tests;
+mod receipts;
 
 use crate::store::{
     Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
@@ -279,10 +282,13 @@ impl MessageStore for PostgresStore {
         meta: Meta<'_>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Inserted, StoreError> {
-        let owner = meta.owner;
         let now = ms(SystemTime::now());
         let Some(key) = key else {
-            let new = batches::NewMessage { message: message.clone(), owner: owner.map(str::to_owned) };
+            let new = batches::NewMessage {
+                message: message.clone(),
+                owner: meta.owner.map(str::to_owned),
+                status_callback: meta.status_callback.map(str::to_owned),
+            };
             self.inserts.write(new).await?;
             return Ok(Inserted::New);
         };
@@ -318,7 +324,7 @@ impl MessageStore for PostgresStore {
             tx.commit().await.map_err(unavailable)?;
             return recorded_answer(key, &row).map_err(unavailable);
         }
-        batches::insert_all(&mut tx, &self.lease, &[(message, owner)]).await.map_err(unavailable)?;
+        batches::insert_all(&mut tx, &self.lease, &[(message, meta)]).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted::New)
     }
@@ -412,8 +418,7 @@ impl MessageStore for PostgresStore {
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at, direction, conversation_id, \
-             NULL::TEXT AS delivery_status, NULL::TEXT AS status_callback \
-             FROM messages WHERE id = $1",
+             delivery_status, status_callback FROM messages WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -430,7 +435,14 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let view = view_of(&row, &attempts, &[]).map_err(unavailable)?;
+        let events = sqlx::query(
+            "SELECT time, source, type, provider, detail FROM events WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
         Ok(Some(view))
     }
 
@@ -590,20 +602,29 @@ impl MessageStore for PostgresStore {
         conversations::remove_opt_out(&self.pool, key).await.map_err(unavailable)
     }
 
-    async fn record_receipts(&self, _receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
-        Err(unavailable("receipts are not implemented for PostgreSQL yet"))
+    /// On the pool whose commits wait for the WAL flush: a receipt acknowledged is kept.
+    async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        receipts::record(&self.pool, receipts).await.map_err(unavailable)
     }
 
-    async fn due_callbacks(&self, _limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
-        Ok(Vec::new())
+    /// Leased to this instance's token (see [`receipts::due_callbacks`]). The outbox's progress
+    /// goes on the progress pool: a crash of the database server may at worst send a callback
+    /// again (the same `webhook-id`), never lose one.
+    async fn due_callbacks(&self, limit: u32) -> Result<Vec<CallbackJob>, StoreError> {
+        receipts::due_callbacks(&self.progress, &self.lease, limit).await.map_err(unavailable)
     }
 
-    async fn callback_done(&self, _id: i64) -> Result<(), StoreError> {
-        Ok(())
+    async fn callback_done(&self, id: i64) -> Result<(), StoreError> {
+        receipts::callback_done(&self.progress, id).await.map_err(unavailable)
     }
 
-    async fn callback_retry(&self, _id: i64, _attempts: u32, _next_at: SystemTime) -> Result<(), StoreError> {
-        Ok(())
+    async fn callback_retry(&self, id: i64, attempts: u32, next_at: SystemTime) -> Result<(), StoreError> {
+        receipts::callback_retry(&self.progress, &self.lease, id, attempts, next_at)
+            .await
+            .map_err(unavailable)
     }
 
     fn describe(&self) -> String {
