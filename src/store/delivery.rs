@@ -134,14 +134,16 @@ pub fn timeline(view: &MessageView, receipts: Vec<Event>) -> Vec<Event> {
             Value::Null,
         ));
     }
+    // When it ended: its last attempt's end (`updated_at` moves with every receipt since).
+    let ended = view.attempts.last().map_or(view.updated_at, |attempt| attempt.time);
     match view.status {
-        Status::Sent => events.push(switchboard(view.updated_at, "sent", view.provider.clone(), Value::Null)),
+        Status::Sent => events.push(switchboard(ended, "sent", view.provider.clone(), Value::Null)),
         Status::Failed => {
             let detail = view
                 .error
                 .as_ref()
                 .map_or(Value::Null, |failure| serde_json::json!({"code": failure.code.as_str()}));
-            events.push(switchboard(view.updated_at, "failed", view.provider.clone(), detail));
+            events.push(switchboard(ended, "failed", view.provider.clone(), detail));
         }
         Status::Queued | Status::Sending | Status::Received => {}
     }
@@ -159,6 +161,60 @@ pub fn delivery_status_of(text: Option<&str>) -> Option<DeliveryStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Attempt, Direction, Outcome};
+    use std::time::Duration;
+
+    /// A sent message whose only attempt ended at `t + 1s` and whose `updated_at` is `t + 9s`
+    /// (a receipt moved it since).
+    fn sent_view(t: SystemTime) -> MessageView {
+        MessageView {
+            id: "m".into(),
+            channel: switchboard_providers::Channel::SMS,
+            from: "+15550001111".into(),
+            to: "+15550002222".into(),
+            attachments: vec![],
+            status: Status::Sent,
+            provider: Some(Arc::from("tw")),
+            provider_message_id: Some("SM1".into()),
+            attempts: vec![Attempt {
+                provider: Arc::from("tw"),
+                outcome: Outcome::Success,
+                error_class: None,
+                error_code: None,
+                error_message: None,
+                latency_ms: 500,
+                time: t + Duration::from_secs(1),
+            }],
+            error: None,
+            tags: vec![],
+            direction: Direction::Outbound,
+            conversation_id: Some(1),
+            delivery_status: Some(DeliveryStatus::Delivered),
+            status_callback: None,
+            events: vec![],
+            owner: None,
+            created_at: t,
+            updated_at: t + Duration::from_secs(9),
+        }
+    }
+
+    #[test]
+    fn the_timeline_is_oldest_first_and_ends_a_send_when_its_last_attempt_ended() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let delivered = Event {
+            time: t + Duration::from_secs(5),
+            source: Source::Provider,
+            kind: "delivered".into(),
+            provider: Some(Arc::from("tw")),
+            detail: Value::Null,
+        };
+        let events = timeline(&sent_view(t), vec![delivered]);
+        let got: Vec<(&str, u64)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.time.duration_since(t).map_or(99, |d| d.as_millis() as u64)))
+            .collect();
+        assert_eq!(got, [("queued", 0), ("sending", 500), ("sent", 1000), ("delivered", 5000)]);
+    }
 
     #[test]
     fn suppressions_are_opt_outs_from_every_sender() {
