@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: Switchboard vs the ceiling (a bare axum handler parsing the same JSON),
 # measured in the same run with the kit in ../shared/bench. Usage:
-#   [STORE=memory|sqlite|postgres] [PROVIDER=mock|twilio] [TARGET=send|inbound] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
+#   [STORE=memory|sqlite|postgres] [PROVIDER=mock|twilio] [TARGET=send|inbound|receipts] benches/http_load.sh [RUNS=3] [SECS=10] [CONNS=64]
 # STORE=sqlite uses a fresh database file per run (in a temp dir); STORE=postgres a fresh
 # database per run on PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # PROVIDER=twilio sends through the `twilio` kind to the kit's mock_provider (base_url) and
@@ -10,6 +10,11 @@
 # TARGET=inbound posts inbound SMS webhooks (`/api/webhooks/sms`, each with its own provider
 # message id: benches/inbound.lua) and compares stored inbound messages/s with the ceiling in
 # MODE=accept fed the same bodies.
+# TARGET=receipts (implies PROVIDER=twilio) first sends RECEIPT_MESSAGES (2000) SMS through the
+# `twilio` kind, then posts signed Twilio StatusCallback receipts for them
+# (`/v1/receipts/twilio/twilio-main`, prepared by benches/receipts_prep.py: sent, delivered, read
+# and a late duplicate each) and compares recorded receipts/s with the ceiling (MODE=forward, the
+# kit's body).
 # Pins each server to core 0 and wrk (and the mock provider) to core 1; prints one line per
 # run and the medians.
 # Needs: wrk, curl, taskset, bc, cargo, 2 cores; psql for STORE=postgres; and the bench kit
@@ -35,7 +40,8 @@ case ${STORE:-memory} in
 esac
 case ${TARGET:-send} in
   send|inbound) ;;
-  *) missing+=("TARGET=${TARGET}: use TARGET=send or inbound") ;;
+  receipts) PROVIDER=twilio; need python3 "apt-get install -y python3   (benches/receipts_prep.py signs the receipts)" ;;
+  *) missing+=("TARGET=${TARGET}: use TARGET=send, inbound or receipts") ;;
 esac
 case ${PROVIDER:-mock} in
   mock|twilio) ;;
@@ -80,6 +86,7 @@ kind = "twilio"
 account_sid = "$sid"
 auth_token = "\${TWILIO_AUTH_TOKEN}"
 base_url = "http://127.0.0.1:$mock_port"
+public_url = "http://127.0.0.1:$sb_port"
 
 [routes.sms]
 providers = ["twilio-main"]
@@ -91,7 +98,11 @@ sb_path=/api/messages/sms; accepted_metric=switchboard_messages_accepted_total
 # One measured wrk run against URL: the kit's load.sh, or for TARGET=inbound the same with
 # benches/inbound.lua (unique provider ids per request).
 load() {
-  if [[ ${TARGET:-send} == inbound ]]; then
+  if [[ ${TARGET:-send} == receipts && $1 == *"/v1/receipts/"* ]]; then
+    local pin=(taskset -c 1)
+    [[ ${WARMUP:-2} != 0 ]] && "${pin[@]}" wrk -t1 -c"$2" -d"${WARMUP:-2}s" -s "$receipts_lua" "$1" >/dev/null
+    "${pin[@]}" wrk -t1 -c"$2" -d"$3s" --latency -s "$receipts_lua" "$1" | sed -n 's/^RESULT //p'
+  elif [[ ${TARGET:-send} == inbound ]]; then
     local pin=(taskset -c 1)
     [[ ${WARMUP:-2} != 0 ]] && "${pin[@]}" wrk -t1 -c"$2" -d"${WARMUP:-2}s" -s "$root/benches/inbound.lua" "$1" >/dev/null
     "${pin[@]}" wrk -t1 -c"$2" -d"$3s" --latency -s "$root/benches/inbound.lua" "$1" | sed -n 's/^RESULT //p'
@@ -101,6 +112,11 @@ load() {
 }
 if [[ ${TARGET:-send} == inbound ]]; then
   sb_path=/api/webhooks/sms; accepted_metric=switchboard_inbound_messages_total
+fi
+receipts_lua=
+if [[ ${TARGET:-send} == receipts ]]; then
+  sb_path=/v1/receipts/twilio/twilio-main; accepted_metric=switchboard_receipts_total
+  receipts_lua=$(mktemp --suffix=.lua)
 fi
 
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
@@ -127,6 +143,10 @@ for run in $(seq "$runs"); do
   fi
   (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$sb_bin" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
+  if [[ ${TARGET:-send} == receipts ]]; then
+    taskset -c 1 python3 "$root/benches/receipts_prep.py" "http://127.0.0.1:$sb_port" twilio-main bench-token \
+      "${RECEIPT_MESSAGES:-2000}" "$receipts_lua" >&2
+  fi
   WARMUP=2 load "http://127.0.0.1:$sb_port$sb_path" "$conns" 1 >/dev/null
   a0=$(counter $accepted_metric); d0=$(counter switchboard_messages_completed_total); t0=$(date +%s.%N)
   line=$(WARMUP=0 load "http://127.0.0.1:$sb_port$sb_path" "$conns" "$secs")
