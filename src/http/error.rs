@@ -210,7 +210,7 @@ impl ApiError {
             ApiError::NoRoute(no_route) => no_route.to_string(),
             ApiError::QueueFull => "the dispatch queue is full; retry later".into(),
             ApiError::StoreUnavailable => {
-                "the message store is unavailable; the message was not accepted".into()
+                "the message store is unavailable; nothing was stored (retry)".into()
             }
             ApiError::KeyReused => {
                 "this Idempotency-Key was already used with a different request in the last 24 hours".into()
