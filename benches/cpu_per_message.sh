@@ -7,15 +7,27 @@
 # Extra arguments go to `serve` (e.g. --workers 1024); STORE_URL overrides the store
 # (default: a fresh SQLite file). TARGET=inbound posts inbound SMS webhooks instead
 # (benches/inbound.lua, each with its own provider id) and counts the inbound messages stored.
+# TARGET=native sends through the native API (benches/native.lua); TARGET=callbacks does the
+# same with a `status_callback` on every message, delivered (signed) to the kit's mock provider
+# on core 1, and waits until every callback of the messages counted went out before reading the
+# CPU time: the two give the CPU cost of callbacks per delivered message.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=$root/../shared/bench
 bin=${SB_BIN:-${CARGO_TARGET_DIR:-/tmp/sb-bench-target}/release/switchboard}
 dir=$(mktemp -d); port=18090
+extra=(); cb_pid=
+if [[ ${TARGET:-send} == callbacks ]]; then
+  cb_port=19091
+  PORT=$cb_port taskset -c 1 "$(dirname "$bin")/mock_provider" >/dev/null 2>&1 & cb_pid=$!
+  export CALLBACK_URL=http://127.0.0.1:$cb_port/callbacks
+  export SWITCHBOARD_CALLBACK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  extra=(--allow-loopback-callbacks)
+fi
 taskset -c 0 "$bin" serve --config "$root/routes.toml" --listen "127.0.0.1:$port" \
-  --store "${STORE_URL:-sqlite://$dir/bench.db}" "$@" >"$dir/log" 2>&1 &
+  --store "${STORE_URL:-sqlite://$dir/bench.db}" "${extra[@]}" "$@" >"$dir/log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $pid $cb_pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
 counter() { curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
 url=http://127.0.0.1:$port/api/messages/sms; metric=switchboard_messages_completed_total
@@ -24,10 +36,25 @@ if [[ ${TARGET:-send} == inbound ]]; then
   url=http://127.0.0.1:$port/api/webhooks/sms; metric=switchboard_inbound_messages_total
   load() { taskset -c 1 wrk -t1 -c64 -d"$1s" --latency -s "$root/benches/inbound.lua" "$url" | sed -n 's/^RESULT //p'; }
 fi
+if [[ ${TARGET:-send} == native || ${TARGET:-send} == callbacks ]]; then
+  url=http://127.0.0.1:$port/v1/messages
+  load() { taskset -c 1 wrk -t1 -c64 -d"$1s" --latency -s "$root/benches/native.lua" "$url" | sed -n 's/^RESULT //p'; }
+fi
+# Every callback of the messages completed so far went out (2 per message: sending, sent).
+drain() {
+  [[ ${TARGET:-send} == callbacks ]] || return 0
+  for _ in $(seq 600); do
+    (( $(counter 'switchboard_callbacks_total\{result="delivered"') >= 2 * $(counter $metric) )) && return 0
+    sleep 0.1
+  done
+  echo "callbacks did not drain" >&2; return 1
+}
 load 1 >/dev/null
+drain
 ticks0=$(awk '{print $14+$15}' "/proc/$pid/stat"); done0=$(counter $metric)
 line=$(load 8)
 sleep 0.5
+drain
 ticks1=$(awk '{print $14+$15}' "/proc/$pid/stat"); done1=$(counter $metric)
 hz=$(getconf CLK_TCK)
 printf '%s cpu_us_per_message=%.2f delivered=%s\n' "$line" \

@@ -20,48 +20,84 @@ use crate::dispatch::backoff::jitter;
 use crate::metrics::Metrics;
 use crate::store::{CallbackJob, MessageStore, StoreError};
 
-/// How many callbacks are sent at once.
-const BATCH: u32 = 32;
+/// How many callbacks are being sent at once, at most: a receiver that hangs holds one slot for
+/// the client's timeout, never the others' callbacks.
+const CONCURRENCY: usize = 128;
+/// The most callbacks taken from the store at once.
+const BATCH: usize = 32;
 /// How often the outbox is looked at when it had nothing due.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait after the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(2);
 
-/// Runs until `stop` turns true (a callback being sent then is finished first).
+/// The callbacks being sent: outbox id → tries so far (their leases are given back on stop).
+type InFlight = Arc<std::sync::Mutex<std::collections::HashMap<i64, u32>>>;
+
+/// Runs until `stop` turns true. Each callback is sent in a task of its own (at most
+/// [`CONCURRENCY`] at once); on stop, those still being sent are abandoned and their leases given
+/// back, so that they go out (with the same `webhook-id`) as soon as an instance runs again
+/// rather than holding shutdown up for a receiver's timeout.
 pub async fn run(
     store: Arc<dyn MessageStore>,
     callbacks: Arc<Callbacks>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let pause = match store.due_callbacks(BATCH).await {
-            Ok(jobs) if jobs.is_empty() => IDLE_POLL,
-            Ok(jobs) => {
-                let sends = jobs.into_iter().map(|job| send(store.as_ref(), &callbacks, &metrics, job));
-                futures_util::future::join_all(sends).await;
-                Duration::ZERO
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "could not read the callback outbox; trying again");
-                STORE_RETRY
+    let mut sending = tokio::task::JoinSet::new();
+    let in_flight: InFlight = Arc::default();
+    while !*stop.borrow() {
+        while sending.try_join_next().is_some() {}
+        let free = CONCURRENCY.saturating_sub(sending.len()).min(BATCH);
+        let pause = if free == 0 {
+            // Every slot is taken: wait for one to free (or for the stop).
+            IDLE_POLL
+        } else {
+            match store.due_callbacks(u32::try_from(free).unwrap_or(u32::MAX)).await {
+                Ok(jobs) if jobs.is_empty() => IDLE_POLL,
+                Ok(jobs) => {
+                    for job in jobs {
+                        let (store, callbacks, metrics) =
+                            (Arc::clone(&store), Arc::clone(&callbacks), Arc::clone(&metrics));
+                        let in_flight = Arc::clone(&in_flight);
+                        lock(&in_flight).insert(job.id, job.attempts);
+                        sending.spawn(async move {
+                            send(store.as_ref(), &callbacks, &metrics, &job).await;
+                            lock(&in_flight).remove(&job.id);
+                        });
+                    }
+                    Duration::ZERO
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not read the callback outbox; trying again");
+                    STORE_RETRY
+                }
             }
         };
         if !pause.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
+                _ = sending.join_next(), if !sending.is_empty() => {}
                 _ = stop.changed() => {}
             }
         }
     }
+    sending.abort_all();
+    while sending.join_next().await.is_some() {}
+    let abandoned: Vec<(i64, u32)> = lock(&in_flight).drain().collect();
+    for (id, attempts) in abandoned {
+        if let Err(error) = store.callback_retry(id, attempts, SystemTime::now()).await {
+            tracing::warn!(error = %error, "could not give a callback back on stop; it goes out when its lease ends");
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends one callback and records how it went.
-async fn send(store: &dyn MessageStore, callbacks: &Callbacks, metrics: &Metrics, job: CallbackJob) {
-    if let Err(error) = try_send(store, callbacks, metrics, &job).await {
+async fn send(store: &dyn MessageStore, callbacks: &Callbacks, metrics: &Metrics, job: &CallbackJob) {
+    if let Err(error) = try_send(store, callbacks, metrics, job).await {
         // The outcome was not recorded: the lease runs out and the callback is sent again.
         tracing::warn!(error = %error, message_id = %job.message_id, "could not record a callback's outcome");
     }
@@ -139,6 +175,71 @@ async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::callbacks::CallbackSecret;
+    use crate::store::{MemoryStore, Meta};
+
+    /// A receiver on 127.0.0.1: `/hang` answers only once `release` is notified, `/fast` at
+    /// once, each request's path sent on `seen`.
+    async fn receiver(
+        release: Arc<tokio::sync::Notify>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (seen, paths) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let (seen, release) = (seen.clone(), Arc::clone(&release));
+            async move {
+                let _ = seen.send(uri.path().to_owned());
+                if uri.path() == "/hang" {
+                    release.notified().await;
+                }
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), paths)
+    }
+
+    /// A message whose first attempt started: one callback (`sending`) to `url`.
+    async fn with_callback(store: &MemoryStore, url: &str) {
+        let message = crate::store::test_support::sms(&uuid::Uuid::now_v7().to_string());
+        let meta = Meta { owner: None, status_callback: Some(url) };
+        store.insert_for(&message, meta, None).await.unwrap_or_else(|e| panic!("{e}"));
+        store.attempt_started(&message.id, 1, "p").await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn client() -> Arc<Callbacks> {
+        let secret =
+            CallbackSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(
+            Callbacks::with_timeout(secret, true, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// A receiver that hangs holds up no other message's callbacks, and a stop abandons it at
+    /// once, giving its lease back (it is due again, not after the lease).
+    #[tokio::test]
+    async fn a_hanging_receiver_holds_up_neither_others_nor_the_stop() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (base, mut paths) = receiver(Arc::clone(&release)).await;
+        let store = Arc::new(MemoryStore::new(100));
+        with_callback(&store, &format!("{base}/hang")).await;
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(run(store.clone(), client(), Arc::new(Metrics::new()), stopped));
+        // The hanging callback is being sent; then another message's goes out meanwhile.
+        let first = tokio::time::timeout(Duration::from_secs(60), paths.recv()).await;
+        assert_eq!(first.ok().flatten().as_deref(), Some("/hang"));
+        with_callback(&store, &format!("{base}/fast")).await;
+        let second = tokio::time::timeout(Duration::from_secs(60), paths.recv()).await;
+        assert_eq!(second.ok().flatten().as_deref(), Some("/fast"), "not held up by /hang");
+        let _ = stop.send(true);
+        let ended = tokio::time::timeout(Duration::from_secs(60), worker).await;
+        assert!(ended.is_ok(), "the stop waited for the hanging receiver");
+        let due = store.due_callbacks(10).await.unwrap_or_else(|e| panic!("{e}"));
+        // (`/fast`'s may be given back too, if the stop came before its answer was recorded.)
+        assert!(due.iter().any(|job| job.url.ends_with("/hang")), "given back: {due:?}");
+        release.notify_waiters();
+    }
 
     fn job(age: Duration) -> CallbackJob {
         CallbackJob {

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::guard::Caller;
 use super::{ApiError, AppState};
-use crate::store::delivery::SUPPRESSED_SENDER;
 use crate::store::conversation::{family, normalize};
+use crate::store::delivery::SUPPRESSED_SENDER;
 use crate::store::{OptOutKey, Page};
 
 /// Items in a page when `limit` is not given.
@@ -168,7 +168,11 @@ pub async fn remove_opt_out(
     let key = if sender == SUPPRESSED_SENDER {
         OptOutKey::suppression(family, &recipient)
     } else {
-        OptOutKey { family: family.to_owned(), sender: normalize(family, &sender), recipient: normalize(family, &recipient) }
+        OptOutKey {
+            family: family.to_owned(),
+            sender: normalize(family, &sender),
+            recipient: normalize(family, &recipient),
+        }
     };
     if state.receiver.remove_opt_out(&key).await? {
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::conversation::{preview, LastMessage};
-use super::delivery::{ReceiptApplied, ReceiptRecord, Source};
+use super::delivery::{ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
 use super::{
     blocked, Blocked, ConversationMessage, ConversationView, DeliveryStatus, Direction, Failure, FailureCode,
     Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, OptChange, OptOut, OptOutKey,
@@ -33,6 +33,7 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     receipts_move_delivery_status_forward(&store).await;
     callbacks_go_out_in_order(&store).await;
     suppressions_block_every_sender(&store).await;
+    events_are_capped(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -775,22 +776,41 @@ pub(crate) async fn callbacks_go_out_in_order(store: &Arc<dyn MessageStore>) {
     );
 }
 
-/// A suppression (a bounce's) blocks its address from every sender, is listed with the
-/// opt-outs under the sender `*`, and is recorded even when its message is unknown.
+/// A suppression (a bounce's) blocks its address from every sender and is listed with the
+/// opt-outs under the sender `*` — recorded only when the receipt matched a message of its
+/// provider (another provider, or an unknown message, suppresses nothing).
 pub(crate) async fn suppressions_block_every_sender(store: &Arc<dyn MessageStore>) {
-    let [to, other] = <[String; 2]>::try_from(emails(2)).unwrap_or_else(|_| panic!("two addresses"));
-    let mut bounce = receipt("sg", "unknown-message", Some(DeliveryStatus::Bounced), "bounced");
-    bounce.suppress = Some(OptOutKey::suppression("email", &to.to_uppercase()));
-    assert_eq!(
-        ok(store.record_receipts(&[bounce.clone(), bounce]).await, "record_receipts"),
-        [ReceiptApplied::Unknown, ReceiptApplied::Unknown]
-    );
+    let [to, other, stranger] =
+        <[String; 3]>::try_from(emails(3)).unwrap_or_else(|_| panic!("three addresses"));
+    let message = outbound(Channel::EMAIL, "news@example.com", &to, "hi");
+    insert(store, &message, None).await;
+    let provider_id = format!("sg-{}", uuid::Uuid::now_v7().simple());
+    let sent = Final::Sent { provider: Arc::from("sg"), provider_message_id: Some(provider_id.clone()) };
+    ok(store.finish(&message.id, sent, None).await, "finish");
+    let bounce = |provider: &str, provider_id: &str, address: &str| {
+        let mut bounce = receipt(provider, provider_id, Some(DeliveryStatus::Bounced), "bounced");
+        bounce.suppress = Some(OptOutKey::suppression("email", address));
+        bounce
+    };
+    let strays = [bounce("sg", "unknown-message", &stranger), bounce("other", &provider_id, &other)];
+    let applied = ok(store.record_receipts(&strays).await, "record_receipts");
+    assert_eq!(applied, [ReceiptApplied::Unknown, ReceiptApplied::Unknown]);
+    let real = bounce("sg", &provider_id, &to.to_uppercase());
+    let applied = ok(store.record_receipts(&[real.clone(), real]).await, "record_receipts");
+    let recorded = |moved| ReceiptApplied::Recorded { message_id: message.id.clone(), moved };
+    assert_eq!(applied, [recorded(true), recorded(false)]);
     let senders = ["a@example.com", "b@example.com"];
     assert_eq!(
         ok(blocked(store.as_ref(), "email", &senders, &to).await, "blocked"),
         Some(Blocked::Suppressed)
     );
-    assert_eq!(ok(blocked(store.as_ref(), "email", &senders, &other).await, "blocked"), None);
+    for address in [&other, &stranger] {
+        assert_eq!(
+            ok(blocked(store.as_ref(), "email", &senders, address).await, "blocked"),
+            None,
+            "{address}"
+        );
+    }
     assert_eq!(
         ok(blocked(store.as_ref(), "sms", &senders, &to).await, "blocked"),
         None,
@@ -804,9 +824,33 @@ pub(crate) async fn suppressions_block_every_sender(store: &Arc<dyn MessageStore
         all.extend(more.items);
         next = more.next;
     }
-    let entries: Vec<(&str, &str)> =
-        all.iter().filter(|o| o.recipient == to).map(|o| (o.channel.as_str(), o.sender.as_str())).collect();
+    let entries: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|o| [&to, &other, &stranger].contains(&&o.recipient))
+        .map(|o| (o.channel.as_str(), o.sender.as_str()))
+        .collect();
     assert_eq!(entries, [("email", "*")]);
     assert!(ok(store.remove_opt_out(&OptOutKey::suppression("email", &to)).await, "remove_opt_out"));
     assert_eq!(ok(blocked(store.as_ref(), "email", &senders, &to).await, "blocked"), None);
+}
+
+/// Replayed receipts keep at most [`MAX_EVENTS`] provider events per message, and still move
+/// its delivery status.
+pub(crate) async fn events_are_capped(store: &Arc<dyn MessageStore>) {
+    let provider_id = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let message = outbound(Channel::SMS, &from, &to, "hi");
+    insert(store, &message, None).await;
+    let sent = Final::Sent { provider: Arc::from("tw"), provider_message_id: Some(provider_id.clone()) };
+    ok(store.finish(&message.id, sent, None).await, "finish");
+    let replays: Vec<ReceiptRecord> = (0..MAX_EVENTS + 5)
+        .map(|_| receipt("tw", &provider_id, Some(DeliveryStatus::Sent), "sent"))
+        .collect();
+    ok(store.record_receipts(&replays).await, "record_receipts");
+    let late = receipt("tw", &provider_id, Some(DeliveryStatus::Delivered), "delivered");
+    ok(store.record_receipts(&[late]).await, "record_receipts");
+    let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    let provider_events = view.events.iter().filter(|e| e.source == Source::Provider).count();
+    assert_eq!(provider_events, MAX_EVENTS);
+    assert_eq!(view.delivery_status, Some(DeliveryStatus::Delivered));
 }

@@ -40,6 +40,11 @@ impl OptOutKey {
     }
 }
 
+/// The most provider events kept per message: a replayed receipt (Twilio signs no time, so a
+/// captured one stays valid) cannot grow a message's timeline, its `GET` or its callbacks without
+/// bound. Receipts beyond it still move the delivery status; they are only counted.
+pub const MAX_EVENTS: usize = 100;
+
 /// Who an event is from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +80,8 @@ pub struct ReceiptRecord {
     pub event: String,
     pub status: Option<DeliveryStatus>,
     pub time: SystemTime,
+    /// Recorded only when the receipt matched a message of its provider: a provider cannot
+    /// suppress an address for messages it did not handle.
     pub suppress: Option<OptOutKey>,
     /// Recipients already masked.
     pub detail: Map<String, Value>,
@@ -83,8 +90,7 @@ pub struct ReceiptRecord {
 /// What recording one receipt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptApplied {
-    /// No message of this provider matches: acknowledged and counted, nothing recorded but the
-    /// suppression it asks for.
+    /// No message of this provider matches: acknowledged and counted, nothing recorded.
     Unknown,
     /// Recorded as an event of `message_id`; `moved`: its delivery status became the receipt's.
     Recorded { message_id: String, moved: bool },

@@ -15,7 +15,7 @@ use switchboard_providers::{Channel, OutboundMessage};
 
 use super::codec::ms as codec_ms;
 use super::conversation::{family, preview, LastMessage};
-use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source};
+use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
 use super::{
     replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, DeliveryStatus,
     Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, MessageView,
@@ -781,9 +781,6 @@ impl MessageStore for MemoryStore {
     async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError> {
         let mut applied = Vec::with_capacity(receipts.len());
         for receipt in receipts {
-            if let Some(suppress) = &receipt.suppress {
-                self.opt_outs_write().entry(suppress.clone()).or_insert(receipt.time);
-            }
             let by_id = receipt.message_id.as_deref().and_then(key);
             let by_provider = || {
                 let provider_id = receipt.provider_message_id.as_deref()?;
@@ -802,13 +799,18 @@ impl MessageStore for MemoryStore {
                 applied.push(ReceiptApplied::Unknown);
                 continue;
             };
-            record.events.push(Event {
-                time: receipt.time,
-                source: Source::Provider,
-                kind: receipt.event.clone(),
-                provider: Some(Arc::from(receipt.provider.as_str())),
-                detail: serde_json::Value::Object(receipt.detail.clone()),
-            });
+            if let Some(suppress) = &receipt.suppress {
+                self.opt_outs_write().entry(suppress.clone()).or_insert(receipt.time);
+            }
+            if record.events.len() < MAX_EVENTS {
+                record.events.push(Event {
+                    time: receipt.time,
+                    source: Source::Provider,
+                    kind: receipt.event.clone(),
+                    provider: Some(Arc::from(receipt.provider.as_str())),
+                    detail: serde_json::Value::Object(receipt.detail.clone()),
+                });
+            }
             let moved = receipt.status.filter(|status| status.may_follow(record.delivery_status));
             if let Some(status) = moved {
                 record.delivery_status = Some(status);

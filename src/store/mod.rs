@@ -432,7 +432,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// (by Switchboard's id, else by the provider's message id among the messages that provider
     /// handled), recorded as an event, and moves the message's delivery status when
     /// [`DeliveryStatus::may_follow`] allows — which queues a callback when the message has a
-    /// `status_callback`. A receipt's suppression is recorded whether its message is known or not.
+    /// `status_callback`. A receipt's suppression is recorded when its message was found. At
+    /// most [`delivery::MAX_EVENTS`] provider events are kept per message.
     async fn record_receipts(&self, receipts: &[ReceiptRecord]) -> Result<Vec<ReceiptApplied>, StoreError>;
 
     /// Takes up to `limit` callbacks due now, the oldest of each message only (callbacks of one

@@ -19,7 +19,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::batches::Lease;
 use crate::store::codec::{callback_of, ms};
-use crate::store::delivery::{delivery_status_of, ReceiptApplied, ReceiptRecord};
+use crate::store::delivery::{delivery_status_of, ReceiptApplied, ReceiptRecord, MAX_EVENTS};
 use crate::store::{CallbackJob, DeliveryStatus, CALLBACK_LEASE};
 
 /// Records `receipts` in order, in one transaction (see
@@ -29,9 +29,17 @@ pub(super) async fn record(
     receipts: &[ReceiptRecord],
 ) -> Result<Vec<ReceiptApplied>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    suppress(&mut tx, receipts).await?;
     let found = find(&mut tx, receipts).await?;
     let mut current = lock(&mut tx, &found).await?;
+    let mut kept = event_counts(&mut tx, &current).await?;
+    // Suppressions only from receipts about a message of their provider.
+    let matched: Vec<&ReceiptRecord> = receipts
+        .iter()
+        .zip(&found)
+        .filter(|(_, id)| id.as_deref().is_some_and(|id| current.contains_key(id)))
+        .map(|(receipt, _)| receipt)
+        .collect();
+    suppress(&mut tx, &matched).await?;
     let now = ms(SystemTime::now());
     let mut events = Events::default();
     let mut moves: Vec<(&str, DeliveryStatus)> = Vec::new();
@@ -43,7 +51,11 @@ pub(super) async fn record(
             applied.push(ReceiptApplied::Unknown);
             continue;
         };
-        events.push(id, receipt);
+        let count = kept.entry(id.to_owned()).or_default();
+        if *count < MAX_EVENTS as i64 {
+            *count += 1;
+            events.push(id, receipt);
+        }
         let moved = receipt.status.filter(|next| next.may_follow(*status));
         if let Some(next) = moved {
             *status = Some(next);
@@ -51,7 +63,7 @@ pub(super) async fn record(
         }
         applied.push(ReceiptApplied::Recorded { message_id: id.to_owned(), moved: moved.is_some() });
     }
-    if !events.message_ids.is_empty() {
+    if !events.message_ids.is_empty() || !moves.is_empty() {
         write(&mut tx, &events, &moves, &current, now).await?;
     }
     tx.commit().await?;
@@ -60,7 +72,7 @@ pub(super) async fn record(
 
 /// The receipts' suppressions, each address once (the first receipt's time), inserted in key
 /// order: two batches adding the same addresses wait for each other in one order.
-async fn suppress(conn: &mut PgConnection, receipts: &[ReceiptRecord]) -> Result<(), sqlx::Error> {
+async fn suppress(conn: &mut PgConnection, receipts: &[&ReceiptRecord]) -> Result<(), sqlx::Error> {
     let mut keys = BTreeMap::new();
     for receipt in receipts {
         if let Some(key) = &receipt.suppress {
@@ -141,6 +153,23 @@ async fn lock(
             Ok((row.try_get(0)?, delivery_status_of(status.as_deref())))
         })
         .collect()
+}
+
+/// How many provider events each locked message has (at most [`MAX_EVENTS`] are kept).
+async fn event_counts(
+    conn: &mut PgConnection,
+    messages: &HashMap<String, Option<DeliveryStatus>>,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = messages.keys().map(String::as_str).collect();
+    let rows =
+        sqlx::query("SELECT message_id, COUNT(*) FROM events WHERE message_id = ANY($1) GROUP BY message_id")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
 }
 
 /// The receipts recorded as events, in order, as columns.

@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::Applied;
 use crate::store::codec::{callback_of, ms};
-use crate::store::delivery::{delivery_status_of, ReceiptApplied, ReceiptRecord};
+use crate::store::delivery::{delivery_status_of, ReceiptApplied, ReceiptRecord, MAX_EVENTS};
 use crate::store::{CallbackJob, CALLBACK_LEASE};
 
 /// Records `receipts` in order (see [`crate::store::MessageStore::record_receipts`]).
@@ -19,6 +19,10 @@ pub(super) async fn record(
     let mut suppressed = Vec::new();
     let now = ms(SystemTime::now());
     for receipt in receipts {
+        let Some((id, current)) = find(conn, receipt).await? else {
+            applied.push(ReceiptApplied::Unknown);
+            continue;
+        };
         if let Some(key) = &receipt.suppress {
             let added = sqlx::query(
                 "INSERT INTO opt_outs (channel, sender, recipient, created_at) VALUES (?, ?, ?, ?) \
@@ -34,19 +38,18 @@ pub(super) async fn record(
                 suppressed.push(key.clone());
             }
         }
-        let Some((id, current)) = find(conn, receipt).await? else {
-            applied.push(ReceiptApplied::Unknown);
-            continue;
-        };
         let detail = serde_json::Value::Object(receipt.detail.clone()).to_string();
         sqlx::query(
-            "INSERT INTO events (message_id, time, source, type, provider, detail) VALUES (?, ?, 'provider', ?, ?, ?)",
+            "INSERT INTO events (message_id, time, source, type, provider, detail) \
+             SELECT ?1, ?2, 'provider', ?3, ?4, ?5 \
+             WHERE (SELECT COUNT(*) FROM events WHERE message_id = ?1) < ?6",
         )
         .bind(&id)
         .bind(ms(receipt.time))
         .bind(&receipt.event)
         .bind(&receipt.provider)
         .bind(detail)
+        .bind(i64::try_from(MAX_EVENTS).unwrap_or(i64::MAX))
         .execute(&mut *conn)
         .await?;
         let moved = receipt.status.filter(|status| status.may_follow(delivery_status_of(current.as_deref())));
