@@ -5,6 +5,8 @@
 //! and from two instances sharing one PostgreSQL database; the `status_callback` URL policy.
 
 mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
 #[path = "common/stores.rs"]
 mod stores;
 
@@ -13,39 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::fake_http::{FakeHttp, Recorded, Reply};
 use common::{base64, client, message_view, send_native, wait_final, Server};
+use e2e::{form, twilio_signature, Backend};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-
-/// Where a test's server keeps its messages.
-enum Backend {
-    Sqlite(tempfile::TempDir),
-    Postgres(stores::TestDatabase),
-}
-
-impl Backend {
-    fn sqlite() -> Backend {
-        Backend::Sqlite(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")))
-    }
-
-    fn postgres(name: &str) -> Backend {
-        Backend::Postgres(stores::fresh_database(name))
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Backend::Sqlite(dir) => format!("sqlite://{}", dir.path().join("sb.db").display()),
-            Backend::Postgres(db) => db.url.clone(),
-        }
-    }
-
-    fn start(&self, config: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let url = self.url();
-        let mut args = vec!["--store", url.as_str()];
-        args.extend_from_slice(extra_args);
-        Server::start(config, &args, env)
-    }
-}
 
 /// The Twilio provider's auth token (from the environment, as the kind requires).
 const TWILIO_TOKEN: &str = "twilio-token-for-delivery-tests-7b2e";
@@ -182,40 +155,6 @@ providers = ["tw"]
     )
 }
 
-/// Twilio's signature: base64 HMAC-SHA1, keyed with the auth token, of the URL followed by every
-/// parameter's name and value, sorted by name.
-fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut data = url.to_owned();
-    for (name, value) in sorted {
-        data.push_str(name);
-        data.push_str(value);
-    }
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    mac.update(data.as_bytes());
-    base64(&mac.finalize().into_bytes())
-}
-
-fn form(params: &[(&str, &str)]) -> Vec<u8> {
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    char::from(b).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    params
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-        .into_bytes()
-}
-
 /// Posts a Twilio status callback for provider `tw`, signed with `token`.
 fn twilio_receipt(server: &Server, params: &[(&str, &str)], token: &str) -> (u16, String) {
     let path = "/v1/receipts/twilio/tw";
@@ -225,7 +164,7 @@ fn twilio_receipt(server: &Server, params: &[(&str, &str)], token: &str) -> (u16
         path,
         "application/x-www-form-urlencoded",
         &[("x-twilio-signature", signature)],
-        form(params),
+        form(params).into_bytes(),
     )
 }
 
@@ -250,7 +189,7 @@ fn as_params<'a>(params: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a
 fn twilio_receipts_out_of_order_and_duplicated(backend: &Backend) {
     const SID: &str = "SM0123456789abcdef0123456789abcd01";
     let twilio = FakeHttp::start(Reply::json(201, json!({"sid": SID, "status": "queued"})));
-    let server = backend.start(&twilio_config(&twilio.base), &[], &[("TW_TOKEN", TWILIO_TOKEN)]);
+    let server = backend.start(&twilio_config(&twilio.base), &[("TW_TOKEN", TWILIO_TOKEN)]);
     let message = json!({"channel": "sms", "from": "+12016661234", "to": "+18045550111", "body": "hi"});
     let id = send_native(&server, &message).unwrap_or_else(|| panic!("not accepted\n{}", server.logs()));
     let sent = wait_final(&server, &id);
@@ -325,7 +264,7 @@ fn twilio_receipts_out_of_order_and_duplicated(backend: &Backend) {
         "/v1/receipts/twilio/tw",
         "application/x-www-form-urlencoded",
         &[("x-twilio-signature", signature)],
-        form(&tampered),
+        form(&tampered).into_bytes(),
     );
     assert_eq!((status, body.contains("invalid_signature")), (403, true), "{body}");
     let (status, _) = post_raw(
@@ -333,7 +272,7 @@ fn twilio_receipts_out_of_order_and_duplicated(backend: &Backend) {
         "/v1/receipts/twilio/tw",
         "application/x-www-form-urlencoded",
         &[],
-        form(&as_params(&read)),
+        form(&as_params(&read)).into_bytes(),
     );
     assert_eq!(status, 403, "no signature at all");
     let after = message_view(&server, &id);
@@ -461,11 +400,8 @@ fn sendgrid_batch(backend: &Backend) {
     let ids_at_sendgrid = ["AlphaMsgId000000000001", "BravoMsgId000000000002", "CharlieMsgId0000000003"];
     let fake = FakeHttp::start(Reply::new(202, "").header("X-Message-Id", "LaterMsgId000000000009"));
     fake.script(ids_at_sendgrid.iter().map(|id| Reply::new(202, "").header("X-Message-Id", id)));
-    let server = backend.start(
-        &sendgrid_config(&fake.base, &ecdsa::public_key(&key)),
-        &[],
-        &[("SG_KEY", "SG.test-key")],
-    );
+    let server =
+        backend.start(&sendgrid_config(&fake.base, &ecdsa::public_key(&key)), &[("SG_KEY", "SG.test-key")]);
     let recipients = ["alice@example.org", "bob@example.org", "carol@example.org"];
     let mut ids = Vec::new();
     let mut sent_at = BTreeMap::new();
@@ -685,7 +621,7 @@ providers = ["gw"]
         gateway.base
     );
     let backend = Backend::sqlite();
-    let server = backend.start(&config, &[], &[("GW_SECRET", GATEWAY_SECRET)]);
+    let server = backend.start(&config, &[("GW_SECRET", GATEWAY_SECRET)]);
     let message = json!({"channel": "sms", "from": "+12016661234", "to": "+18045550222", "body": "hi"});
     let id = send_native(&server, &message).unwrap_or_else(|| panic!("not accepted\n{}", server.logs()));
     assert_eq!(wait_final(&server, &id)["status"], "sent");
@@ -776,7 +712,7 @@ fn callbacks_retried_in_order_and_signed() {
     let twilio = FakeHttp::start(Reply::json(201, json!({"sid": SID, "status": "queued"})));
     let secret = callback_secret();
     let backend = Backend::sqlite();
-    let server = backend.start(
+    let server = backend.start_with_args(
         &twilio_config(&twilio.base),
         &["--allow-loopback-callbacks"],
         &[("TW_TOKEN", TWILIO_TOKEN), ("SWITCHBOARD_CALLBACK_SECRET", &secret)],
@@ -925,8 +861,8 @@ fn callbacks_once_from_two_instances_on_postgres() {
     let secret = callback_secret();
     let env = [("SWITCHBOARD_CALLBACK_SECRET", secret.as_str())];
     let servers = [
-        backend.start(config, &["--allow-loopback-callbacks"], &env),
-        backend.start(config, &["--allow-loopback-callbacks"], &env),
+        backend.start_with_args(config, &["--allow-loopback-callbacks"], &env),
+        backend.start_with_args(config, &["--allow-loopback-callbacks"], &env),
     ];
     let logs = || servers.iter().map(Server::logs).collect::<Vec<_>>().join("\n----\n");
     let callback_url = format!("{}/cb", receiver.base);

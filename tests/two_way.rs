@@ -4,44 +4,17 @@
 //! conversation — each on SQLite and on PostgreSQL (the memory store runs the client flow).
 
 mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
 #[path = "common/stores.rs"]
 mod stores;
 
 use std::time::{Duration, Instant};
 
 use common::{base64, client, message_view, Server};
-use hmac::{Hmac, Mac};
+use e2e::{form, twilio_signature, Backend};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-/// Where a test's server keeps its messages.
-enum Backend {
-    Memory,
-    Sqlite(tempfile::TempDir),
-    Postgres(stores::TestDatabase),
-}
-
-impl Backend {
-    fn sqlite() -> Backend {
-        Backend::Sqlite(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")))
-    }
-
-    fn postgres(name: &str) -> Backend {
-        Backend::Postgres(stores::fresh_database(name))
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Backend::Memory => "memory://".into(),
-            Backend::Sqlite(dir) => format!("sqlite://{}", dir.path().join("sb.db").display()),
-            Backend::Postgres(db) => db.url.clone(),
-        }
-    }
-
-    fn start(&self, config: &str, env: &[(&str, &str)]) -> Server {
-        Server::start(config, &["--store", &self.url()], env)
-    }
-}
 
 const CONFIG: &str = r#"
 [providers.p]
@@ -268,36 +241,6 @@ fn client_flow_on_postgres() {
     client_flow(&Backend::postgres("flow"));
 }
 
-/// Twilio's signature: base64 HMAC-SHA1, keyed with the auth token, of the URL followed by every
-/// parameter's name and value, sorted by name.
-fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut data = url.to_owned();
-    for (name, value) in sorted {
-        data.push_str(name);
-        data.push_str(value);
-    }
-    let mut mac =
-        Hmac::<sha1::Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    mac.update(data.as_bytes());
-    base64(&mac.finalize().into_bytes())
-}
-
-fn form(params: &[(&str, &str)]) -> String {
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    char::from(b).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    params.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
-}
-
 fn post_twilio(
     server: &Server,
     provider: &str,
@@ -336,7 +279,7 @@ fn twilio_inbound(backend: &Backend) {
         ("NumMedia", "0"),
     ];
     let url = format!("{PUBLIC_URL}/v1/inbound/twilio/tw");
-    let signature = twilio_signature(&url, &params);
+    let signature = twilio_signature(TWILIO_TOKEN, &url, &params);
     let mut tampered = params;
     tampered[4] = ("Body", "Hello from someone else");
     let (status, _, body) = post_twilio(&server, "tw", &tampered, Some(&signature));
@@ -371,7 +314,8 @@ fn twilio_inbound(backend: &Backend) {
         ("NumMedia", "1"),
         ("MediaUrl0", "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM0/Media/ME0"),
     ];
-    let (status, _, body) = post_twilio(&server, "tw", &mms, Some(&twilio_signature(&url, &mms)));
+    let (status, _, body) =
+        post_twilio(&server, "tw", &mms, Some(&twilio_signature(TWILIO_TOKEN, &url, &mms)));
     assert_eq!(status, 200, "{body}");
     let (_, thread) = get(&server, "/api/conversations/1/messages", None);
     assert_eq!(thread["messages"][1]["channel"], "mms", "{thread}");
@@ -417,7 +361,7 @@ fn a_reload_added_provider_takes_inbound_messages() {
         ("To", "+12016661234"),
         ("Body", "hi"),
     ];
-    let signature = twilio_signature(&format!("{PUBLIC_URL}/v1/inbound/twilio/tw"), &params);
+    let signature = twilio_signature(TWILIO_TOKEN, &format!("{PUBLIC_URL}/v1/inbound/twilio/tw"), &params);
     assert_eq!(post_twilio(&server, "tw", &params, Some(&signature)).0, 404, "not configured yet");
     std::fs::write(server.dir().join("routes.toml"), with_providers(CONFIG))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -709,7 +653,7 @@ fn access(backend: &Backend) {
         ("To", "+12016661234"),
         ("Body", "hi"),
     ];
-    let signature = twilio_signature(&format!("{PUBLIC_URL}/v1/inbound/twilio/tw"), &params);
+    let signature = twilio_signature(TWILIO_TOKEN, &format!("{PUBLIC_URL}/v1/inbound/twilio/tw"), &params);
     assert_eq!(post_twilio(&server, "tw", &params, Some(&signature)).0, 200);
     assert_eq!(ids(OPS).len(), 3);
     assert_eq!(ids(APP), [1], "a provider's message belongs to no key");

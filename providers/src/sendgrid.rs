@@ -1112,7 +1112,7 @@ mod receipt_tests {
 
     use super::*;
     use crate::find;
-    use crate::test_support::check_settings;
+    use crate::test_support::{build, check_receipts, check_settings, headers, take_receipts, Refused};
 
     /// SendGrid's own example of a signed post (as its client libraries test it): this key, this
     /// timestamp and this body give this signature.
@@ -1233,40 +1233,18 @@ mod receipt_tests {
     /// says of the whole post.
     fn run(post: Post) -> (Result<(), InboundError>, Result<Receipts, InboundError>) {
         let settings = json!({"api_key": "SG.x", "event_webhook_public_key": post.configured});
-        let context = BuildContext { name: "sg", timeout: Duration::from_secs(1) };
-        let provider = find("sendgrid")
-            .map(|kind| kind.build(settings, &context))
-            .unwrap_or_else(|| panic!("sendgrid is not registered"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut headers = reqwest::header::HeaderMap::new();
-        let values = [
+        let provider = build("sendgrid", "sg", settings);
+        let headers = headers([
             ("content-type", post.content_type.map(str::to_owned)),
             (SIGNATURE_HEADER, post.signature),
             (TIMESTAMP_HEADER, post.timestamp),
-        ];
-        for (name, value) in values {
-            for value in value.iter().flat_map(|value| value.split('|')) {
-                headers.append(name, value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}")));
-            }
-        }
+        ]);
         let request = InboundRequest {
             path_and_query: "/v1/receipts/sendgrid/sg",
             headers: &headers,
             body: &post.body,
         };
-        let now = UNIX_EPOCH + Duration::from_secs(post.now);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
-        (provider.admit_receipts(request.head()), runtime.block_on(provider.receipts(request, now)))
-    }
-
-    /// Why a test post is refused: `Head` and `MediaType` by `admit_receipts` already (with the
-    /// same error), the others only by `receipts`.
-    #[derive(Debug, Clone)]
-    enum Refused {
-        Head(&'static str),
-        Signature(&'static str),
-        Invalid(&'static str, &'static str),
-        MediaType,
+        take_receipts(&*provider, request, UNIX_EPOCH + Duration::from_secs(post.now))
     }
 
     /// `expected`: the receipts taken, or why the post is refused.
@@ -1274,32 +1252,7 @@ mod receipt_tests {
         let what =
             format!("{:?} {:?} {:?}", post.timestamp, post.signature, String::from_utf8_lossy(&post.body));
         let (admitted, taken) = run(post);
-        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
-        match (&admitted, &taken) {
-            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
-            (Ok(()), _) if !refused_by_head => {}
-            _ => {
-                panic!("{what}: admit_receipts said {admitted:?}, receipts {taken:?}; expected {expected:?}")
-            }
-        }
-        match (taken, expected) {
-            (Ok(receipts), Ok(expected)) => {
-                assert_eq!(receipts.receipts, expected, "{what}");
-                assert_eq!((receipts.content_type, receipts.answer.as_str()), ("text/plain", ""), "{what}");
-            }
-            (
-                Err(InboundError::InvalidSignature(text)),
-                Err(Refused::Signature(part) | Refused::Head(part)),
-            ) => assert!(text.contains(part), "{what}: {text}"),
-            (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
-                assert_eq!(field, name, "{what}: {message}");
-                assert!(message.contains(part), "{what}: {message}");
-            }
-            (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
-                assert_eq!(expected, JSON);
-            }
-            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
-        }
+        check_receipts(&what, admitted, taken, expected, JSON);
     }
 
     /// A receipt of event `event` with no ids, no time and no suppression.

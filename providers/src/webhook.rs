@@ -519,6 +519,7 @@ mod receipt_tests {
     use serde_json::json;
 
     use super::*;
+    use crate::test_support::{build, check_receipts, headers, take_receipts, Refused};
 
     const SECRET: &str = "0123456789abcdef";
     const NOW: u64 = 1_700_000_000;
@@ -553,12 +554,8 @@ mod receipt_tests {
     /// What `admit_receipts` says of the post's head, and what `receipts` (called without it)
     /// says of the whole post.
     fn run(post: Post) -> (Result<(), InboundError>, Result<Receipts, InboundError>) {
-        let settings = json!({"url": "https://gw.example.com/send", "secret": SECRET});
-        let context = crate::BuildContext { name: "gw", timeout: Duration::from_secs(1) };
-        let provider = crate::find("webhook")
-            .map(|kind| kind.build(settings, &context))
-            .unwrap_or_else(|| panic!("webhook is not registered"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let provider =
+            build("webhook", "gw", json!({"url": "https://gw.example.com/send", "secret": SECRET}));
         let signature = match post.signature {
             Some(signature) if signature.is_empty() => {
                 let timestamp = post.timestamp.as_deref().and_then(|t| t.parse().ok()).unwrap_or_default();
@@ -566,69 +563,28 @@ mod receipt_tests {
             }
             other => other,
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        let values = [
+        let headers = headers([
             ("content-type", post.content_type.map(str::to_owned)),
             (SIGNATURE_HEADER, signature),
             (TIMESTAMP_HEADER, post.timestamp),
-        ];
-        for (name, value) in values {
-            for value in value.iter().flat_map(|value| value.split('|')) {
-                headers.append(name, value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}")));
-            }
-        }
+        ]);
         let request = InboundRequest {
             path_and_query: "/v1/receipts/webhook/gw",
             headers: &headers,
             body: post.body.as_bytes(),
         };
-        let now = UNIX_EPOCH + Duration::from_secs(post.now);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
-        (provider.admit_receipts(request.head()), runtime.block_on(provider.receipts(request, now)))
+        take_receipts(&*provider, request, UNIX_EPOCH + Duration::from_secs(post.now))
     }
 
-    /// Why a test post is refused: `Head` and `MediaType` by `admit_receipts` already (with the
-    /// same error), the others only by `receipts`.
-    #[derive(Debug, Clone)]
-    enum Refused {
-        Head(&'static str),
-        Signature(&'static str),
-        Invalid(&'static str, &'static str),
-        MediaType,
-    }
-
-    /// `expected`: the receipts taken, or why the post is refused.
+    /// `expected`: the receipts taken, or why the post is refused (a refusal never quotes the
+    /// secret).
     fn check(post: Post, expected: Result<Vec<ProviderReceipt>, Refused>) {
         let what = format!("{:?} {:?} {}", post.timestamp, post.signature, post.body);
         let (admitted, taken) = run(post);
-        let refused_by_head = matches!(expected, Err(Refused::Head(_) | Refused::MediaType));
-        match (&admitted, &taken) {
-            (Err(early), Err(late)) if refused_by_head => assert_eq!(early, late, "{what}"),
-            (Ok(()), _) if !refused_by_head => {}
-            _ => {
-                panic!("{what}: admit_receipts said {admitted:?}, receipts {taken:?}; expected {expected:?}")
-            }
-        }
-        match (taken, expected) {
-            (Ok(receipts), Ok(expected)) => {
-                assert_eq!(receipts.receipts, expected, "{what}");
-                assert_eq!((receipts.content_type, receipts.answer.as_str()), ("text/plain", ""), "{what}");
-            }
-            (
-                Err(InboundError::InvalidSignature(text)),
-                Err(Refused::Signature(part) | Refused::Head(part)),
-            ) => {
-                assert!(text.contains(part), "{what}: {text}");
-                assert!(!text.contains(SECRET), "{what}: {text}");
-            }
-            (Err(InboundError::Invalid { field, message }), Err(Refused::Invalid(name, part))) => {
-                assert_eq!(field, name, "{what}: {message}");
-                assert!(message.contains(part), "{what}: {message}");
-            }
-            (Err(InboundError::UnsupportedMediaType { expected }), Err(Refused::MediaType)) => {
-                assert_eq!(expected, JSON);
-            }
-            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
+        if let Some(InboundError::InvalidSignature(text)) =
+            check_receipts(&what, admitted, taken, expected, JSON)
+        {
+            assert!(!text.contains(SECRET), "{what}: {text}");
         }
     }
 
@@ -803,11 +759,9 @@ mod receipt_tests {
 
     #[test]
     fn receipts_body_limit() {
-        let settings = json!({"url": "https://gw.example.com/send", "secret": SECRET});
-        let context = crate::BuildContext { name: "gw", timeout: Duration::from_secs(1) };
-        let provider = crate::find("webhook").map(|kind| kind.build(settings, &context));
-        let limit = provider.and_then(Result::ok).and_then(|provider| provider.max_inbound_body());
-        assert_eq!(limit, Some(256 * 1024));
+        let provider =
+            build("webhook", "gw", json!({"url": "https://gw.example.com/send", "secret": SECRET}));
+        assert_eq!(provider.max_inbound_body(), Some(256 * 1024));
     }
 
     fn check_time(text: &str, expected: Option<(u64, u32)>) {
