@@ -948,6 +948,11 @@ fn status_callback_urls_refused() {
         "http://hooks.example.com/x",
         "ftp://hooks.example.com/x",
         "not a url",
+        // Would be dropped silently by the URL parser: the URL called would not be the one given.
+        " https://hooks.example.invalid/x",
+        "https://hooks.example.invalid/x\n",
+        "https://hooks.example.invalid/\u{0}",
+        "https://hooks.exam\u{ad}ple.invalid/x",
     ] {
         refused(&strict, url);
     }

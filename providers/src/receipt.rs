@@ -146,8 +146,39 @@ pub struct Receipts {
 /// `text` as a receipt's `detail` shows it: without control characters, at most
 /// [`MAX_DETAIL_CHARS`] characters.
 pub(crate) fn detail_text(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect()
+    let clean: String = text.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect();
+    mask_numbers(&clean)
 }
+
+/// `text` with every run of [`PHONE_DIGITS`] or more digits (a `+` before it included) masked as
+/// recipients are ([`crate::mask_recipient`]): a provider's error text may quote the number it
+/// could not reach (Twilio: `Unreachable destination handset +18045550102`).
+fn mask_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().filter(char::is_ascii_digit).count() >= PHONE_DIGITS {
+            out.push_str(&crate::mask_recipient(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() || (c == '+' && run.is_empty()) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// The fewest digits a run must have to be masked as a phone number (E.164 numbers of the
+/// smallest countries have 7 after the country code… and error codes such as `30003` fewer).
+const PHONE_DIGITS: usize = 7;
 
 /// The one value of the header `name` (lower-case), named `shown` in the errors: missing or
 /// empty, sent more than once, or not visible ASCII is refused as a bad signature.
@@ -247,6 +278,27 @@ impl<'de> Visitor<'de> for BoundedArray {
                 None => return Ok(Some(kept)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod detail_tests {
+    use super::detail_text;
+
+    fn check(text: &str, expected: &str) {
+        assert_eq!(detail_text(text), expected, "{text:?}");
+    }
+
+    #[test]
+    fn numbers_in_provider_texts_are_masked() {
+        check(
+            "Unreachable destination handset +18045550102 (18045550102)",
+            "Unreachable destination handset +1804****102 (18045***102)",
+        );
+        check("30003", "30003");
+        check("550 5.1.1 user unknown", "550 5.1.1 user unknown");
+        check("queue 1234567", "queue 1***");
+        check("a+b", "a+b");
     }
 }
 

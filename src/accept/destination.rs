@@ -2,6 +2,7 @@
 //! codes, and a cap on messages per recipient per clock hour, counted per mailbox or number
 //! however its address is spelled.
 
+use crate::store::conversation::mailbox;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,21 +94,9 @@ impl RecipientCounts {
     }
 }
 
-/// The recipient as the cap counts it. An email address is lower-cased whole (domains are
-/// case-insensitive, and mail systems treat local parts so in practice) and loses a `+tag`
-/// sub-address (`name+x@` reaches `name@`). Numbers are digits after an optional `+` with no
-/// other spelling the API accepts: kept as given, as is any other channel's recipient.
+/// The recipient as the cap counts it: its mailbox ([`mailbox`]).
 fn recipient_key(to: &str) -> String {
-    match to.rsplit_once('@') {
-        Some((local, domain)) => {
-            let mailbox = match local.split_once('+') {
-                Some((base, _)) if !base.is_empty() => base,
-                _ => local,
-            };
-            format!("{}@{}", mailbox.to_ascii_lowercase(), domain.to_ascii_lowercase())
-        }
-        None => to.to_owned(),
-    }
+    mailbox(to)
 }
 
 #[cfg(test)]

@@ -126,18 +126,30 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     let bytes = read_body_in_time(state, body, &parts.headers, state.body_limit).await?;
     let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
     let (message, status_callback) = payload::parse_send(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
-    if let Some(url) = &status_callback {
-        let invalid = |message: String| ApiError::InvalidField { field: "status_callback".into(), message };
-        if !state.callbacks_on {
-            return Err(invalid(CALLBACKS_OFF.to_owned()));
-        }
-        crate::callbacks::check_url(url, state.allow_loopback_callbacks)
-            .map_err(|e| invalid(e.to_string()))?;
-    }
+    let status_callback = match status_callback {
+        Some(url) => Some(callback_url(state, &url)?),
+        None => None,
+    };
     let caller = caller.key.as_deref().map(str::to_owned);
     let submission = Submission { message, caller, idempotency_key, status_callback };
     let accepted = state.acceptor.accept(submission).await?;
     Ok(accepted_response(endpoint, &accepted))
+}
+
+/// A message's `status_callback`, checked (`crate::callbacks::check_url`) and as it will be
+/// called (normalised: what is stored and shown is what is POSTed to).
+fn callback_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    let invalid = |message: String| ApiError::InvalidField { field: "status_callback".into(), message };
+    if !state.callbacks_on {
+        return Err(invalid(CALLBACKS_OFF.to_owned()));
+    }
+    // The URL parser would drop these silently: the URL called would not be the one given.
+    if url.contains(|c: char| c.is_control() || c.is_whitespace() || c == '\u{ad}') {
+        return Err(invalid("`status_callback` must not contain spaces or control characters".to_owned()));
+    }
+    let url = crate::callbacks::check_url(url, state.allow_loopback_callbacks)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(url.to_string())
 }
 
 /// The 202 for an accepted (or replayed) message.

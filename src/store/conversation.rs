@@ -69,6 +69,25 @@ pub fn normalize(family: &str, address: &str) -> String {
     }
 }
 
+/// The mailbox an address reaches. An email address is lower-cased whole (domains are
+/// case-insensitive, and mail systems treat local parts so in practice) and loses a `+tag`
+/// sub-address (`name+x@` reaches `name@`). Numbers are digits after an optional `+` with no
+/// other spelling the API accepts: kept as given, as is any other channel's recipient. The
+/// per-recipient cap counts by it, and the suppression list keys by it (a bounced mailbox
+/// bounces whatever tag is added).
+pub fn mailbox(to: &str) -> String {
+    match to.trim().rsplit_once('@') {
+        Some((local, domain)) => {
+            let mailbox = match local.split_once('+') {
+                Some((base, _)) if !base.is_empty() => base,
+                _ => local,
+            };
+            format!("{}@{}", mailbox.to_ascii_lowercase(), domain.to_ascii_lowercase())
+        }
+        None => to.to_owned(),
+    }
+}
+
 /// The conversation a message belongs to: its channel family and its two participants,
 /// normalised and unordered (`low <= high`), so A→B and B→A are one conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use switchboard_providers::receipt::DeliveryStatus;
 
-use super::conversation::{family, normalize, OptOutKey};
+use super::conversation::{family, mailbox, normalize, OptOutKey};
 use super::{rfc3339, MessageView, Status};
 
 /// The opt-out "sender" of a suppressed address: it gets no message on its channel family from
@@ -27,11 +27,11 @@ impl OptOutKey {
     /// The suppression of `address` on `channel`'s family (every sender).
     pub fn suppression(channel: &str, address: &str) -> OptOutKey {
         let family = family(channel);
-        OptOutKey {
-            family: family.to_owned(),
-            sender: SUPPRESSED_SENDER.to_owned(),
-            recipient: normalize(family, address),
-        }
+        let recipient = match family {
+            "email" => mailbox(address),
+            _ => normalize(family, address),
+        };
+        OptOutKey { family: family.to_owned(), sender: SUPPRESSED_SENDER.to_owned(), recipient }
     }
 
     /// Whether this is a suppression rather than one recipient's opt-out from one sender.
@@ -226,6 +226,7 @@ mod tests {
     fn suppressions_are_opt_outs_from_every_sender() {
         let key = OptOutKey::suppression("email", " Bob@Example.COM ");
         assert_eq!(key.recipient, "bob@example.com");
+        assert_eq!(OptOutKey::suppression("email", "Bob+news@Example.com").recipient, "bob@example.com");
         assert!(key.is_suppression());
         assert_eq!(OptOutKey::suppression("mms", "+1 (555) 000-1111").family, "sms");
         assert!(!OptOutKey::of("sms", "+15550001111", "+15550002222").is_suppression());
