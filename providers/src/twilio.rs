@@ -25,6 +25,7 @@
 //! `text/plain` body. Twilio signs no time, so a replayed receipt cannot be told from a late
 //! one: it is taken, and the message's delivery status only ever moves forward.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -162,11 +163,13 @@ impl TwilioProvider {
         let status_callback = settings.status_callback.clone().or_else(|| {
             public_url.as_deref().map(|public| format!("{public}{}", receipts_path(context.name)))
         });
+        let callback_carries_id = settings.status_callback.is_none() && status_callback.is_some();
         Ok(TwilioProvider {
             client: http::client(context.timeout)?,
             endpoint,
             public_url,
             status_callback,
+            callback_carries_id,
             settings,
             credentials,
         })
@@ -209,8 +212,10 @@ struct TwilioProvider {
     /// `public_url` without its trailing `/`.
     public_url: Option<String>,
     /// The `StatusCallback` every send carries: `status_callback`, else the receipts URL under
-    /// `public_url`.
+    /// `public_url` (then with `?message_id=` Switchboard's id: see `callback_carries_id`).
     status_callback: Option<String>,
+    /// The `StatusCallback` is our own receipts URL: each send adds its message's id to it.
+    callback_carries_id: bool,
     settings: TwilioSettings,
     /// The auth token and the Basic pair.
     credentials: SentCredentials,
@@ -281,22 +286,40 @@ impl Provider for TwilioProvider {
 impl TwilioProvider {
     /// The form a send posts: `To`, `MessagingServiceSid` or `From`, `Body`, one `MediaUrl` per
     /// attachment, and `StatusCallback` when there is one.
-    fn send_form<'a>(&'a self, message: &'a OutboundMessage) -> Vec<(&'static str, &'a str)> {
-        let mut form = vec![("To", message.to.as_str())];
+    fn send_form<'a>(&'a self, message: &'a OutboundMessage) -> Vec<(&'static str, Cow<'a, str>)> {
+        let mut form = vec![("To", Cow::from(message.to.as_str()))];
         match &self.settings.messaging_service_sid {
-            Some(service) => form.push(("MessagingServiceSid", service)),
-            None => form.push(("From", self.sender(message))),
+            Some(service) => form.push(("MessagingServiceSid", Cow::from(service.as_str()))),
+            None => form.push(("From", Cow::from(self.sender(message)))),
         }
-        form.push(("Body", &message.body));
-        form.extend(message.attachments.iter().map(|url| ("MediaUrl", url.as_str())));
-        if let Some(callback) = &self.status_callback {
-            form.push(("StatusCallback", callback));
+        form.push(("Body", Cow::from(message.body.as_str())));
+        form.extend(message.attachments.iter().map(|url| ("MediaUrl", Cow::from(url.as_str()))));
+        match &self.status_callback {
+            // Our own receipts URL names the message: a receipt that arrives before the send's
+            // answer was recorded (Twilio calls back within milliseconds) still finds it.
+            Some(callback) if self.callback_carries_id => {
+                form.push(("StatusCallback", Cow::from(format!("{callback}?{MESSAGE_ID_PARAM}={}", message.id))));
+            }
+            Some(callback) => form.push(("StatusCallback", Cow::from(callback.as_str()))),
+            None => {}
         }
         form
     }
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The query parameter of our own `StatusCallback` URL naming Switchboard's message id.
+const MESSAGE_ID_PARAM: &str = "message_id";
+
+/// Switchboard's message id from a receipt URL's query (`?message_id=…`; it is under the
+/// signature like the rest of the URL): a UUID's characters only, else none.
+fn message_id_in(path_and_query: &str) -> Option<String> {
+    let (_, query) = path_and_query.split_once('?')?;
+    let id = query.split('&').find_map(|pair| pair.strip_prefix(MESSAGE_ID_PARAM)?.strip_prefix('='))?;
+    let uuid_like = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    uuid_like.then(|| id.to_owned())
+}
 
 /// The answer Twilio expects: TwiML that does nothing (no reply is sent).
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
@@ -387,7 +410,8 @@ fn receipts(
     request: InboundRequest<'_>,
 ) -> Result<Receipts, InboundError> {
     let params = signed_params(auth_token, public_url, request)?;
-    let receipt = status_receipt(&params)?;
+    let mut receipt = status_receipt(&params)?;
+    receipt.message_id = message_id_in(request.path_and_query);
     Ok(Receipts { receipts: vec![receipt], content_type: "text/plain", answer: String::new() })
 }
 
@@ -1173,12 +1197,23 @@ mod receipt_tests {
         };
         let form = provider.send_form(&message);
         let callbacks: Vec<&str> =
-            form.iter().filter(|(field, _)| *field == "StatusCallback").map(|(_, value)| *value).collect();
+            form.iter().filter(|(field, _)| *field == "StatusCallback").map(|(_, value)| value.as_ref()).collect();
         assert_eq!(
             callbacks,
             expected.into_iter().collect::<Vec<_>>(),
             "{public_url:?} {status_callback:?} {name}"
         );
+    }
+
+    #[test]
+    fn the_message_id_in_a_receipt_url() {
+        let check = |path: &str, expected: Option<&str>| assert_eq!(message_id_in(path).as_deref(), expected, "{path}");
+        check("/v1/receipts/twilio/tw?message_id=0190abcd-0000-7000-8000-000000000001", Some("0190abcd-0000-7000-8000-000000000001"));
+        check("/v1/receipts/twilio/tw?x=1&message_id=0190abcd", Some("0190abcd"));
+        check("/v1/receipts/twilio/tw", None);
+        check("/v1/receipts/twilio/tw?message_id=", None);
+        check("/v1/receipts/twilio/tw?message_id=../etc", None);
+        check("/v1/receipts/twilio/tw?message_ids=0190abcd", None);
     }
 
     #[test]
@@ -1188,25 +1223,25 @@ mod receipt_tests {
             Some("https://sb.example.com"),
             None,
             "tw",
-            Some("https://sb.example.com/v1/receipts/twilio/tw"),
+            Some("https://sb.example.com/v1/receipts/twilio/tw?message_id=0190abcd"),
         );
         check_callback(
             Some("https://sb.example.com/"),
             None,
             "tw-us_2",
-            Some("https://sb.example.com/v1/receipts/twilio/tw-us_2"),
+            Some("https://sb.example.com/v1/receipts/twilio/tw-us_2?message_id=0190abcd"),
         );
         check_callback(
             Some("https://example.com/switchboard/"),
             None,
             "tw",
-            Some("https://example.com/switchboard/v1/receipts/twilio/tw"),
+            Some("https://example.com/switchboard/v1/receipts/twilio/tw?message_id=0190abcd"),
         );
         check_callback(
             Some("http://127.0.0.1:8080"),
             None,
             "a b/c",
-            Some("http://127.0.0.1:8080/v1/receipts/twilio/a%20b%2Fc"),
+            Some("http://127.0.0.1:8080/v1/receipts/twilio/a%20b%2Fc?message_id=0190abcd"),
         );
         // An explicit `status_callback` wins, with or without `public_url`.
         check_callback(

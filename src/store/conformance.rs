@@ -34,6 +34,7 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     callbacks_go_out_in_order(&store).await;
     suppressions_block_every_sender(&store).await;
     events_are_capped(&store).await;
+    receipts_before_the_answer(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -853,4 +854,25 @@ pub(crate) async fn events_are_capped(store: &Arc<dyn MessageStore>) {
     let provider_events = view.events.iter().filter(|e| e.source == Source::Provider).count();
     assert_eq!(provider_events, MAX_EVENTS);
     assert_eq!(view.delivery_status, Some(DeliveryStatus::Delivered));
+}
+
+/// A receipt naming our id that arrives while its provider's attempt is under way (Twilio calls
+/// back before the send's answer is recorded) finds the message; one from a provider that did not
+/// try it does not.
+pub(crate) async fn receipts_before_the_answer(store: &Arc<dyn MessageStore>) {
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let message = outbound(Channel::SMS, &from, &to, "hi");
+    insert(store, &message, None).await;
+    ok(store.attempt_started(&message.id, 1, "tw").await, "attempt_started");
+    let by_id = |provider: &str| {
+        let mut early = receipt(provider, "SM-not-recorded-yet", Some(DeliveryStatus::Delivered), "delivered");
+        early.message_id = Some(message.id.clone());
+        early
+    };
+    let applied = ok(store.record_receipts(&[by_id("other"), by_id("tw")]).await, "record_receipts");
+    assert_eq!(applied, [ReceiptApplied::Unknown, ReceiptApplied::Recorded { message_id: message.id.clone(), moved: true }]);
+    let sent = Final::Sent { provider: Arc::from("tw"), provider_message_id: Some("SM-not-recorded-yet".into()) };
+    ok(store.finish(&message.id, sent, None).await, "finish");
+    let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!((view.status, view.delivery_status), (Status::Sent, Some(DeliveryStatus::Delivered)));
 }

@@ -72,6 +72,9 @@ struct Record {
     owner: Option<Box<str>>,
     delivery_status: Option<DeliveryStatus>,
     status_callback: Option<Box<str>>,
+    /// The provider of its latest attempt start: a receipt naming the message may come from it
+    /// before the send's answer is recorded.
+    trying: Option<Arc<str>>,
     /// Providers' receipts, as recorded.
     events: Vec<Event>,
     /// Inbound: when the provider says it was sent; outbound: `created_at`.
@@ -358,7 +361,10 @@ impl MemoryStore {
     /// Whether message `id` is stored and was handled by `provider` (a receipt naming our id
     /// must come from the provider that sent it).
     fn handled_by(&self, id: u128, provider: &str) -> bool {
-        self.shard(id).get(&id).is_some_and(|record| record.provider.as_deref() == Some(provider))
+        self.shard(id).get(&id).is_some_and(|record| {
+            record.direction == Direction::Outbound
+                && (record.provider.as_deref() == Some(provider) || record.trying.as_deref() == Some(provider))
+        })
     }
 
     /// The newest message of `conversation` still stored, as the listing shows it.
@@ -409,6 +415,7 @@ impl MessageStore for MemoryStore {
             tags: message.tags.clone().into_boxed_slice(),
             owner: owner.map(Box::from),
             delivery_status: None,
+            trying: None,
             status_callback: meta.status_callback.map(Box::from),
             events: Vec::new(),
             occurred_at: now,
@@ -431,11 +438,12 @@ impl MessageStore for MemoryStore {
         Ok(Inserted::New)
     }
 
-    async fn attempt_started(&self, id: &str, _number: u32, _provider: &str) -> Result<(), StoreError> {
+    async fn attempt_started(&self, id: &str, _number: u32, provider: &str) -> Result<(), StoreError> {
         // Only the status: nothing here survives a crash, so there is nothing to reconcile.
         let Some(key) = key(id) else { return Ok(()) };
         let mut outbox = lock(&self.outbox);
         if let Some(record) = self.shard(key).get_mut(&key) {
+            record.trying = Some(Arc::from(provider));
             if record.status == Status::Queued {
                 record.status = Status::Sending;
                 record.updated_at = SystemTime::now();
@@ -625,6 +633,7 @@ impl MessageStore for MemoryStore {
             tags: Box::new([]),
             owner: message.owner.as_deref().map(Box::from),
             delivery_status: None,
+            trying: None,
             status_callback: None,
             events: Vec::new(),
             occurred_at: message.timestamp,

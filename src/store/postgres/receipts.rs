@@ -111,8 +111,9 @@ async fn find(
 ) -> Result<Vec<Option<String>>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT COALESCE( \
-           (SELECT m.id FROM messages m WHERE m.id = i.message_id AND m.provider = i.provider \
-            AND m.direction = 'outbound'), \
+           (SELECT m.id FROM messages m WHERE m.id = i.message_id AND m.direction = 'outbound' \
+            AND (m.provider = i.provider OR EXISTS \
+              (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.provider = i.provider))), \
            (SELECT m.id FROM messages m WHERE m.provider_message_id = i.provider_message_id \
             AND m.provider = i.provider AND m.direction = 'outbound' ORDER BY m.id LIMIT 1)) \
          FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY \

@@ -76,14 +76,16 @@ pub(super) async fn record(
 }
 
 /// The message a receipt is about, and its delivery status: by our id when the receipt carries
-/// it (and it is a message this provider handled), else by the provider's id for it.
+/// it (and it is a message this provider handled or is trying: a receipt may come before the
+/// send's answer is recorded), else by the provider's id for it.
 async fn find(
     conn: &mut SqliteConnection,
     receipt: &ReceiptRecord,
 ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
     if let Some(id) = &receipt.message_id {
         let row = sqlx::query(
-            "SELECT id, delivery_status FROM messages WHERE id = ? AND provider = ? AND direction = 'outbound'",
+            "SELECT id, delivery_status FROM messages m WHERE id = ?1 AND direction = 'outbound' \
+             AND (provider = ?2 OR EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.provider = ?2))",
         )
         .bind(id)
         .bind(&receipt.provider)
