@@ -44,7 +44,8 @@ fi
 drain() {
   [[ ${TARGET:-send} == callbacks ]] || return 0
   for _ in $(seq 600); do
-    (( $(counter 'switchboard_callbacks_total\{result="delivered"') >= 2 * $(counter $metric) )) && return 0
+    delivered=$(curl -s "http://127.0.0.1:$port/metrics" | awk '$1 == "switchboard_callbacks_total{result=\"delivered\"}" {print $2+0}')
+    (( ${delivered:-0} >= 2 * $(counter $metric) )) && return 0
     sleep 0.1
   done
   echo "callbacks did not drain" >&2; return 1

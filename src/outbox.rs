@@ -45,13 +45,19 @@ pub async fn run(
 ) {
     let mut sending = tokio::task::JoinSet::new();
     let in_flight: InFlight = Arc::default();
+    let mut last_take = tokio::time::Instant::now();
     while !*stop.borrow() {
         while sending.try_join_next().is_some() {}
         let free = CONCURRENCY.saturating_sub(sending.len()).min(BATCH);
-        let pause = if free == 0 {
-            // Every slot is taken: wait for one to free (or for the stop).
+        // Taking callbacks is a store write: with a backlog, take them a batch at a time, not one
+        // per slot that frees — but at least every IDLE_POLL whatever is free (slow receivers
+        // holding most slots hold up nobody else).
+        let batch_ready = free >= BATCH || sending.is_empty() || last_take.elapsed() >= IDLE_POLL;
+        let pause = if free == 0 || !batch_ready {
+            // Too few slots free: wait for more to free (or for the stop).
             IDLE_POLL
         } else {
+            last_take = tokio::time::Instant::now();
             match store.due_callbacks(u32::try_from(free).unwrap_or(u32::MAX)).await {
                 Ok(jobs) if jobs.is_empty() => IDLE_POLL,
                 Ok(jobs) => {

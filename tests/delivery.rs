@@ -549,7 +549,11 @@ fn sendgrid_batch(backend: &Backend) {
         202,
         "an opened email's address is fine"
     );
-    assert_eq!(post_json(&server, "/v1/messages", &email("dave@example.org")).0, 202, "an unknown message's drop");
+    assert_eq!(
+        post_json(&server, "/v1/messages", &email("dave@example.org")).0,
+        202,
+        "an unknown message's drop"
+    );
     let listed: Value =
         client().get(server.url("/v1/opt-outs")).send().and_then(|r| r.json()).unwrap_or_default();
     let suppressed: BTreeSet<(String, String, String)> = listed["opt_outs"]
@@ -561,10 +565,8 @@ fn sendgrid_batch(backend: &Backend) {
             (text("channel"), text("sender"), text("recipient"))
         })
         .collect();
-    let expected: BTreeSet<(String, String, String)> = ["bob@example.org"]
-        .into_iter()
-        .map(|r| ("email".to_owned(), "*".to_owned(), r.to_owned()))
-        .collect();
+    let expected: BTreeSet<(String, String, String)> =
+        ["bob@example.org"].into_iter().map(|r| ("email".to_owned(), "*".to_owned(), r.to_owned())).collect();
     assert_eq!(suppressed, expected, "{listed}");
 }
 

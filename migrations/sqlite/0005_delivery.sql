@@ -41,4 +41,4 @@ CREATE TABLE callbacks (
 );
 
 CREATE INDEX callbacks_message ON callbacks (message_id, id);
-CREATE INDEX callbacks_next_at ON callbacks (next_at);
+CREATE INDEX callbacks_next_at ON callbacks (next_at, id);

@@ -298,7 +298,10 @@ impl TwilioProvider {
             // Our own receipts URL names the message: a receipt that arrives before the send's
             // answer was recorded (Twilio calls back within milliseconds) still finds it.
             Some(callback) if self.callback_carries_id => {
-                form.push(("StatusCallback", Cow::from(format!("{callback}?{MESSAGE_ID_PARAM}={}", message.id))));
+                form.push((
+                    "StatusCallback",
+                    Cow::from(format!("{callback}?{MESSAGE_ID_PARAM}={}", message.id)),
+                ));
             }
             Some(callback) => form.push(("StatusCallback", Cow::from(callback.as_str()))),
             None => {}
@@ -1196,8 +1199,11 @@ mod receipt_tests {
             ..email("x", None, "Hi", &[])
         };
         let form = provider.send_form(&message);
-        let callbacks: Vec<&str> =
-            form.iter().filter(|(field, _)| *field == "StatusCallback").map(|(_, value)| value.as_ref()).collect();
+        let callbacks: Vec<&str> = form
+            .iter()
+            .filter(|(field, _)| *field == "StatusCallback")
+            .map(|(_, value)| value.as_ref())
+            .collect();
         assert_eq!(
             callbacks,
             expected.into_iter().collect::<Vec<_>>(),
@@ -1207,8 +1213,13 @@ mod receipt_tests {
 
     #[test]
     fn the_message_id_in_a_receipt_url() {
-        let check = |path: &str, expected: Option<&str>| assert_eq!(message_id_in(path).as_deref(), expected, "{path}");
-        check("/v1/receipts/twilio/tw?message_id=0190abcd-0000-7000-8000-000000000001", Some("0190abcd-0000-7000-8000-000000000001"));
+        let check = |path: &str, expected: Option<&str>| {
+            assert_eq!(message_id_in(path).as_deref(), expected, "{path}")
+        };
+        check(
+            "/v1/receipts/twilio/tw?message_id=0190abcd-0000-7000-8000-000000000001",
+            Some("0190abcd-0000-7000-8000-000000000001"),
+        );
         check("/v1/receipts/twilio/tw?x=1&message_id=0190abcd", Some("0190abcd"));
         check("/v1/receipts/twilio/tw", None);
         check("/v1/receipts/twilio/tw?message_id=", None);

@@ -865,13 +865,18 @@ pub(crate) async fn receipts_before_the_answer(store: &Arc<dyn MessageStore>) {
     insert(store, &message, None).await;
     ok(store.attempt_started(&message.id, 1, "tw").await, "attempt_started");
     let by_id = |provider: &str| {
-        let mut early = receipt(provider, "SM-not-recorded-yet", Some(DeliveryStatus::Delivered), "delivered");
+        let mut early =
+            receipt(provider, "SM-not-recorded-yet", Some(DeliveryStatus::Delivered), "delivered");
         early.message_id = Some(message.id.clone());
         early
     };
     let applied = ok(store.record_receipts(&[by_id("other"), by_id("tw")]).await, "record_receipts");
-    assert_eq!(applied, [ReceiptApplied::Unknown, ReceiptApplied::Recorded { message_id: message.id.clone(), moved: true }]);
-    let sent = Final::Sent { provider: Arc::from("tw"), provider_message_id: Some("SM-not-recorded-yet".into()) };
+    assert_eq!(
+        applied,
+        [ReceiptApplied::Unknown, ReceiptApplied::Recorded { message_id: message.id.clone(), moved: true }]
+    );
+    let sent =
+        Final::Sent { provider: Arc::from("tw"), provider_message_id: Some("SM-not-recorded-yet".into()) };
     ok(store.finish(&message.id, sent, None).await, "finish");
     let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
     assert_eq!((view.status, view.delivery_status), (Status::Sent, Some(DeliveryStatus::Delivered)));

@@ -363,7 +363,8 @@ impl MemoryStore {
     fn handled_by(&self, id: u128, provider: &str) -> bool {
         self.shard(id).get(&id).is_some_and(|record| {
             record.direction == Direction::Outbound
-                && (record.provider.as_deref() == Some(provider) || record.trying.as_deref() == Some(provider))
+                && (record.provider.as_deref() == Some(provider)
+                    || record.trying.as_deref() == Some(provider))
         })
     }
 
