@@ -31,6 +31,10 @@ pub enum AddressClass {
     Multicast,
     /// 255.255.255.255.
     Broadcast,
+    /// Special-purpose ranges no receiver lives in: 192.0.0.0/24, the documentation ranges
+    /// (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32), benchmarking
+    /// (198.18.0.0/15), 240.0.0.0/4, and the IPv6 discard prefix 100::/64.
+    Reserved,
 }
 
 impl AddressClass {
@@ -45,6 +49,7 @@ impl AddressClass {
             Self::Unspecified => "an unspecified address",
             Self::Multicast => "a multicast address",
             Self::Broadcast => "the broadcast address",
+            Self::Reserved => "a reserved (special-purpose) address",
         }
     }
 }
@@ -72,7 +77,7 @@ pub fn refused(ip: IpAddr, allow_loopback: bool) -> Option<AddressClass> {
 }
 
 fn classify_v4(ip: Ipv4Addr) -> Option<AddressClass> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     Some(match (a, b) {
         (127, _) => AddressClass::Loopback,
         (10, _) | (172, 16..=31) | (192, 168) => AddressClass::Private,
@@ -81,6 +86,10 @@ fn classify_v4(ip: Ipv4Addr) -> Option<AddressClass> {
         (0, _) => AddressClass::Unspecified,
         (224..=239, _) => AddressClass::Multicast,
         _ if ip == Ipv4Addr::BROADCAST => AddressClass::Broadcast,
+        (240..=255, _) | (198, 18 | 19) => AddressClass::Reserved,
+        (192, 0) if c == 0 || c == 2 => AddressClass::Reserved,
+        (198, 51) if c == 100 => AddressClass::Reserved,
+        (203, 0) if c == 113 => AddressClass::Reserved,
         _ => return None,
     })
 }
@@ -90,8 +99,16 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
         return classify_v4(v4);
     }
     let segments = ip.segments();
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // NAT64 (64:ff9b::/96) and the deprecated IPv4-compatible form (::a.b.c.d) end with an IPv4
+    // address; 6to4 (2002::/16) carries one after its prefix.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (segments[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified())
+    {
         let [.., a, b, c, d] = ip.octets();
+        return classify_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    if segments[0] == 0x2002 {
+        let [_, _, a, b, c, d, ..] = ip.octets();
         return classify_v4(Ipv4Addr::new(a, b, c, d));
     }
     Some(match segments[0] {
@@ -100,6 +117,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
         s if s & 0xff00 == 0xff00 => AddressClass::Multicast,
         s if s & 0xffc0 == 0xfe80 => AddressClass::LinkLocal,
         s if s & 0xfe00 == 0xfc00 => AddressClass::UniqueLocal,
+        0x2001 if segments[1] == 0x0db8 => AddressClass::Reserved,
+        0x0100 if segments[1..4] == [0, 0, 0] => AddressClass::Reserved,
         _ => return None,
     })
 }
@@ -243,6 +262,23 @@ mod tests {
             check("https://239.255.255.250/", flag, Err(UrlError::Address(Multicast)));
             check("https://[ff02::1]/", flag, Err(UrlError::Address(Multicast)));
             check("https://255.255.255.255/", flag, Err(UrlError::Address(Broadcast)));
+            for reserved in [
+                "https://198.18.0.1/",
+                "https://198.19.255.1/",
+                "https://192.0.0.1/",
+                "https://192.0.2.1/",
+                "https://198.51.100.7/",
+                "https://203.0.113.9/",
+                "https://240.0.0.1/",
+                "https://[2001:db8::1]/",
+                "https://[100::1]/",
+            ] {
+                check(reserved, flag, Err(UrlError::Address(Reserved)));
+            }
+            check("https://[2002:a00:1::]/", flag, Err(UrlError::Address(Private)));
+            check("https://[::10.0.0.1]/", flag, Err(UrlError::Address(Private)));
+            check("https://192.0.1.1/", flag, Ok("https://192.0.1.1/"));
+            check("https://[2002:808:808::]/", flag, Ok("https://[2002:808:808::]/"));
             // IPv4 inside IPv6.
             check("https://[::ffff:10.0.0.1]/", flag, Err(UrlError::Address(Private)));
             check("https://[::ffff:a9fe:a9fe]/", flag, Err(UrlError::Address(LinkLocal)));
