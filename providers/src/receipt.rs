@@ -180,6 +180,27 @@ fn mask_numbers(text: &str) -> String {
 /// smallest countries have 7 after the country code… and error codes such as `30003` fewer).
 const PHONE_DIGITS: usize = 7;
 
+/// The rest of a signed JSON receipt request's head, after its signature header: one timestamp
+/// header `name` (shown as `shown`) holding Unix seconds — the text as sent (it is signed) and its
+/// value — then a JSON content type.
+pub(crate) fn signed_json_head<'a>(
+    head: crate::inbound::InboundHead<'a>,
+    name: &str,
+    shown: &str,
+) -> Result<(&'a str, u64), InboundError> {
+    let timestamp = single_header(head.headers, name, shown)?;
+    let signed_at = unix_seconds(timestamp).ok_or_else(|| {
+        InboundError::InvalidSignature(format!("malformed {shown} header: expected Unix seconds"))
+    })?;
+    if !crate::inbound::has_media_type(head.headers, JSON) {
+        return Err(InboundError::UnsupportedMediaType { expected: JSON });
+    }
+    Ok((timestamp, signed_at))
+}
+
+/// The content type of signed JSON receipts.
+pub(crate) const JSON: &str = "application/json";
+
 /// The one value of the header `name` (lower-case), named `shown` in the errors: missing or
 /// empty, sent more than once, or not visible ASCII is refused as a bad signature.
 pub(crate) fn single_header<'a>(

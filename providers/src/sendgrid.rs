@@ -53,9 +53,9 @@ use subtle::ConstantTimeEq;
 use crate::address::is_email;
 use crate::email::{looks_like_html, with_attachment_links};
 use crate::http::{self, check_url, Answer};
-use crate::inbound::{has_media_type, Inbound, InboundError, InboundHead, InboundRequest, Incoming};
+use crate::inbound::{Inbound, InboundError, InboundHead, InboundRequest, Incoming};
 use crate::receipt::{
-    check_signed_time, detail_text, json_array, single_header, unix_seconds, unix_time, DeliveryStatus,
+    check_signed_time, detail_text, json_array, signed_json_head, single_header, unix_time, DeliveryStatus,
     ProviderReceipt, Receipts,
 };
 use crate::{
@@ -303,8 +303,6 @@ fn event_webhook_key(text: &str) -> Result<VerifyingKey, &'static str> {
         .map_err(|_| "is not an ECDSA P-256 public key (base64 of a DER SubjectPublicKeyInfo)")
 }
 
-const JSON: &str = "application/json";
-
 const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
 const TIMESTAMP_HEADER: &str = "x-twilio-email-event-webhook-timestamp";
 /// The headers' names as SendGrid writes them, for errors.
@@ -359,13 +357,7 @@ fn admit_events<'a>(
                 "malformed {SIGNATURE_SHOWN} header: expected the base64 of a DER ECDSA signature"
             ))
         })?;
-    let timestamp = single_header(head.headers, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
-    let signed_at = unix_seconds(timestamp).ok_or_else(|| {
-        InboundError::InvalidSignature(format!("malformed {TIMESTAMP_SHOWN} header: expected Unix seconds"))
-    })?;
-    if !has_media_type(head.headers, JSON) {
-        return Err(InboundError::UnsupportedMediaType { expected: JSON });
-    }
+    let (timestamp, signed_at) = signed_json_head(head, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
     Ok(SignedEvents { key, signature, timestamp, signed_at })
 }
 
@@ -1252,7 +1244,7 @@ mod receipt_tests {
         let what =
             format!("{:?} {:?} {:?}", post.timestamp, post.signature, String::from_utf8_lossy(&post.body));
         let (admitted, taken) = run(post);
-        check_receipts(&what, admitted, taken, expected, JSON);
+        check_receipts(&what, admitted, taken, expected, crate::receipt::JSON);
     }
 
     /// A receipt of event `event` with no ids, no time and no suppression.

@@ -29,10 +29,10 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use crate::http::{self, check_url};
-use crate::inbound::{has_media_type, InboundError, InboundHead, InboundRequest};
+use crate::inbound::{InboundError, InboundHead, InboundRequest};
 use crate::receipt::{
-    check_signed_time, json_array, single_header, unix_seconds, unix_time, DeliveryStatus, ProviderReceipt,
-    Receipts,
+    check_signed_time, json_array, signed_json_head, single_header, unix_time, DeliveryStatus,
+    ProviderReceipt, Receipts,
 };
 use crate::{
     BuildContext, Kind, OutboundMessage, Provider, Receipt, Registration, Secret, SendError, SentCredentials,
@@ -221,8 +221,6 @@ impl Provider for WebhookProvider {
     }
 }
 
-const JSON: &str = "application/json";
-
 /// The headers' names as errors show them.
 const TIMESTAMP_SHOWN: &str = "X-Switchboard-Timestamp";
 const SIGNATURE_SHOWN: &str = "X-Switchboard-Signature";
@@ -254,13 +252,7 @@ fn admit_receipts(head: InboundHead<'_>) -> Result<Signed<'_>, InboundError> {
             "malformed {SIGNATURE_SHOWN} header: expected `sha256=` and 64 hex digits"
         ))
     })?;
-    let timestamp = single_header(head.headers, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
-    let signed_at = unix_seconds(timestamp).ok_or_else(|| {
-        InboundError::InvalidSignature(format!("malformed {TIMESTAMP_SHOWN} header: expected Unix seconds"))
-    })?;
-    if !has_media_type(head.headers, JSON) {
-        return Err(InboundError::UnsupportedMediaType { expected: JSON });
-    }
+    let (timestamp, signed_at) = signed_json_head(head, TIMESTAMP_HEADER, TIMESTAMP_SHOWN)?;
     Ok(Signed { signature, timestamp, signed_at })
 }
 
@@ -582,7 +574,7 @@ mod receipt_tests {
         let what = format!("{:?} {:?} {}", post.timestamp, post.signature, post.body);
         let (admitted, taken) = run(post);
         if let Some(InboundError::InvalidSignature(text)) =
-            check_receipts(&what, admitted, taken, expected, JSON)
+            check_receipts(&what, admitted, taken, expected, crate::receipt::JSON)
         {
             assert!(!text.contains(SECRET), "{what}: {text}");
         }
