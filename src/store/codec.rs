@@ -49,6 +49,12 @@ pub(super) fn ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Callbacks created before this (Unix ms) are past [`crate::callbacks::MAX_AGE`]: retention's
+/// purge deletes those still in the outbox.
+pub(super) fn callbacks_expired_before() -> i64 {
+    ms(SystemTime::now() - crate::callbacks::MAX_AGE)
+}
+
 pub(super) fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

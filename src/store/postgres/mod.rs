@@ -13,8 +13,8 @@ use sqlx::{ConnectOptions, Row};
 use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{
-    channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list, positions_of, recorded_answer,
-    unavailable, view_of,
+    callbacks_expired_before, channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list,
+    positions_of, recorded_answer, unavailable, view_of,
 };
 mod batches;
 mod conversations;
@@ -462,6 +462,15 @@ impl MessageStore for PostgresStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        // Callbacks past their 24 hours that no worker gave up on (none runs without a secret).
+        sqlx::query(
+            "DELETE FROM callbacks WHERE id IN (SELECT id FROM callbacks WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(callbacks_expired_before())
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(purged)
     }
 

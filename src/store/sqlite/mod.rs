@@ -804,6 +804,13 @@ async fn purge(conn: &mut SqliteConnection, before: SystemTime, batch: u32) -> R
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
+    // Callbacks past their 24 hours that no worker gave up on (none runs without a secret).
+    sqlx::query("DELETE FROM callbacks WHERE id IN (SELECT id FROM callbacks WHERE created_at < ? LIMIT ?)")
+        .bind(crate::store::codec::callbacks_expired_before())
+        .bind(i64::from(batch))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     Ok(purged)
 }
 
@@ -1243,6 +1250,37 @@ mod tests {
             .await
             .map_err(unavailable)?;
         assert_eq!(orphans, 0, "attempts go with their message");
+        Ok(())
+    }
+
+    /// Callbacks no worker sends (no secret configured) leave the outbox once 24 hours old.
+    #[tokio::test]
+    async fn purge_removes_callbacks_past_their_24_hours() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let store = SqliteStore::open(&dir.path().join("t.db").to_string_lossy()).await?;
+        for age in [crate::callbacks::MAX_AGE + Duration::from_secs(60), Duration::from_secs(60)] {
+            let m = message(&[]);
+            let meta = Meta { owner: None, status_callback: Some("https://example.com/cb") };
+            store.insert_for(&m, meta, None).await?;
+            store.attempt_started(&m.id, 1, "p").await?;
+            let created = ms(SystemTime::now() - age);
+            let rewrite = sqlx::query("UPDATE callbacks SET created_at = ? WHERE message_id = ?")
+                .bind(created)
+                .bind(&m.id);
+            let mut conn =
+                SqliteConnectOptions::from_str(&format!("sqlite://{}", dir.path().join("t.db").display()))
+                    .map_err(unavailable)?
+                    .connect()
+                    .await
+                    .map_err(unavailable)?;
+            rewrite.execute(&mut conn).await.map_err(unavailable)?;
+        }
+        store.purge(SystemTime::now(), 100).await?;
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM callbacks")
+            .fetch_one(&store.reader)
+            .await
+            .map_err(unavailable)?;
+        assert_eq!(left, 1, "the 24-hour-old callback is gone, the fresh one stays");
         Ok(())
     }
 }
