@@ -20,11 +20,9 @@ use tokio::task::JoinHandle;
 use crate::health::{BreakerState, Verdict};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, ProviderHandle, Snapshot};
-use crate::store::conversation::OPTED_OUT;
-use crate::store::delivery::SUPPRESSED;
 use crate::store::{
-    blocked, Attempt, Blocked, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, Meta,
-    Outcome, Pending, QueuePosition, Status, StoreError,
+    blocked, Attempt, Failure, FailureCode, Final, IdempotencyKey, Inserted, MessageStore, Meta, Outcome,
+    Pending, QueuePosition, Status, StoreError,
 };
 
 /// How long a provider that answered 429 without Retry-After is left alone.
@@ -611,15 +609,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             Ok(None) => {}
             Ok(Some(why)) => {
                 let _ = handle.health().breaker.record(permit, Verdict::Neutral, Instant::now());
-                let failure = match why {
-                    Blocked::OptedOut => {
-                        Failure { code: FailureCode::OptedOut, message: OPTED_OUT.to_owned() }
-                    }
-                    Blocked::Suppressed => {
-                        Failure { code: FailureCode::Suppressed, message: SUPPRESSED.to_owned() }
-                    }
-                };
-                finish(shared, job, Final::Failed { provider: None, failure }, None).await;
+                finish(shared, job, Final::Failed { provider: None, failure: why.failure() }, None).await;
                 return Round::Done;
             }
             Err(error) => {

@@ -66,11 +66,8 @@ pub async fn provider_inbound(
 
 async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> Result<Response, ApiError> {
     let refuse = |error| refused(state, name, error, Metrics::inbound_rejected);
-    let (instance, parts, bytes) =
-        read_provider_request(state, kind, name, request, |p, head| p.admit(head), refuse).await?;
-    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
-    let inbound = instance.receive(request).await.map_err(refuse)?;
+    let read = read_provider_request(state, kind, name, request, |p, head| p.admit(head), refuse).await?;
+    let inbound = read.instance.receive(read.request()).await.map_err(refuse)?;
     for message in &inbound.messages {
         if let Err(error) = payload::check_incoming(message) {
             state.metrics.inbound_rejected(name, "invalid_request");
@@ -103,7 +100,7 @@ pub(super) async fn read_provider_request(
     request: Request,
     admit: impl FnOnce(&dyn Provider, InboundHead<'_>) -> Result<(), InboundError>,
     refuse: impl Fn(InboundError) -> ApiError,
-) -> Result<(Arc<dyn Provider>, axum::http::request::Parts, Bytes), ApiError> {
+) -> Result<ProviderRequest, ApiError> {
     let snapshot = state.snapshot.load_full();
     let handle = snapshot.provider(name).filter(|h| h.config.kind.kind == kind).ok_or(ApiError::NotFound)?;
     let instance = Arc::clone(handle.instance());
@@ -112,8 +109,24 @@ pub(super) async fn read_provider_request(
     admit(instance.as_ref(), InboundHead { path_and_query, headers: &parts.headers }).map_err(&refuse)?;
     let limit =
         instance.max_inbound_body().map_or(state.inbound_body_limit, |l| l.min(state.inbound_body_limit));
-    let bytes = read_body_in_time(state, body, &parts.headers, limit).await?;
-    Ok((instance, parts, bytes))
+    let body = read_body_in_time(state, body, &parts.headers, limit).await?;
+    Ok(ProviderRequest { instance, parts, body })
+}
+
+/// A provider's request, read: the provider instance it is for, and the request.
+pub(super) struct ProviderRequest {
+    pub(super) instance: Arc<dyn Provider>,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+}
+
+impl ProviderRequest {
+    /// The request as the kind is given it.
+    pub(super) fn request(&self) -> InboundRequest<'_> {
+        let uri = &self.parts.uri;
+        let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        InboundRequest { path_and_query, headers: &self.parts.headers, body: &self.body }
+    }
 }
 
 /// The answer to a refused request to a provider's URL, logged and counted with `count` (the

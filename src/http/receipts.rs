@@ -10,7 +10,6 @@ use std::time::SystemTime;
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use switchboard_providers::inbound::InboundRequest;
 
 use super::inbound::{provider_answer, read_provider_request, refused};
 use super::{ApiError, AppState};
@@ -28,12 +27,10 @@ pub async fn provider_receipts(
 
 async fn receive(state: &AppState, kind: &str, name: &str, request: Request) -> Result<Response, ApiError> {
     let refuse = |error| refused(state, name, error, Metrics::receipt_rejected);
-    let (instance, parts, bytes) =
+    let read =
         read_provider_request(state, kind, name, request, |p, head| p.admit_receipts(head), refuse).await?;
-    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let request = InboundRequest { path_and_query, headers: &parts.headers, body: &bytes };
     let now = SystemTime::now();
-    let receipts = instance.receipts(request, now).await.map_err(refuse)?;
+    let receipts = read.instance.receipts(read.request(), now).await.map_err(refuse)?;
     state.receiver.record_receipts(name, &receipts.receipts, now).await?;
     Ok(provider_answer(receipts.content_type, receipts.answer))
 }

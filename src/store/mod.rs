@@ -422,6 +422,17 @@ pub trait MessageStore: Send + Sync + 'static {
     /// attempts).
     async fn opted_out(&self, key: &OptOutKey) -> Result<bool, StoreError>;
 
+    /// The first of `keys` that is opted out, by position. Default: [`MessageStore::opted_out`]
+    /// for each in turn; a store that asks a server answers them in one query.
+    async fn first_opted_out(&self, keys: &[OptOutKey]) -> Result<Option<usize>, StoreError> {
+        for (position, key) in keys.iter().enumerate() {
+            if self.opted_out(key).await? {
+                return Ok(Some(position));
+            }
+        }
+        Ok(None)
+    }
+
     /// Recorded opt-outs, ordered by (channel, sender, recipient); the cursor is the last key.
     async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError>;
 
@@ -474,15 +485,27 @@ pub async fn blocked(
     senders: &[&str],
     to: &str,
 ) -> Result<Option<Blocked>, StoreError> {
-    if store.opted_out(&OptOutKey::suppression(channel, to)).await? {
-        return Ok(Some(Blocked::Suppressed));
-    }
-    for sender in senders {
-        if store.opted_out(&OptOutKey::of(channel, sender, to)).await? {
-            return Ok(Some(Blocked::OptedOut));
+    let mut keys = Vec::with_capacity(senders.len() + 1);
+    keys.push(OptOutKey::suppression(channel, to));
+    keys.extend(senders.iter().map(|sender| OptOutKey::of(channel, sender, to)));
+    Ok(store.first_opted_out(&keys).await?.map(|position| match position {
+        0 => Blocked::Suppressed,
+        _ => Blocked::OptedOut,
+    }))
+}
+
+impl Blocked {
+    /// How a message already accepted ends when it is blocked before an attempt.
+    pub fn failure(self) -> Failure {
+        match self {
+            Blocked::OptedOut => {
+                Failure { code: FailureCode::OptedOut, message: conversation::OPTED_OUT.to_owned() }
+            }
+            Blocked::Suppressed => {
+                Failure { code: FailureCode::Suppressed, message: delivery::SUPPRESSED.to_owned() }
+            }
         }
     }
-    Ok(None)
 }
 
 /// Opens the store a URL names: `memory://`, `sqlite://PATH` (created if missing) or

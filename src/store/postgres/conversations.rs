@@ -350,6 +350,22 @@ pub(super) async fn opted_out(pool: &PgPool, key: &OptOutKey) -> Result<bool, sq
     .await
 }
 
+/// The first of `keys` (by position) that is opted out: one query, however many keys (the
+/// suppression and every sender a message could come from are asked before each attempt).
+pub(super) async fn first_opted_out(pool: &PgPool, keys: &[OptOutKey]) -> Result<Option<usize>, sqlx::Error> {
+    let position: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(k.n) FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY AS k (channel, sender, recipient, n) \
+         WHERE EXISTS (SELECT 1 FROM opt_outs o WHERE o.channel = k.channel AND o.sender = k.sender AND o.recipient = k.recipient)",
+    )
+    .bind(keys.iter().map(|k| k.family.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.sender.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.recipient.as_str()).collect::<Vec<_>>())
+    .fetch_one(pool)
+    .await?;
+    // ORDINALITY counts from 1.
+    Ok(position.and_then(|n| usize::try_from(n - 1).ok()))
+}
+
 /// Opt-outs in byte order of (channel, sender, recipient), as the other stores list them,
 /// whatever the database's collation.
 pub(super) async fn opt_outs(

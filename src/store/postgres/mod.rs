@@ -603,6 +603,10 @@ impl MessageStore for PostgresStore {
         conversations::opted_out(&self.pool, key).await.map_err(unavailable)
     }
 
+    async fn first_opted_out(&self, keys: &[OptOutKey]) -> Result<Option<usize>, StoreError> {
+        conversations::first_opted_out(&self.pool, keys).await.map_err(unavailable)
+    }
+
     async fn opt_outs(&self, page: Page<OptOutKey>) -> Result<Listed<OptOut, OptOutKey>, StoreError> {
         conversations::opt_outs(&self.pool, page).await.map_err(unavailable)
     }
