@@ -19,7 +19,11 @@ dir=$(mktemp -d); port=18090
 extra=(); cb_pid=
 if [[ ${TARGET:-send} == callbacks ]]; then
   cb_port=19091
-  PORT=$cb_port taskset -c 1 "$(dirname "$bin")/mock_provider" >/dev/null 2>&1 & cb_pid=$!
+  # The kit's mock provider (built into the bench target dir by benches/http_load.sh or the
+  # kit's README), wherever SB_BIN is.
+  mock=${MOCK_BIN:-${CARGO_TARGET_DIR:-/tmp/sb-bench-target}/release/mock_provider}
+  [[ -x $mock ]] || { echo "no mock provider at $mock: build the kit (see ../shared/bench/README.md) or set MOCK_BIN" >&2; exit 1; }
+  PORT=$cb_port taskset -c 1 "$mock" >/dev/null 2>&1 & cb_pid=$!
   export CALLBACK_URL=http://127.0.0.1:$cb_port/callbacks
   export SWITCHBOARD_CALLBACK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
   extra=(--allow-loopback-callbacks)
@@ -43,7 +47,7 @@ fi
 # Every callback of the messages completed so far went out (2 per message: sending, sent).
 drain() {
   [[ ${TARGET:-send} == callbacks ]] || return 0
-  for _ in $(seq 600); do
+  for _ in $(seq 3000); do
     delivered=$(curl -s "http://127.0.0.1:$port/metrics" | awk '$1 == "switchboard_callbacks_total{result=\"delivered\"}" {print $2+0}')
     (( ${delivered:-0} >= 2 * $(counter $metric) )) && return 0
     sleep 0.1

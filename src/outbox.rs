@@ -15,14 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::callbacks::{backoff, Callbacks, DeliveryError, MAX_AGE};
+use crate::callbacks::{backoff, Callbacks, DeliveryError, CONCURRENCY, MAX_AGE};
 use crate::dispatch::backoff::jitter;
 use crate::metrics::Metrics;
 use crate::store::{CallbackJob, MessageStore, StoreError};
 
-/// How many callbacks are being sent at once, at most: a receiver that hangs holds one slot for
-/// the client's timeout, never the others' callbacks.
-const CONCURRENCY: usize = 128;
 /// The most callbacks taken from the store at once.
 const BATCH: usize = 32;
 /// How often the outbox is looked at when it had nothing due.

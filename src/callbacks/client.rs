@@ -15,6 +15,11 @@ use super::secret::{sign, CallbackSecret};
 /// Standard Webhooks spec recommends 15–30 s; a slower receiver is a failed delivery.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How many callbacks are being sent at once, at most (the outbox's limit: a receiver that hangs
+/// holds one slot for the timeout, never the others' callbacks). As many idle connections per
+/// receiver host are kept, so a busy receiver's connections are reused, not opened per callback.
+pub const CONCURRENCY: usize = 128;
+
 /// Of the receiver's answer only the status matters: at most this many body bytes are read
 /// (so the connection can be reused), the rest is dropped unread.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
@@ -123,7 +128,7 @@ impl Callbacks {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(8)
+            .pool_max_idle_per_host(CONCURRENCY)
             .tcp_nodelay(true)
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -22,7 +22,7 @@ mod policy;
 mod secret;
 
 pub use backoff::{backoff, FIRST_STEP, MAX_AGE, MAX_STEP};
-pub use client::{Callbacks, ClientError, DeliveryError, DEFAULT_TIMEOUT, MAX_ANSWER_BYTES};
+pub use client::{Callbacks, ClientError, DeliveryError, CONCURRENCY, DEFAULT_TIMEOUT, MAX_ANSWER_BYTES};
 pub use policy::{check_url, classify, refused, AddressClass, UrlError, MAX_URL_LEN};
 pub use secret::{
     new_secret_text, sign, CallbackSecret, SecretError, MAX_SECRET_BYTES, MIN_SECRET_BYTES, NEW_SECRET_BYTES,

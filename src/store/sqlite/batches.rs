@@ -1,5 +1,5 @@
 //! SQLite writes of a batch in one statement: plain inserts, inbound messages, attempt starts and
-//! finishes of all the batch's messages go, as JSON arrays, into one `INSERT` on a temporary view
+//! finishes of all the batch's messages, and callbacks leaving the outbox go, as JSON arrays, into one `INSERT` on a temporary view
 //! whose `INSTEAD OF` trigger applies them to the tables (rows drawn with `jsonb_each`).
 //!
 //! Why a trigger: sqlx runs each statement on its connection thread and hands every statement's
@@ -95,8 +95,8 @@ macro_rules! queue_callbacks {
 /// part of the schema and vanish with the connection). An empty array makes its statements
 /// no-ops. `WHERE true` keeps `ON CONFLICT` from being read as a join constraint.
 const SETUP: &str = concat!(
-    "CREATE TEMP VIEW IF NOT EXISTS batch_writes (new_messages, inbound, attempt_starts, attempt_ends, endings, now) \
-     AS SELECT NULL, NULL, NULL, NULL, NULL, NULL; \
+    "CREATE TEMP VIEW IF NOT EXISTS batch_writes (new_messages, inbound, attempt_starts, attempt_ends, endings, \
+     callbacks_done, now) AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL; \
      CREATE TEMP TRIGGER IF NOT EXISTS batch_writes_apply INSTEAD OF INSERT ON batch_writes BEGIN ",
     // Outbound messages: their conversations, rows and queue entries.
     upsert_conversations!("new_messages", "9", "10", "11", "true"),
@@ -155,6 +155,8 @@ const SETUP: &str = concat!(
      FROM jsonb_each(NEW.endings) AS v WHERE messages.id = v.value->>0; \
      DELETE FROM queue WHERE message_id IN (SELECT value->>0 FROM jsonb_each(NEW.endings)); ",
     queue_callbacks!("m.status", "endings", "true"),
+    // Callbacks delivered (or given up on): out of the outbox.
+    "DELETE FROM callbacks WHERE id IN (SELECT value FROM jsonb_each(NEW.callbacks_done)); ",
     "END;"
 );
 
@@ -251,6 +253,7 @@ pub(super) struct Group<'a> {
     starts: Vec<Start<'a>>,
     attempt_ends: Vec<AttemptEnd<'a>>,
     endings: Vec<Ending<'a>>,
+    callbacks_done: Vec<i64>,
 }
 
 impl<'a> Group<'a> {
@@ -348,6 +351,11 @@ impl<'a> Group<'a> {
         ));
     }
 
+    /// A callback that left the outbox (delivered, dropped or expired).
+    pub(super) fn callback_done(&mut self, id: i64) {
+        self.callbacks_done.push(id);
+    }
+
     /// Applies the writes in one statement: on its own, a transaction of its own; inside a
     /// transaction the caller began, part of it. With inbound messages, a second statement
     /// reads where each is stored (in the group's order): the caller runs both in one
@@ -355,15 +363,18 @@ impl<'a> Group<'a> {
     pub(super) async fn write(self, conn: &mut SqliteConnection) -> Result<Vec<Stored>, sqlx::Error> {
         let json =
             |rows: Result<String, serde_json::Error>| rows.map_err(|e| sqlx::Error::Encode(Box::new(e)));
-        sqlx::query("INSERT INTO batch_writes VALUES (jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), ?)")
-            .bind(json(serde_json::to_string(&self.inserts))?)
-            .bind(json(serde_json::to_string(&self.inbound))?)
-            .bind(json(serde_json::to_string(&self.starts))?)
-            .bind(json(serde_json::to_string(&self.attempt_ends))?)
-            .bind(json(serde_json::to_string(&self.endings))?)
-            .bind(ms(SystemTime::now()))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO batch_writes VALUES (jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), ?)",
+        )
+        .bind(json(serde_json::to_string(&self.inserts))?)
+        .bind(json(serde_json::to_string(&self.inbound))?)
+        .bind(json(serde_json::to_string(&self.starts))?)
+        .bind(json(serde_json::to_string(&self.attempt_ends))?)
+        .bind(json(serde_json::to_string(&self.endings))?)
+        .bind(json(serde_json::to_string(&self.callbacks_done))?)
+        .bind(ms(SystemTime::now()))
+        .execute(&mut *conn)
+        .await?;
         if self.inbound.is_empty() {
             return Ok(Vec::new());
         }

@@ -509,6 +509,10 @@ async fn apply_together(
                 group.finish(id, outcome, last_attempt.as_ref());
                 (Some(id), Some(Applied::Done))
             }
+            Op::CallbackDone { id } => {
+                group.callback_done(*id);
+                (None, Some(Applied::Done))
+            }
             Op::Inbound { message } => {
                 let family = family(message.channel.as_str());
                 shares_a_row = !inbound_keys.insert((family, message.provider_message_id.as_str()))
@@ -590,14 +594,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, opt_outs: &OptOuts) -> Resu
         Op::DueCallbacks { limit } => {
             return receipts::due_callbacks(conn, *limit).await.map(Applied::Callbacks).map_err(unavailable)
         }
-        Op::CallbackDone { id } => {
-            sqlx::query("DELETE FROM callbacks WHERE id = ?")
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            return Ok(Applied::Done);
-        }
+        Op::CallbackDone { id } => group.callback_done(*id),
         Op::CallbackRetry { id, attempts, next_at } => {
             sqlx::query("UPDATE callbacks SET attempts = ?, next_at = ?, leased_until = NULL WHERE id = ?")
                 .bind(i64::from(*attempts))
