@@ -69,13 +69,7 @@ pub(super) fn parse_list(text: &str) -> Vec<String> {
 }
 
 pub(super) fn status_of(text: &str) -> Status {
-    match text {
-        "sending" => Status::Sending,
-        "sent" => Status::Sent,
-        "failed" => Status::Failed,
-        "received" => Status::Received,
-        _ => Status::Queued,
-    }
+    Status::parse(text).unwrap_or(Status::Queued)
 }
 
 pub(super) fn outcome_of(text: &str) -> Outcome {

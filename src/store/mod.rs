@@ -59,6 +59,14 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 5] =
+        [Status::Queued, Status::Sending, Status::Sent, Status::Failed, Status::Received];
+
+    /// The status a name (as [`Status::as_str`] writes it) stands for.
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
