@@ -25,6 +25,8 @@ use crate::store::search::{retried_detail, search_clauses, Param, RETRIED_EVENT}
 mod batches;
 mod receipts;
 #[cfg(test)]
+mod search_bench;
+#[cfg(test)]
 mod two_way_tests;
 
 use crate::store::conversation::{family, Direction};
@@ -360,6 +362,12 @@ fn status_condition(status: Status) -> Option<&'static str> {
         Status::Sending => Some(concat!("m.status = 'queued' AND ", started!())),
         Status::Sent | Status::Failed | Status::Received => None,
     }
+}
+
+/// A search's statement (its messages' rows) and parameters.
+fn search_statement(filter: &MessageFilter, page: &Page<SearchPosition>) -> (String, Vec<Param>) {
+    let (clauses, params) = search_clauses(filter, page, |_| "?".to_owned(), status_condition);
+    (format!(concat!("SELECT ", view_columns!(), " FROM messages m WHERE {}"), clauses), params)
 }
 
 /// Whether the viewer bound as `?2` may see conversation `c`: anyone when `NULL`, else a key
@@ -1059,8 +1067,7 @@ impl MessageStore for SqliteStore {
         filter: &MessageFilter,
         page: Page<SearchPosition>,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-        let (clauses, params) = search_clauses(filter, &page, |_| "?".to_owned(), status_condition);
-        let sql = format!(concat!("SELECT ", view_columns!(), " FROM messages m WHERE {}"), clauses);
+        let (sql, params) = search_statement(filter, &page);
         // One read transaction: the messages and their attempts and events as of one moment.
         let mut conn = self.reader.begin().await.map_err(unavailable)?;
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
