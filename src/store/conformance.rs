@@ -959,7 +959,7 @@ pub(crate) async fn search_filters(store: &Arc<dyn MessageStore>) {
     let mine = MessageFilter { owner: Some(owner.clone()), ..MessageFilter::default() };
     let everyone = search_all(store, &mine, 2).await;
     // Newest first: by creation time (milliseconds), then id.
-    let mut expected = vec![&sent, &mail, &queued, &sending];
+    let mut expected = [&sent, &mail, &queued, &sending];
     let created = |id: &str| everyone.iter().find(|v| v.id == id).map(SearchPosition::of);
     expected.sort_by_key(|m| std::cmp::Reverse(created(&m.id)));
     let expected: Vec<&str> = expected.iter().map(|m| m.id.as_str()).collect();
@@ -1008,11 +1008,9 @@ pub(crate) async fn search_filters(store: &Arc<dyn MessageStore>) {
     let mut unknown = mine.clone();
     unknown.to = Some(recipient_key(None, &phones[2]));
     check(unknown, vec![], "to, nobody").await;
-    let mut theirs_too = MessageFilter::default();
-    theirs_too.to = Some(phones[0].clone());
+    let theirs_too = MessageFilter { to: Some(phones[0].clone()), ..MessageFilter::default() };
     check(theirs_too, vec![&sent.id, &theirs.id], "every key's (admin)").await;
-    let mut other_key = MessageFilter::default();
-    other_key.owner = Some(other.clone());
+    let other_key = MessageFilter { owner: Some(other.clone()), ..MessageFilter::default() };
     check(other_key, vec![&theirs.id], "another key's own").await;
     // Times: `since` from a message's creation on, `until` before one's.
     let at = |id: &str| created(id).map(|p| p.created_at).unwrap_or_else(|| panic!("listed"));
