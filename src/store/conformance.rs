@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::conversation::{preview, LastMessage};
+use super::delivery::RETRIED_EVENT;
 use super::delivery::{ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
-use super::search::{recipient_key, RETRIED_EVENT};
+use super::search::recipient_key;
 use super::{
     blocked, Blocked, ConversationMessage, ConversationView, DeliveryStatus, Direction, Failure, FailureCode,
     Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore, MessageView,

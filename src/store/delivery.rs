@@ -45,6 +45,15 @@ impl OptOutKey {
 /// bound. Receipts beyond it still move the delivery status; they are only counted.
 pub const MAX_EVENTS: usize = 100;
 
+/// The `type` of the event a retry adds to a message's timeline; its `detail` is the error the
+/// message had failed with (`{"code", "message"}`).
+pub const RETRIED_EVENT: &str = "retried";
+
+/// The `detail` of a [`RETRIED_EVENT`]: the failure it ended.
+pub fn retried_detail(code: Option<&str>, message: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"code": code, "message": message})
+}
+
 /// Who an event is from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,7 +155,7 @@ pub fn timeline(view: &MessageView, receipts: Vec<Event>) -> Vec<Event> {
     let ended = view.attempts.last().map_or(view.updated_at, |attempt| attempt.time);
     let retried = receipts
         .iter()
-        .filter(|event| event.source == Source::Switchboard && event.kind == super::search::RETRIED_EVENT)
+        .filter(|event| event.source == Source::Switchboard && event.kind == RETRIED_EVENT)
         .map(|event| event.time)
         .max();
     let ended = retried.map_or(ended, |retried| ended.max(retried));

@@ -15,8 +15,9 @@ use switchboard_providers::{Channel, OutboundMessage};
 
 use super::codec::ms as codec_ms;
 use super::conversation::{family, preview, LastMessage};
+use super::delivery::{retried_detail, RETRIED_EVENT};
 use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
-use super::search::{retried_detail, stored_recipient_key, RETRIED_EVENT};
+use super::search::stored_recipient_key;
 use super::{
     replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, DeliveryStatus,
     Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore,

@@ -48,11 +48,6 @@ impl SearchPosition {
     }
 }
 
-/// Whether `view` is after `position` in search order (newest first).
-pub fn is_after(view: &MessageView, position: &SearchPosition) -> bool {
-    SearchPosition::of(view) < *position
-}
-
 /// The SQL expression both stores index and compare `to` with: an email address lower-cased
 /// (ASCII), every other recipient as stored. Migration 0006 indexes exactly this text (a test
 /// holds them together). Numbers are stored normalised already: the API accepts `+` and digits
@@ -107,15 +102,6 @@ pub enum Retried {
     /// Only a `failed` message can be retried: this is its status. Nothing was done.
     NotRetryable(Status),
     NotFound,
-}
-
-/// The `type` of the event a retry adds to a message's timeline; its `detail` is the error the
-/// message had failed with (`{"code", "message"}`).
-pub const RETRIED_EVENT: &str = "retried";
-
-/// The `detail` of a [`RETRIED_EVENT`]: the failure it ended.
-pub fn retried_detail(code: Option<&str>, message: Option<&str>) -> serde_json::Value {
-    serde_json::json!({"code": code, "message": message})
 }
 
 /// A parameter of a search statement.

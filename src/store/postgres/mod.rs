@@ -16,7 +16,8 @@ use crate::store::codec::{
     callbacks_expired_before, channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list,
     positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
 };
-use crate::store::search::{retried_detail, search_clauses, Param, RETRIED_EVENT};
+use crate::store::delivery::{retried_detail, RETRIED_EVENT};
+use crate::store::search::{search_clauses, Param};
 mod batches;
 mod conversations;
 #[cfg(test)]

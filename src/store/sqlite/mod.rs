@@ -21,7 +21,8 @@ use crate::store::codec::{
     channel_of, conversation_message_of, conversation_of, from_ms, idempotency_window_start, json_list, ms,
     opt_out_of, parse_list, positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
 };
-use crate::store::search::{retried_detail, search_clauses, Param, RETRIED_EVENT};
+use crate::store::delivery::{retried_detail, RETRIED_EVENT};
+use crate::store::search::{search_clauses, Param};
 mod batches;
 mod receipts;
 #[cfg(test)]
