@@ -275,7 +275,7 @@ fn the_checker_finds_cycles() {
 }
 
 /// Sending goes through `accept` and receiving through `inbound`: the HTTP layer reads the store
-/// (a message's status, conversations, opt-outs, `/readyz`) and never writes it or looks up
+/// (a message's status, message searches, conversations, opt-outs, `/readyz`) and never writes it or looks up
 /// idempotency keys itself.
 #[test]
 fn http_sends_only_through_accept() {
@@ -290,7 +290,7 @@ fn http_sends_only_through_accept() {
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            let reads = ["get", "check", "conversations", "conversation_messages", "opt_outs"];
+            let reads = ["get", "search", "check", "conversations", "conversation_messages", "opt_outs"];
             if !reads.contains(&call.as_str()) {
                 found.push(format!("{}: store.{call}", file.display()));
             }

@@ -18,7 +18,9 @@ pub use destination::{check_country, RecipientCounts, Refusal};
 use crate::dispatch::{Dispatcher, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::routing::{NoRoute, Snapshot};
-use crate::store::{blocked, Blocked, IdempotencyKey, Inserted, MessageStore, Meta};
+use crate::store::{
+    blocked, Blocked, IdempotencyKey, Inserted, MessageStore, Meta, Retried, Status, StoreError,
+};
 
 /// A message to accept, with who sends it and the idempotency key it came with.
 #[derive(Debug)]
@@ -103,13 +105,7 @@ impl Acceptor {
     /// refused whatever the key.
     pub async fn accept(&self, submission: Submission) -> Result<Accepted, AcceptError> {
         let Submission { message, caller, idempotency_key, status_callback } = submission;
-        // Keys are per caller: one caller's key can neither replay nor block another's request.
-        let key = idempotency_key.map(|mut key| {
-            if let Some(owner) = &caller {
-                key.key = format!("{owner}/{}", key.key);
-            }
-            key
-        });
+        let key = scoped(idempotency_key, caller.as_deref());
         let snapshot = self.snapshot.load();
         let channel = message.channel.as_str();
         let route = match snapshot.route_for(channel) {
@@ -164,6 +160,37 @@ impl Acceptor {
         }
     }
 
+    /// Puts a `failed` message back in the queue with a fresh budget of attempts
+    /// ([`MessageStore::retry`]) and dispatches it at once when the queue has room (else the
+    /// sweep does). `caller`: the API key's name (`None`: authentication off); unless `admin`, only
+    /// its own messages are found. An idempotency key is the caller's, as for sends: the same
+    /// retry again gets the first answer.
+    pub async fn retry(
+        &self,
+        id: &str,
+        caller: Option<&str>,
+        admin: bool,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Accepted, RetryError> {
+        let view = self.store.get(id).await?.ok_or(RetryError::NotFound)?;
+        // Another key's message is not found: its existence is not confirmed either.
+        if !admin && caller.is_some() && view.owner.as_deref() != caller {
+            return Err(RetryError::NotFound);
+        }
+        let (id, channel) = (view.id, view.channel.to_string());
+        match self.store.retry(&id, scoped(idempotency_key, caller).as_ref()).await? {
+            Retried::Queued => {
+                tracing::info!(message_id = %id, channel, "failed message retried");
+                self.dispatcher.pick_up(&id).await;
+                Ok(Accepted::New { id, channel })
+            }
+            Retried::Replay => Ok(Accepted::Replayed { id, channel }),
+            Retried::KeyReused => Err(RetryError::KeyReused),
+            Retried::NotRetryable(status) => Err(RetryError::NotRetryable(status)),
+            Retried::NotFound => Err(RetryError::NotFound),
+        }
+    }
+
     /// A request refused for a reason that may have changed since its key was first used: if
     /// the key names a message accepted before, that message's answer; else the refusal.
     async fn replay_or(
@@ -178,6 +205,32 @@ impl Acceptor {
             Ok(Some(Inserted::New) | None) | Err(_) => Err(refusal.into()),
         }
     }
+}
+
+/// Why a message was not retried. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// No such message, or another key's.
+    #[error("no such message")]
+    NotFound,
+    /// Only a `failed` message can be retried.
+    #[error("the message is {}, not failed", .0.as_str())]
+    NotRetryable(Status),
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An idempotency key as its caller's: one caller's key can neither replay nor block another's
+/// request.
+fn scoped(key: Option<IdempotencyKey>, caller: Option<&str>) -> Option<IdempotencyKey> {
+    key.map(|mut key| {
+        if let Some(owner) = caller {
+            key.key = format!("{owner}/{}", key.key);
+        }
+        key
+    })
 }
 
 /// Built-in channels, those a kind names, and those a provider of the active config serves (a

@@ -79,9 +79,19 @@ pub enum Submitted {
 /// A message on its way through the queue, with what its earlier rounds learned.
 struct Job {
     message: Arc<OutboundMessage>,
+    /// Attempts made, from its first (numbering its attempts).
     attempts: u32,
     round: u32,
     last_error: Option<(Arc<str>, SendError)>,
+    /// Attempts made before it was last retried: not counted against `max_attempts`.
+    retried_after: u32,
+}
+
+impl Job {
+    /// Attempts counted against its route's `max_attempts`: those since it was last retried.
+    fn counted(&self) -> u32 {
+        self.attempts.saturating_sub(self.retried_after)
+    }
 }
 
 struct Shared {
@@ -226,7 +236,13 @@ impl Dispatcher {
                 Inserted::KeyReused => return Err(SubmitError::KeyReused),
             }
             shared.metrics.accepted(message.channel.as_str());
-            slot.send(Job { message: Arc::new(message), attempts: 0, round: 0, last_error: None });
+            slot.send(Job {
+                message: Arc::new(message),
+                attempts: 0,
+                round: 0,
+                last_error: None,
+                retried_after: 0,
+            });
             Ok(Submitted::Accepted)
         });
         match accept.await {
@@ -249,6 +265,30 @@ impl Dispatcher {
             schedule_local(&self.shared, job_of(&self.shared, item), delay);
         }
     }
+    /// Dispatches a message just put back in the store's queue (a retry) now, if the queue has
+    /// room; otherwise it waits in the store for the sweep. On a shared queue it is left to
+    /// whichever instance claims it first (every instance looks every 200 ms).
+    pub async fn pick_up(&self, id: &str) {
+        let shared = &self.shared;
+        if shared.store.shared_queue() || shared.closing.load(Ordering::SeqCst) || !shared.held.hold(id) {
+            return;
+        }
+        let found = match shared.store.pending_of(&[id.to_owned()]).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(message_id = id, error = %error, "could not load a retried message; the sweep will pick it up");
+                Vec::new()
+            }
+        };
+        let mut sent = false;
+        if let Some(item) = found.into_iter().next() {
+            sent = shared.tx.try_send(job_of(shared, item)).is_ok();
+        }
+        if !sent {
+            shared.held.release(id);
+        }
+    }
+
     /// Messages waiting: in the queue or scheduled for a retry.
     pub fn queue_depth(&self) -> usize {
         self.shared.depth()
@@ -447,7 +487,13 @@ fn job_of(shared: &Shared, item: Pending) -> Job {
             "resuming a message whose last attempt was interrupted: the provider may already have it (possible duplicate)"
         );
     }
-    Job { message: Arc::new(item.message), attempts: item.attempts, round: item.round, last_error: None }
+    Job {
+        message: Arc::new(item.message),
+        attempts: item.attempts,
+        round: item.round,
+        last_error: None,
+        retried_after: item.retried_after,
+    }
 }
 
 /// Puts a job back on the queue after `delay`, waiting for room: an accepted message is never
@@ -584,7 +630,7 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
     let plan = route.plan(&job.message, job.round, Instant::now());
     let senders = route.senders(&job.message);
     for handle in &plan {
-        if job.attempts >= max_attempts {
+        if job.counted() >= max_attempts {
             break;
         }
         let now = Instant::now();
@@ -675,13 +721,13 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             }
         }
     }
-    if job.attempts >= max_attempts {
+    if job.counted() >= max_attempts {
         let (provider, message) = match &job.last_error {
             Some((provider, error)) => (
                 Some(provider.clone()),
-                format!("gave up after {} attempts; last error: {error}", job.attempts),
+                format!("gave up after {} attempts; last error: {error}", job.counted()),
             ),
-            None => (None, format!("gave up after {} attempts", job.attempts)),
+            None => (None, format!("gave up after {} attempts", job.counted())),
         };
         let failure = Failure { code: FailureCode::AttemptsExhausted, message };
         finish(shared, job, Final::Failed { provider, failure }, None).await;

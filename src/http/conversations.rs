@@ -1,99 +1,26 @@
 //! Reading two-way messaging: `GET /api/conversations`, `GET /api/conversations/{id}/messages`,
 //! and the opt-outs (`GET /v1/opt-outs`, `DELETE /v1/opt-outs/{channel}/{sender}/{recipient}`).
-//! Pages are `?limit=` (default 50, at most 200) and `?cursor=` (opaque: the `next_cursor` of the
-//! page before).
+//! Pages as [`super::paging`] reads them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::json;
 
 use super::guard::Caller;
+use super::paging::{page, Cursor, QueryResult};
 use super::{ApiError, AppState};
 use crate::store::conversation::{family, normalize};
 use crate::store::delivery::SUPPRESSED_SENDER;
-use crate::store::{OptOutKey, Page};
-
-/// Items in a page when `limit` is not given.
-pub const DEFAULT_LIMIT: u32 = 50;
-/// The most items a page may have.
-pub const MAX_LIMIT: u32 = 200;
-
-type QueryResult = Result<Query<HashMap<String, String>>, QueryRejection>;
-
-/// What a cursor points after, tagged by the listing it came from: a cursor of one listing is
-/// refused by another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Cursor {
-    /// Conversations: the last one's `last_message_id`.
-    Conversations(String),
-    /// A conversation's messages: the last one's id.
-    Messages(String),
-    /// Opt-outs: the last one's key.
-    OptOuts(OptOutKey),
-}
-
-impl Cursor {
-    fn encode(&self) -> String {
-        let text = match self {
-            Cursor::Conversations(id) => format!("c\n{id}"),
-            Cursor::Messages(id) => format!("m\n{id}"),
-            Cursor::OptOuts(key) => format!("o\n{}\n{}\n{}", key.family, key.sender, key.recipient),
-        };
-        URL_SAFE_NO_PAD.encode(text)
-    }
-
-    fn decode(text: &str) -> Option<Cursor> {
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        let mut parts = text.split('\n');
-        // Message ids are UUIDs: a cursor naming anything else was not one this service made.
-        let id = |id: &str| uuid::Uuid::try_parse(id).is_ok().then(|| id.to_owned());
-        let cursor = match (parts.next()?, parts.next()?) {
-            ("c", last) => Cursor::Conversations(id(last)?),
-            ("m", last) => Cursor::Messages(id(last)?),
-            ("o", family) => Cursor::OptOuts(OptOutKey {
-                family: family.to_owned(),
-                sender: parts.next()?.to_owned(),
-                recipient: parts.next()?.to_owned(),
-            }),
-            _ => return None,
-        };
-        parts.next().is_none().then_some(cursor)
-    }
-}
-
-/// `limit` and `cursor` from a query string; `pick` takes the cursor's value if it is of this
-/// listing.
-fn page<C>(query: QueryResult, pick: fn(Cursor) -> Option<C>) -> Result<Page<C>, ApiError> {
-    let Ok(Query(query)) = query else {
-        return Err(ApiError::invalid("query", "the query string is malformed"));
-    };
-    let limit = match query.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text.parse::<u32>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-            ApiError::invalid("limit", format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"))
-        })?,
-    };
-    let after = match query.get("cursor").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(text) => Some(Cursor::decode(text).and_then(pick).ok_or_else(|| {
-            ApiError::invalid("cursor", "`cursor` must be a `next_cursor` this listing returned")
-        })?),
-    };
-    Ok(Page { limit, after })
-}
+use crate::store::OptOutKey;
 
 /// Who may see which conversations: `None` sees all (an admin key, or authentication off);
 /// another key sees those holding a message it owns.
-fn viewer(caller: &Caller) -> Option<&str> {
+pub(super) fn viewer(caller: &Caller) -> Option<&str> {
     if caller.admin {
         None
     } else {
@@ -178,74 +105,5 @@ pub async fn remove_opt_out(
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(cursor: Cursor) {
-        let encoded = cursor.encode();
-        assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{encoded}");
-        assert_eq!(Cursor::decode(&encoded), Some(cursor));
-    }
-
-    #[test]
-    fn cursors_round_trip() {
-        check(Cursor::Conversations("0190f0a0-0000-7000-8000-000000000000".into()));
-        check(Cursor::Messages("0190f0a0-0000-7000-8000-000000000001".into()));
-        check(Cursor::OptOuts(OptOutKey {
-            family: "sms".into(),
-            sender: "+15550001111".into(),
-            recipient: "+15550002222".into(),
-        }));
-        for bad in [
-            "",
-            "!!",
-            "eA",
-            &URL_SAFE_NO_PAD.encode("c"),
-            &URL_SAFE_NO_PAD.encode("c\n"),
-            &URL_SAFE_NO_PAD.encode("c\nzzzz"),
-            &URL_SAFE_NO_PAD.encode("o\nsms\n+1"),
-            &URL_SAFE_NO_PAD.encode("m\na\nb"),
-        ] {
-            assert_eq!(Cursor::decode(bad), None, "{bad}");
-        }
-    }
-
-    fn check_page(query: &str, expected: Result<(u32, Option<&str>), &str>) {
-        let uri: axum::http::Uri = format!("/x?{query}").parse().unwrap_or_else(|e| panic!("{query}: {e}"));
-        let got = page(Query::try_from_uri(&uri), |c| match c {
-            Cursor::Messages(id) => Some(id),
-            _ => None,
-        });
-        match (got, expected) {
-            (Ok(page), Ok((limit, after))) => {
-                assert_eq!((page.limit, page.after.as_deref()), (limit, after), "{query}")
-            }
-            (Err(ApiError::InvalidField { field, .. }), Err(expected)) => {
-                assert_eq!(field, expected, "{query}")
-            }
-            (got, expected) => panic!("{query}: got {got:?}, expected {expected:?}"),
-        }
-    }
-
-    #[test]
-    fn pages() {
-        const ID: &str = "0190f0a0-0000-7000-8000-000000000001";
-        let m = Cursor::Messages(ID.into()).encode();
-        let c = Cursor::Conversations(ID.into()).encode();
-        check_page("", Ok((DEFAULT_LIMIT, None)));
-        check_page("limit=1", Ok((1, None)));
-        check_page("limit=200", Ok((200, None)));
-        check_page("limit=201", Err("limit"));
-        check_page("limit=0", Err("limit"));
-        check_page("limit=-1", Err("limit"));
-        check_page("limit=ten", Err("limit"));
-        check_page(&format!("cursor={m}"), Ok((DEFAULT_LIMIT, Some(ID))));
-        check_page("cursor=", Ok((DEFAULT_LIMIT, None)));
-        check_page(&format!("cursor={c}"), Err("cursor"));
-        check_page("cursor=garbage!", Err("cursor"));
     }
 }

@@ -5,12 +5,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::accept::{AcceptError, Refusal};
+use crate::accept::{AcceptError, Refusal, RetryError};
 use crate::dispatch::SubmitError;
 use crate::http::guard::MAX_HEADERS;
 use crate::reload::Outcome;
 use crate::routing::NoRoute;
-use crate::store::StoreError;
+use crate::store::{Status, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -83,6 +83,8 @@ pub enum ApiError {
     ShuttingDown,
     /// The body did not arrive in time.
     RequestTimeout,
+    /// Only a `failed` message can be retried: this one's status.
+    NotRetryable(Status),
 }
 
 #[derive(Serialize)]
@@ -96,6 +98,9 @@ struct Detail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// `not_retryable`: the message's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
 }
 
 /// Seconds a client should wait before retrying a 503.
@@ -141,7 +146,7 @@ impl ApiError {
             ApiError::KeyReused | ApiError::OptedOut | ApiError::Suppressed => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::KeyInFlight | ApiError::NotRetryable(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden
             | ApiError::InvalidSignature
@@ -186,6 +191,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => "request_timeout",
+            ApiError::NotRetryable(_) => "not_retryable",
         }
     }
 
@@ -246,6 +252,9 @@ impl ApiError {
                 "the request line and headers did not arrive within {}",
                 humantime::format_duration(*timeout)
             ),
+            ApiError::NotRetryable(status) => {
+                format!("only a failed message can be retried; this one is {}", status.as_str())
+            }
         }
     }
 }
@@ -260,6 +269,17 @@ impl From<AcceptError> for ApiError {
             AcceptError::Suppressed => ApiError::Suppressed,
             AcceptError::KeyInFlight => ApiError::KeyInFlight,
             AcceptError::Submit(error) => error.into(),
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(error: RetryError) -> Self {
+        match error {
+            RetryError::NotFound => ApiError::NotFound,
+            RetryError::NotRetryable(status) => ApiError::NotRetryable(status),
+            RetryError::KeyReused => ApiError::KeyReused,
+            RetryError::Store(error) => error.into(),
         }
     }
 }
@@ -293,7 +313,11 @@ impl ApiError {
             ApiError::Refused(_) | ApiError::OptedOut | ApiError::Suppressed => Some("to"),
             _ => None,
         };
-        Body { error: Detail { code: self.code(), message: self.message(), field } }
+        let status = match self {
+            ApiError::NotRetryable(status) => Some(*status),
+            _ => None,
+        };
+        Body { error: Detail { code: self.code(), message: self.message(), field, status } }
     }
 
     /// The whole HTTP/1.1 answer, closing the connection: for refusals made below the router

@@ -6,6 +6,8 @@ mod conversations;
 mod error;
 pub mod guard;
 mod inbound;
+pub mod messages;
+pub mod paging;
 pub mod payload;
 mod receipts;
 pub mod server;
@@ -70,8 +72,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/messages/sms", post(legacy_sms))
         .route("/api/messages/email", post(legacy_email))
-        .route("/v1/messages", post(native))
+        .route("/v1/messages", post(native).get(messages::search))
         .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/messages/{id}/retry", post(messages::retry))
         .route("/api/webhooks/sms", post(inbound::webhook_sms))
         .route("/api/webhooks/email", post(inbound::webhook_email))
         .route("/v1/inbound/{kind}/{provider}", post(inbound::provider_inbound))
@@ -124,7 +127,7 @@ async fn send(state: &AppState, endpoint: Endpoint, request: Request) -> Result<
     // Refused before the body is read: a flood costs as little as possible.
     state.guard.take_send(&caller)?;
     let bytes = read_body_in_time(state, body, &parts.headers, state.body_limit).await?;
-    let idempotency_key = idempotency_key(&parts.headers, endpoint, &bytes)?;
+    let idempotency_key = idempotency_key(&parts.headers, &format!("{endpoint:?}"), &bytes)?;
     let (message, status_callback) = payload::parse_send(endpoint, &bytes, uuid::Uuid::now_v7().to_string())?;
     let status_callback = match status_callback {
         Some(url) => Some(callback_url(state, &url)?),
@@ -169,10 +172,11 @@ fn accepted_response(endpoint: Endpoint, accepted: &Accepted) -> Response {
     response
 }
 
-/// The `Idempotency-Key` header, if any, with a digest of the endpoint and body it came with.
+/// The `Idempotency-Key` header, if any, with a digest of the request it came with: what it
+/// asks (a send endpoint's name, `Retry`) and its body (a retry's: the message id).
 fn idempotency_key(
     headers: &HeaderMap,
-    endpoint: Endpoint,
+    request: &str,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let mut values = headers.get_all("idempotency-key").iter();
@@ -191,7 +195,7 @@ fn idempotency_key(
             )
         })?;
     let mut digest = Sha256::new();
-    digest.update(format!("{endpoint:?}\n").as_bytes());
+    digest.update(format!("{request}\n").as_bytes());
     digest.update(body);
     let request_hash = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash }))
@@ -355,11 +359,7 @@ async fn admin_explain(
         )
         .into_response();
     };
-    // A `+` left unencoded in a query string arrives as a space.
-    let to = match to.strip_prefix(' ') {
-        Some(rest) => format!("+{rest}"),
-        None => to.clone(),
-    };
+    let to = plus_restored(to);
     let to = to.as_str();
     let tags: Vec<String> = query
         .get("tag")
@@ -387,6 +387,14 @@ async fn admin_explain(
         }
     }
     Json(explanation).into_response()
+}
+
+/// A query parameter whose leading `+` (a number's) was sent unencoded, which arrives as a space.
+fn plus_restored(value: &str) -> String {
+    match value.strip_prefix(' ') {
+        Some(rest) => format!("+{rest}"),
+        None => value.to_owned(),
+    }
 }
 
 /// Reloads now; 200 with the new (or unchanged) version, 422 with the diagnostics.

@@ -403,7 +403,7 @@ fn check_timestamp(timestamp: Option<&str>) -> Result<Option<SystemTime>, ApiErr
 
 /// An RFC 3339 date-time in UTC (`Z`, either case) or with a numeric offset (`+01:00`), from
 /// 1970 on.
-fn rfc3339(text: &str) -> Option<SystemTime> {
+pub fn rfc3339(text: &str) -> Option<SystemTime> {
     let text = text.replace('t', "T").replace('z', "Z");
     if text.ends_with('Z') {
         return humantime::parse_rfc3339_weak(&text).ok();

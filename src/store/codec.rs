@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -68,13 +69,7 @@ pub(super) fn parse_list(text: &str) -> Vec<String> {
 }
 
 pub(super) fn status_of(text: &str) -> Status {
-    match text {
-        "sending" => Status::Sending,
-        "sent" => Status::Sent,
-        "failed" => Status::Failed,
-        "received" => Status::Received,
-        _ => Status::Queued,
-    }
+    Status::parse(text).unwrap_or(Status::Queued)
 }
 
 pub(super) fn outcome_of(text: &str) -> Outcome {
@@ -158,6 +153,38 @@ where
         view.events = timeline(&view, receipts);
         view
     })
+}
+
+/// What `search` shows, from `messages` rows (as [`view_of`] reads them) and the finished
+/// `attempts` and `events` rows of all of them (with their `message_id`, each message's in
+/// order), in the order of the messages.
+pub(super) fn views_of<R>(
+    rows: &[R],
+    attempts: Vec<R>,
+    events: Vec<R>,
+) -> Result<Vec<MessageView>, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let by_message = |rows: Vec<R>| -> Result<HashMap<String, Vec<R>>, sqlx::Error> {
+        let mut grouped: HashMap<String, Vec<R>> = HashMap::new();
+        for row in rows {
+            grouped.entry(row.try_get("message_id")?).or_default().push(row);
+        }
+        Ok(grouped)
+    };
+    let (attempts, events) = (by_message(attempts)?, by_message(events)?);
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let attempts = attempts.get(&id).map_or(&[][..], Vec::as_slice);
+            view_of(row, attempts, events.get(&id).map_or(&[][..], Vec::as_slice))
+        })
+        .collect()
 }
 
 /// A provider's receipt from an `events` row (`time, source, type, provider, detail`).

@@ -11,11 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_providers::{Channel, OutboundMessage};
 
 use super::conversation::{preview, LastMessage};
+use super::delivery::RETRIED_EVENT;
 use super::delivery::{ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
+use super::search::recipient_key;
 use super::{
     blocked, Blocked, ConversationMessage, ConversationView, DeliveryStatus, Direction, Failure, FailureCode,
-    Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, OptChange, OptOut, OptOutKey,
-    Page, Received, Status, StoreError,
+    Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore, MessageView,
+    OptChange, OptOut, OptOutKey, Page, Received, Retried, SearchPosition, Status, StoreError,
 };
 
 /// Runs every check, one after the other.
@@ -35,6 +37,10 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     suppressions_block_every_sender(&store).await;
     events_are_capped(&store).await;
     receipts_before_the_answer(&store).await;
+    search_filters(&store).await;
+    search_pages_under_concurrent_inserts(&store).await;
+    retry_gives_a_failed_message_a_fresh_start(&store).await;
+    retry_idempotency(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -880,4 +886,292 @@ pub(crate) async fn receipts_before_the_answer(store: &Arc<dyn MessageStore>) {
     ok(store.finish(&message.id, sent, None).await, "finish");
     let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
     assert_eq!((view.status, view.delivery_status), (Status::Sent, Some(DeliveryStatus::Delivered)));
+}
+
+/// Every page of a search, following the cursors (at most 100 pages).
+async fn search_all(store: &Arc<dyn MessageStore>, filter: &MessageFilter, limit: u32) -> Vec<MessageView> {
+    let mut all = Vec::new();
+    let mut after: Option<SearchPosition> = None;
+    for _ in 0..100 {
+        let listed = ok(store.search(filter, Page { limit, after: after.take() }).await, "search");
+        assert!(listed.items.len() <= limit as usize, "a page holds at most its limit");
+        all.extend(listed.items);
+        match listed.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+    panic!("more than 100 pages")
+}
+
+fn ids(views: &[MessageView]) -> Vec<&str> {
+    views.iter().map(|v| v.id.as_str()).collect()
+}
+
+/// A failed message: one attempt by `provider`, then failed with `attempts_exhausted`.
+async fn failed(store: &Arc<dyn MessageStore>, message: &OutboundMessage, meta: Meta<'_>, provider: &str) {
+    ok(store.insert_for(message, meta, None).await, "insert_for");
+    ok(store.attempt_started(&message.id, 1, provider).await, "attempt_started");
+    let attempt = super::Attempt {
+        provider: Arc::from(provider),
+        outcome: super::Outcome::Error,
+        error_class: Some(switchboard_providers::ErrorClass::NotSent),
+        error_code: Some("503".to_owned()),
+        error_message: Some("unavailable".to_owned()),
+        // Shorter than the test takes: the attempt starts after the message was stored.
+        latency_ms: 0,
+        time: SystemTime::now(),
+    };
+    let failure =
+        Failure { code: FailureCode::AttemptsExhausted, message: "gave up after 1 attempts".to_owned() };
+    let end = Final::Failed { provider: Some(Arc::from(provider)), failure };
+    ok(store.finish(&message.id, end, Some((1, attempt))).await, "finish");
+}
+
+/// Each filter of a search alone and together, newest first, within the caller's messages or
+/// (`owner: None`) everyone's.
+pub(crate) async fn search_filters(store: &Arc<dyn MessageStore>) {
+    let (owner, other) = (new_owner(), new_owner());
+    let phones = phones(3);
+    let email = emails(1).remove(0).replace("c0-", "Mixed.Case-");
+    let (provider_a, provider_b) = (format!("a-{}", new_id()), format!("b-{}", new_id()));
+    let provider_id = format!("SM{}", uuid::Uuid::now_v7().simple());
+    // Oldest first: sent (and delivered), failed, queued, sending; another key's last.
+    let sent = outbound(Channel::SMS, "+15550009999", &phones[0], "sent");
+    insert(store, &sent, Some(&owner)).await;
+    ok(store.attempt_started(&sent.id, 1, &provider_a).await, "attempt_started");
+    let end = Final::Sent {
+        provider: Arc::from(provider_a.as_str()),
+        provider_message_id: Some(provider_id.clone()),
+    };
+    ok(store.finish(&sent.id, end, None).await, "finish");
+    let delivered = receipt(&provider_a, &provider_id, Some(DeliveryStatus::Delivered), "delivered");
+    ok(store.record_receipts(&[delivered]).await, "record_receipts");
+    let mail = outbound(Channel::EMAIL, "news@example.com", &email, "failed");
+    failed(store, &mail, Meta::owned_by(&owner), &provider_b).await;
+    let queued = outbound(Channel::SMS, "+15550009999", &phones[1], "queued");
+    insert(store, &queued, Some(&owner)).await;
+    let sending = outbound(Channel::MMS, "+15550009999", &phones[1], "sending");
+    insert(store, &sending, Some(&owner)).await;
+    ok(store.attempt_started(&sending.id, 1, &provider_a).await, "attempt_started");
+    let theirs = outbound(Channel::SMS, "+15550009999", &phones[0], "theirs");
+    insert(store, &theirs, Some(&other)).await;
+
+    let mine = MessageFilter { owner: Some(owner.clone()), ..MessageFilter::default() };
+    let everyone = search_all(store, &mine, 2).await;
+    // Newest first: by creation time (milliseconds), then id.
+    let mut expected = [&sent, &mail, &queued, &sending];
+    let created = |id: &str| everyone.iter().find(|v| v.id == id).map(SearchPosition::of);
+    expected.sort_by_key(|m| std::cmp::Reverse(created(&m.id)));
+    let expected: Vec<&str> = expected.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids(&everyone), expected, "the key's own messages, newest first");
+    let shown = ok(store.get(&sent.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(everyone.iter().find(|v| v.id == sent.id), Some(&shown), "shown as get shows it");
+
+    let check = |filter: MessageFilter, want: Vec<&str>, what: &'static str| {
+        let store = Arc::clone(store);
+        let want: Vec<String> = want.into_iter().map(str::to_owned).collect();
+        async move {
+            let got = search_all(&store, &filter, 3).await;
+            let mut want = want;
+            want.sort_by_key(|id| {
+                std::cmp::Reverse(got.iter().find(|v| &v.id == id).map(SearchPosition::of))
+            });
+            assert_eq!(ids(&got), want, "{what}: {filter:?}");
+        }
+    };
+    let with = |f: fn(&mut MessageFilter)| {
+        let mut filter = mine.clone();
+        f(&mut filter);
+        filter
+    };
+    check(with(|f| f.status = Some(Status::Sent)), vec![&sent.id], "status sent").await;
+    check(with(|f| f.status = Some(Status::Failed)), vec![&mail.id], "status failed").await;
+    check(with(|f| f.status = Some(Status::Queued)), vec![&queued.id], "status queued").await;
+    check(with(|f| f.status = Some(Status::Sending)), vec![&sending.id], "status sending").await;
+    check(with(|f| f.status = Some(Status::Received)), vec![], "status received").await;
+    check(with(|f| f.delivery_status = Some(DeliveryStatus::Delivered)), vec![&sent.id], "delivered").await;
+    check(with(|f| f.delivery_status = Some(DeliveryStatus::Bounced)), vec![], "bounced").await;
+    check(with(|f| f.channel = Some("email".into())), vec![&mail.id], "channel email").await;
+    check(with(|f| f.channel = Some("sms".into())), vec![&sent.id, &queued.id], "channel sms (not mms)")
+        .await;
+    let mut by_provider = mine.clone();
+    by_provider.provider = Some(provider_a.clone());
+    check(by_provider, vec![&sent.id], "provider (the one that handled it)").await;
+    let mut by_phone = mine.clone();
+    by_phone.to = Some(recipient_key(None, &formatted(&phones[1])));
+    check(by_phone.clone(), vec![&queued.id, &sending.id], "to, formatted").await;
+    by_phone.channel = Some("mms".into());
+    check(by_phone, vec![&sending.id], "to and channel").await;
+    let mut by_email = mine.clone();
+    by_email.to = Some(recipient_key(None, &email.to_uppercase()));
+    check(by_email, vec![&mail.id], "to, email in another case").await;
+    let mut unknown = mine.clone();
+    unknown.to = Some(recipient_key(None, &phones[2]));
+    check(unknown, vec![], "to, nobody").await;
+    let theirs_too = MessageFilter { to: Some(phones[0].clone()), ..MessageFilter::default() };
+    check(theirs_too, vec![&sent.id, &theirs.id], "every key's (admin)").await;
+    let other_key = MessageFilter { owner: Some(other.clone()), ..MessageFilter::default() };
+    check(other_key, vec![&theirs.id], "another key's own").await;
+    // Times: `since` from a message's creation on, `until` before one's.
+    let at = |id: &str| created(id).map(|p| p.created_at).unwrap_or_else(|| panic!("listed"));
+    let mut since = mine.clone();
+    since.since = Some(at(&queued.id));
+    let want: Vec<&str> = expected.iter().copied().filter(|id| at(id) >= at(&queued.id)).collect();
+    assert!(
+        want.contains(&queued.id.as_str()) && !want.contains(&sent.id.as_str())
+            || at(&sent.id) == at(&queued.id)
+    );
+    check(since.clone(), want, "since (inclusive)").await;
+    since.until = Some(at(&sending.id));
+    let want: Vec<&str> =
+        expected.iter().copied().filter(|id| at(id) >= at(&queued.id) && at(id) < at(&sending.id)).collect();
+    check(since, want, "since and until (exclusive)").await;
+}
+
+/// Paging through more than two pages while messages are inserted: every message stored before
+/// the first page is listed exactly once.
+pub(crate) async fn search_pages_under_concurrent_inserts(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let mut before = Vec::new();
+    for i in 0..23 {
+        let message = outbound(Channel::SMS, &from, &to, &format!("m{i}"));
+        insert(store, &message, Some(&owner)).await;
+        before.push(message.id);
+    }
+    let filter = MessageFilter { owner: Some(owner.clone()), ..MessageFilter::default() };
+    let writer = {
+        let (store, owner, from, to) = (Arc::clone(store), owner.clone(), from.clone(), to.clone());
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let message = outbound(Channel::SMS, &from, &to, &format!("late{i}"));
+                insert(&store, &message, Some(&owner)).await;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<SearchPosition> = None;
+    let mut pages = 0;
+    loop {
+        let listed = ok(store.search(&filter, Page { limit: 5, after: after.take() }).await, "search");
+        pages += 1;
+        seen.extend(listed.items.iter().map(|v| (SearchPosition::of(v), v.id.clone())));
+        // Inserts keep landing before the pages read so far.
+        let late = outbound(Channel::SMS, &from, &to, "between pages");
+        insert(store, &late, Some(&owner)).await;
+        match listed.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    ok(writer.await.map_err(super::codec::unavailable), "writer");
+    assert!(pages > 2, "{pages} pages");
+    let unique: HashSet<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(unique.len(), seen.len(), "no message listed twice");
+    for id in &before {
+        assert!(unique.contains(id.as_str()), "{id} was skipped");
+    }
+    assert!(seen.windows(2).all(|w| w[0].0 > w[1].0), "strictly newest first");
+}
+
+/// A failed message retried: queued again with its record kept, an event, a fresh budget (its
+/// next attempt numbered after the earlier ones), a callback; then sent. Anything but `failed`
+/// is not retryable.
+pub(crate) async fn retry_gives_a_failed_message_a_fresh_start(store: &Arc<dyn MessageStore>) {
+    drain_callbacks(store).await;
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let message = outbound(Channel::SMS, &from, &to, "try again");
+    let meta = Meta { owner: None, status_callback: Some("https://example.com/cb") };
+    failed(store, &message, meta, "tw").await;
+    let told = drain_callbacks(store).await;
+    assert_eq!(told, [Status::Sending, Status::Failed]);
+    assert_eq!(ok(store.retry(&message.id, None).await, "retry"), Retried::Queued);
+    let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!((view.status, &view.error, &view.provider), (Status::Queued, &None, &None));
+    assert_eq!(view.attempts.len(), 1, "earlier attempts stay");
+    let retried: Vec<_> = view.events.iter().filter(|e| e.kind == RETRIED_EVENT).collect();
+    assert_eq!(retried.len(), 1, "{:?}", view.events);
+    assert_eq!(retried[0].source, Source::Switchboard);
+    assert_eq!(retried[0].detail["code"], "attempts_exhausted");
+    assert_eq!(drain_callbacks(store).await, [Status::Queued]);
+    let queued =
+        MessageFilter { status: Some(Status::Queued), to: Some(to.clone()), ..MessageFilter::default() };
+    assert_eq!(ids(&search_all(store, &queued, 10).await), [message.id.as_str()], "found as queued");
+    assert_eq!(ok(store.retry(&message.id, None).await, "retry"), Retried::NotRetryable(Status::Queued));
+    // A dispatcher takes it up with its attempts so far, not counted against the budget.
+    assert!(ok(store.claim(&message.id).await, "claim"), "due and held by nobody");
+    let pending = ok(store.pending_of(std::slice::from_ref(&message.id)).await, "pending_of");
+    assert_eq!(
+        pending.iter().map(|p| (p.attempts, p.retried_after, p.round)).collect::<Vec<_>>(),
+        [(1, 1, 0)]
+    );
+    assert_eq!(pending[0].message.body, "try again");
+    ok(store.attempt_started(&message.id, 2, "tw").await, "attempt_started");
+    let sending = ok(store.get(&message.id).await, "get").map(|v| v.status);
+    assert_eq!(sending, Some(Status::Sending));
+    let attempt = super::Attempt {
+        provider: Arc::from("tw"),
+        outcome: super::Outcome::Success,
+        error_class: None,
+        error_code: None,
+        error_message: None,
+        latency_ms: 1,
+        time: SystemTime::now(),
+    };
+    let sent = Final::Sent { provider: Arc::from("tw"), provider_message_id: None };
+    ok(store.finish(&message.id, sent, Some((2, attempt))).await, "finish");
+    assert_eq!(drain_callbacks(store).await, [Status::Sending, Status::Sent]);
+    let view = ok(store.get(&message.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!((view.status, view.attempts.len()), (Status::Sent, 2));
+    let kinds: Vec<&str> = view.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["queued", "sending", RETRIED_EVENT, "sent"]);
+    assert_eq!(ok(store.retry(&message.id, None).await, "retry"), Retried::NotRetryable(Status::Sent));
+    assert_eq!(ok(store.retry(&new_id(), None).await, "retry"), Retried::NotFound);
+    assert_eq!(ok(store.retry("not-an-id", None).await, "retry"), Retried::NotFound);
+    let inbound = receive(store, &inbound(Channel::SMS, &to, &from, "hi", &new_id())).await;
+    assert_eq!(ok(store.retry(&inbound.id, None).await, "retry"), Retried::NotRetryable(Status::Received));
+}
+
+/// The statuses of the callbacks due now, delivered (whatever earlier checks left, too).
+async fn drain_callbacks(store: &Arc<dyn MessageStore>) -> Vec<Status> {
+    let mut told = Vec::new();
+    loop {
+        let due = ok(store.due_callbacks(100).await, "due_callbacks");
+        if due.is_empty() {
+            return told;
+        }
+        for job in due {
+            told.push(job.status);
+            ok(store.callback_done(job.id).await, "callback_done");
+        }
+    }
+}
+
+/// A retry with an `Idempotency-Key`: the same again is a replay (even once the message moved
+/// on), another request with the key is refused, and a refused retry does not keep its key.
+pub(crate) async fn retry_idempotency(store: &Arc<dyn MessageStore>) {
+    let key = |key: &str, hash: &str| IdempotencyKey { key: key.to_owned(), request_hash: hash.to_owned() };
+    let (k1, k2) = (format!("retry-{}", new_id()), format!("retry-{}", new_id()));
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let first = outbound(Channel::SMS, &from, &to, "one");
+    failed(store, &first, Meta::default(), "tw").await;
+    assert_eq!(ok(store.retry(&first.id, Some(&key(&k1, "h1"))).await, "retry"), Retried::Queued);
+    assert_eq!(ok(store.retry(&first.id, Some(&key(&k1, "h1"))).await, "retry"), Retried::Replay);
+    assert_eq!(ok(store.retry(&first.id, Some(&key(&k1, "h2"))).await, "retry"), Retried::KeyReused);
+    let view = ok(store.get(&first.id).await, "get").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(view.events.iter().filter(|e| e.kind == RETRIED_EVENT).count(), 1, "retried once");
+    // Refused (queued, not failed): the key is not kept.
+    assert_eq!(
+        ok(store.retry(&first.id, Some(&key(&k2, "h3"))).await, "retry"),
+        Retried::NotRetryable(Status::Queued)
+    );
+    let second = outbound(Channel::SMS, &from, &to, "two");
+    failed(store, &second, Meta::default(), "tw").await;
+    assert_eq!(ok(store.retry(&second.id, Some(&key(&k2, "h4"))).await, "retry"), Retried::Queued);
+    // Sends and retries share the keys.
+    let third = outbound(Channel::SMS, &from, &to, "three");
+    let inserted = ok(store.insert_for(&third, Meta::default(), Some(&key(&k2, "h5"))).await, "insert_for");
+    assert_eq!(inserted, Inserted::KeyReused);
 }

@@ -45,6 +45,15 @@ impl OptOutKey {
 /// bound. Receipts beyond it still move the delivery status; they are only counted.
 pub const MAX_EVENTS: usize = 100;
 
+/// The `type` of the event a retry adds to a message's timeline; its `detail` is the error the
+/// message had failed with (`{"code", "message"}`).
+pub const RETRIED_EVENT: &str = "retried";
+
+/// The `detail` of a [`RETRIED_EVENT`]: the failure it ended.
+pub fn retried_detail(code: Option<&str>, message: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"code": code, "message": message})
+}
+
 /// Who an event is from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,7 +125,8 @@ pub struct CallbackJob {
 }
 
 /// The timeline `GET /v1/messages/{id}` shows: Switchboard's own events, drawn from the message
-/// (accepted, first attempt, how it ended), and the providers' receipts, oldest first.
+/// (accepted, first attempt, how it ended), and the recorded ones — providers' receipts and
+/// Switchboard's `retried` — oldest first.
 pub fn timeline(view: &MessageView, receipts: Vec<Event>) -> Vec<Event> {
     let switchboard = |time, kind: &str, provider: Option<Arc<str>>, detail| Event {
         time,
@@ -140,8 +150,15 @@ pub fn timeline(view: &MessageView, receipts: Vec<Event>) -> Vec<Event> {
             Value::Null,
         ));
     }
-    // When it ended: its last attempt's end (`updated_at` moves with every receipt since).
+    // When it ended: its last attempt's end (`updated_at` moves with every receipt since), and
+    // never before it was last retried (a retry that failed before any attempt of its own).
     let ended = view.attempts.last().map_or(view.updated_at, |attempt| attempt.time);
+    let retried = receipts
+        .iter()
+        .filter(|event| event.source == Source::Switchboard && event.kind == RETRIED_EVENT)
+        .map(|event| event.time)
+        .max();
+    let ended = retried.map_or(ended, |retried| ended.max(retried));
     match view.status {
         Status::Sent => events.push(switchboard(ended, "sent", view.provider.clone(), Value::Null)),
         Status::Failed => {

@@ -15,12 +15,14 @@ use switchboard_providers::{Channel, OutboundMessage};
 
 use super::codec::ms as codec_ms;
 use super::conversation::{family, preview, LastMessage};
+use super::delivery::{retried_detail, RETRIED_EVENT};
 use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
+use super::search::stored_recipient_key;
 use super::{
     replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, DeliveryStatus,
-    Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageStore, MessageView,
-    Meta, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received, Status, StoreError,
-    CALLBACK_LEASE, IDEMPOTENCY_WINDOW,
+    Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore,
+    MessageView, Meta, OptChange, OptOut, OptOutKey, Page, Pending, QueuePosition, Received, Retried,
+    SearchPosition, Status, StoreError, CALLBACK_LEASE, IDEMPOTENCY_WINDOW,
 };
 
 const SHARDS: usize = 32;
@@ -55,8 +57,10 @@ struct Record {
     channel: Channel,
     from: Box<str>,
     to: Box<str>,
-    /// Kept for the message's whole life: conversation reads show it.
+    /// Kept for the message's whole life: conversation reads show it (and a retry sends it).
     body: Box<str>,
+    /// Outbound: kept for a retry.
+    subject: Option<Box<str>>,
     attachments: Box<[String]>,
     /// Until the message is finished: what else dispatch needs to carry on (the sweep and
     /// shutdown read it).
@@ -96,10 +100,11 @@ impl Record {
 }
 
 struct Unfinished {
-    subject: Option<String>,
     not_before: SystemTime,
     attempts: u32,
     round: u32,
+    /// Attempts made before it was last retried.
+    retried_after: u32,
 }
 
 /// A conversation and the messages of it the store still holds.
@@ -382,6 +387,33 @@ impl MemoryStore {
     }
 }
 
+/// What `get` shows of message `id`.
+fn view(id: String, r: &Record) -> MessageView {
+    let mut view = MessageView {
+        id,
+        channel: r.channel.clone(),
+        from: r.from.to_string(),
+        to: r.to.to_string(),
+        attachments: r.attachments.to_vec(),
+        status: r.status,
+        provider: r.provider.clone(),
+        provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
+        attempts: r.attempts.clone(),
+        error: r.error.as_deref().cloned(),
+        tags: r.tags.to_vec(),
+        direction: r.direction,
+        conversation_id: Some(r.conversation_id),
+        delivery_status: r.delivery_status,
+        status_callback: r.status_callback.as_deref().map(str::to_owned),
+        events: Vec::new(),
+        owner: r.owner.as_deref().map(str::to_owned),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    };
+    view.events = timeline(&view, r.events.clone());
+    view
+}
+
 #[async_trait]
 impl MessageStore for MemoryStore {
     async fn insert_for(
@@ -400,11 +432,12 @@ impl MessageStore for MemoryStore {
             to: message.to.as_str().into(),
             body: message.body.as_str().into(),
             attachments: message.attachments.clone().into_boxed_slice(),
+            subject: message.subject.as_deref().map(Box::from),
             unfinished: Some(Box::new(Unfinished {
-                subject: message.subject.clone(),
                 not_before: now,
                 attempts: 0,
                 round: 0,
+                retried_after: 0,
             })),
             status: Status::Queued,
             direction: Direction::Outbound,
@@ -519,35 +552,98 @@ impl MessageStore for MemoryStore {
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
         let Some(key) = key(id) else { return Ok(None) };
-        Ok(self
-            .shard(key)
-            .get(&key)
-            .map(|r| MessageView {
-                id: id.to_owned(),
-                channel: r.channel.clone(),
-                from: r.from.to_string(),
-                to: r.to.to_string(),
-                attachments: r.attachments.to_vec(),
-                status: r.status,
-                provider: r.provider.clone(),
-                provider_message_id: r.provider_message_id.as_deref().map(str::to_owned),
-                attempts: r.attempts.clone(),
-                error: r.error.as_deref().cloned(),
-                tags: r.tags.to_vec(),
-                direction: r.direction,
-                conversation_id: Some(r.conversation_id),
-                delivery_status: r.delivery_status,
-                status_callback: r.status_callback.as_deref().map(str::to_owned),
-                events: r.events.clone(),
-                owner: r.owner.as_deref().map(str::to_owned),
-                created_at: r.created_at,
-                updated_at: r.updated_at,
-            })
-            .map(|mut view| {
-                let receipts = std::mem::take(&mut view.events);
-                view.events = timeline(&view, receipts);
-                view
-            }))
+        Ok(self.shard(key).get(&key).map(|record| view(id.to_owned(), record)))
+    }
+
+    /// Every stored message is looked at: this store holds at most its retention count of
+    /// finished messages (20,000 by default) and those still queued.
+    async fn search(
+        &self,
+        filter: &MessageFilter,
+        page: Page<SearchPosition>,
+    ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
+        let matches = |key: u128, record: &Record| -> Option<SearchPosition> {
+            let position = SearchPosition { created_at: codec_ms(record.created_at), id: id_of(key) };
+            let wanted =
+                |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+            let keep = wanted(&filter.owner, record.owner.as_deref())
+                && filter.status.is_none_or(|status| status == record.status)
+                && filter.delivery_status.is_none_or(|status| Some(status) == record.delivery_status)
+                && wanted(&filter.channel, Some(record.channel.as_str()))
+                && wanted(&filter.provider, record.provider.as_deref())
+                && filter
+                    .to
+                    .as_deref()
+                    .is_none_or(|to| stored_recipient_key(record.channel.as_str(), &record.to) == to)
+                && filter.since.is_none_or(|since| position.created_at >= since)
+                && filter.until.is_none_or(|until| position.created_at < until)
+                && page.after.as_ref().is_none_or(|after| position < *after);
+            keep.then_some(position)
+        };
+        let mut found: Vec<(SearchPosition, u128)> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            found.extend(shard.iter().filter_map(|(key, record)| Some((matches(*key, record)?, *key))));
+        }
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.truncate(page.fetch());
+        let views = found
+            .into_iter()
+            .filter_map(|(position, key)| self.shard(key).get(&key).map(|record| view(position.id, record)))
+            .collect();
+        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+    }
+
+    async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
+        let Some(message) = self::key(id) else { return Ok(Retried::NotFound) };
+        let now = SystemTime::now();
+        // The key is checked and taken under one lock, as for an insert.
+        let mut keys = key.map(|_| lock(&self.keys));
+        if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
+            keys.retain(|_, (_, _, _, at)| now.duration_since(*at).unwrap_or_default() < IDEMPOTENCY_WINDOW);
+            if let Some((hash, original, channel, _)) = keys.get(&key.key) {
+                return Ok(match replay_or_reused(key, hash, original.clone(), channel.clone()) {
+                    Inserted::Replay { .. } => Retried::Replay,
+                    Inserted::New | Inserted::KeyReused => Retried::KeyReused,
+                });
+            }
+        }
+        let channel = {
+            let mut outbox = lock(&self.outbox);
+            let mut shard = self.shard(message);
+            let Some(record) = shard.get_mut(&message) else { return Ok(Retried::NotFound) };
+            if record.status != Status::Failed {
+                return Ok(Retried::NotRetryable(record.status));
+            }
+            let failure = record.error.take();
+            record.events.push(Event {
+                time: now,
+                source: Source::Switchboard,
+                kind: RETRIED_EVENT.to_owned(),
+                provider: None,
+                detail: retried_detail(
+                    failure.as_ref().map(|f| f.code.as_str()),
+                    failure.as_ref().map(|f| f.message.as_str()),
+                ),
+            });
+            let made = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
+            record.unfinished =
+                Some(Box::new(Unfinished { not_before: now, attempts: made, round: 0, retried_after: made }));
+            record.status = Status::Queued;
+            record.provider = None;
+            record.provider_message_id = None;
+            record.delivery_status = None;
+            record.trying = None;
+            record.updated_at = now;
+            outbox.push(message, record, now);
+            record.channel.to_string()
+        };
+        // Queued again: not among the finished messages retention forgets.
+        lock(&self.finished).retain(|finished| *finished != message);
+        if let (Some(keys), Some(key)) = (keys.as_mut(), key) {
+            keys.insert(key.key.clone(), (key.request_hash.clone(), id.to_owned(), channel, now));
+        }
+        Ok(Retried::Queued)
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
@@ -584,7 +680,7 @@ impl MessageStore for MemoryStore {
                         channel: record.channel.clone(),
                         from: record.from.to_string(),
                         to: record.to.to_string(),
-                        subject: unfinished.subject.clone(),
+                        subject: record.subject.as_deref().map(str::to_owned),
                         body: record.body.to_string(),
                         attachments: record.attachments.to_vec(),
                         tags: record.tags.to_vec(),
@@ -593,6 +689,7 @@ impl MessageStore for MemoryStore {
                     round: unfinished.round,
                     not_before: unfinished.not_before,
                     interrupted: false,
+                    retried_after: unfinished.retried_after,
                 })
             })
             .collect())
@@ -618,6 +715,7 @@ impl MessageStore for MemoryStore {
         let now = SystemTime::now();
         // The subject is not kept: nothing this store answers shows it.
         let record = Record {
+            subject: None,
             channel: message.channel.clone(),
             from: message.from.as_str().into(),
             to: message.to.as_str().into(),

@@ -9,6 +9,7 @@ pub mod conversation;
 pub mod delivery;
 mod memory;
 mod postgres;
+pub mod search;
 mod sqlite;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use conversation::{
 pub use delivery::{CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source};
 pub use memory::MemoryStore;
 pub use postgres::{redact as redact_url, PostgresStore};
+pub use search::{MessageFilter, Retried, SearchPosition};
 pub use sqlite::SqliteStore;
 pub use switchboard_providers::receipt::DeliveryStatus;
 
@@ -57,6 +59,14 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 5] =
+        [Status::Queued, Status::Sending, Status::Sent, Status::Failed, Status::Received];
+
+    /// The status a name (as [`Status::as_str`] writes it) stands for.
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
@@ -288,6 +298,9 @@ pub struct Pending {
     pub not_before: SystemTime,
     /// An attempt was started and never recorded: the provider may have sent it already.
     pub interrupted: bool,
+    /// Attempts made before the message was last retried: they do not count against its
+    /// route's `max_attempts` (0: never retried).
+    pub retried_after: u32,
 }
 
 #[async_trait]
@@ -336,6 +349,19 @@ pub trait MessageStore: Send + Sync + 'static {
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
+    /// The messages matching `filter`, newest first (by creation time, then id), as
+    /// [`MessageStore::get`] shows them; the cursor is the last one's [`SearchPosition`] (see
+    /// [`search`]).
+    async fn search(
+        &self,
+        filter: &MessageFilter,
+        page: Page<SearchPosition>,
+    ) -> Result<Listed<MessageView, SearchPosition>, StoreError>;
+    /// Puts a `failed` message back in the queue (see [`Retried::Queued`]), due now and held by
+    /// no instance, so whichever dispatcher looks first takes it. With `key`, the key is recorded
+    /// in the same write; a key already recorded answers [`Retried::Replay`] (same request) or
+    /// [`Retried::KeyReused`] and changes nothing.
+    async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError>;
     /// Every message still queued, for the dispatcher to resume after a restart.
     async fn pending(&self) -> Result<Vec<Pending>, StoreError>;
     /// Deletes up to `batch` messages finished before `before` (with their attempts) and
@@ -578,8 +604,8 @@ pub(crate) mod test_support {
 
     use super::{
         Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
-        Inserted, Listed, MemoryStore, MessageView, Meta, OptOut, OptOutKey, Page, Pending, QueuePosition,
-        ReceiptApplied, ReceiptRecord, Received,
+        Inserted, Listed, MemoryStore, MessageFilter, MessageView, Meta, OptOut, OptOutKey, Page, Pending,
+        QueuePosition, ReceiptApplied, ReceiptRecord, Received, Retried, SearchPosition,
     };
 
     /// An SMS with the given id, tagged `otp`.
@@ -705,6 +731,16 @@ pub(crate) mod test_support {
         }
         async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
             self.inner.get(id).await
+        }
+        async fn search(
+            &self,
+            filter: &MessageFilter,
+            page: Page<SearchPosition>,
+        ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
+            self.inner.search(filter, page).await
+        }
+        async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
+            self.inner.retry(id, key).await
         }
         async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
             self.inner.pending().await

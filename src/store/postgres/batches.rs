@@ -162,7 +162,8 @@ pub(super) struct Start {
 
 /// For each attempt whose message this instance still holds: renews the lease, records the
 /// attempt's row and the message `sending` — with a callback when that is a change (the
-/// message was `queued` and had no attempt: a restarted first attempt is none) and the message
+/// message was `queued` and had no attempt since it was queued or retried: a restarted first
+/// attempt is none) and the message
 /// has a `status_callback`. Every part of the statement reads the rows as they were before it.
 impl Statement for Start {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
@@ -186,7 +187,8 @@ impl Statement for Start {
                SELECT m.id, m.status_callback, 'sending', m.delivery_status, $6, $6 \
                FROM messages m JOIN held ON held.message_id = m.id \
                WHERE m.status_callback IS NOT NULL AND m.status = 'queued' \
-               AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) ORDER BY m.id RETURNING 1) \
+               AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.number > m.retried_after) \
+               ORDER BY m.id RETURNING 1) \
              SELECT message_id FROM held",
         )
         .bind(&ids)

@@ -14,8 +14,10 @@ use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{
     callbacks_expired_before, channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list,
-    positions_of, recorded_answer, unavailable, view_of,
+    positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
 };
+use crate::store::delivery::{retried_detail, RETRIED_EVENT};
+use crate::store::search::{search_clauses, Param};
 mod batches;
 mod conversations;
 #[cfg(test)]
@@ -24,8 +26,8 @@ mod receipts;
 
 use crate::store::{
     Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
-    Inserted, Listed, MessageStore, MessageView, Meta, OptOut, OptOutKey, Page, Pending, QueuePosition,
-    ReceiptApplied, ReceiptRecord, Received, StoreError,
+    Inserted, Listed, MessageFilter, MessageStore, MessageView, Meta, OptOut, OptOutKey, Page, Pending,
+    QueuePosition, ReceiptApplied, ReceiptRecord, Received, Retried, SearchPosition, Status, StoreError,
 };
 use batches::{Batcher, Lease};
 
@@ -207,12 +209,100 @@ macro_rules! leased_messages {
             "WITH leased AS (",
             $update,
             ") SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
-             l.not_before, l.round, \
+             l.not_before, l.round, m.retried_after, \
              GREATEST(l.attempts, COALESCE((SELECT MAX(a.number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
              EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
              FROM leased l JOIN messages m ON m.id = l.message_id ORDER BY l.not_before"
         )
     };
+}
+
+/// The columns of message `m` [`view_of`] reads.
+const VIEW_COLUMNS: &str = "m.id, m.channel, m.sender, m.recipient, m.attachments, m.status, m.provider, \
+     m.provider_message_id, m.error_code, m.error_message, m.tags, m.owner, m.created_at, m.updated_at, m.direction, \
+     m.conversation_id, m.delivery_status, m.status_callback";
+/// Finished attempts as [`view_of`] reads them, with their `message_id`.
+const ATTEMPT_COLUMNS: &str =
+    "message_id, provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at";
+/// Recorded events as [`view_of`] reads them, with their `message_id`.
+const EVENT_COLUMNS: &str = "message_id, time, source, type, provider, detail";
+
+/// Puts a failed message back in the queue (see [`MessageStore::retry`]), in one transaction:
+/// the message's row is locked first, so concurrent retries of it (from any instance) take
+/// turns and only the first finds it `failed`.
+async fn retry(pool: &PgPool, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, sqlx::Error> {
+    let now = ms(SystemTime::now());
+    let mut tx = pool.begin().await?;
+    let Some(row) = sqlx::query(
+        "SELECT status, channel, error_code, error_message FROM messages WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(Retried::NotFound);
+    };
+    let read = |column: &str| row.try_get::<Option<String>, _>(column);
+    if let Some(key) = key {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
+            .bind(&key.key)
+            .bind(idempotency_window_start(now))
+            .execute(&mut *tx)
+            .await?;
+        // Taken here, given back by the rollback if the message is not retryable.
+        let taken = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(id)
+        .bind(read("channel")?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            let row =
+                sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = $1")
+                    .bind(&key.key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            return Ok(match recorded_answer(key, &row)? {
+                Inserted::Replay { .. } => Retried::Replay,
+                Inserted::New | Inserted::KeyReused => Retried::KeyReused,
+            });
+        }
+    }
+    let status = status_of(&read("status")?.unwrap_or_default());
+    if status != Status::Failed {
+        return Ok(Retried::NotRetryable(status));
+    }
+    let detail = retried_detail(read("error_code")?.as_deref(), read("error_message")?.as_deref());
+    let run = |statement: &'static str| sqlx::query(statement).bind(id).bind(now);
+    run("UPDATE messages SET status = 'queued', provider = NULL, provider_message_id = NULL, error_code = NULL, \
+         error_message = NULL, delivery_status = NULL, finished_at = NULL, updated_at = $2, \
+         retried_after = (SELECT COALESCE(MAX(number), 0) FROM attempts WHERE message_id = $1) WHERE id = $1")
+    .execute(&mut *tx)
+    .await?;
+    // Held by no instance: whichever claims due messages first takes it.
+    run("INSERT INTO queue (message_id, not_before, attempts, round) \
+         SELECT id, $2, retried_after, 0 FROM messages WHERE id = $1")
+    .execute(&mut *tx)
+    .await?;
+    run("INSERT INTO events (message_id, time, source, type, provider, detail) \
+         VALUES ($1, $2, 'switchboard', $3, NULL, $4)")
+    .bind(RETRIED_EVENT)
+    .bind(detail.to_string())
+    .execute(&mut *tx)
+    .await?;
+    run("INSERT INTO callbacks (message_id, url, status, delivery_status, created_at, next_at) \
+         SELECT id, status_callback, status, NULL, $2, $2 FROM messages WHERE id = $1 AND status_callback IS NOT NULL")
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Retried::Queued)
 }
 
 async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -241,6 +331,7 @@ fn pending_of(row: &PgRow) -> Result<Pending, sqlx::Error> {
         round: u32::try_from(row.try_get::<i32, _>("round")?).unwrap_or(0),
         not_before: from_ms(row.try_get("not_before")?),
         interrupted: row.try_get("interrupted")?,
+        retried_after: u32::try_from(row.try_get::<i32, _>("retried_after")?).unwrap_or(0),
     })
 }
 
@@ -416,34 +507,82 @@ impl MessageStore for PostgresStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, channel, sender, recipient, attachments, status, provider, provider_message_id, error_code, error_message, tags, owner, created_at, updated_at, direction, conversation_id, \
-             delivery_status, status_callback FROM messages WHERE id = $1",
-        )
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {VIEW_COLUMNS} FROM messages m WHERE m.id = $1"
+        )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?
         else {
             return Ok(None);
         };
-        let attempts = sqlx::query(
-            "SELECT provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at \
-             FROM attempts WHERE message_id = $1 AND finished_at IS NOT NULL ORDER BY number",
-        )
+        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = $1 AND finished_at IS NOT NULL ORDER BY number"
+        )))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let events = sqlx::query(
-            "SELECT time, source, type, provider, detail FROM events WHERE message_id = $1 ORDER BY id",
-        )
+        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = $1 ORDER BY id"
+        )))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
         let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
         Ok(Some(view))
+    }
+
+    async fn search(
+        &self,
+        filter: &MessageFilter,
+        page: Page<SearchPosition>,
+    ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
+        // The stored status is the one shown.
+        let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), |_| None);
+        // One snapshot: the messages and their attempts and events as of one moment.
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {VIEW_COLUMNS} FROM messages m WHERE {clauses}"
+        )));
+        for param in params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(unavailable)?;
+        let ids: Vec<String> =
+            rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
+        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = ANY($1) AND finished_at IS NOT NULL \
+             ORDER BY message_id, number"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = ANY($1) ORDER BY id"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let views = views_of(&rows, attempts, events).map_err(unavailable)?;
+        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+    }
+
+    async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
+        retry(&self.pool, id, key).await.map_err(unavailable)
     }
 
     /// Nothing: with a shared queue, work is resumed by [`MessageStore::claim_due`], by

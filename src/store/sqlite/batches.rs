@@ -131,12 +131,14 @@ const SETUP: &str = concat!(
      SELECT value->>11, value->>8, value->>0 FROM jsonb_each(NEW.inbound) WHERE ",
     inbound_is_new!(),
     "; ",
-    // Attempts and endings. A first attempt makes its message `sending`: a callback when it
-    // has a URL (before the attempt's row: a restarted first attempt is no change).
+    // Attempts and endings. A first attempt (since it was queued or retried) makes its message
+    // `sending`: a callback when it has a URL (before the attempt's row: a restarted first
+    // attempt is no change).
     queue_callbacks!(
         "'sending'",
         "attempt_starts",
-        "m.status = 'queued' AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id)"
+        "m.status = 'queued' AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id \
+         AND a.number > m.retried_after)"
     ),
     "INSERT INTO attempts (message_id, number, provider, started_at) \
      SELECT value->>0, value->>1, value->>2, NEW.now FROM jsonb_each(NEW.attempt_starts) WHERE true \

@@ -19,18 +19,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::codec::{
     channel_of, conversation_message_of, conversation_of, from_ms, idempotency_window_start, json_list, ms,
-    opt_out_of, parse_list, positions_of, recorded_answer, unavailable, view_of,
+    opt_out_of, parse_list, positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
 };
+use crate::store::delivery::{retried_detail, RETRIED_EVENT};
+use crate::store::search::{search_clauses, Param};
 mod batches;
 mod receipts;
+#[cfg(test)]
+mod search_bench;
 #[cfg(test)]
 mod two_way_tests;
 
 use crate::store::conversation::{family, Direction};
 use crate::store::{
     Attempt, CallbackJob, ConversationMessage, ConversationView, Final, IdempotencyKey, InboundMessage,
-    Inserted, Listed, MessageStore, MessageView, Meta, OptChange, OptOut, OptOutKey, Page, Pending,
-    QueuePosition, ReceiptApplied, ReceiptRecord, Received, StoreError,
+    Inserted, Listed, MessageFilter, MessageStore, MessageView, Meta, OptChange, OptOut, OptOutKey, Page,
+    Pending, QueuePosition, ReceiptApplied, ReceiptRecord, Received, Retried, SearchPosition, Status,
+    StoreError,
 };
 
 /// The most writes committed in one transaction.
@@ -160,6 +165,11 @@ enum Op {
     },
     /// Rewrites the `liveness` row: proves the database takes writes.
     Probe,
+    /// Puts a failed message back in the queue (see [`MessageStore::retry`]).
+    Retry {
+        id: String,
+        key: Option<IdempotencyKey>,
+    },
 }
 
 impl Op {
@@ -171,7 +181,8 @@ impl Op {
             Op::AttemptStarted { id, .. }
             | Op::RecordAttempt { id, .. }
             | Op::Schedule { id, .. }
-            | Op::Finish { id, .. } => Some(id),
+            | Op::Finish { id, .. }
+            | Op::Retry { id, .. } => Some(id),
             Op::Purge { .. }
             | Op::RemoveOptOut { .. }
             | Op::Receipts { .. }
@@ -203,6 +214,7 @@ enum Applied {
         suppressed: Vec<OptOutKey>,
     },
     Callbacks(Vec<CallbackJob>),
+    Retried(Retried),
 }
 
 impl Applied {
@@ -299,11 +311,64 @@ async fn load_opt_outs(conn: &mut SqliteConnection) -> Result<OptOuts, sqlx::Err
 macro_rules! pending_select {
     () => {
         "SELECT m.id, m.channel, m.sender, m.recipient, m.subject, m.body, m.attachments, m.tags, \
-     q.not_before, q.round, \
+     q.not_before, q.round, m.retried_after, \
      MAX(q.attempts, COALESCE((SELECT MAX(number) FROM attempts a WHERE a.message_id = m.id), 0)) AS attempts, \
      EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.finished_at IS NULL) AS interrupted \
      FROM queue q JOIN messages m ON m.id = q.message_id"
     };
+}
+
+/// Whether message `m` has started an attempt since it was queued (or last retried): its
+/// stored status stays `queued` while it is `sending` (no rewrite of its row per attempt).
+macro_rules! started {
+    () => {
+        "EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.number > m.retried_after)"
+    };
+}
+
+/// Message `m`'s status as shown.
+macro_rules! shown_status {
+    () => {
+        concat!("CASE WHEN m.status = 'queued' AND ", started!(), " THEN 'sending' ELSE m.status END")
+    };
+}
+
+/// The columns of message `m` [`view_of`] reads: its status as shown, and `updated_at` moved by
+/// its latest attempt start.
+macro_rules! view_columns {
+    () => {
+        concat!(
+            "m.id, m.channel, ",
+            shown_status!(),
+            " AS status, m.sender, m.recipient, m.attachments, m.provider, m.provider_message_id, \
+             m.error_code, m.error_message, m.tags, m.owner, m.created_at, m.direction, m.conversation_id, \
+             m.delivery_status, m.status_callback, \
+             MAX(m.updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) \
+             AS updated_at"
+        )
+    };
+}
+
+/// Finished attempts as [`view_of`] reads them, with their `message_id`.
+const ATTEMPT_COLUMNS: &str =
+    "message_id, provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at";
+/// Recorded events as [`view_of`] reads them, with their `message_id`.
+const EVENT_COLUMNS: &str = "message_id, time, source, type, provider, detail";
+
+/// The condition a status filter puts on message `m` (the stored `queued` stands for `queued`
+/// and `sending`).
+fn status_condition(status: Status) -> Option<&'static str> {
+    match status {
+        Status::Queued => Some(concat!("m.status = 'queued' AND NOT ", started!())),
+        Status::Sending => Some(concat!("m.status = 'queued' AND ", started!())),
+        Status::Sent | Status::Failed | Status::Received => None,
+    }
+}
+
+/// A search's statement (its messages' rows) and parameters.
+fn search_statement(filter: &MessageFilter, page: &Page<SearchPosition>) -> (String, Vec<Param>) {
+    let (clauses, params) = search_clauses(filter, page, |_| "?".to_owned(), status_condition);
+    (format!(concat!("SELECT ", view_columns!(), " FROM messages m WHERE {}"), clauses), params)
 }
 
 /// Whether the viewer bound as `?2` may see conversation `c`: anyone when `NULL`, else a key
@@ -342,6 +407,7 @@ fn pending_rows(rows: &[SqliteRow]) -> Result<Vec<Pending>, StoreError> {
                 round: u32::try_from(row.try_get::<i64, _>("round")?).unwrap_or(0),
                 not_before: from_ms(row.try_get("not_before")?),
                 interrupted: row.try_get::<bool, _>("interrupted")?,
+                retried_after: u32::try_from(row.try_get::<i64, _>("retried_after")?).unwrap_or(0),
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -635,6 +701,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, opt_outs: &OptOuts) -> Resu
             probe(conn).await.map_err(unavailable)?;
             return Ok(Applied::Done);
         }
+        Op::Retry { id, key } => return retry(conn, id, key.as_ref()).await.map(Applied::Retried),
     }
     group.write(conn).await.map_err(unavailable)?;
     Ok(Applied::Done)
@@ -740,6 +807,91 @@ async fn schedule(
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+/// Puts a failed message back in the queue (see [`MessageStore::retry`]), in the writer's
+/// transaction.
+async fn retry(
+    conn: &mut SqliteConnection,
+    id: &str,
+    key: Option<&IdempotencyKey>,
+) -> Result<Retried, StoreError> {
+    let now = ms(SystemTime::now());
+    if let Some(key) = key {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
+            .bind(&key.key)
+            .bind(idempotency_window_start(now))
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let existing =
+            sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
+                .bind(&key.key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if let Some(row) = existing {
+            return Ok(match recorded_answer(key, &row).map_err(unavailable)? {
+                Inserted::Replay { .. } => Retried::Replay,
+                Inserted::New | Inserted::KeyReused => Retried::KeyReused,
+            });
+        }
+    }
+    let Some(row) = sqlx::query(concat!(
+        "SELECT ",
+        shown_status!(),
+        " AS status, m.channel, m.error_code, m.error_message FROM messages m WHERE m.id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(unavailable)?
+    else {
+        return Ok(Retried::NotFound);
+    };
+    let read = |column: &str| row.try_get::<Option<String>, _>(column).map_err(unavailable);
+    let status = status_of(&read("status")?.unwrap_or_default());
+    if status != Status::Failed {
+        return Ok(Retried::NotRetryable(status));
+    }
+    let detail = retried_detail(read("error_code")?.as_deref(), read("error_message")?.as_deref());
+    let run = |statement: &'static str| sqlx::query(statement).bind(id).bind(now);
+    run("UPDATE messages SET status = 'queued', provider = NULL, provider_message_id = NULL, error_code = NULL, \
+         error_message = NULL, delivery_status = NULL, finished_at = NULL, updated_at = ?2, \
+         retried_after = (SELECT COALESCE(MAX(number), 0) FROM attempts WHERE message_id = ?1) WHERE id = ?1")
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    run("INSERT INTO queue (message_id, not_before, attempts, round) \
+         SELECT id, ?2, retried_after, 0 FROM messages WHERE id = ?1")
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    run("INSERT INTO events (message_id, time, source, type, provider, detail) \
+         VALUES (?1, ?2, 'switchboard', ?3, NULL, ?4)")
+    .bind(RETRIED_EVENT)
+    .bind(detail.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    run("INSERT INTO callbacks (webhook_id, message_id, url, status, delivery_status, created_at, next_at) \
+         SELECT 'msg_' || lower(hex(randomblob(16))), id, status_callback, status, NULL, ?2, ?2 \
+         FROM messages WHERE id = ?1 AND status_callback IS NOT NULL")
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    if let Some(key) = key {
+        sqlx::query("INSERT INTO idempotency_keys (key, request_hash, message_id, channel, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(id)
+            .bind(read("channel")?.unwrap_or_default())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(Retried::Queued)
 }
 
 /// Deletes finished messages (their attempts and inbound ids go by cascade) and takes them off
@@ -881,40 +1033,76 @@ impl MessageStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, channel, \
-             CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
-             THEN 'sending' ELSE status END AS status, \
-             sender, recipient, attachments, \
-             provider, provider_message_id, error_code, error_message, tags, owner, created_at, \
-             direction, conversation_id, delivery_status, status_callback, \
-             MAX(updated_at, COALESCE((SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id), 0)) AS updated_at \
-             FROM messages m WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(unavailable)?
+        let mut conn = self.reader.begin().await.map_err(unavailable)?;
+        let Some(row) = sqlx::query(concat!("SELECT ", view_columns!(), " FROM messages m WHERE m.id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?
         else {
             return Ok(None);
         };
-        let attempts = sqlx::query(
-            "SELECT provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at \
-             FROM attempts WHERE message_id = ? AND finished_at IS NOT NULL ORDER BY number",
-        )
+        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = ? AND finished_at IS NOT NULL ORDER BY number"
+        )))
         .bind(id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let events = sqlx::query(
-            "SELECT time, source, type, provider, detail FROM events WHERE message_id = ? ORDER BY id",
-        )
+        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = ? ORDER BY id"
+        )))
         .bind(id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
         Ok(Some(view))
+    }
+
+    async fn search(
+        &self,
+        filter: &MessageFilter,
+        page: Page<SearchPosition>,
+    ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
+        let (sql, params) = search_statement(filter, &page);
+        // One read transaction: the messages and their attempts and events as of one moment.
+        let mut conn = self.reader.begin().await.map_err(unavailable)?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for param in params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(unavailable)?;
+        let ids: Vec<String> =
+            rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
+        let ids = json_list(&ids);
+        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id IN (SELECT value FROM json_each(?)) \
+             AND finished_at IS NOT NULL ORDER BY message_id, number"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let views = views_of(&rows, attempts, events).map_err(unavailable)?;
+        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+    }
+
+    async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
+        match self.write(Op::Retry { id: id.to_owned(), key: key.cloned() }).await? {
+            Applied::Retried(retried) => Ok(retried),
+            _ => Err(unavailable("unexpected answer from the database writer")),
+        }
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
@@ -1019,13 +1207,12 @@ impl MessageStore for SqliteStore {
         if !visible {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "SELECT id, direction, channel, sender, recipient, body, attachments, \
-             CASE WHEN status = 'queued' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id) \
-             THEN 'sending' ELSE status END AS status, \
-             provider, occurred_at, created_at \
+        let rows = sqlx::query(concat!(
+            "SELECT id, direction, channel, sender, recipient, body, attachments, ",
+            shown_status!(),
+            " AS status, provider, occurred_at, created_at \
              FROM messages m WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?",
-        )
+        ))
         .bind(id)
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))

@@ -1,7 +1,10 @@
 //! The command line: argument parsing (clap) and the mapping of outcomes to exit codes.
 //!
-//! Exit codes: 0 success (config valid, warnings allowed), 1 config invalid, 2 could not run
-//! (missing or unreadable file, bad arguments).
+//! Exit codes: 0 success (config valid, warnings allowed), 1 config invalid (`messages`: no such
+//! message, or not retryable), 2 could not run (missing or unreadable file, bad arguments, the
+//! store unreachable).
+
+mod messages;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,6 +53,10 @@ pub enum Command {
     /// Show which rule and providers a message would get, in order, with every setting's
     /// value and where it came from.
     Explain(ExplainArgs),
+    /// Find, show and retry stored messages, straight in the store (every API key's messages):
+    /// for an operator on the box.
+    #[command(subcommand)]
+    Messages(messages::MessagesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +215,7 @@ pub fn run() -> ExitCode {
         Command::Keys(KeysCommand::New { name, admin }) => new_key(&name, admin),
         Command::Keys(KeysCommand::CallbackSecret) => new_callback_secret(),
         Command::Explain(args) => explain(&args),
+        Command::Messages(command) => messages::run(command),
     }
 }
 

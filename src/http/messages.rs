@@ -1,0 +1,183 @@
+//! Finding and retrying messages: `GET /v1/messages` (a search, newest first, each message as
+//! `GET /v1/messages/{id}` shows it) and `POST /v1/messages/{id}/retry`. `switchboard messages
+//! list` reads its flags with [`search_request`] too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+use switchboard_providers::Channel;
+
+use super::conversations::viewer;
+use super::guard::Caller;
+use super::paging::{page_of, Cursor, QueryResult};
+use super::payload::{rfc3339, Endpoint};
+use super::{accepted_response, idempotency_key, plus_restored, ApiError, AppState};
+use crate::store::search::recipient_key;
+use crate::store::{DeliveryStatus, MessageFilter, Page, SearchPosition, Status};
+
+/// The parameters a search takes; any other is refused (a misspelt filter would list every
+/// message).
+pub const PARAMETERS: [&str; 9] =
+    ["status", "delivery_status", "channel", "provider", "to", "since", "until", "limit", "cursor"];
+
+/// What the `Idempotency-Key` of a retry is recorded for (with the message id).
+const RETRY: &str = "Retry";
+
+/// A search's filter (without its owner: the caller's) and page from its parameters. An empty
+/// value is no filter. `to` is normalised ([`recipient_key`]), a `+` sent unencoded (a space)
+/// taken back; `since` and `until` are RFC 3339 date-times.
+pub fn search_request(
+    query: &HashMap<String, String>,
+) -> Result<(MessageFilter, Page<SearchPosition>), ApiError> {
+    let mut unknown: Vec<&String> = query.keys().filter(|k| !PARAMETERS.contains(&k.as_str())).collect();
+    unknown.sort();
+    if let Some(name) = unknown.first() {
+        let known = PARAMETERS.join(", ");
+        return Err(ApiError::invalid(name, format!("`{name}` is not a search parameter (known: {known})")));
+    }
+    let given = |name: &str| query.get(name).filter(|value| !value.trim().is_empty());
+    let one_of = |name: &str, names: Vec<&str>| {
+        ApiError::invalid(name, format!("`{name}` must be one of {}", names.join(", ")))
+    };
+    let status = given("status")
+        .map(|text| {
+            Status::parse(text.trim())
+                .ok_or_else(|| one_of("status", Status::ALL.iter().map(|s| s.as_str()).collect()))
+        })
+        .transpose()?;
+    let delivery_status = given("delivery_status")
+        .map(|text| {
+            DeliveryStatus::parse(text.trim()).ok_or_else(|| {
+                one_of("delivery_status", DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect())
+            })
+        })
+        .transpose()?;
+    let channel = given("channel")
+        .map(|text| {
+            Channel::new(text.trim())
+                .map(|channel| channel.to_string())
+                .map_err(|error| ApiError::invalid("channel", error.to_string()))
+        })
+        .transpose()?;
+    let provider = given("provider").map(|text| text.trim().to_owned());
+    let to = given("to").map(|to| recipient_key(channel.as_deref(), &plus_restored(to)));
+    let time = |name: &'static str| {
+        given(name)
+            .map(|text| {
+                // A `+` offset sent unencoded arrives as a space.
+                rfc3339(&text.trim().replace(' ', "+"))
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|since_epoch| i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            name,
+                            format!("`{name}` must be an RFC 3339 date-time (2026-11-27T03:28:13Z)"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let page = page_of(query, |cursor| match cursor {
+        Cursor::Search(position) => Some(position),
+        _ => None,
+    })?;
+    let filter = MessageFilter { status, delivery_status, channel, provider, to, since, until, owner: None };
+    Ok((filter, page))
+}
+
+/// `GET /v1/messages`: an admin key (or any caller with authentication off) searches every
+/// message, another key its own.
+pub async fn search(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    query: QueryResult,
+) -> Result<Response, ApiError> {
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::invalid("query", "the query string is malformed"));
+    };
+    let (mut filter, page) = search_request(&query)?;
+    filter.owner = viewer(&caller).map(str::to_owned);
+    let listed = state.store.search(&filter, page).await?;
+    let next = listed.next.map(|position| Cursor::Search(position).encode());
+    Ok(Json(json!({"messages": listed.items, "next_cursor": next})).into_response())
+}
+
+/// `POST /v1/messages/{id}/retry` (the message's key, or an admin key): 202 as a send answers
+/// (a replay too, with `Idempotency-Replayed: true`); 409 `not_retryable` for a message that is
+/// not `failed`; 404 for an unknown message or another key's. Counted against the key's send
+/// rate, as a send is.
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = id else { return Err(ApiError::NotFound) };
+    state.guard.take_send(&caller)?;
+    let key = idempotency_key(&headers, RETRY, id.as_bytes())?;
+    let accepted = state.acceptor.retry(&id, caller.key.as_deref(), caller.admin, key).await?;
+    Ok(accepted_response(Endpoint::Native, &accepted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(query: &str, expected: Result<MessageFilter, &str>) {
+        let uri: axum::http::Uri = format!("/v1/messages?{query}").parse().unwrap_or_else(|e| panic!("{e}"));
+        let Ok(Query(map)) = Query::<HashMap<String, String>>::try_from_uri(&uri) else {
+            panic!("{query}: malformed")
+        };
+        match (search_request(&map), expected) {
+            (Ok((filter, _)), Ok(expected)) => assert_eq!(filter, expected, "{query}"),
+            (Err(ApiError::InvalidField { field, .. }), Err(expected)) => {
+                assert_eq!(field, expected, "{query}")
+            }
+            (got, expected) => panic!("{query}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn search_parameters() {
+        let none = MessageFilter::default();
+        check("", Ok(none.clone()));
+        check("status=&to=", Ok(none.clone()));
+        check("status=failed", Ok(MessageFilter { status: Some(Status::Failed), ..none.clone() }));
+        check("status=lost", Err("status"));
+        check(
+            "delivery_status=bounced",
+            Ok(MessageFilter { delivery_status: Some(DeliveryStatus::Bounced), ..none.clone() }),
+        );
+        check("delivery_status=failed", Err("delivery_status"));
+        check("channel=push", Ok(MessageFilter { channel: Some("push".into()), ..none.clone() }));
+        check("channel=no%20such", Err("channel"));
+        check("provider=tw", Ok(MessageFilter { provider: Some("tw".into()), ..none.clone() }));
+        let to = |to: &str| MessageFilter { to: Some(to.into()), ..none.clone() };
+        check("to=%2B15550001111", Ok(to("+15550001111")));
+        check("to=+15550001111", Ok(to("+15550001111")));
+        check("to=%2B1%20(555)%20000-1111", Ok(to("+15550001111")));
+        check("to=Bob@Example.com", Ok(to("bob@example.com")));
+        check(
+            "since=2026-11-27T03:28:13.5Z&until=2026-11-27T04:28:13+01:00",
+            Ok(MessageFilter {
+                since: Some(1_795_750_093_500),
+                until: Some(1_795_750_093_000),
+                ..none.clone()
+            }),
+        );
+        check("since=yesterday", Err("since"));
+        check("until=2026-13-01T00:00:00Z", Err("until"));
+        check("stauts=failed", Err("stauts"));
+        check("limit=0", Err("limit"));
+        check("cursor=bad", Err("cursor"));
+        let conversations = Cursor::Messages("0190f0a0-0000-7000-8000-000000000001".into()).encode();
+        check(&format!("cursor={conversations}"), Err("cursor"));
+    }
+}
