@@ -9,6 +9,7 @@
 //! shows it when the callback is sent, with `status` and `delivery_status` as of the change the
 //! callback tells of.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use crate::callbacks::{backoff, Callbacks, DeliveryError, CONCURRENCY, MAX_AGE};
 use crate::dispatch::backoff::jitter;
 use crate::metrics::Metrics;
-use crate::store::{CallbackJob, MessageStore, StoreError};
+use crate::store::{CallbackJob, MessageStore, MessageView, StoreError};
 
 /// The most callbacks taken from the store at once.
 const BATCH: usize = 32;
@@ -28,7 +29,7 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const STORE_RETRY: Duration = Duration::from_secs(2);
 
 /// The callbacks being sent: outbox id → tries so far (their leases are given back on stop).
-type InFlight = Arc<std::sync::Mutex<std::collections::HashMap<i64, u32>>>;
+type InFlight = Arc<std::sync::Mutex<HashMap<i64, u32>>>;
 
 /// Runs until `stop` turns true. Each callback is sent in a task of its own (at most
 /// [`CONCURRENCY`] at once); on stop, those still being sent are abandoned and their leases given
@@ -57,19 +58,28 @@ pub async fn run(
             last_take = tokio::time::Instant::now();
             match store.due_callbacks(u32::try_from(free).unwrap_or(u32::MAX)).await {
                 Ok(jobs) if jobs.is_empty() => IDLE_POLL,
-                Ok(jobs) => {
-                    for job in jobs {
-                        let (store, callbacks, metrics) =
-                            (Arc::clone(&store), Arc::clone(&callbacks), Arc::clone(&metrics));
-                        let in_flight = Arc::clone(&in_flight);
-                        lock(&in_flight).insert(job.id, job.attempts);
-                        sending.spawn(async move {
-                            send(store.as_ref(), &callbacks, &metrics, &job).await;
-                            lock(&in_flight).remove(&job.id);
-                        });
+                Ok(jobs) => match messages_of(store.as_ref(), &jobs).await {
+                    Ok(mut messages) => {
+                        for job in jobs {
+                            let (store, callbacks, metrics) =
+                                (Arc::clone(&store), Arc::clone(&callbacks), Arc::clone(&metrics));
+                            let in_flight = Arc::clone(&in_flight);
+                            let message = messages.get(&job.message_id).cloned();
+                            lock(&in_flight).insert(job.id, job.attempts);
+                            sending.spawn(async move {
+                                send(store.as_ref(), &callbacks, &metrics, &job, message).await;
+                                lock(&in_flight).remove(&job.id);
+                            });
+                        }
+                        messages.clear();
+                        Duration::ZERO
                     }
-                    Duration::ZERO
-                }
+                    Err(error) => {
+                        // The leases run out and the callbacks are taken again.
+                        tracing::warn!(error = %error, "could not read the callbacks' messages; trying again");
+                        STORE_RETRY
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(error = %error, "could not read the callback outbox; trying again");
                     STORE_RETRY
@@ -98,9 +108,27 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Sends one callback and records how it went.
-async fn send(store: &dyn MessageStore, callbacks: &Callbacks, metrics: &Metrics, job: &CallbackJob) {
-    if let Err(error) = try_send(store, callbacks, metrics, job).await {
+/// The messages the callbacks tell of, by id, read at once (one read for the batch, not one
+/// per callback).
+async fn messages_of(
+    store: &dyn MessageStore,
+    jobs: &[CallbackJob],
+) -> Result<HashMap<String, MessageView>, StoreError> {
+    let mut ids: Vec<String> = jobs.iter().map(|job| job.message_id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(store.views(&ids).await?.into_iter().map(|view| (view.id.clone(), view)).collect())
+}
+
+/// Sends one callback about `message` (`None`: no longer stored) and records how it went.
+async fn send(
+    store: &dyn MessageStore,
+    callbacks: &Callbacks,
+    metrics: &Metrics,
+    job: &CallbackJob,
+    message: Option<MessageView>,
+) {
+    if let Err(error) = try_send(store, callbacks, metrics, job, message).await {
         // The outcome was not recorded: the lease runs out and the callback is sent again.
         tracing::warn!(error = %error, message_id = %job.message_id, "could not record a callback's outcome");
     }
@@ -111,12 +139,13 @@ async fn try_send(
     callbacks: &Callbacks,
     metrics: &Metrics,
     job: &CallbackJob,
+    message: Option<MessageView>,
 ) -> Result<(), StoreError> {
     let now = SystemTime::now();
     if expired(job, now) {
         return expire(store, metrics, job, "its 24 hours ran out").await;
     }
-    let Some(mut view) = store.get(&job.message_id).await? else {
+    let Some(mut view) = message else {
         tracing::info!(message_id = %job.message_id, "callback dropped: its message is no longer stored");
         metrics.callback("dropped");
         return store.callback_done(job.id).await;

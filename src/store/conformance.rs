@@ -41,6 +41,7 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     search_pages_under_concurrent_inserts(&store).await;
     retry_gives_a_failed_message_a_fresh_start(&store).await;
     retry_idempotency(&store).await;
+    views_read_many_as_get_reads_one(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -1174,4 +1175,30 @@ pub(crate) async fn retry_idempotency(store: &Arc<dyn MessageStore>) {
     let third = outbound(Channel::SMS, &from, &to, "three");
     let inserted = ok(store.insert_for(&third, Meta::default(), Some(&key(&k2, "h5"))).await, "insert_for");
     assert_eq!(inserted, Inserted::KeyReused);
+}
+
+/// `views` shows each stored message of a list exactly as `get` does (attempts and receipts'
+/// events included, each message's own), and leaves out ids not stored.
+pub(crate) async fn views_read_many_as_get_reads_one(store: &Arc<dyn MessageStore>) {
+    let provider_id = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let with_history = sent_with_callback(store, &provider_id).await;
+    let receipts = [receipt("tw", &provider_id, Some(DeliveryStatus::Delivered), "delivered")];
+    ok(store.record_receipts(&receipts).await, "record_receipts");
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let queued = outbound(Channel::SMS, &from, &to, "queued");
+    insert(store, &queued, Some("views-owner")).await;
+    let ids = [with_history.clone(), new_id(), queued.id.clone(), with_history.clone()];
+    let mut views = ok(store.views(&ids).await, "views");
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    views.dedup_by(|a, b| a.id == b.id);
+    let mut expected = Vec::new();
+    for id in [&with_history, &queued.id] {
+        expected.push(ok(store.get(id).await, "get").unwrap_or_else(|| panic!("{id} stored")));
+    }
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(views, expected, "views of {ids:?}");
+    let history = expected.iter().find(|view| view.id == with_history).map(|view| view.events.len());
+    assert!(history.is_some_and(|events| events >= 3), "the events came along: {history:?}");
+    assert_eq!(ok(store.views(&[]).await, "views of none"), Vec::new());
+    assert_eq!(ok(store.views(&[new_id()]).await, "views of unknown"), Vec::new());
 }

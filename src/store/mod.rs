@@ -349,6 +349,16 @@ pub trait MessageStore: Send + Sync + 'static {
         last_attempt: Option<(u32, Attempt)>,
     ) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
+    /// The stored messages among `ids` as [`MessageStore::get`] shows them, in no particular
+    /// order (an id not stored is left out), read as of one moment: one read for many (the
+    /// callback outbox reads a batch's messages so).
+    async fn views(&self, ids: &[String]) -> Result<Vec<MessageView>, StoreError> {
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            views.extend(self.get(id).await?);
+        }
+        Ok(views)
+    }
     /// The messages matching `filter`, newest first (by creation time, then id), as
     /// [`MessageStore::get`] shows them; the cursor is the last one's [`SearchPosition`] (see
     /// [`search`]).

@@ -14,7 +14,7 @@ use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{
     callbacks_expired_before, channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list,
-    positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
+    positions_of, recorded_answer, status_of, unavailable, views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
 use crate::store::search::{search_clauses, Param};
@@ -218,6 +218,43 @@ macro_rules! leased_messages {
 }
 
 /// The columns of message `m` [`view_of`] reads.
+/// A read-only transaction that sees one snapshot: messages and their attempts and events as of
+/// one moment.
+async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.map_err(unavailable)
+}
+
+/// The views of messages read with [`VIEW_COLUMNS`] in `tx`, with their finished attempts and
+/// events read in the same snapshot; ends the transaction.
+async fn with_history(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: &[PgRow],
+) -> Result<Vec<MessageView>, StoreError> {
+    if rows.is_empty() {
+        tx.commit().await.map_err(unavailable)?;
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> =
+        rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
+    let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = ANY($1) AND finished_at IS NOT NULL \
+         ORDER BY message_id, number"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = ANY($1) ORDER BY id"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    views_of(rows, attempts, events).map_err(unavailable)
+}
+
 const VIEW_COLUMNS: &str = "m.id, m.channel, m.sender, m.recipient, m.attachments, m.status, m.provider, \
      m.provider_message_id, m.error_code, m.error_message, m.tags, m.owner, m.created_at, m.updated_at, m.direction, \
      m.conversation_id, m.delivery_status, m.status_callback";
@@ -507,33 +544,19 @@ impl MessageStore for PostgresStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VIEW_COLUMNS} FROM messages m WHERE m.id = $1"
+        Ok(self.views(&[id.to_owned()]).await?.pop())
+    }
+
+    async fn views(&self, ids: &[String]) -> Result<Vec<MessageView>, StoreError> {
+        let mut tx = snapshot(&self.pool).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {VIEW_COLUMNS} FROM messages m WHERE m.id = ANY($1)"
         )))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = $1 AND finished_at IS NOT NULL ORDER BY number"
-        )))
-        .bind(id)
+        .bind(ids)
         .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = $1 ORDER BY id"
-        )))
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
-        Ok(Some(view))
+        with_history(tx, &rows).await
     }
 
     async fn search(
@@ -543,12 +566,7 @@ impl MessageStore for PostgresStore {
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
         // The stored status is the one shown.
         let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), |_| None);
-        // One snapshot: the messages and their attempts and events as of one moment.
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let mut tx = snapshot(&self.pool).await?;
         let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {VIEW_COLUMNS} FROM messages m WHERE {clauses}"
         )));
@@ -559,25 +577,7 @@ impl MessageStore for PostgresStore {
             };
         }
         let rows = query.fetch_all(&mut *tx).await.map_err(unavailable)?;
-        let ids: Vec<String> =
-            rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
-        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = ANY($1) AND finished_at IS NOT NULL \
-             ORDER BY message_id, number"
-        )))
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = ANY($1) ORDER BY id"
-        )))
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        let views = views_of(&rows, attempts, events).map_err(unavailable)?;
+        let views = with_history(tx, &rows).await?;
         Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
     }
 

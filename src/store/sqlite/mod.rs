@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::codec::{
     channel_of, conversation_message_of, conversation_of, from_ms, idempotency_window_start, json_list, ms,
-    opt_out_of, parse_list, positions_of, recorded_answer, status_of, unavailable, view_of, views_of,
+    opt_out_of, parse_list, positions_of, recorded_answer, status_of, unavailable, views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
 use crate::store::search::{search_clauses, Param};
@@ -354,6 +354,36 @@ const ATTEMPT_COLUMNS: &str =
     "message_id, provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at";
 /// Recorded events as [`view_of`] reads them, with their `message_id`.
 const EVENT_COLUMNS: &str = "message_id, time, source, type, provider, detail";
+
+/// The views of messages read with [`view_columns`], with their finished attempts and events
+/// read in the same transaction (`conn`): three statements however many messages.
+async fn with_history(
+    conn: &mut SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<Vec<MessageView>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> =
+        rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
+    let ids = json_list(&ids);
+    let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id IN (SELECT value FROM json_each(?)) \
+         AND finished_at IS NOT NULL ORDER BY message_id, number"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    views_of(rows, attempts, events).map_err(unavailable)
+}
 
 /// The condition a status filter puts on message `m` (the stored `queued` stands for `queued`
 /// and `sending`).
@@ -1033,31 +1063,22 @@ impl MessageStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        Ok(self.views(&[id.to_owned()]).await?.pop())
+    }
+
+    async fn views(&self, ids: &[String]) -> Result<Vec<MessageView>, StoreError> {
+        // One read transaction: the messages and their attempts and events as of one moment.
         let mut conn = self.reader.begin().await.map_err(unavailable)?;
-        let Some(row) = sqlx::query(concat!("SELECT ", view_columns!(), " FROM messages m WHERE m.id = ?"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id = ? AND finished_at IS NOT NULL ORDER BY number"
-        )))
-        .bind(id)
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            view_columns!(),
+            " FROM messages m WHERE m.id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(json_list(ids))
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id = ? ORDER BY id"
-        )))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let view = view_of(&row, &attempts, &events).map_err(unavailable)?;
-        Ok(Some(view))
+        with_history(&mut conn, &rows).await
     }
 
     async fn search(
@@ -1076,25 +1097,7 @@ impl MessageStore for SqliteStore {
             };
         }
         let rows = query.fetch_all(&mut *conn).await.map_err(unavailable)?;
-        let ids: Vec<String> =
-            rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>().map_err(unavailable)?;
-        let ids = json_list(&ids);
-        let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE message_id IN (SELECT value FROM json_each(?)) \
-             AND finished_at IS NOT NULL ORDER BY message_id, number"
-        )))
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id"
-        )))
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let views = views_of(&rows, attempts, events).map_err(unavailable)?;
+        let views = with_history(&mut conn, &rows).await?;
         Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
     }
 
