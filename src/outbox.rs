@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::callbacks::{backoff, Callbacks, DeliveryError, CONCURRENCY, MAX_AGE};
@@ -108,6 +107,14 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A callback's body: `{"type":"message.status","message":{…}}`, written straight from the view.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a MessageView,
+}
+
 /// The messages the callbacks tell of, by id, read at once (one read for the batch, not one
 /// per callback).
 async fn messages_of(
@@ -152,10 +159,11 @@ async fn try_send(
     };
     view.status = job.status;
     view.delivery_status = job.delivery_status;
-    let body = json!({"type": "message.status", "message": view}).to_string();
+    let body = serde_json::to_vec(&Body { kind: "message.status", message: &view })
+        .map_err(|error| StoreError::Unavailable(format!("cannot write a callback's body: {error}")))?;
     let timestamp =
         now.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    match callbacks.deliver(&job.url, &job.webhook_id, timestamp, body.as_bytes()).await {
+    match callbacks.deliver(&job.url, &job.webhook_id, timestamp, &body).await {
         Ok(()) => {
             metrics.callback("delivered");
             tracing::debug!(message_id = %job.message_id, webhook_id = %job.webhook_id, "callback delivered");
