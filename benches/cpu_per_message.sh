@@ -10,7 +10,9 @@
 # TARGET=native sends through the native API (benches/native.lua); TARGET=callbacks does the
 # same with a `status_callback` on every message, delivered (signed) to the kit's mock provider
 # on core 1, and waits until every callback of the messages counted went out before reading the
-# CPU time: the two give the CPU cost of callbacks per delivered message.
+# CPU time: the two give the CPU cost of callbacks per delivered message. TARGET=ceiling-accept
+# and TARGET=ceiling-forward run the kit's ceiling instead (no Switchboard): their difference is
+# the floor, what one outgoing HTTP POST per message costs at the least.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=$root/../shared/bench
@@ -28,11 +30,21 @@ if [[ ${TARGET:-send} == callbacks ]]; then
   export SWITCHBOARD_CALLBACK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
   extra=(--allow-loopback-callbacks)
 fi
-taskset -c 0 "$bin" serve --config "$root/routes.toml" --listen "127.0.0.1:$port" \
-  --store "${STORE_URL:-sqlite://$dir/bench.db}" "${extra[@]}" "$@" >"$dir/log" 2>&1 &
+if [[ ${TARGET:-send} == ceiling-* ]]; then
+  # The floor: the kit's bare axum handler, MODE=accept (parse and answer) or MODE=forward
+  # (also POST each message to the mock provider on core 1, keep-alive): the difference is
+  # what one outgoing HTTP POST costs at the least.
+  kitbin=${CARGO_TARGET_DIR:-/tmp/sb-bench-target}/release
+  [[ -x $kitbin/ceiling && -x $kitbin/mock_provider ]] || { echo "build the kit first (../shared/bench/README.md)" >&2; exit 1; }
+  PORT=19092 taskset -c 1 "$kitbin/mock_provider" >/dev/null 2>&1 & cb_pid=$!
+  PORT=$port MODE=${TARGET#ceiling-} PROVIDER_URL=http://127.0.0.1:19092/send taskset -c 0 "$kitbin/ceiling" >"$dir/log" 2>&1 &
+else
+  taskset -c 0 "$bin" serve --config "$root/routes.toml" --listen "127.0.0.1:$port" \
+    --store "${STORE_URL:-sqlite://$dir/bench.db}" "${extra[@]}" "$@" >"$dir/log" 2>&1 &
+fi
 pid=$!
 trap 'kill $pid $cb_pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
 counter() { curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
 url=http://127.0.0.1:$port/api/messages/sms; metric=switchboard_messages_completed_total
 load() { WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 "$1"; }
@@ -43,6 +55,14 @@ fi
 if [[ ${TARGET:-send} == native || ${TARGET:-send} == callbacks ]]; then
   url=http://127.0.0.1:$port/v1/messages
   load() { taskset -c 1 wrk -t1 -c64 -d"$1s" --latency -s "$root/benches/native.lua" "$url" | sed -n 's/^RESULT //p'; }
+fi
+if [[ ${TARGET:-send} == ceiling-* ]]; then
+  # No metrics: the requests wrk completed are the messages (summed in a file: load runs in
+  # a subshell).
+  echo 0 >"$dir/seen"
+  counter() { cat "$dir/seen"; }
+  load() { local out; out=$(WARMUP=0 WRK_CPUS=1 "$kit/load.sh" "$url" "$kit/sms.json" 64 "$1")
+    echo $(( $(cat "$dir/seen") + $(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out") )) >"$dir/seen"; echo "$out"; }
 fi
 # Every callback of the messages completed so far went out (2 per message: sending, sent).
 drain() {
