@@ -761,6 +761,28 @@ async fn probe(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
+/// What a write with idempotency `key` answers if the key is live (recorded within the window;
+/// an expired record is deleted first): `Replay` or `KeyReused`; `None`: the write goes ahead.
+async fn live_key(
+    conn: &mut SqliteConnection,
+    key: &IdempotencyKey,
+    now: i64,
+) -> Result<Option<Inserted>, StoreError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
+        .bind(&key.key)
+        .bind(idempotency_window_start(now))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let existing =
+        sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
+            .bind(&key.key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    existing.map(|row| recorded_answer(key, &row)).transpose().map_err(unavailable)
+}
+
 async fn insert(
     conn: &mut SqliteConnection,
     message: &OutboundMessage,
@@ -769,21 +791,8 @@ async fn insert(
 ) -> Result<Inserted, StoreError> {
     let now = ms(SystemTime::now());
     if let Some(key) = key {
-        let window_start = idempotency_window_start(now);
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
-            .bind(&key.key)
-            .bind(window_start)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        let existing =
-            sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
-                .bind(&key.key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-        if let Some(row) = existing {
-            return recorded_answer(key, &row).map_err(unavailable);
+        if let Some(answer) = live_key(conn, key, now).await? {
+            return Ok(answer);
         }
     }
     let mut group = batches::Group::default();
@@ -848,20 +857,8 @@ async fn retry(
 ) -> Result<Retried, StoreError> {
     let now = ms(SystemTime::now());
     if let Some(key) = key {
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
-            .bind(&key.key)
-            .bind(idempotency_window_start(now))
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        let existing =
-            sqlx::query("SELECT request_hash, message_id, channel FROM idempotency_keys WHERE key = ?")
-                .bind(&key.key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-        if let Some(row) = existing {
-            return Ok(match recorded_answer(key, &row).map_err(unavailable)? {
+        if let Some(answer) = live_key(conn, key, now).await? {
+            return Ok(match answer {
                 Inserted::Replay { .. } => Retried::Replay,
                 Inserted::New | Inserted::KeyReused => Retried::KeyReused,
             });
