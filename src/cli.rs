@@ -50,6 +50,8 @@ pub enum Command {
     /// Show which rule and providers a message would get, in order, with every setting's
     /// value and where it came from.
     Explain(ExplainArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +210,10 @@ pub fn run() -> ExitCode {
         Command::Keys(KeysCommand::New { name, admin }) => new_key(&name, admin),
         Command::Keys(KeysCommand::CallbackSecret) => new_callback_secret(),
         Command::Explain(args) => explain(&args),
+        Command::Openapi => {
+            print_out(&crate::http::openapi::render(&crate::http::document()));
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use super::rules::{self as routing, RuleIndex};
 use crate::config::resolved::{Matchers, ResolvedProvider, ResolvedRoute, SettingSource, Strategy};
 use crate::config::PROVIDER_SPECS;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub channel: String,
     pub to: String,
@@ -21,14 +21,14 @@ pub struct Explanation {
     pub providers: Vec<Candidate>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MatchedRule {
     /// 1 for the route's first `[[routes.C.rules]]`.
     pub number: usize,
     pub matchers: Matchers,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub name: String,
     pub kind: &'static str,
@@ -43,10 +43,11 @@ pub struct Candidate {
     pub paused: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExplainedSetting {
     pub key: String,
     /// Credentials and values from `${VAR}` are `"<redacted>"`.
+    #[schema(schema_with = crate::http::openapi::any_value)]
     pub value: serde_json::Value,
     pub source: String,
 }

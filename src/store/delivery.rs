@@ -46,7 +46,7 @@ impl OptOutKey {
 pub const MAX_EVENTS: usize = 100;
 
 /// Who an event is from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// A provider's receipt.
@@ -56,16 +56,19 @@ pub enum Source {
 }
 
 /// One entry of a message's timeline (`events` of `GET /v1/messages/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::http::openapi::date_time)]
     pub time: SystemTime,
     pub source: Source,
     /// A delivery status, a `status`, or the provider's own event name.
     #[serde(rename = "type")]
     pub kind: String,
+    #[schema(value_type = Option<String>)]
     pub provider: Option<Arc<str>>,
     /// The provider's raw status fields, or Switchboard's error code.
+    #[schema(schema_with = crate::http::openapi::any_value)]
     pub detail: Value,
 }
 
