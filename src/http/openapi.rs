@@ -274,3 +274,63 @@ pub fn error_class() -> ObjectBuilder {
         .map(|class| serde_json::to_value(all(class)).unwrap_or_default());
     nullable_string().enum_values(Some(names.into_iter().chain([serde_json::Value::Null])))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(codes: &[ErrorCode], expected: &[(&str, &[&str])]) {
+        let got: Vec<(String, Vec<String>)> = error_responses(codes)
+            .iter()
+            .map(|(status, response)| (status.clone(), codes_of(response).unwrap_or_default()))
+            .collect();
+        let expected: Vec<(String, Vec<String>)> = expected
+            .iter()
+            .map(|(status, codes)| ((*status).to_owned(), codes.iter().map(|c| (*c).to_owned()).collect()))
+            .collect();
+        assert_eq!(got, expected, "{codes:?}");
+    }
+
+    #[test]
+    fn codes_are_grouped_by_status() {
+        use ErrorCode::*;
+        check(&[], &[]);
+        check(&[NotFound], &[("404", &["not_found"])]);
+        check(
+            &[NotFound, InvalidJson, InvalidField, InvalidJson, QueueFull],
+            &[("400", &["invalid_field", "invalid_json"]), ("404", &["not_found"]), ("503", &["queue_full"])],
+        );
+    }
+
+    #[test]
+    fn error_codes_are_distinct() {
+        let names: std::collections::BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+
+    /// What the guard may refuse on a path is in each of its operations, and the security
+    /// follows the path's access.
+    #[test]
+    fn every_operation_has_the_guards_refusals() {
+        let api = crate::http::document();
+        let mut operations = 0;
+        for (path, item) in &api.paths.paths {
+            let access = guard::access(path, false);
+            for operation in
+                [&item.get, &item.post, &item.delete, &item.put, &item.patch].into_iter().flatten()
+            {
+                operations += 1;
+                for code in guard::refusals(access) {
+                    let status = code.status().as_u16().to_string();
+                    let listed =
+                        operation.responses.responses.get(&status).and_then(codes_of).unwrap_or_default();
+                    assert!(listed.iter().any(|c| c == code.as_str()), "{path}: {status} lacks {code:?}");
+                }
+                let keyed = matches!(access, Access::AnyKey | Access::Admin);
+                assert_eq!(operation.responses.responses.contains_key("401"), keyed, "{path}: 401");
+                assert!(operation.security.as_ref() == Some(&security(path, access)), "{path}: security");
+            }
+        }
+        assert!(operations > 0);
+    }
+}

@@ -111,7 +111,7 @@ pub struct Rejection {
     #[schema(schema_with = crate::http::openapi::date_time)]
     pub at: SystemTime,
     pub path: String,
-    /// Content hash of the rejected file; `None` when it could not be read.
+    /// Content hash of the rejected file; `null` when it could not be read.
     pub version: Option<String>,
     /// Why, when there are no diagnostics (unreadable file, provider build failure).
     pub error: Option<String>,

@@ -13,7 +13,7 @@ pub struct Explanation {
     pub channel: String,
     pub to: String,
     pub tags: Vec<String>,
-    /// The rule that matched; `None`: no rule did, the route's own providers apply.
+    /// The rule that matched; `null`: no rule did, the route's own providers apply.
     pub rule: Option<MatchedRule>,
     pub strategy: Strategy,
     /// How the order of `providers` is used by the strategy.

@@ -215,14 +215,14 @@ pub struct MessageView {
     pub error: Option<Failure>,
     pub tags: Vec<String>,
     pub direction: Direction,
-    /// The conversation it belongs to; `None` for messages accepted before two-way messaging.
+    /// The conversation it belongs to; `null` for messages accepted before two-way messaging.
     pub conversation_id: Option<i64>,
     /// What the providers' receipts say became of it; `None` until the first one.
     #[schema(schema_with = crate::http::openapi::delivery_status)]
     pub delivery_status: Option<DeliveryStatus>,
     /// Where changes of `status` and `delivery_status` are POSTed.
     pub status_callback: Option<String>,
-    /// Its timeline, oldest first (see [`delivery::timeline`]).
+    /// Its timeline, oldest first (made by `delivery::timeline`).
     pub events: Vec<Event>,
     /// The API key (by name) that created it; only that key may read it.
     #[serde(skip)]
