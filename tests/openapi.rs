@@ -187,7 +187,7 @@ fn the_document_validates_as_openapi_3_1() {
 }
 
 /// Examples per operation and phase: the whole run stays well under 3 minutes on 2 cores.
-const MAX_EXAMPLES: &str = "30";
+const MAX_EXAMPLES: &str = "50";
 
 #[test]
 #[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs schemathesis")]
