@@ -446,11 +446,11 @@ struct NotReadyDetail {
 }
 
 fn not_ready() -> utoipa::openapi::schema::ObjectBuilder {
-    crate::http::openapi::string_enum(["not_ready"])
+    crate::api_schema::string_enum(["not_ready"])
 }
 
 fn store_unavailable() -> utoipa::openapi::schema::ObjectBuilder {
-    crate::http::openapi::string_enum([ErrorCode::StoreUnavailable.as_str()])
+    crate::api_schema::string_enum([ErrorCode::StoreUnavailable.as_str()])
 }
 
 impl IntoResponse for NotReady {

@@ -37,7 +37,7 @@ struct ReceivedBody<'a> {
 }
 
 fn received() -> utoipa::openapi::schema::ObjectBuilder {
-    super::openapi::string_enum([Status::Received.as_str()])
+    crate::api_schema::string_enum([Status::Received.as_str()])
 }
 
 errors!(

@@ -161,7 +161,7 @@ struct AcceptedBody<'a> {
 const QUEUED: &str = "queued";
 
 fn queued() -> utoipa::openapi::schema::ObjectBuilder {
-    openapi::string_enum([QUEUED])
+    crate::api_schema::string_enum([QUEUED])
 }
 
 #[utoipa::path(
@@ -392,7 +392,7 @@ struct Health {
 }
 
 fn ok() -> utoipa::openapi::schema::ObjectBuilder {
-    openapi::string_enum(["ok"])
+    crate::api_schema::string_enum(["ok"])
 }
 
 #[utoipa::path(
@@ -419,7 +419,7 @@ struct Ready<'a> {
 }
 
 fn ready() -> utoipa::openapi::schema::ObjectBuilder {
-    openapi::string_enum(["ready"])
+    crate::api_schema::string_enum(["ready"])
 }
 
 #[utoipa::path(
@@ -484,7 +484,7 @@ struct AdminRoutes<'a> {
     version: &'a str,
     /// The file it came from.
     path: &'a str,
-    #[schema(schema_with = openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     loaded_at: String,
     loaded_by: Trigger,
     /// The last reload refused, or `null`.

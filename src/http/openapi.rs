@@ -7,18 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use switchboard_providers::receipt::DeliveryStatus;
-use switchboard_providers::ErrorClass;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type};
-use utoipa::openapi::security::SecurityRequirement;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{OpenApi, RefOr, Response};
 
-use super::error::ErrorCode;
 use super::guard::{self, Access};
+use super::ErrorCode;
 
 /// The name of the API-key scheme (`Authorization: Bearer <key>`).
 pub const BEARER: &str = "bearer";
@@ -66,9 +65,8 @@ macro_rules! errors {
         pub struct $name;
 
         impl $name {
-            #[allow(dead_code)]
-            pub const CODES: &'static [$crate::http::error::ErrorCode] =
-                &[$($crate::http::error::ErrorCode::$code),*];
+            pub const CODES: &'static [$crate::http::ErrorCode] =
+                &[$($crate::http::ErrorCode::$code),*];
         }
 
         impl utoipa::IntoResponses for $name {
@@ -232,47 +230,6 @@ pub fn render(api: &OpenApi) -> String {
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
-}
-
-/// A nullable string schema (`["string", "null"]`).
-pub fn nullable_string() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null]))
-}
-
-/// A string with one of `values`.
-pub fn string_enum<const N: usize>(values: [&str; N]) -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values))
-}
-
-/// A time as the API writes it (RFC 3339, UTC, milliseconds).
-pub fn date_time() -> ObjectBuilder {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
-}
-
-/// Any JSON value.
-pub fn any_value() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(SchemaType::AnyValue)
-}
-
-/// A message's `delivery_status`: `null` until the first receipt.
-pub fn delivery_status() -> ObjectBuilder {
-    let names = DeliveryStatus::ALL.map(|s| Some(s.as_str()));
-    nullable_string().enum_values(Some(names.into_iter().chain([None])))
-}
-
-/// An attempt's `error_class`: `null` for a success.
-pub fn error_class() -> ObjectBuilder {
-    // Every class, by its serialized name (the match fails to build when one is added).
-    let all = |class: ErrorClass| match class {
-        ErrorClass::NotSent | ErrorClass::Ambiguous | ErrorClass::Rejected | ErrorClass::Misconfigured => {
-            class
-        }
-    };
-    let names = [ErrorClass::NotSent, ErrorClass::Ambiguous, ErrorClass::Rejected, ErrorClass::Misconfigured]
-        .map(|class| serde_json::to_value(all(class)).unwrap_or_default());
-    nullable_string().enum_values(Some(names.into_iter().chain([serde_json::Value::Null])))
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ mod schema {
         Channel, MAX_ATTACHMENTS, MAX_PROVIDER_ID_CHARS, MAX_SUBJECT_CHARS, MAX_TAGS, MAX_TAG_LEN,
         SMS_MAX_CHARS,
     };
-    use crate::http::openapi::nullable_string;
+    use crate::api_schema::nullable_string;
 
     fn string(description: impl Into<String>) -> ObjectBuilder {
         ObjectBuilder::new().schema_type(Type::String).description(Some(description))

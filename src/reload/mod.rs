@@ -108,7 +108,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub at: SystemTime,
     pub path: String,
     /// Content hash of the rejected file; `null` when it could not be read.

@@ -47,7 +47,7 @@ pub struct Candidate {
 pub struct ExplainedSetting {
     pub key: String,
     /// Credentials and values from `${VAR}` are `"<redacted>"`.
-    #[schema(schema_with = crate::http::openapi::any_value)]
+    #[schema(schema_with = crate::api_schema::any_value)]
     pub value: serde_json::Value,
     pub source: String,
 }

@@ -248,7 +248,7 @@ pub struct ConversationView {
     /// Messages of it the store keeps (retention purges old ones).
     pub message_count: u64,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub last_message_at: SystemTime,
     /// The newest message it still holds.
     pub last_message: Option<LastMessage>,
@@ -281,10 +281,10 @@ pub struct ConversationMessage {
     pub provider: Option<Arc<str>>,
     /// Inbound: when the provider says it was sent; outbound: when it was accepted.
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub timestamp: SystemTime,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
 }
 
@@ -297,7 +297,7 @@ pub struct OptOut {
     pub sender: String,
     pub recipient: String,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
 }
 

@@ -59,7 +59,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub time: SystemTime,
     pub source: Source,
     /// A delivery status, a `status`, or the provider's own event name.
@@ -68,7 +68,7 @@ pub struct Event {
     #[schema(value_type = Option<String>)]
     pub provider: Option<Arc<str>>,
     /// The provider's raw status fields, or Switchboard's error code.
-    #[schema(schema_with = crate::http::openapi::any_value)]
+    #[schema(schema_with = crate::api_schema::any_value)]
     pub detail: Value,
 }
 

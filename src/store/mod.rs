@@ -112,13 +112,13 @@ pub struct Attempt {
     #[schema(value_type = String)]
     pub provider: Arc<str>,
     pub outcome: Outcome,
-    #[schema(schema_with = crate::http::openapi::error_class)]
+    #[schema(schema_with = crate::api_schema::error_class)]
     pub error_class: Option<ErrorClass>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub latency_ms: u64,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub time: SystemTime,
 }
 
@@ -184,7 +184,7 @@ impl FailureCode {
 
 impl utoipa::PartialSchema for FailureCode {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::http::openapi::string_enum(FailureCode::ALL.map(FailureCode::as_str)).into()
+        crate::api_schema::string_enum(FailureCode::ALL.map(FailureCode::as_str)).into()
     }
 }
 
@@ -218,7 +218,7 @@ pub struct MessageView {
     /// The conversation it belongs to; `null` for messages accepted before two-way messaging.
     pub conversation_id: Option<i64>,
     /// What the providers' receipts say became of it; `None` until the first one.
-    #[schema(schema_with = crate::http::openapi::delivery_status)]
+    #[schema(schema_with = crate::api_schema::delivery_status)]
     pub delivery_status: Option<DeliveryStatus>,
     /// Where changes of `status` and `delivery_status` are POSTed.
     pub status_callback: Option<String>,
@@ -228,10 +228,10 @@ pub struct MessageView {
     #[serde(skip)]
     pub owner: Option<String>,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339")]
-    #[schema(schema_with = crate::http::openapi::date_time)]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub updated_at: SystemTime,
 }
 
