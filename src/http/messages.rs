@@ -103,11 +103,11 @@ fn until_filter() -> Schema {
 /// `GET /v1/messages`.
 #[derive(Serialize, ToSchema)]
 #[schema(as = MessagesSearchPage)]
-pub struct SearchPage {
+struct SearchPage {
     /// Newest first (by creation time, then id), each as `GET /v1/messages/{id}` shows it.
-    pub messages: Vec<MessageView>,
+    messages: Vec<MessageView>,
     /// The next page's `cursor`; `null` on the last page.
-    pub next_cursor: Option<String>,
+    next_cursor: Option<String>,
 }
 
 errors!(
@@ -145,37 +145,37 @@ pub fn search_request(
         let known = PARAMETERS.join(", ");
         return Err(ApiError::invalid(name, format!("`{name}` is not a search parameter (known: {known})")));
     }
-    let given = |name: &str| query.get(name).filter(|value| !value.trim().is_empty());
+    let given = |name: &str| query.get(name).filter(|value| !value.is_empty());
     let one_of = |name: &str, names: Vec<&str>| {
         ApiError::invalid(name, format!("`{name}` must be one of {}", names.join(", ")))
     };
     let status = given("status")
         .map(|text| {
-            Status::parse(text.trim())
+            Status::parse(text)
                 .ok_or_else(|| one_of("status", Status::ALL.iter().map(|s| s.as_str()).collect()))
         })
         .transpose()?;
     let delivery_status = given("delivery_status")
         .map(|text| {
-            DeliveryStatus::parse(text.trim()).ok_or_else(|| {
+            DeliveryStatus::parse(text).ok_or_else(|| {
                 one_of("delivery_status", DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect())
             })
         })
         .transpose()?;
     let channel = given("channel")
         .map(|text| {
-            Channel::new(text.trim())
+            Channel::new(text)
                 .map(|channel| channel.to_string())
                 .map_err(|error| ApiError::invalid("channel", error.to_string()))
         })
         .transpose()?;
-    let provider = given("provider").map(|text| text.trim().to_owned());
+    let provider = given("provider").cloned();
     let to = given("to").map(|to| recipient_key(channel.as_deref(), &plus_restored(to)));
     let time = |name: &'static str| {
         given(name)
             .map(|text| {
                 // A `+` offset sent unencoded arrives as a space.
-                rfc3339(&text.trim().replace(' ', "+"))
+                rfc3339(&text.replace(' ', "+"))
                     .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|since_epoch| i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
                     .ok_or_else(|| {
@@ -319,6 +319,13 @@ mod tests {
         check("since=yesterday", Err("since"));
         check("until=2026-13-01T00:00:00Z", Err("until"));
         check("stauts=failed", Err("stauts"));
+        // Values are taken as sent: only an empty one is no filter.
+        check("status=%20", Err("status"));
+        check("status=failed%20", Err("status"));
+        check("delivery_status=%20bounced", Err("delivery_status"));
+        check("channel=%20sms", Err("channel"));
+        check("since=%202026-11-27T03:28:13Z", Err("since"));
+        check("provider=%20tw", Ok(MessageFilter { provider: Some(" tw".into()), ..none.clone() }));
         check("limit=0", Err("limit"));
         check("cursor=bad", Err("cursor"));
         let conversations = Cursor::Messages("0190f0a0-0000-7000-8000-000000000001".into()).encode();
