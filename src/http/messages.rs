@@ -103,11 +103,11 @@ fn until_filter() -> Schema {
 /// `GET /v1/messages`.
 #[derive(Serialize, ToSchema)]
 #[schema(as = MessagesSearchPage)]
-struct SearchPage {
+pub struct SearchPage {
     /// Newest first (by creation time, then id), each as `GET /v1/messages/{id}` shows it.
-    messages: Vec<MessageView>,
+    pub messages: Vec<MessageView>,
     /// The next page's `cursor`; `null` on the last page.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 errors!(
