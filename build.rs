@@ -10,11 +10,13 @@ fn main() {
     if std::env::var("SWITCHBOARD_TEST_POSTGRES_URL").map_or(true, |url| url.trim().is_empty()) {
         println!("cargo::rustc-cfg=no_postgres");
     }
-    // aiosmtpd: the smtp kind against a relay the project did not write. `.ci/run` makes the
-    // venv (target/py) and sets SWITCHBOARD_TEST_PYTHON to its python (tests/smtp_relay.rs).
-    println!("cargo::rustc-check-cfg=cfg(no_aiosmtpd)");
+    // The Python tools (tests/support/requirements.txt): aiosmtpd, the smtp kind against a relay
+    // the project did not write (tests/smtp_relay.rs); openapi-spec-validator and schemathesis,
+    // the OpenAPI document against the binary (tests/openapi.rs). `.ci/run` makes the venv
+    // (target/py) and sets SWITCHBOARD_TEST_PYTHON to its python.
+    println!("cargo::rustc-check-cfg=cfg(no_python)");
     println!("cargo::rerun-if-env-changed=SWITCHBOARD_TEST_PYTHON");
     if std::env::var_os("SWITCHBOARD_TEST_PYTHON").is_none_or(|python| python.is_empty()) {
-        println!("cargo::rustc-cfg=no_aiosmtpd");
+        println!("cargo::rustc-cfg=no_python");
     }
 }

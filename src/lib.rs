@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod accept;
+pub mod api_schema;
 pub mod auth;
 pub mod callbacks;
 pub mod cli;

@@ -239,7 +239,7 @@ fn assert_delivered(relay: &Relay, id: &str, view: &Value, tls: bool, auth: bool
 }
 
 #[test]
-#[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
+#[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn starttls_with_private_ca_and_auth_login_delivers() {
     let pki = Pki::new();
     let relay = Relay::start("starttls", Some(&pki), true);
@@ -248,7 +248,7 @@ fn starttls_with_private_ca_and_auth_login_delivers() {
 }
 
 #[test]
-#[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
+#[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn implicit_tls_with_private_ca_and_auth_login_delivers() {
     let pki = Pki::new();
     let relay = Relay::start("tls", Some(&pki), true);
@@ -257,7 +257,7 @@ fn implicit_tls_with_private_ca_and_auth_login_delivers() {
 }
 
 #[test]
-#[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
+#[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn plain_relay_on_loopback_delivers() {
     let relay = Relay::start("plain", None, true);
     let (id, view, _) = send_through(&relay, "none", None, Some(PASSWORD));
@@ -265,7 +265,7 @@ fn plain_relay_on_loopback_delivers() {
 }
 
 #[test]
-#[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
+#[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn wrong_password_fails_clearly_and_is_never_shown() {
     let pki = Pki::new();
     let relay = Relay::start("starttls", Some(&pki), true);
@@ -292,7 +292,7 @@ fn wrong_password_fails_clearly_and_is_never_shown() {
 }
 
 #[test]
-#[cfg_attr(no_aiosmtpd, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
+#[cfg_attr(no_python, ignore = "SWITCHBOARD_TEST_PYTHON is unset: .ci/run installs aiosmtpd")]
 fn certificate_of_an_untrusted_ca_is_refused() {
     let pki = Pki::new();
     for (relay_mode, tls) in [("starttls", "starttls"), ("tls", "tls")] {

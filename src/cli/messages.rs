@@ -16,7 +16,7 @@ use serde_json::json;
 use switchboard_providers::mask_recipient;
 
 use super::{print_out, Format, StoreArgs, EXIT_CANNOT_RUN, EXIT_INVALID};
-use crate::http::messages::search_request;
+use crate::http::messages::{search_request, SearchPage};
 use crate::http::paging::Cursor;
 use crate::http::ApiError;
 use crate::store::{MessageStore, MessageView, Retried};
@@ -153,8 +153,8 @@ async fn list(args: &ListArgs) -> Result<String, Failed> {
     let listed = open(&args.store).await?.search(&filter, page).await?;
     let next = listed.next.map(|position| Cursor::Search(position).encode());
     Ok(match args.format {
-        Format::Json => pretty(&json!({"messages": listed.items, "next_cursor": next})),
         Format::Human => table(&listed.items, next.as_deref()),
+        Format::Json => pretty(&SearchPage { messages: listed.items, next_cursor: next }),
     })
 }
 

@@ -57,6 +57,8 @@ pub enum Command {
     /// for an operator on the box.
     #[command(subcommand)]
     Messages(messages::MessagesCommand),
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +218,10 @@ pub fn run() -> ExitCode {
         Command::Keys(KeysCommand::CallbackSecret) => new_callback_secret(),
         Command::Explain(args) => explain(&args),
         Command::Messages(command) => messages::run(command),
+        Command::Openapi => {
+            print_out(&crate::http::openapi::render(&crate::http::document()));
+            ExitCode::SUCCESS
+        }
     }
 }
 

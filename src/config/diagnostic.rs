@@ -15,7 +15,7 @@ pub enum Origin {
     Env(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -144,7 +144,8 @@ impl SourceFile {
 }
 
 /// A diagnostic with its position resolved, as `--format json` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Diagnostic)]
 pub struct Located {
     pub severity: Severity,
     pub code: &'static str,

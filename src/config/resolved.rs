@@ -132,7 +132,7 @@ impl fmt::Debug for ResolvedProvider {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Providers in route order; the next one when one fails.
@@ -170,7 +170,7 @@ impl Strategy {
 
 /// What a rule matches on; a message matches when every matcher given matches (each one: any
 /// of its values).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Matchers {
     /// E.164 prefixes such as `+44`.
     #[serde(skip_serializing_if = "Vec::is_empty")]

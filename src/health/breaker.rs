@@ -10,7 +10,7 @@ use crate::config::resolved::BreakerPolicy;
 /// The longest an open period may grow to, as a multiple of `open_ms`.
 const MAX_OPEN_FACTOR: u32 = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,

@@ -9,14 +9,59 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::guard::Caller;
-use super::paging::{page, Cursor, QueryResult};
+use super::openapi::errors;
+use super::paging::{page, Cursor, PageQuery, QueryResult};
 use super::{ApiError, AppState};
-use crate::store::conversation::{family, normalize};
+use crate::store::conversation::{family, normalize, ConversationMessage, ConversationView, OptOut};
 use crate::store::delivery::SUPPRESSED_SENDER;
 use crate::store::OptOutKey;
+
+/// `GET /api/conversations`.
+#[derive(Serialize, ToSchema)]
+struct ConversationsPage {
+    /// Newest activity first.
+    conversations: Vec<ConversationView>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/conversations/{id}/messages`.
+#[derive(Serialize, ToSchema)]
+struct MessagesPage {
+    conversation_id: i64,
+    /// Oldest first.
+    messages: Vec<ConversationMessage>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/opt-outs`.
+#[derive(Serialize, ToSchema)]
+struct OptOutsPage {
+    /// By channel, sender, recipient.
+    opt_outs: Vec<OptOut>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+errors!(
+    /// What a page may answer besides itself.
+    PageErrors = [InvalidField, StoreUnavailable]
+);
+
+errors!(
+    /// What a conversation's page may answer besides itself.
+    ConversationPageErrors = [NotFound, InvalidField, StoreUnavailable]
+);
+
+errors!(
+    /// What removing an opt-out may answer besides 204.
+    RemoveOptOutErrors = [NotFound, StoreUnavailable]
+);
 
 /// Who may see which conversations: `None` sees all (an admin key, or authentication off);
 /// another key sees those holding a message it owns.
@@ -28,6 +73,17 @@ pub(super) fn viewer(caller: &Caller) -> Option<&str> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    tag = "conversations",
+    summary = "Conversations the caller may see, newest activity first",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page", body = ConversationsPage),
+        PageErrors,
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -39,9 +95,20 @@ pub async fn list(
     })?;
     let listed = state.store.conversations(viewer(&caller), page).await?;
     let next = listed.next.map(|id| Cursor::Conversations(id).encode());
-    Ok(Json(json!({"conversations": listed.items, "next_cursor": next})).into_response())
+    Ok(Json(ConversationsPage { conversations: listed.items, next_cursor: next }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/messages",
+    tag = "conversations",
+    summary = "A conversation's messages, oldest first",
+    params(("id" = i64, Path, minimum = 1, description = "The conversation's id"), PageQuery),
+    responses(
+        (status = 200, description = "A page", body = MessagesPage),
+        ConversationPageErrors,
+    )
+)]
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -63,9 +130,20 @@ pub async fn messages(
     let listed =
         state.store.conversation_messages(id, viewer(&caller), page).await?.ok_or(ApiError::NotFound)?;
     let next = listed.next.map(|id| Cursor::Messages(id).encode());
-    Ok(Json(json!({"conversation_id": id, "messages": listed.items, "next_cursor": next})).into_response())
+    Ok(Json(MessagesPage { conversation_id: id, messages: listed.items, next_cursor: next }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/opt-outs",
+    tag = "conversations",
+    summary = "Opt-outs and suppressed addresses",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page", body = OptOutsPage),
+        PageErrors,
+    )
+)]
 pub async fn opt_outs(State(state): State<Arc<AppState>>, query: QueryResult) -> Result<Response, ApiError> {
     let page = page(query, |c| match c {
         Cursor::OptOuts(key) => Some(key),
@@ -73,12 +151,27 @@ pub async fn opt_outs(State(state): State<Arc<AppState>>, query: QueryResult) ->
     })?;
     let listed = state.store.opt_outs(page).await?;
     let next = listed.next.map(|key| Cursor::OptOuts(key).encode());
-    Ok(Json(json!({"opt_outs": listed.items, "next_cursor": next})).into_response())
+    Ok(Json(OptOutsPage { opt_outs: listed.items, next_cursor: next }).into_response())
 }
 
 /// `DELETE /v1/opt-outs/{channel}/{sender}/{recipient}`: 204 when one was removed, else 404. The
 /// channel may be any of its family's (`mms` names the `sms` family's opt-out); the numbers are
 /// compared normalised.
+#[utoipa::path(
+    delete,
+    path = "/v1/opt-outs/{channel}/{sender}/{recipient}",
+    tag = "conversations",
+    summary = "Lift an opt-out (or, with sender `*`, a suppression)",
+    params(
+        ("channel" = String, Path, description = "Any channel of the family (`mms` names the `sms` family's)"),
+        ("sender" = String, Path, description = "The number written to (URL-encode `+` as `%2B`), or `*` for a suppression"),
+        ("recipient" = String, Path, description = "The recipient"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        RemoveOptOutErrors,
+    )
+)]
 pub async fn remove_opt_out(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String, String)>, PathRejection>,

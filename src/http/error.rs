@@ -103,6 +103,135 @@ struct Detail<'a> {
     status: Option<Status>,
 }
 
+/// An `error.code`: each has one status. What an operation may answer is listed next to its
+/// handler as these (the OpenAPI document's enum per status, `http/openapi.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidBody,
+    DuplicateField,
+    InvalidField,
+    MalformedRequest,
+    UnsupportedMediaType,
+    UnsupportedContentEncoding,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    NoRoute,
+    QueueFull,
+    StoreUnavailable,
+    IdempotencyKeyReused,
+    IdempotencyKeyInFlight,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    CountryNotAllowed,
+    RecipientRateLimited,
+    RecipientOptedOut,
+    RecipientSuppressed,
+    InvalidSignature,
+    HeadersTooLarge,
+    UriTooLong,
+    Overloaded,
+    ShuttingDown,
+    RequestTimeout,
+    NotRetryable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 29] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidBody,
+        ErrorCode::DuplicateField,
+        ErrorCode::InvalidField,
+        ErrorCode::MalformedRequest,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::UnsupportedContentEncoding,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NoRoute,
+        ErrorCode::QueueFull,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::IdempotencyKeyInFlight,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::CountryNotAllowed,
+        ErrorCode::RecipientRateLimited,
+        ErrorCode::RecipientOptedOut,
+        ErrorCode::RecipientSuppressed,
+        ErrorCode::InvalidSignature,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::UriTooLong,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::RequestTimeout,
+        ErrorCode::NotRetryable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::DuplicateField => "duplicate_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::UnsupportedContentEncoding => "unsupported_content_encoding",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CountryNotAllowed => "country_not_allowed",
+            ErrorCode::RecipientRateLimited => "recipient_rate_limited",
+            ErrorCode::RecipientOptedOut => "recipient_opted_out",
+            ErrorCode::RecipientSuppressed => "recipient_suppressed",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::NotRetryable => "not_retryable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        use ErrorCode as C;
+        match self {
+            C::InvalidJson | C::InvalidBody | C::DuplicateField | C::InvalidField | C::MalformedRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            C::UnsupportedMediaType | C::UnsupportedContentEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::NotFound => StatusCode::NOT_FOUND,
+            C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            C::NoRoute | C::QueueFull | C::StoreUnavailable | C::Overloaded | C::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            C::IdempotencyKeyReused | C::RecipientOptedOut | C::RecipientSuppressed => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            C::IdempotencyKeyInFlight | C::NotRetryable => StatusCode::CONFLICT,
+            C::Unauthorized => StatusCode::UNAUTHORIZED,
+            C::Forbidden | C::InvalidSignature | C::CountryNotAllowed => StatusCode::FORBIDDEN,
+            C::RateLimited | C::RecipientRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            C::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            C::UriTooLong => StatusCode::URI_TOO_LONG,
+            C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_NO_ROUTE: &str = "30";
 const RETRY_AFTER_BUSY: &str = "1";
@@ -128,70 +257,46 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidJson(_)
-            | ApiError::InvalidBody(_)
-            | ApiError::DuplicateField { .. }
-            | ApiError::InvalidField { .. }
-            | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType
-            | ApiError::WrongMediaType { .. }
-            | ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoRoute(_) | ApiError::QueueFull | ApiError::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::KeyReused | ApiError::OptedOut | ApiError::Suppressed => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ApiError::KeyInFlight | ApiError::NotRetryable(_) => StatusCode::CONFLICT,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden
-            | ApiError::InvalidSignature
-            | ApiError::Refused(Refusal::CountryNotAllowed { .. }) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } | ApiError::Refused(Refusal::RecipientRateLimited { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ApiError::Overloaded | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-        }
+        self.error_code().status()
     }
 
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// Its `error.code`.
+    pub fn error_code(&self) -> ErrorCode {
+        use ErrorCode as C;
         match self {
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::InvalidBody(_) => "invalid_body",
-            ApiError::DuplicateField { .. } => "duplicate_field",
-            ApiError::InvalidField { .. } => "invalid_field",
-            ApiError::UnsupportedMediaType | ApiError::WrongMediaType { .. } => "unsupported_media_type",
-            ApiError::UnsupportedEncoding => "unsupported_content_encoding",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::NoRoute(_) => "no_route",
-            ApiError::QueueFull => "queue_full",
-            ApiError::StoreUnavailable => "store_unavailable",
-            ApiError::KeyReused => "idempotency_key_reused",
-            ApiError::KeyInFlight => "idempotency_key_in_flight",
-            ApiError::Unauthorized { .. } => "unauthorized",
-            ApiError::Forbidden => "forbidden",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Refused(Refusal::CountryNotAllowed { .. }) => "country_not_allowed",
-            ApiError::Refused(Refusal::RecipientRateLimited { .. }) => "recipient_rate_limited",
-            ApiError::OptedOut => "recipient_opted_out",
-            ApiError::Suppressed => "recipient_suppressed",
-            ApiError::InvalidSignature => "invalid_signature",
-            ApiError::HeadersTooLarge { .. } => "headers_too_large",
-            ApiError::UriTooLong { .. } => "uri_too_long",
-            ApiError::MalformedRequest => "malformed_request",
-            ApiError::Overloaded => "overloaded",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => "request_timeout",
-            ApiError::NotRetryable(_) => "not_retryable",
+            ApiError::InvalidJson(_) => C::InvalidJson,
+            ApiError::InvalidBody(_) => C::InvalidBody,
+            ApiError::DuplicateField { .. } => C::DuplicateField,
+            ApiError::InvalidField { .. } => C::InvalidField,
+            ApiError::UnsupportedMediaType | ApiError::WrongMediaType { .. } => C::UnsupportedMediaType,
+            ApiError::UnsupportedEncoding => C::UnsupportedContentEncoding,
+            ApiError::PayloadTooLarge { .. } => C::PayloadTooLarge,
+            ApiError::NotFound => C::NotFound,
+            ApiError::MethodNotAllowed => C::MethodNotAllowed,
+            ApiError::NoRoute(_) => C::NoRoute,
+            ApiError::QueueFull => C::QueueFull,
+            ApiError::StoreUnavailable => C::StoreUnavailable,
+            ApiError::KeyReused => C::IdempotencyKeyReused,
+            ApiError::KeyInFlight => C::IdempotencyKeyInFlight,
+            ApiError::Unauthorized { .. } => C::Unauthorized,
+            ApiError::Forbidden => C::Forbidden,
+            ApiError::RateLimited { .. } => C::RateLimited,
+            ApiError::Refused(Refusal::CountryNotAllowed { .. }) => C::CountryNotAllowed,
+            ApiError::Refused(Refusal::RecipientRateLimited { .. }) => C::RecipientRateLimited,
+            ApiError::OptedOut => C::RecipientOptedOut,
+            ApiError::Suppressed => C::RecipientSuppressed,
+            ApiError::InvalidSignature => C::InvalidSignature,
+            ApiError::HeadersTooLarge { .. } => C::HeadersTooLarge,
+            ApiError::UriTooLong { .. } => C::UriTooLong,
+            ApiError::MalformedRequest => C::MalformedRequest,
+            ApiError::Overloaded => C::Overloaded,
+            ApiError::ShuttingDown => C::ShuttingDown,
+            ApiError::RequestTimeout | ApiError::HeaderTimeout { .. } => C::RequestTimeout,
+            ApiError::NotRetryable(_) => C::NotRetryable,
         }
     }
 
@@ -350,19 +455,42 @@ pub enum NotReady {
     StoreUnavailable,
 }
 
+/// The body of `/readyz`'s 503.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NotReadyBody {
+    #[schema(schema_with = not_ready)]
+    status: &'static str,
+    /// Why, when it is the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<NotReadyDetail>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct NotReadyDetail {
+    #[schema(schema_with = store_unavailable)]
+    code: &'static str,
+    message: &'static str,
+}
+
+fn not_ready() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum(["not_ready"])
+}
+
+fn store_unavailable() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum([ErrorCode::StoreUnavailable.as_str()])
+}
+
 impl IntoResponse for NotReady {
     fn into_response(self) -> Response {
-        let body = match self {
-            NotReady::ShuttingDown => serde_json::json!({"status": "not_ready"}),
-            NotReady::StoreUnavailable => serde_json::json!({
-                "status": "not_ready",
-                "error": {
-                    "code": ApiError::StoreUnavailable.code(),
-                    "message": "the message store does not take writes; sends are refused until it does",
-                },
+        let error = match self {
+            NotReady::ShuttingDown => None,
+            NotReady::StoreUnavailable => Some(NotReadyDetail {
+                code: ErrorCode::StoreUnavailable.as_str(),
+                message: "the message store does not take writes; sends are refused until it does",
             }),
         };
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(NotReadyBody { status: "not_ready", error }))
+            .into_response()
     }
 }
 

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorCode};
 use crate::auth::ApiKeys;
 use crate::config::resolved::RateLimit;
 use crate::health::TokenBucket;
@@ -93,7 +93,7 @@ impl Guard {
 
 /// What a path needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(super) enum Access {
     Public,
     /// A provider's own inbound URL: proven by the provider's signature or secret (checked by
     /// its kind), not by an API key; counted against the concurrency cap like any request.
@@ -102,9 +102,9 @@ enum Access {
     Admin,
 }
 
-fn access(path: &str, metrics_public: bool) -> Access {
+pub(super) fn access(path: &str, metrics_public: bool) -> Access {
     match path {
-        "/healthz" | "/readyz" => Access::Public,
+        "/healthz" | "/readyz" | "/openapi.json" => Access::Public,
         "/metrics" if metrics_public => Access::Public,
         _ if path == "/admin" || path.starts_with("/admin/") => Access::Admin,
         _ if path == "/v1/opt-outs" || path.starts_with("/v1/opt-outs/") => Access::Admin,
@@ -112,6 +112,30 @@ fn access(path: &str, metrics_public: bool) -> Access {
         // /api, /v1, /metrics, and unknown paths (no probing for routes without a key).
         _ => Access::AnyKey,
     }
+}
+
+/// What [`check_head`] refuses on any path.
+const HEAD_REFUSALS: &[ErrorCode] = &[
+    ErrorCode::UriTooLong,
+    ErrorCode::HeadersTooLarge,
+    ErrorCode::UnsupportedContentEncoding,
+    ErrorCode::InvalidField,
+];
+
+/// Every refusal the guard may answer on a path of `access`, before its handler runs (the
+/// OpenAPI document adds them to every operation).
+pub(super) fn refusals(access: Access) -> Vec<ErrorCode> {
+    let mut codes = HEAD_REFUSALS.to_vec();
+    if access != Access::Public {
+        codes.push(ErrorCode::Overloaded);
+    }
+    if matches!(access, Access::AnyKey | Access::Admin) {
+        codes.push(ErrorCode::Unauthorized);
+    }
+    if access == Access::Admin {
+        codes.push(ErrorCode::Forbidden);
+    }
+    codes
 }
 
 pub async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {

@@ -13,26 +13,96 @@ use axum::Json;
 use serde::Serialize;
 use switchboard_providers::inbound::{InboundError, InboundHead, InboundRequest};
 use switchboard_providers::Provider;
+use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
 
+use super::openapi::errors;
 use super::payload::{self, Webhook};
 use super::{caller_of, is_json, read_body_in_time, ApiError, AppState};
 use crate::store::Received;
+use crate::store::Status;
 
 /// The answer to a generic webhook.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Received)]
 struct ReceivedBody<'a> {
+    /// The stored message's id (the first one's, for a redelivery).
     id: &'a str,
     conversation_id: i64,
+    /// Always `received`.
+    #[schema(schema_with = received)]
     status: &'static str,
     channel: &'a str,
 }
 
+fn received() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum([Status::Received.as_str()])
+}
+
+errors!(
+    /// What a generic webhook may answer besides 200.
+    WebhookErrors = [
+        UnsupportedMediaType,
+        PayloadTooLarge,
+        RequestTimeout,
+        InvalidBody,
+        InvalidJson,
+        DuplicateField,
+        InvalidField,
+        StoreUnavailable,
+    ]
+);
+
+errors!(
+    /// What a provider's own URL (inbound or receipts) may answer besides 200.
+    ProviderErrors = [
+        NotFound,
+        InvalidSignature,
+        UnsupportedMediaType,
+        PayloadTooLarge,
+        RequestTimeout,
+        InvalidBody,
+        InvalidField,
+        StoreUnavailable,
+    ]
+);
+
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/sms",
+    tag = "conversations",
+    summary = "An inbound SMS or MMS (the messaging-service contract's webhook)",
+    request_body(content = payload::WebhookSms, example = json!({
+        "from": "+18045551234", "to": "+12016661234", "type": "sms", "messaging_provider_id": "message-1",
+        "body": "text message", "attachments": null, "timestamp": "2024-11-01T14:00:00Z"
+    })),
+    responses(
+        (status = 200, description = "Stored (or, redelivered, already stored: the same id)", body = ReceivedBody,
+            example = json!({"id": "019ad1c2-6f0e-7b3a-9d1e-2f4a5b6c7d8e", "conversation_id": 1, "status": "received", "channel": "sms"})),
+        WebhookErrors,
+    )
+)]
 pub async fn webhook_sms(State(state): State<Arc<AppState>>, request: Request) -> Response {
     webhook(&state, Webhook::Sms, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/email",
+    tag = "conversations",
+    summary = "An inbound email (the messaging-service contract's webhook)",
+    request_body(content = payload::WebhookEmail, example = json!({
+        "from": "contact@gmail.com", "to": "user@usehatchapp.com", "xillio_id": "message-3",
+        "body": "<html><body>html is <b>allowed</b> in inbound emails</body></html>",
+        "attachments": ["https://example.com/received-document.pdf"], "timestamp": "2024-11-01T14:00:00Z"
+    })),
+    responses(
+        (status = 200, description = "Stored (or, redelivered, already stored: the same id)", body = ReceivedBody,
+            example = json!({"id": "019ad1c2-6f0e-7b3a-9d1e-2f4a5b6c7d8f", "conversation_id": 2, "status": "received", "channel": "email"})),
+        WebhookErrors,
+    )
+)]
 pub async fn webhook_email(State(state): State<Arc<AppState>>, request: Request) -> Response {
     webhook(&state, Webhook::Email, request).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -49,12 +119,38 @@ async fn webhook(state: &AppState, webhook: Webhook, request: Request) -> Result
     let channel = incoming.channel.clone();
     let Received { id, conversation_id, .. } =
         state.receiver.receive(incoming, None, caller.key.as_deref()).await?;
-    let body = ReceivedBody { id: &id, conversation_id, status: "received", channel: channel.as_str() };
+    let status = Status::Received.as_str();
+    let body = ReceivedBody { id: &id, conversation_id, status, channel: channel.as_str() };
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// `POST /v1/inbound/{kind}/{provider}`: `provider` must be a provider of `kind` in the active
 /// config (else 404); its kind verifies and parses the request, and says what to answer.
+#[utoipa::path(
+    post,
+    path = "/v1/inbound/{kind}/{provider}",
+    tag = "providers",
+    summary = "A provider's own inbound messages, in its format",
+    description = "`twilio`: form-encoded (`MessageSid`, `From`, `To`, `Body`, `NumMedia`, `MediaUrl0`…), \
+signed with `X-Twilio-Signature`. `sendgrid`: Inbound Parse, `multipart/form-data`, HTTP Basic auth \
+with the provider's `inbound_secret`. Any other kind, or a provider not of that kind in the active \
+config: 404.",
+    params(
+        ("kind" = String, Path, description = "The provider's kind (`twilio`, `sendgrid`)"),
+        ("provider" = String, Path, description = "The provider's name in routes.toml"),
+    ),
+    request_body(description = "The provider's own request", content(
+        (Object = "application/x-www-form-urlencoded"),
+        (Object = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "Stored; the body is what the provider expects", content(
+            (String = "text/xml", example = "<Response></Response>"),
+            (String = "text/plain"),
+        )),
+        ProviderErrors,
+    )
+)]
 pub async fn provider_inbound(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,

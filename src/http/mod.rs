@@ -7,6 +7,7 @@ mod error;
 pub mod guard;
 mod inbound;
 pub mod messages;
+pub mod openapi;
 pub mod paging;
 pub mod payload;
 mod receipts;
@@ -21,13 +22,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::{ApiError, NotReady};
+pub use error::{ApiError, ErrorCode, NotReady};
 use payload::Endpoint;
 
 use crate::accept::{Accepted, Acceptor, Submission};
@@ -68,51 +70,164 @@ pub struct AppState {
     pub callbacks_on: bool,
 }
 
+/// Every route, each a handler with its `#[utoipa::path]`: the router serves these and the
+/// OpenAPI document describes these, so neither can have a route the other lacks.
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(legacy_sms))
+        .routes(routes!(legacy_email))
+        .routes(routes!(native))
+        .routes(routes!(messages::search))
+        .routes(routes!(get_message))
+        .routes(routes!(messages::retry))
+        .routes(routes!(inbound::webhook_sms))
+        .routes(routes!(inbound::webhook_email))
+        .routes(routes!(inbound::provider_inbound))
+        .routes(routes!(receipts::provider_receipts))
+        .routes(routes!(conversations::list))
+        .routes(routes!(conversations::messages))
+        .routes(routes!(conversations::opt_outs))
+        .routes(routes!(conversations::remove_opt_out))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(admin_routes))
+        .routes(routes!(admin_reload))
+        .routes(routes!(admin_explain))
+}
+
+/// The OpenAPI 3.1 document of [`router`]'s routes (`GET /openapi.json`, `switchboard openapi`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut api = routes().into_openapi();
+    openapi::finish(&mut api);
+    api
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/api/messages/sms", post(legacy_sms))
-        .route("/api/messages/email", post(legacy_email))
-        .route("/v1/messages", post(native).get(messages::search))
-        .route("/v1/messages/{id}", get(get_message))
-        .route("/v1/messages/{id}/retry", post(messages::retry))
-        .route("/api/webhooks/sms", post(inbound::webhook_sms))
-        .route("/api/webhooks/email", post(inbound::webhook_email))
-        .route("/v1/inbound/{kind}/{provider}", post(inbound::provider_inbound))
-        .route("/v1/receipts/{kind}/{provider}", post(receipts::provider_receipts))
-        .route("/api/conversations", get(conversations::list))
-        .route("/api/conversations/{id}/messages", get(conversations::messages))
-        .route("/v1/opt-outs", get(conversations::opt_outs))
-        .route(
-            "/v1/opt-outs/{channel}/{sender}/{recipient}",
-            axum::routing::delete(conversations::remove_opt_out),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/admin/routes", get(admin_routes))
-        .route("/admin/reload", post(admin_reload))
-        .route("/admin/explain", get(admin_explain))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard::guard))
         .with_state(state)
 }
 
-#[derive(Serialize)]
+openapi::errors!(
+    /// What a send may be refused with (besides the guard's): the body, the payload, accepting.
+    SendErrors = [
+        UnsupportedMediaType,
+        RateLimited,
+        PayloadTooLarge,
+        RequestTimeout,
+        InvalidBody,
+        InvalidJson,
+        DuplicateField,
+        InvalidField,
+        NoRoute,
+        CountryNotAllowed,
+        RecipientRateLimited,
+        RecipientOptedOut,
+        RecipientSuppressed,
+        IdempotencyKeyInFlight,
+        IdempotencyKeyReused,
+        QueueFull,
+        StoreUnavailable,
+        ShuttingDown,
+    ]
+);
+
+/// The `Idempotency-Key` header of the send endpoints.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct SendHeaders {
+    /// The same key with the same body within 24 h gets the first answer (202, same id,
+    /// `Idempotency-Replayed: true`) and creates nothing; with a different body: 422
+    /// `idempotency_key_reused`. 1 to 255 printable ASCII characters.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
+    idempotency_key: Option<String>,
+}
+
+/// The answer to an accepted (or replayed) message.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Accepted)]
 struct AcceptedBody<'a> {
+    /// The message's id (`GET /v1/messages/{id}`).
     id: &'a str,
+    /// Always `queued`.
+    #[schema(schema_with = queued)]
     status: &'static str,
     channel: &'a str,
 }
 
+/// The `status` of an accepted message.
+const QUEUED: &str = "queued";
+
+fn queued() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum([QUEUED])
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/messages/sms",
+    tag = "send",
+    summary = "Send an SMS or MMS (the messaging-service contract)",
+    params(SendHeaders),
+    request_body(content = payload::LegacySms, example = json!({
+        "from": "+12016661234", "to": "+18045551234", "type": "sms", "body": "Hello",
+        "attachments": null, "timestamp": "2024-11-01T14:00:00Z"
+    })),
+    responses(
+        (status = 202, description = "Stored and queued", body = AcceptedBody, headers(
+            ("Idempotency-Replayed" = String, description = "`true` when this answers a retry with the same `Idempotency-Key`")
+        ), example = json!({"id": "01a21b0b-e12f-757d-92cc-ade515dcfd46", "status": "queued", "channel": "sms"})),
+        SendErrors,
+    )
+)]
 async fn legacy_sms(State(state): State<Arc<AppState>>, request: Request) -> Response {
     send(&state, Endpoint::LegacySms, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messages/email",
+    tag = "send",
+    summary = "Send an email (the messaging-service contract)",
+    params(SendHeaders),
+    request_body(content = payload::LegacyEmail, example = json!({
+        "from": "user@usehatchapp.com", "to": "contact@gmail.com", "body": "<b>hi</b>",
+        "attachments": [], "timestamp": "2024-11-01T14:00:00Z"
+    })),
+    responses(
+        (status = 202, description = "Stored and queued", body = AcceptedBody, headers(
+            ("Idempotency-Replayed" = String, description = "`true` when this answers a retry with the same `Idempotency-Key`")
+        ), example = json!({"id": "01a21b0b-e12f-757d-92cc-ade515dcfd46", "status": "queued", "channel": "email"})),
+        SendErrors,
+    )
+)]
 async fn legacy_email(State(state): State<Arc<AppState>>, request: Request) -> Response {
     send(&state, Endpoint::LegacyEmail, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "send",
+    summary = "Send a message on any channel (the native API)",
+    params(SendHeaders),
+    request_body(content = payload::Native, example = json!({
+        "channel": "sms", "from": "+12016661234", "to": "+18045551234", "body": "Your code is 123456",
+        "subject": null, "attachments": [], "tags": ["otp"]
+    })),
+    responses(
+        (status = 202, description = "Stored and queued", body = AcceptedBody, headers(
+            ("Location" = String, description = "`/v1/messages/{id}`"),
+            ("Idempotency-Replayed" = String, description = "`true` when this answers a retry with the same `Idempotency-Key`")
+        ), example = json!({"id": "01a21b0b-e12f-757d-92cc-ade515dcfd46", "status": "queued", "channel": "sms"})),
+        SendErrors,
+    )
+)]
 async fn native(State(state): State<Arc<AppState>>, request: Request) -> Response {
     send(&state, Endpoint::Native, request).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -159,8 +274,7 @@ fn callback_url(state: &AppState, url: &str) -> Result<String, ApiError> {
 fn accepted_response(endpoint: Endpoint, accepted: &Accepted) -> Response {
     let (Accepted::New { id, channel } | Accepted::Replayed { id, channel }) = accepted;
     let replayed = matches!(accepted, Accepted::Replayed { .. });
-    let mut response =
-        (error::ACCEPTED, Json(AcceptedBody { id, status: "queued", channel })).into_response();
+    let mut response = (error::ACCEPTED, Json(AcceptedBody { id, status: QUEUED, channel })).into_response();
     if endpoint == Endpoint::Native {
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
@@ -242,6 +356,22 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
+openapi::errors!(
+    /// What reading a message may answer besides it.
+    GetMessageErrors = [NotFound, StoreUnavailable]
+);
+
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    summary = "A message's status, attempts and timeline (never its body)",
+    params(("id" = String, Path, description = "The id the send answered")),
+    responses(
+        (status = 200, description = "The message", body = crate::store::MessageView),
+        GetMessageErrors,
+    )
+)]
 async fn get_message(
     State(state): State<Arc<AppState>>,
     caller: Option<axum::Extension<Caller>>,
@@ -259,13 +389,54 @@ async fn get_message(
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    #[schema(schema_with = ok)]
+    status: &'static str,
+}
+
+fn ok() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum(["ok"])
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "The process runs",
+    responses((status = 200, description = "Alive", body = Health, example = json!({"status": "ok"})))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// How long `/readyz` waits for the store to show it takes writes.
 const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// `GET /readyz` when ready.
+#[derive(Serialize, ToSchema)]
+struct Ready<'a> {
+    #[schema(schema_with = ready)]
+    status: &'static str,
+    /// The active config's version (content hash).
+    config_version: &'a str,
+}
+
+fn ready() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::api_schema::string_enum(["ready"])
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Whether this instance takes messages",
+    responses(
+        (status = 200, description = "Config loaded, workers running, the store takes writes", body = Ready),
+        (status = 503, description = "Shutting down, or the store refuses writes", body = error::NotReadyBody),
+    )
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return NotReady::ShuttingDown.into_response();
@@ -273,7 +444,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reason = match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.check()).await {
         Ok(Ok(())) => {
             let version = &state.snapshot.load().version;
-            return Json(json!({"status": "ready", "config_version": version})).into_response();
+            return Json(Ready { status: "ready", config_version: version }).into_response();
         }
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!("the message store did not answer within {}s", STORE_CHECK_TIMEOUT.as_secs()),
@@ -282,6 +453,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     NotReady::StoreUnavailable.into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.set_queue_depth(state.dispatcher.queue_depth());
     (
@@ -291,56 +469,147 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn admin_routes(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| openapi::render(&document()));
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
+}
+
+/// `GET /admin/routes`: the active snapshot.
+#[derive(Serialize, ToSchema)]
+struct AdminRoutes<'a> {
+    /// The active config's content hash.
+    version: &'a str,
+    /// The file it came from.
+    path: &'a str,
+    #[schema(schema_with = crate::api_schema::date_time)]
+    loaded_at: String,
+    loaded_by: Trigger,
+    /// The last reload refused, or `null`.
+    last_rejected: Option<&'a crate::reload::Rejection>,
+    routes: Vec<AdminRoute<'a>>,
+    providers: Vec<AdminProvider<'a>>,
+}
+
+/// A route of the active config.
+#[derive(Serialize, ToSchema)]
+struct AdminRoute<'a> {
+    #[schema(value_type = String)]
+    channel: &'a switchboard_providers::Channel,
+    strategy: crate::config::resolved::Strategy,
+    max_attempts: u32,
+    allowed_country_codes: &'a Option<Vec<String>>,
+    max_per_recipient_per_hour: Option<u32>,
+    providers: &'a [String],
+    weights: &'a [u32],
+    /// The route's `[[routes.C.rules]]`, resolved.
+    #[schema(value_type = Vec<Object>)]
+    rules: &'a [crate::config::resolved::ResolvedRule],
+    /// Where each setting's value came from.
+    #[schema(value_type = Object)]
+    sources: &'a std::collections::BTreeMap<&'static str, crate::config::resolved::SettingSource>,
+}
+
+/// A provider of the active config.
+#[derive(Serialize, ToSchema)]
+struct AdminProvider<'a> {
+    name: &'a str,
+    kind: &'static str,
+    #[schema(value_type = Vec<String>)]
+    channels: &'a [switchboard_providers::Channel],
+    /// The settings every provider has, resolved.
+    #[schema(value_type = Object)]
+    settings: &'a crate::config::resolved::ProviderSettings,
+    /// The kind's own settings; credentials and values from `${VAR}` are `"<redacted>"`.
+    #[schema(value_type = Object)]
+    kind_settings: serde_json::Value,
+    #[schema(value_type = Object)]
+    sources: &'a std::collections::BTreeMap<&'static str, crate::config::resolved::SettingSource>,
+    breaker: crate::health::BreakerState,
+    paused: bool,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/routes",
+    tag = "admin",
+    summary = "The active routing snapshot",
+    responses((status = 200, description = "The active config", body = AdminRoutes))
+)]
+async fn admin_routes(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot.load();
     let now = Instant::now();
-    let routes: Vec<_> = snapshot
+    let routes = snapshot
         .routes()
         .iter()
-        .map(|route| {
-            json!({
-                "channel": route.config.channel,
-                "strategy": route.config.strategy,
-                "max_attempts": route.config.max_attempts,
-                "allowed_country_codes": route.config.allowed_country_codes,
-                "max_per_recipient_per_hour": route.config.max_per_recipient_per_hour,
-                "providers": route.config.providers,
-                "weights": route.config.weights,
-                "rules": route.config.rules,
-                "sources": route.config.sources,
-            })
+        .map(|route| AdminRoute {
+            channel: &route.config.channel,
+            strategy: route.config.strategy,
+            max_attempts: route.config.max_attempts,
+            allowed_country_codes: &route.config.allowed_country_codes,
+            max_per_recipient_per_hour: route.config.max_per_recipient_per_hour,
+            providers: &route.config.providers,
+            weights: &route.config.weights,
+            rules: &route.config.rules,
+            sources: &route.config.sources,
         })
         .collect();
-    let providers: Vec<_> = snapshot
+    let providers = snapshot
         .providers()
         .iter()
-        .map(|p| {
-            json!({
-                "name": p.config.name,
-                "kind": p.config.kind.kind,
-                "channels": p.config.channels,
-                "settings": p.config.settings,
-                "kind_settings": p.config.kind_settings_redacted(),
-                "sources": p.config.sources,
-                "breaker": p.health().breaker.state(now),
-                "paused": p.health().pause.paused_until(now).is_some(),
-            })
+        .map(|p| AdminProvider {
+            name: &p.config.name,
+            kind: p.config.kind.kind,
+            channels: &p.config.channels,
+            settings: &p.config.settings,
+            kind_settings: p.config.kind_settings_redacted(),
+            sources: &p.config.sources,
+            breaker: p.health().breaker.state(now),
+            paused: p.health().pause.paused_until(now).is_some(),
         })
         .collect();
     let status = state.reloader.status();
-    Json(json!({
-        "version": snapshot.version,
-        "path": status.active.path,
-        "loaded_at": humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
-        "loaded_by": status.active.trigger,
-        "last_rejected": status.last_rejected,
-        "routes": routes,
-        "providers": providers,
-    }))
+    Json(AdminRoutes {
+        version: &snapshot.version,
+        path: &status.active.path,
+        loaded_at: humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
+        loaded_by: status.active.trigger,
+        last_rejected: status.last_rejected.as_ref(),
+        routes,
+        providers,
+    })
+    .into_response()
 }
+
+openapi::errors!(
+    /// What `/admin/explain` may answer besides the explanation.
+    ExplainErrors = [InvalidField, CountryNotAllowed]
+);
 
 /// `GET /admin/explain?channel=…&to=…[&tag=a,b]`: `switchboard explain` against the active
 /// snapshot, with each provider's live breaker state.
+#[utoipa::path(
+    get,
+    path = "/admin/explain",
+    tag = "admin",
+    summary = "Which rule and providers a message would get",
+    params(
+        ("channel" = String, Query, description = "The message's channel"),
+        ("to" = String, Query, description = "The recipient, URL-encoded (`%2B44…`)"),
+        ("tag" = Option<String>, Query, description = "Tags, comma-separated"),
+    ),
+    responses(
+        (status = 200, description = "The explanation", body = crate::routing::explain::Explanation),
+        ExplainErrors,
+    )
+)]
 async fn admin_explain(
     State(state): State<Arc<AppState>>,
     query: Result<
@@ -398,6 +667,16 @@ fn plus_restored(value: &str) -> String {
 }
 
 /// Reloads now; 200 with the new (or unchanged) version, 422 with the diagnostics.
+#[utoipa::path(
+    post,
+    path = "/admin/reload",
+    tag = "admin",
+    summary = "Reload routes.toml now",
+    responses(
+        (status = 200, description = "Applied, or unchanged", body = crate::reload::Outcome),
+        (status = 422, description = "The file was refused; the last good config keeps serving", body = crate::reload::Outcome),
+    )
+)]
 async fn admin_reload(State(state): State<Arc<AppState>>) -> Response {
     state.reloader.reload(Trigger::Admin).await.into_response()
 }

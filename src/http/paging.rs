@@ -19,6 +19,18 @@ pub const MAX_LIMIT: u32 = 200;
 
 pub type QueryResult = Result<Query<HashMap<String, String>>, QueryRejection>;
 
+/// A page's query string, as the OpenAPI document shows it (read by [`page`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageQuery {
+    /// Items in the page: 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// The previous page's `next_cursor` (opaque).
+    cursor: Option<String>,
+}
+
 /// What a cursor points after, tagged by the listing it came from: a cursor of one listing is
 /// refused by another.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::time::SystemTime;
 use switchboard_providers::address::{is_email, is_phone};
+use utoipa::ToSchema;
 
 use switchboard_providers::inbound::Incoming;
 use switchboard_providers::{Channel, OutboundMessage};
@@ -36,36 +37,64 @@ pub enum Endpoint {
     Native,
 }
 
-#[derive(Deserialize)]
-struct LegacySms {
+/// `POST /api/messages/sms`: the messaging-service contract's SMS or MMS.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = LegacySmsRequest)]
+pub struct LegacySms {
+    #[schema(schema_with = schema::phone, required = true)]
     from: Option<String>,
+    #[schema(schema_with = schema::phone, required = true)]
     to: Option<String>,
     #[serde(rename = "type")]
+    #[schema(schema_with = schema::sms_type)]
     kind: Option<String>,
+    #[schema(schema_with = schema::body, required = true)]
     body: Option<String>,
+    #[schema(schema_with = schema::attachments)]
     attachments: Option<Vec<String>>,
+    #[schema(schema_with = schema::timestamp)]
     timestamp: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct LegacyEmail {
+/// `POST /api/messages/email`: the messaging-service contract's email.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = LegacyEmailRequest)]
+pub struct LegacyEmail {
+    #[schema(schema_with = schema::email, required = true)]
     from: Option<String>,
+    #[schema(schema_with = schema::email, required = true)]
     to: Option<String>,
+    #[schema(schema_with = schema::subject)]
     subject: Option<String>,
+    #[schema(schema_with = schema::body, required = true)]
     body: Option<String>,
+    #[schema(schema_with = schema::attachments)]
     attachments: Option<Vec<String>>,
+    #[schema(schema_with = schema::timestamp)]
     timestamp: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Native {
+/// `POST /v1/messages`: the native API.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SendRequest)]
+pub struct Native {
+    /// `sms`, `mms`, `email`, a channel a registered provider kind names, or one the active
+    /// config routes.
+    #[schema(schema_with = schema::channel, required = true)]
     channel: Option<String>,
+    #[schema(schema_with = schema::address, required = true)]
     from: Option<String>,
+    #[schema(schema_with = schema::address, required = true)]
     to: Option<String>,
+    #[schema(schema_with = schema::subject)]
     subject: Option<String>,
+    #[schema(schema_with = schema::body, required = true)]
     body: Option<String>,
+    #[schema(schema_with = schema::attachments)]
     attachments: Option<Vec<String>>,
+    #[schema(schema_with = schema::tags)]
     tags: Option<Vec<String>>,
+    #[schema(schema_with = schema::status_callback)]
     status_callback: Option<String>,
 }
 
@@ -78,27 +107,137 @@ pub enum Webhook {
     Email,
 }
 
-#[derive(Deserialize)]
-struct WebhookSms {
+/// `POST /api/webhooks/sms`: an inbound SMS or MMS, in the messaging-service contract's form.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WebhookSmsRequest)]
+pub struct WebhookSms {
+    #[schema(schema_with = schema::phone, required = true)]
     from: Option<String>,
+    #[schema(schema_with = schema::phone, required = true)]
     to: Option<String>,
     #[serde(rename = "type")]
+    #[schema(schema_with = schema::sms_type)]
     kind: Option<String>,
+    #[schema(schema_with = schema::provider_id, required = true)]
     messaging_provider_id: Option<String>,
+    #[schema(schema_with = schema::body, required = true)]
     body: Option<String>,
+    #[schema(schema_with = schema::attachments)]
     attachments: Option<Vec<String>>,
+    #[schema(schema_with = schema::timestamp)]
     timestamp: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct WebhookEmail {
+/// `POST /api/webhooks/email`: an inbound email, in the messaging-service contract's form.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WebhookEmailRequest)]
+pub struct WebhookEmail {
+    #[schema(schema_with = schema::email, required = true)]
     from: Option<String>,
+    #[schema(schema_with = schema::email, required = true)]
     to: Option<String>,
+    #[schema(schema_with = schema::provider_id, required = true)]
     xillio_id: Option<String>,
+    #[schema(schema_with = schema::subject)]
     subject: Option<String>,
+    #[schema(schema_with = schema::body, required = true)]
     body: Option<String>,
+    #[schema(schema_with = schema::attachments)]
     attachments: Option<Vec<String>>,
+    #[schema(schema_with = schema::timestamp)]
     timestamp: Option<String>,
+}
+
+/// The fields' schemas: what every send (and webhook) refuses, from the limits above. Only what
+/// the server refuses for every channel is a constraint (a request the schema calls invalid is
+/// always refused); the rest is said in descriptions.
+mod schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+    use utoipa::openapi::RefOr;
+
+    use super::{
+        Channel, MAX_ATTACHMENTS, MAX_PROVIDER_ID_CHARS, MAX_SUBJECT_CHARS, MAX_TAGS, MAX_TAG_LEN,
+        SMS_MAX_CHARS,
+    };
+    use crate::api_schema::nullable_string;
+
+    fn string(description: impl Into<String>) -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).description(Some(description))
+    }
+
+    fn nullable_array(items: ObjectBuilder, max: usize, description: &str) -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(items)
+            .max_items(Some(max))
+            .description(Some(description))
+            .into()
+    }
+
+    pub fn phone() -> ObjectBuilder {
+        string("An E.164 number (`+` and 2 to 15 digits) or a short code (3 to 8 digits)")
+            .min_length(Some(1))
+            .examples(["+12016661234"])
+    }
+
+    pub fn email() -> ObjectBuilder {
+        string("A plain address `local@domain.tld` (no display name)").min_length(Some(1))
+    }
+
+    pub fn address() -> ObjectBuilder {
+        string("Of the channel's form: a phone number for `sms` and `mms`, an email address for `email`, not blank for another channel; no control characters")
+            .min_length(Some(1))
+    }
+
+    pub fn channel() -> ObjectBuilder {
+        string("The channel: `sms`, `mms`, `email`, or a channel a provider kind or the active config serves")
+            .min_length(Some(1))
+    }
+
+    pub fn sms_type() -> ObjectBuilder {
+        nullable_string()
+            .enum_values(Some([Some(Channel::SMS.as_str()), Some(Channel::MMS.as_str()), None]))
+            .description(Some("`sms` (the default) or `mms`"))
+    }
+
+    pub fn body() -> ObjectBuilder {
+        string(format!(
+            "Not blank; no control characters but line breaks and tabs; an SMS at most {SMS_MAX_CHARS} characters; an email's may be HTML"
+        ))
+            .min_length(Some(1))
+    }
+
+    pub fn subject() -> ObjectBuilder {
+        nullable_string().max_length(Some(MAX_SUBJECT_CHARS)).description(Some("No control characters"))
+    }
+
+    pub fn attachments() -> RefOr<Schema> {
+        let url = string("An `http://` or `https://` URL with a host").min_length(Some(1));
+        nullable_array(url, MAX_ATTACHMENTS, "An MMS needs at least one; an SMS none")
+    }
+
+    pub fn tags() -> RefOr<Schema> {
+        let tag = string("Printable characters").min_length(Some(1)).max_length(Some(MAX_TAG_LEN));
+        nullable_array(tag, MAX_TAGS, "Tags routing rules may match on")
+    }
+
+    pub fn timestamp() -> ObjectBuilder {
+        nullable_string().description(Some("An RFC 3339 date-time (UTC or with an offset) from 1970 on"))
+    }
+
+    pub fn provider_id() -> ObjectBuilder {
+        string(format!(
+            "The provider's id for the message: 1 to {MAX_PROVIDER_ID_CHARS} printable characters; a redelivery carries the same"
+        ))
+            .min_length(Some(1))
+            .max_length(Some(MAX_PROVIDER_ID_CHARS))
+    }
+
+    pub fn status_callback() -> ObjectBuilder {
+        nullable_string().description(Some(
+            "An `https://` URL to a public host every change of the message's `status` and `delivery_status` is POSTed to, signed; refused when the server has no callback secret",
+        ))
+    }
 }
 
 /// Parses and validates an inbound webhook's body: the same field rules as a send (addresses,

@@ -11,11 +11,33 @@ use std::time::SystemTime;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 
-use super::inbound::{provider_answer, read_provider_request, refused};
+use super::inbound::{provider_answer, read_provider_request, refused, ProviderErrors};
 use super::{ApiError, AppState};
 use crate::metrics::Metrics;
 
 /// `POST /v1/receipts/{kind}/{provider}`.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts/{kind}/{provider}",
+    tag = "providers",
+    summary = "A provider's delivery receipts, in its format",
+    description = "`twilio`: StatusCallback, form-encoded, signed with `X-Twilio-Signature`. `sendgrid`: \
+the Signed Event Webhook, a JSON array of events. `webhook`: JSON `{\"id\", \"status\", \"time\"}` \
+or an array of them, signed with `X-Switchboard-Signature`. A signed time more than 5 minutes from \
+now is refused. Any other kind, or a provider not of that kind in the active config: 404.",
+    params(
+        ("kind" = String, Path, description = "The provider's kind (`twilio`, `sendgrid`, `webhook`)"),
+        ("provider" = String, Path, description = "The provider's name in routes.toml"),
+    ),
+    request_body(description = "The provider's own request", content(
+        (Object = "application/x-www-form-urlencoded"),
+        (Value = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Recorded (also when no message matched)", content_type = "text/plain", body = String),
+        ProviderErrors,
+    )
+)]
 pub async fn provider_receipts(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,

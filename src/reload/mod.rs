@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::routing::Snapshot;
 
 /// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// The service started with this config.
@@ -36,7 +36,7 @@ pub enum Trigger {
 }
 
 /// What changed between two snapshots.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Changes {
     pub providers_added: Vec<String>,
     pub providers_removed: Vec<String>,
@@ -95,8 +95,9 @@ impl Changes {
 }
 
 /// The result of one reload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
+#[schema(as = ReloadOutcome)]
 pub enum Outcome {
     Applied { previous_version: String, version: String, changes: Changes },
     Unchanged { version: String },
@@ -104,12 +105,13 @@ pub enum Outcome {
 }
 
 /// A reload that was refused, kept for `/admin/routes`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub at: SystemTime,
     pub path: String,
-    /// Content hash of the rejected file; `None` when it could not be read.
+    /// Content hash of the rejected file; `null` when it could not be read.
     pub version: Option<String>,
     /// Why, when there are no diagnostics (unreadable file, provider build failure).
     pub error: Option<String>,

@@ -99,8 +99,13 @@ pub fn spawn_watchers(
     let watched = Watched { dir, file_name, events_tx, events, armed };
     let mut tasks =
         vec![tokio::spawn(watch_directory(Arc::clone(&reloader), watched, options, stop.clone()))];
+    // Listened for before this returns (before the service says it is listening): a SIGHUP
+    // sent at once is a reload, never the default action (the process ending).
     #[cfg(unix)]
-    tasks.push(tokio::spawn(on_sighup(reloader, stop)));
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => tasks.push(tokio::spawn(on_sighup(reloader, hangups, stop))),
+        Err(_) => tracing::warn!("cannot listen for SIGHUP"),
+    }
     tasks
 }
 
@@ -181,12 +186,11 @@ fn rearm_if_replaced(
 }
 
 #[cfg(unix)]
-async fn on_sighup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP");
-        return;
-    };
+async fn on_sighup(
+    reloader: Arc<Reloader>,
+    mut hangups: tokio::signal::unix::Signal,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => break,

@@ -8,12 +8,12 @@ use super::rules::{self as routing, RuleIndex};
 use crate::config::resolved::{Matchers, ResolvedProvider, ResolvedRoute, SettingSource, Strategy};
 use crate::config::PROVIDER_SPECS;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub channel: String,
     pub to: String,
     pub tags: Vec<String>,
-    /// The rule that matched; `None`: no rule did, the route's own providers apply.
+    /// The rule that matched; `null`: no rule did, the route's own providers apply.
     pub rule: Option<MatchedRule>,
     pub strategy: Strategy,
     /// How the order of `providers` is used by the strategy.
@@ -21,14 +21,14 @@ pub struct Explanation {
     pub providers: Vec<Candidate>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MatchedRule {
     /// 1 for the route's first `[[routes.C.rules]]`.
     pub number: usize,
     pub matchers: Matchers,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub name: String,
     pub kind: &'static str,
@@ -43,10 +43,11 @@ pub struct Candidate {
     pub paused: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExplainedSetting {
     pub key: String,
     /// Credentials and values from `${VAR}` are `"<redacted>"`.
+    #[schema(schema_with = crate::api_schema::any_value)]
     pub value: serde_json::Value,
     pub source: String,
 }

@@ -42,6 +42,7 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     retry_gives_a_failed_message_a_fresh_start(&store).await;
     retry_idempotency(&store).await;
     views_read_many_as_get_reads_one(&store).await;
+    names_holding_nul_match_nothing(&store).await;
 }
 
 fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -1201,4 +1202,25 @@ pub(crate) async fn views_read_many_as_get_reads_one(store: &Arc<dyn MessageStor
     assert!(history.is_some_and(|events| events >= 3), "the events came along: {history:?}");
     assert_eq!(ok(store.views(&[]).await, "views of none"), Vec::new());
     assert_eq!(ok(store.views(&[new_id()]).await, "views of unknown"), Vec::new());
+}
+
+/// What a client names may hold a NUL (`%00`), which PostgreSQL text cannot: such an id or
+/// filter matches nothing, as any other unknown one, rather than failing the store.
+pub(crate) async fn names_holding_nul_match_nothing(store: &Arc<dyn MessageStore>) {
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let message = outbound(Channel::SMS, &from, &to, "nul");
+    insert(store, &message, None).await;
+    let odd = format!("{}\0", message.id);
+    assert_eq!(ok(store.get(&odd).await, "get"), None);
+    let views = ok(store.views(&[odd.clone(), message.id.clone()]).await, "views");
+    assert_eq!(ids(&views), [message.id.as_str()]);
+    assert_eq!(ok(store.retry(&odd, None).await, "retry"), Retried::NotFound);
+    for filter in [
+        MessageFilter { provider: Some("tw\0".into()), ..MessageFilter::default() },
+        MessageFilter { to: Some(format!("{to}\0")), ..MessageFilter::default() },
+        MessageFilter { channel: Some("sms\0".into()), ..MessageFilter::default() },
+    ] {
+        let listed = ok(store.search(&filter, Page { limit: 10, after: None }).await, "search");
+        assert_eq!((listed.items.len(), listed.next), (0, None), "{filter:?}");
+    }
 }

@@ -12,7 +12,7 @@ use switchboard_providers::Channel;
 use super::{rfc3339, Status};
 
 /// Which way a message went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Accepted through a send endpoint and dispatched to a provider.
@@ -237,16 +237,18 @@ pub fn preview(body: &str) -> String {
 /// A conversation as `GET /api/conversations` lists it. Conversations are listed newest
 /// activity first: by `last_message_id` (UUIDv7s sort by creation), descending; a page's cursor
 /// is its last item's `last_message_id`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: i64,
     /// The channel family (`sms` for SMS and MMS).
     pub channel: String,
     /// The two normalised participants, in ascending order.
+    #[schema(value_type = Vec<String>, min_items = 2, max_items = 2)]
     pub participants: [String; 2],
     /// Messages of it the store keeps (retention purges old ones).
     pub message_count: u64,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub last_message_at: SystemTime,
     /// The newest message it still holds.
     pub last_message: Option<LastMessage>,
@@ -255,7 +257,7 @@ pub struct ConversationView {
     pub last_message_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LastMessage {
     pub id: String,
     pub direction: Direction,
@@ -264,32 +266,38 @@ pub struct LastMessage {
 
 /// A message as `GET /api/conversations/{id}/messages` shows it. Oldest first: by id (UUIDv7s
 /// sort by creation); a page's cursor is its last item's id.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConversationMessage {
     pub id: String,
     pub direction: Direction,
+    #[schema(value_type = String)]
     pub channel: Channel,
     pub from: String,
     pub to: String,
     pub body: String,
     pub attachments: Vec<String>,
     pub status: Status,
+    #[schema(value_type = Option<String>)]
     pub provider: Option<Arc<str>>,
     /// Inbound: when the provider says it was sent; outbound: when it was accepted.
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub timestamp: SystemTime,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
 }
 
 /// A recorded opt-out, as `GET /v1/opt-outs` lists them: by (channel, sender, recipient).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OptOut {
     /// The channel family.
     pub channel: String,
+    /// The number written to, or `*` for a suppressed address (every sender).
     pub sender: String,
     pub recipient: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
 }
 

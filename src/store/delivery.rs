@@ -55,7 +55,7 @@ pub fn retried_detail(code: Option<&str>, message: Option<&str>) -> serde_json::
 }
 
 /// Who an event is from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// A provider's receipt.
@@ -65,16 +65,19 @@ pub enum Source {
 }
 
 /// One entry of a message's timeline (`events` of `GET /v1/messages/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub time: SystemTime,
     pub source: Source,
     /// A delivery status, a `status`, or the provider's own event name.
     #[serde(rename = "type")]
     pub kind: String,
+    #[schema(value_type = Option<String>)]
     pub provider: Option<Arc<str>>,
     /// The provider's raw status fields, or Switchboard's error code.
+    #[schema(schema_with = crate::api_schema::any_value)]
     pub detail: Value,
 }
 

@@ -43,7 +43,7 @@ pub fn replay_or_reused(key: &IdempotencyKey, recorded_hash: &str, id: String, c
 }
 
 /// A message's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted; no attempt started yet.
@@ -79,8 +79,9 @@ impl Status {
 }
 
 /// How one attempt ended; also the `outcome` label of `switchboard_dispatch_attempts_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = AttemptOutcome)]
 pub enum Outcome {
     Success,
     RateLimited,
@@ -116,20 +117,23 @@ impl Outcome {
 }
 
 /// One attempt to hand a message to a provider.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
+    #[schema(value_type = String)]
     pub provider: Arc<str>,
     pub outcome: Outcome,
+    #[schema(schema_with = crate::api_schema::error_class)]
     pub error_class: Option<ErrorClass>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub latency_ms: u64,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub time: SystemTime,
 }
 
 /// Why a message failed for good.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub code: FailureCode,
     pub message: String,
@@ -188,6 +192,14 @@ impl FailureCode {
     }
 }
 
+impl utoipa::PartialSchema for FailureCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::api_schema::string_enum(FailureCode::ALL.map(FailureCode::as_str)).into()
+    }
+}
+
+impl utoipa::ToSchema for FailureCode {}
+
 impl Serialize for FailureCode {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
@@ -195,9 +207,10 @@ impl Serialize for FailureCode {
 }
 
 /// What `GET /v1/messages/{id}` shows: never the body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: String,
+    #[schema(value_type = String)]
     pub channel: Channel,
     pub from: String,
     /// The recipient; shown in full only to the message's owner (see `http::get_message`).
@@ -205,26 +218,30 @@ pub struct MessageView {
     pub attachments: Vec<String>,
     pub status: Status,
     /// The provider that finally handled it (sent it, or gave the final answer).
+    #[schema(value_type = Option<String>)]
     pub provider: Option<Arc<str>>,
     pub provider_message_id: Option<String>,
     pub attempts: Vec<Attempt>,
     pub error: Option<Failure>,
     pub tags: Vec<String>,
     pub direction: Direction,
-    /// The conversation it belongs to; `None` for messages accepted before two-way messaging.
+    /// The conversation it belongs to; `null` for messages accepted before two-way messaging.
     pub conversation_id: Option<i64>,
     /// What the providers' receipts say became of it; `None` until the first one.
+    #[schema(schema_with = crate::api_schema::delivery_status)]
     pub delivery_status: Option<DeliveryStatus>,
     /// Where changes of `status` and `delivery_status` are POSTed.
     pub status_callback: Option<String>,
-    /// Its timeline, oldest first (see [`delivery::timeline`]).
+    /// Its timeline, oldest first (made by `delivery::timeline`).
     pub events: Vec<Event>,
     /// The API key (by name) that created it; only that key may read it.
     #[serde(skip)]
     pub owner: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(schema_with = crate::api_schema::date_time)]
     pub updated_at: SystemTime,
 }
 

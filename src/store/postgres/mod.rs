@@ -267,6 +267,13 @@ const EVENT_COLUMNS: &str = "message_id, time, source, type, provider, detail";
 /// Puts a failed message back in the queue (see [`MessageStore::retry`]), in one transaction:
 /// the message's row is locked first, so concurrent retries of it (from any instance) take
 /// turns and only the first finds it `failed`.
+/// A text PostgreSQL cannot hold (a NUL character): no stored value is equal to it, and a query
+/// binding it fails instead of matching nothing. What a client names (a message id, a search's
+/// `provider` or `to`) is checked with this before it is bound.
+fn holds_nul(text: &str) -> bool {
+    text.contains('\0')
+}
+
 async fn retry(pool: &PgPool, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, sqlx::Error> {
     let now = ms(SystemTime::now());
     let mut tx = pool.begin().await?;
@@ -548,6 +555,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn views(&self, ids: &[String]) -> Result<Vec<MessageView>, StoreError> {
+        let ids: Vec<&String> = ids.iter().filter(|id| !holds_nul(id)).collect();
         let mut tx = snapshot(&self.pool).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {VIEW_COLUMNS} FROM messages m WHERE m.id = ANY($1)"
@@ -566,6 +574,9 @@ impl MessageStore for PostgresStore {
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
         // The stored status is the one shown.
         let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), |_| None);
+        if params.iter().any(|param| matches!(param, Param::Text(text) if holds_nul(text))) {
+            return Ok(Listed { items: Vec::new(), next: None });
+        }
         let mut tx = snapshot(&self.pool).await?;
         let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {VIEW_COLUMNS} FROM messages m WHERE {clauses}"
@@ -582,6 +593,9 @@ impl MessageStore for PostgresStore {
     }
 
     async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
+        if holds_nul(id) {
+            return Ok(Retried::NotFound);
+        }
         retry(&self.pool, id, key).await.map_err(unavailable)
     }
 
