@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::guard::Caller;
 use super::openapi::errors;
-use super::paging::{page, Cursor, PageQuery, QueryResult};
+use super::paging::{page, Cursor, PageQuery, Params};
 use super::{ApiError, AppState};
 use crate::store::conversation::{family, normalize, ConversationMessage, ConversationView, OptOut};
 use crate::store::delivery::SUPPRESSED_SENDER;
@@ -87,7 +87,7 @@ pub(super) fn viewer(caller: &Caller) -> Option<&str> {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    query: QueryResult,
+    Params(query): Params,
 ) -> Result<Response, ApiError> {
     let page = page(query, |c| match c {
         Cursor::Conversations(id) => Some(id),
@@ -113,7 +113,7 @@ pub async fn messages(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
-    query: QueryResult,
+    Params(query): Params,
 ) -> Result<Response, ApiError> {
     // Not a positive integer written plainly (no sign, no leading zero): no such conversation.
     let id = id
@@ -144,7 +144,10 @@ pub async fn messages(
         PageErrors,
     )
 )]
-pub async fn opt_outs(State(state): State<Arc<AppState>>, query: QueryResult) -> Result<Response, ApiError> {
+pub async fn opt_outs(
+    State(state): State<Arc<AppState>>,
+    Params(query): Params,
+) -> Result<Response, ApiError> {
     let page = page(query, |c| match c {
         Cursor::OptOuts(key) => Some(key),
         _ => None,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::conversations::viewer;
 use super::guard::Caller;
 use super::openapi::errors;
-use super::paging::{page_of, Cursor, PageQuery, QueryResult};
+use super::paging::{page_of, Cursor, PageQuery, Params};
 use super::payload::{rfc3339, Endpoint};
 use super::{accepted_response, idempotency_key, plus_restored, AcceptedBody, ApiError, AppState};
 use crate::store::search::recipient_key;
@@ -212,12 +212,9 @@ pub fn search_request(
 pub async fn search(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    query: QueryResult,
+    Params(query): Params,
 ) -> Result<Response, ApiError> {
-    let Ok(Query(query)) = query else {
-        return Err(ApiError::invalid("query", "the query string is malformed"));
-    };
-    let (mut filter, page) = search_request(&query)?;
+    let (mut filter, page) = search_request(&query?)?;
     filter.owner = viewer(&caller).map(str::to_owned);
     let listed = state.store.search(&filter, page).await?;
     let next = listed.next.map(|position| Cursor::Search(position).encode());
@@ -258,6 +255,7 @@ pub async fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::Query;
 
     fn check(query: &str, expected: Result<MessageFilter, &str>) {
         let uri: axum::http::Uri = format!("/v1/messages?{query}").parse().unwrap_or_else(|e| panic!("{e}"));

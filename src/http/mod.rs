@@ -612,13 +612,11 @@ openapi::errors!(
 )]
 async fn admin_explain(
     State(state): State<Arc<AppState>>,
-    query: Result<
-        axum::extract::Query<std::collections::HashMap<String, String>>,
-        axum::extract::rejection::QueryRejection,
-    >,
+    paging::Params(query): paging::Params,
 ) -> Response {
-    let Ok(axum::extract::Query(query)) = query else {
-        return ApiError::invalid("query", "the query string is malformed").into_response();
+    let query = match query {
+        Ok(query) => query,
+        Err(error) => return error.into_response(),
     };
     let (Some(channel), Some(to)) = (query.get("channel"), query.get("to")) else {
         let missing = if query.contains_key("channel") { "to" } else { "channel" };

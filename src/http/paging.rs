@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -17,7 +17,43 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// The most items a page may have.
 pub const MAX_LIMIT: u32 = 200;
 
-pub type QueryResult = Result<Query<HashMap<String, String>>, QueryRejection>;
+/// A query string's parameters, each named at most once, or why not: malformed, or a name given
+/// twice (`status=failed&status=sent`, `limit=1&limit=200` — refused rather than read as the last
+/// value, which would answer a different question than the one asked).
+pub type QueryResult = Result<HashMap<String, String>, ApiError>;
+
+/// Reads a [`QueryResult`] from the request: `Params(query)`.
+pub struct Params(pub QueryResult);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let malformed = || ApiError::invalid("query", "the query string is malformed");
+        let read = match Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(Query(pairs)) => {
+                let mut params = HashMap::with_capacity(pairs.len());
+                let mut repeated = None;
+                for (name, value) in pairs {
+                    match params.entry(name) {
+                        std::collections::hash_map::Entry::Occupied(entry) => {
+                            repeated.get_or_insert_with(|| entry.key().clone());
+                        }
+                        std::collections::hash_map::Entry::Vacant(entry) => {
+                            entry.insert(value);
+                        }
+                    }
+                }
+                match repeated {
+                    Some(name) => Err(ApiError::invalid(&name, format!("`{name}` is given more than once"))),
+                    None => Ok(params),
+                }
+            }
+            Err(_) => Err(malformed()),
+        };
+        Ok(Params(read))
+    }
+}
 
 /// A page's query string, as the OpenAPI document shows it (read by [`page`]).
 #[derive(utoipa::IntoParams)]
@@ -61,7 +97,11 @@ impl Cursor {
         let text = String::from_utf8(bytes).ok()?;
         let mut parts = text.split('\n');
         // Message ids are UUIDs: a cursor naming anything else was not one this service made.
-        let id = |id: &str| uuid::Uuid::try_parse(id).is_ok().then(|| id.to_owned());
+        // Only as this service writes them (lower-case, hyphenated): the same id written another
+        // way would not compare equal with the stored one, and a page would repeat its anchor.
+        let id = |id: &str| {
+            uuid::Uuid::try_parse(id).ok().filter(|u| u.hyphenated().to_string() == id).map(|_| id.to_owned())
+        };
         let cursor = match (parts.next()?, parts.next()?) {
             ("c", last) => Cursor::Conversations(id(last)?),
             ("m", last) => Cursor::Messages(id(last)?),
@@ -71,7 +111,9 @@ impl Cursor {
                 recipient: parts.next()?.to_owned(),
             }),
             ("s", created_at) => Cursor::Search(SearchPosition {
-                created_at: created_at.parse().ok().filter(|ms: &i64| *ms >= 0)?,
+                created_at: Some(created_at)
+                    .filter(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|ms| ms.parse().ok())?,
                 id: id(parts.next()?)?,
             }),
             _ => return None,
@@ -83,10 +125,7 @@ impl Cursor {
 /// `limit` and `cursor` from a query string; `pick` takes the cursor's value if it is of this
 /// listing.
 pub fn page<C>(query: QueryResult, pick: fn(Cursor) -> Option<C>) -> Result<Page<C>, ApiError> {
-    let Ok(Query(query)) = query else {
-        return Err(ApiError::invalid("query", "the query string is malformed"));
-    };
-    page_of(&query, pick)
+    page_of(&query?, pick)
 }
 
 /// [`page`] from a query string's parameters.
@@ -144,14 +183,22 @@ mod tests {
             &URL_SAFE_NO_PAD.encode("s\n12"),
             &URL_SAFE_NO_PAD.encode("s\n-1\n0190f0a0-0000-7000-8000-000000000002"),
             &URL_SAFE_NO_PAD.encode("s\nx\n0190f0a0-0000-7000-8000-000000000002"),
+            // Ids and times only as this service writes them.
+            &URL_SAFE_NO_PAD.encode("s\n12\n0190f0a0000070008000000000000002"),
+            &URL_SAFE_NO_PAD.encode("s\n12\n0190F0A0-0000-7000-8000-000000000002"),
+            &URL_SAFE_NO_PAD.encode("s\n12\n{0190f0a0-0000-7000-8000-000000000002}"),
+            &URL_SAFE_NO_PAD.encode("s\n+12\n0190f0a0-0000-7000-8000-000000000002"),
+            &URL_SAFE_NO_PAD.encode("m\n0190f0a0000070008000000000000002"),
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
     }
 
-    fn check_page(query: &str, expected: Result<(u32, Option<&str>), &str>) {
-        let uri: axum::http::Uri = format!("/x?{query}").parse().unwrap_or_else(|e| panic!("{query}: {e}"));
-        let got = page(Query::try_from_uri(&uri), |c| match c {
+    async fn check_page(query: &str, expected: Result<(u32, Option<&str>), &str>) {
+        let request = axum::http::Request::get(format!("/x?{query}")).body(());
+        let (mut parts, ()) = request.unwrap_or_else(|e| panic!("{query}: {e}")).into_parts();
+        let Ok(Params(read)) = Params::from_request_parts(&mut parts, &()).await;
+        let got = page(read, |c| match c {
             Cursor::Messages(id) => Some(id),
             _ => None,
         });
@@ -166,21 +213,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pages() {
+    #[tokio::test]
+    async fn pages() {
         const ID: &str = "0190f0a0-0000-7000-8000-000000000001";
         let m = Cursor::Messages(ID.into()).encode();
         let c = Cursor::Conversations(ID.into()).encode();
-        check_page("", Ok((DEFAULT_LIMIT, None)));
-        check_page("limit=1", Ok((1, None)));
-        check_page("limit=200", Ok((200, None)));
-        check_page("limit=201", Err("limit"));
-        check_page("limit=0", Err("limit"));
-        check_page("limit=-1", Err("limit"));
-        check_page("limit=ten", Err("limit"));
-        check_page(&format!("cursor={m}"), Ok((DEFAULT_LIMIT, Some(ID))));
-        check_page("cursor=", Ok((DEFAULT_LIMIT, None)));
-        check_page(&format!("cursor={c}"), Err("cursor"));
-        check_page("cursor=garbage!", Err("cursor"));
+        check_page("", Ok((DEFAULT_LIMIT, None))).await;
+        check_page("limit=1", Ok((1, None))).await;
+        check_page("limit=200", Ok((200, None))).await;
+        check_page("limit=201", Err("limit")).await;
+        check_page("limit=0", Err("limit")).await;
+        check_page("limit=-1", Err("limit")).await;
+        check_page("limit=ten", Err("limit")).await;
+        check_page(&format!("cursor={m}"), Ok((DEFAULT_LIMIT, Some(ID)))).await;
+        check_page("cursor=", Ok((DEFAULT_LIMIT, None))).await;
+        check_page(&format!("cursor={c}"), Err("cursor")).await;
+        check_page("cursor=garbage!", Err("cursor")).await;
+        // A name given twice is refused, not read as its last value.
+        check_page("limit=1&limit=200", Err("limit")).await;
+        check_page(&format!("cursor={m}&cursor={m}"), Err("cursor")).await;
+        check_page("limit=5&x=1&x=2", Err("x")).await;
     }
 }
