@@ -230,9 +230,14 @@ fn odd_input(backend: &Backend) {
     for query in ["until=", "since=&status=&delivery_status=&channel=&provider=&to="] {
         assert_eq!(listed(&server, query, APP), [sent.as_str()], "{query}");
     }
-    for (query, field) in
-        [("status=%20", "status"), ("status=sent%20", "status"), ("channel=%20sms", "channel")]
-    {
+    for (query, field) in [
+        ("status=%20", "status"),
+        ("status=sent%20", "status"),
+        ("channel=%20sms", "channel"),
+        // A name given twice is refused, not read as its last value.
+        ("status=failed&status=sent", "status"),
+        ("limit=1&limit=200", "limit"),
+    ] {
         let (status, body) = get(&server, &format!("/v1/messages?{query}"), APP);
         assert_eq!((status, &body["error"]["field"]), (400, &json!(field)), "{query}: {body}");
     }
