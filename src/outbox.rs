@@ -58,7 +58,7 @@ pub async fn run(
             match store.due_callbacks(u32::try_from(free).unwrap_or(u32::MAX)).await {
                 Ok(jobs) if jobs.is_empty() => IDLE_POLL,
                 Ok(jobs) => match messages_of(store.as_ref(), &jobs).await {
-                    Ok(mut messages) => {
+                    Ok(messages) => {
                         for job in jobs {
                             let (store, callbacks, metrics) =
                                 (Arc::clone(&store), Arc::clone(&callbacks), Arc::clone(&metrics));
@@ -70,7 +70,6 @@ pub async fn run(
                                 lock(&in_flight).remove(&job.id);
                             });
                         }
-                        messages.clear();
                         Duration::ZERO
                     }
                     Err(error) => {

@@ -29,7 +29,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let malformed = || ApiError::invalid("query", "the query string is malformed");
         let read = match Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
             Ok(Query(pairs)) => {
                 let mut params = HashMap::with_capacity(pairs.len());
@@ -49,7 +48,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                     None => Ok(params),
                 }
             }
-            Err(_) => Err(malformed()),
+            Err(_) => Err(ApiError::invalid("query", "the query string is malformed")),
         };
         Ok(Params(read))
     }
