@@ -153,8 +153,9 @@ async fn try_send(
     }
     let Some(mut view) = message else {
         tracing::info!(message_id = %job.message_id, "callback dropped: its message is no longer stored");
+        store.callback_done(job.id).await?;
         metrics.callback("dropped");
-        return store.callback_done(job.id).await;
+        return Ok(());
     };
     view.status = job.status;
     view.delivery_status = job.delivery_status;
@@ -164,9 +165,11 @@ async fn try_send(
         now.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     match callbacks.deliver(&job.url, &job.webhook_id, timestamp, &body).await {
         Ok(()) => {
-            metrics.callback("delivered");
             tracing::debug!(message_id = %job.message_id, webhook_id = %job.webhook_id, "callback delivered");
-            store.callback_done(job.id).await
+            // Counted once recorded: a scrape that sees it also sees the outbox without it.
+            store.callback_done(job.id).await?;
+            metrics.callback("delivered");
+            Ok(())
         }
         Err(error) => retry(store, metrics, job, &error).await,
     }
@@ -185,12 +188,13 @@ async fn retry(
     if expired(job, next_at) {
         return expire(store, metrics, job, &error.to_string()).await;
     }
-    metrics.callback("failed");
     tracing::info!(
         message_id = %job.message_id, webhook_id = %job.webhook_id, attempts, error = %error,
         "callback not delivered; retrying"
     );
-    store.callback_retry(job.id, attempts, next_at).await
+    store.callback_retry(job.id, attempts, next_at).await?;
+    metrics.callback("failed");
+    Ok(())
 }
 
 fn expired(job: &CallbackJob, at: SystemTime) -> bool {
@@ -207,8 +211,9 @@ async fn expire(
         message_id = %job.message_id, webhook_id = %job.webhook_id, attempts = job.attempts, last_error = why,
         "callback given up on after 24 hours of failed deliveries"
     );
+    store.callback_done(job.id).await?;
     metrics.callback("expired");
-    store.callback_done(job.id).await
+    Ok(())
 }
 
 #[cfg(test)]
@@ -278,6 +283,34 @@ mod tests {
         // (`/fast`'s may be given back too, if the stop came before its answer was recorded.)
         assert!(due.iter().any(|job| job.url.ends_with("/hang")), "given back: {due:?}");
         release.notify_waiters();
+    }
+
+    /// An outcome is counted only once it is recorded: a scrape that counts a callback
+    /// delivered (or failed) never finds the outbox still holding it as before.
+    #[tokio::test]
+    async fn outcomes_are_counted_once_recorded() {
+        let (base, _paths) = receiver(Arc::new(tokio::sync::Notify::new())).await;
+        let store = crate::store::test_support::Faulty::new();
+        with_callback(&store.inner, &format!("{base}/fast")).await;
+        let (callbacks, metrics) = (client(), Metrics::new());
+        let count = |result: &str| {
+            let line = format!("switchboard_callbacks_total{{result=\"{result}\"}} ");
+            metrics.render().lines().find_map(|l| l.strip_prefix(line.as_str()).map(str::to_owned))
+        };
+        let jobs = store.inner.due_callbacks(10).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(jobs.len(), 1);
+        let view = store.get(&jobs[0].message_id).await.unwrap_or_else(|e| panic!("{e}"));
+        // Delivered, but the outbox cannot be told: not counted, and sent again later.
+        store.refuse_callback_writes.store(1, std::sync::atomic::Ordering::SeqCst);
+        send(&store, &callbacks, &metrics, &jobs[0], view.clone()).await;
+        assert_eq!(count("delivered"), None, "counted though still in the outbox");
+        // Recorded: counted.
+        send(&store, &callbacks, &metrics, &jobs[0], view).await;
+        assert_eq!(count("delivered").as_deref(), Some("1"));
+        // A callback whose message is gone, dropped but not recorded: not counted either.
+        store.refuse_callback_writes.store(1, std::sync::atomic::Ordering::SeqCst);
+        send(&store, &callbacks, &metrics, &jobs[0], None).await;
+        assert_eq!(count("dropped"), None, "counted though still in the outbox");
     }
 
     fn job(age: Duration) -> CallbackJob {

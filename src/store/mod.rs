@@ -691,6 +691,8 @@ pub(crate) mod test_support {
         /// Progress writes (attempt start, attempt, retry time, end) still to refuse.
         pub(crate) refuse_writes: AtomicU32,
         pub(crate) refused: AtomicU32,
+        /// Callback outcomes (done, retry) still to refuse.
+        pub(crate) refuse_callback_writes: AtomicU32,
     }
 
     impl Faulty {
@@ -700,6 +702,17 @@ pub(crate) mod test_support {
                 insert_ack_delay: Duration::ZERO,
                 refuse_writes: AtomicU32::new(0),
                 refused: AtomicU32::new(0),
+                refuse_callback_writes: AtomicU32::new(0),
+            }
+        }
+
+        fn callback_write(&self) -> Result<(), StoreError> {
+            let refuse = self
+                .refuse_callback_writes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match refuse {
+                Ok(_) => Err(StoreError::Unavailable("disk full".into())),
+                Err(_) => Ok(()),
             }
         }
 
@@ -825,6 +838,7 @@ pub(crate) mod test_support {
             self.inner.due_callbacks(limit).await
         }
         async fn callback_done(&self, id: i64) -> Result<(), StoreError> {
+            self.callback_write()?;
             self.inner.callback_done(id).await
         }
         async fn callback_retry(
@@ -833,6 +847,7 @@ pub(crate) mod test_support {
             attempts: u32,
             next_at: SystemTime,
         ) -> Result<(), StoreError> {
+            self.callback_write()?;
             self.inner.callback_retry(id, attempts, next_at).await
         }
         fn describe(&self) -> String {
