@@ -3,17 +3,27 @@
 //! for a message costs a few hash lookups however many rules there are.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::resolved::{Matchers, ResolvedRule, Strategy};
 
+/// The most digits a `to_prefix` has (E.164).
+const PREFIX_DIGITS: usize = 15;
+
 /// Rules by the values of one of their matchers. A rule with several matchers is indexed under
-/// its most selective one (prefix, else domain, else tags) and checked whole on lookup.
+/// its most selective one (prefix, else domain, else tags) and checked whole on lookup. Each
+/// list holds rule numbers in ascending order.
 #[derive(Debug, Default)]
 pub struct RuleIndex {
-    by_prefix: HashMap<String, Vec<usize>>,
+    /// `to_prefix` values as numbers ([`prefix_key`]): a number's prefixes are looked up
+    /// without hashing a string each.
+    by_prefix: HashMap<u64, Vec<usize>, BuildHasherDefault<KeyHasher>>,
+    /// Bit `n` set: some indexed prefix has `n` digits (only those lengths are looked up).
+    prefix_lengths: u16,
     by_domain: HashMap<String, Vec<usize>>,
     by_tag: HashMap<String, Vec<usize>>,
+    /// Rules no index can find (a prefix that is not `+` and digits): always checked.
+    unindexed: Vec<usize>,
 }
 
 impl RuleIndex {
@@ -21,9 +31,20 @@ impl RuleIndex {
         let mut index = RuleIndex::default();
         for (i, rule) in rules.iter().enumerate() {
             let m = &rule.matchers;
-            let (map, values) = if !m.to_prefix.is_empty() {
-                (&mut index.by_prefix, &m.to_prefix)
-            } else if !m.to_domain.is_empty() {
+            if !m.to_prefix.is_empty() {
+                for value in &m.to_prefix {
+                    match parse_prefix(value) {
+                        Some((len, digits)) => {
+                            index.prefix_lengths |= 1 << len;
+                            index.by_prefix.entry(prefix_key(len, digits)).or_default().push(i);
+                        }
+                        None if index.unindexed.last() != Some(&i) => index.unindexed.push(i),
+                        None => {}
+                    }
+                }
+                continue;
+            }
+            let (map, values) = if !m.to_domain.is_empty() {
                 (&mut index.by_domain, &m.to_domain)
             } else {
                 (&mut index.by_tag, &m.tags)
@@ -37,37 +58,90 @@ impl RuleIndex {
 
     /// The first rule that matches a message to `to` with `tags`.
     pub fn find(&self, rules: &[ResolvedRule], to: &str, tags: &[String]) -> Option<usize> {
-        let mut candidates: Vec<usize> = Vec::new();
+        let mut first = None;
+        let mut consider = |list: &[usize]| {
+            // Ascending: the list's first match is its lowest; none past the lowest found yet.
+            for &i in list {
+                if first.is_some_and(|found| i >= found) {
+                    break;
+                }
+                if matches(&rules[i].matchers, to, tags) {
+                    first = Some(i);
+                    break;
+                }
+            }
+        };
         if let Some(digits) = to.strip_prefix('+') {
-            // Every prefix of the number: at most 15 lookups.
-            for end in 1..=digits.len() {
-                if let Some(found) = self.by_prefix.get(&to[..=end]) {
-                    candidates.extend(found);
+            // Every prefix of the number whose length some rule has: at most 15 lookups.
+            let mut value = 0u64;
+            for (n, byte) in digits.bytes().take(PREFIX_DIGITS).enumerate() {
+                if !byte.is_ascii_digit() {
+                    break;
+                }
+                value = value * 10 + u64::from(byte - b'0');
+                let len = n + 1;
+                if self.prefix_lengths & (1 << len) != 0 {
+                    if let Some(found) = self.by_prefix.get(&prefix_key(len, value)) {
+                        consider(found);
+                    }
                 }
             }
         }
         if let Some((_, domain)) = to.rsplit_once('@') {
             let domain = domain.to_ascii_lowercase();
             if let Some(found) = self.by_domain.get(&domain) {
-                candidates.extend(found);
+                consider(found);
             }
             // `*.example.org` for each parent of the domain.
             let mut rest = domain.as_str();
             while let Some((_, parent)) = rest.split_once('.') {
                 if let Some(found) = self.by_domain.get(&format!("*.{parent}")) {
-                    candidates.extend(found);
+                    consider(found);
                 }
                 rest = parent;
             }
         }
         for tag in tags {
             if let Some(found) = self.by_tag.get(tag) {
-                candidates.extend(found);
+                consider(found);
             }
         }
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates.into_iter().find(|&i| matches(&rules[i].matchers, to, tags))
+        consider(&self.unindexed);
+        first
+    }
+}
+
+/// `+` and 1 to 15 digits: (how many digits, their value).
+fn parse_prefix(prefix: &str) -> Option<(usize, u64)> {
+    let digits = prefix.strip_prefix('+')?;
+    if digits.is_empty() || digits.len() > PREFIX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.len(), digits.parse().ok()?))
+}
+
+/// A prefix's digits with their count above them: `+1` and `+01` differ.
+fn prefix_key(len: usize, digits: u64) -> u64 {
+    ((len as u64) << 56) | digits
+}
+
+/// Hashes the one `u64` a prefix key is (no SipHash: keys come from our own config).
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = splitmix64(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = splitmix64(self.0 ^ value);
     }
 }
 
@@ -133,11 +207,16 @@ pub fn order(
 
 /// A well-spread number from a message id and a round: the weighted draw. Deterministic, so a
 /// message's draw can be reproduced.
+/// The id is mixed eight bytes at a time (ids are ours: UUIDs; no SipHash needed).
 pub fn draw(id: &str, round: u32) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut hasher);
-    round.hash(&mut hasher);
-    splitmix64(hasher.finish())
+    let bytes = id.as_bytes();
+    let mut mixed = splitmix64(u64::from(round) ^ ((bytes.len() as u64) << 32));
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        mixed = splitmix64(mixed ^ u64::from_le_bytes(word));
+    }
+    mixed
 }
 
 pub fn splitmix64(seed: u64) -> u64 {
@@ -192,6 +271,48 @@ mod tests {
         check(&rules, "12345", &["otp"], Some(4));
     }
 
+    /// Prefixes of every length, later rules with longer prefixes, a number with a non-digit,
+    /// one rule listed under two prefixes: the index agrees with the linear scan.
+    #[test]
+    fn prefixes_of_any_length() {
+        let rules = [
+            rule(&["+4420", "+331"], &[], &[]),
+            rule(&["+1202555"], &[], &[]),
+            rule(&["+1"], &[], &["otp"]),
+            rule(&["+12"], &[], &[]),
+            rule(&["+123456789012345"], &[], &[]),
+            rule(&["+01"], &[], &[]),
+            rule(&["+44"], &[], &[]),
+        ];
+        check(&rules, "+442079460000", &[], Some(0));
+        check(&rules, "+33123456789", &[], Some(0));
+        check(&rules, "+12025550123", &[], Some(1));
+        check(&rules, "+12025550123", &["otp"], Some(1));
+        check(&rules, "+12035550123", &["otp"], Some(2));
+        check(&rules, "+12035550123", &[], Some(3));
+        check(&rules, "+1234567890123456", &[], Some(3));
+        check(&rules, "+13035550123", &[], None);
+        check(&rules, "+0123", &[], Some(5));
+        check(&rules, "+123", &[], Some(3));
+        check(&rules, "+1x202555", &["otp"], Some(2));
+        check(&rules, "+1x202555", &[], None);
+        check(&rules, "+447700900123", &[], Some(6));
+        check(&rules, "+", &[], None);
+        check(&rules, "", &["otp"], None);
+        check(&rules, "12025550123", &[], None);
+    }
+
+    /// A prefix the config would refuse (not `+` and digits) is still honoured, unindexed.
+    #[test]
+    fn prefixes_the_index_cannot_hold() {
+        let rules = [rule(&["+1"], &[], &["vip"]), rule(&["+1 202"], &[], &[]), rule(&["+1"], &[], &[])];
+        check(&rules, "+1 202 555 0123", &[], Some(1));
+        check(&rules, "+1 202 555 0123", &["vip"], Some(0));
+        check(&rules, "+12025550123", &[], Some(2));
+        let long = [rule(&["+1234567890123456"], &[], &[])];
+        check(&long, "+12345678901234567", &[], Some(0));
+    }
+
     #[test]
     fn orders() {
         let all = |_: usize| true;
@@ -227,6 +348,23 @@ mod tests {
         assert!(within(&got, &[50.0, 30.0, 20.0]), "{got:?}");
         let got = shares(&[50, 30, 20], &|i| i != 0);
         assert!(within(&got, &[0.0, 60.0, 40.0]), "{got:?}");
+    }
+
+    /// Draws from ids that differ only in their last digits (as consecutive ids do) still
+    /// share out by weight, and a message's next round draws anew.
+    #[test]
+    fn draws_from_close_ids_spread() {
+        let mut firsts = [0u32; 2];
+        let mut rounds_differ = 0;
+        for n in 0..10_000u32 {
+            let id = format!("01a21b0b-e12f-757d-92cc-{n:012x}");
+            firsts[order(Strategy::Weighted, &[95, 5], |_| true, 0, draw(&id, 0))[0]] += 1;
+            rounds_differ += u32::from(draw(&id, 0) != draw(&id, 1));
+            assert_eq!(draw(&id, 3), draw(&id, 3), "deterministic");
+        }
+        let share = |count: u32| f64::from(count) / 100.0;
+        assert!((share(firsts[0]) - 95.0).abs() <= 2.0, "{firsts:?}");
+        assert_eq!(rounds_differ, 10_000);
     }
 
     #[test]

@@ -125,7 +125,9 @@ impl Route {
             let health = members[i].health();
             health.pause.paused_until(now).is_none() && health.breaker.open_until(now).is_none()
         };
-        let order = routing::order(strategy, weights, usable, turn, routing::draw(&message.id, round));
+        // Only `weighted` draws (hashing the id costs more than the rest of the plan).
+        let draw = if strategy == Strategy::Weighted { routing::draw(&message.id, round) } else { 0 };
+        let order = routing::order(strategy, weights, usable, turn, draw);
         order.into_iter().map(|i| Arc::clone(&members[i])).collect()
     }
 }
