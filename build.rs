@@ -19,4 +19,11 @@ fn main() {
     if std::env::var_os("SWITCHBOARD_TEST_PYTHON").is_none_or(|python| python.is_empty()) {
         println!("cargo::rustc-cfg=no_python");
     }
+    // promtool (Debian's `prometheus` package): the dashboard's PromQL parsed by Prometheus's own
+    // parser (tests/dashboards.rs). `.ci/run` installs it and sets SWITCHBOARD_TEST_PROMTOOL.
+    println!("cargo::rustc-check-cfg=cfg(no_promtool)");
+    println!("cargo::rerun-if-env-changed=SWITCHBOARD_TEST_PROMTOOL");
+    if std::env::var_os("SWITCHBOARD_TEST_PROMTOOL").is_none_or(|promtool| promtool.is_empty()) {
+        println!("cargo::rustc-cfg=no_promtool");
+    }
 }

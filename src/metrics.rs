@@ -74,6 +74,26 @@ struct RoutingErrorLabels {
     reason: String,
 }
 
+/// How a config reload ended: the `result` label of `switchboard_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    Rejected,
+    Unchanged,
+}
+
+impl ReloadResult {
+    const ALL: [ReloadResult; 3] = [ReloadResult::Applied, ReloadResult::Rejected, ReloadResult::Unchanged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Rejected => "rejected",
+            ReloadResult::Unchanged => "unchanged",
+        }
+    }
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -129,7 +149,12 @@ impl Metrics {
         let breaker_transitions = Family::default();
         let routing_errors = Family::default();
         let queue_depth = Gauge::default();
-        let reloads = Family::default();
+        let reloads: Family<ReloadLabels, Counter> = Family::default();
+        // Every result is exported from the start, at 0: an alert on `increase()` sees the first
+        // rejection (a series born at 1 shows no increase).
+        for result in ReloadResult::ALL {
+            reloads.get_or_create(&ReloadLabels { result: result.as_str().to_owned() }).inc_by(0);
+        }
         let possible_duplicates = Counter::default();
         let store_write_failures = Counter::default();
         let orphans_picked_up = Counter::default();
@@ -370,8 +395,8 @@ impl Metrics {
         self.orphans_picked_up.inc();
     }
 
-    pub fn reload(&self, result: &str) {
-        self.reloads.get_or_create(&ReloadLabels { result: result.to_owned() }).inc();
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.get_or_create(&ReloadLabels { result: result.as_str().to_owned() }).inc();
     }
 
     /// Marks `version` as the active config, loaded now.
@@ -412,7 +437,7 @@ mod tests {
         metrics.breaker_transition("p1", BreakerState::Open);
         metrics.routing_error("push", "no_route");
         metrics.set_queue_depth(7);
-        metrics.reload("rejected");
+        metrics.reload(ReloadResult::Rejected);
         metrics.config_active(None, "aaa");
         metrics.config_active(Some("aaa"), "bbb");
         metrics.inbound("mms", false);
@@ -432,6 +457,8 @@ mod tests {
             "switchboard_routing_errors_total{channel=\"push\",reason=\"no_route\"} 1",
             "switchboard_queue_depth 7",
             "switchboard_config_reloads_total{result=\"rejected\"} 1",
+            "switchboard_config_reloads_total{result=\"applied\"} 0",
+            "switchboard_config_reloads_total{result=\"unchanged\"} 0",
             "switchboard_config_info{version=\"bbb\"} 1",
             "switchboard_possible_duplicates_total 0",
             "switchboard_inbound_messages_total{channel=\"mms\"} 1",

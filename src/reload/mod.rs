@@ -16,7 +16,7 @@ pub use watch::{spawn_watchers, WatchOptions};
 
 use crate::config::diagnostic::{locate, Located};
 use crate::config::{self, Environment, Severity};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::routing::Snapshot;
 
 /// What asked for a reload.
@@ -256,7 +256,7 @@ impl Reloader {
 
         let changes = Changes::between(&current, &snapshot);
         if snapshot.version == current.version && changes == Changes::default() {
-            self.metrics.reload("unchanged");
+            self.metrics.reload(ReloadResult::Unchanged);
             tracing::info!(version = %current.version, trigger = ?trigger, "config reload: unchanged");
             return Outcome::Unchanged { version: current.version.clone() };
         }
@@ -270,7 +270,7 @@ impl Reloader {
             self.metrics.breaker_state(&provider.config.name, provider.health().breaker.state(now));
         }
         self.metrics.config_active(Some(&current.version), &snapshot.version);
-        self.metrics.reload("applied");
+        self.metrics.reload(ReloadResult::Applied);
         tracing::info!(
             previous_version = %current.version,
             version = %snapshot.version,
@@ -299,7 +299,7 @@ impl Reloader {
         diagnostics: Vec<Located>,
         active: &str,
     ) -> Outcome {
-        self.metrics.reload("rejected");
+        self.metrics.reload(ReloadResult::Rejected);
         let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
         tracing::warn!(
             version = version.as_deref().unwrap_or("-"),
