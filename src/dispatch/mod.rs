@@ -31,6 +31,10 @@ const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 /// The most messages claimed at once.
 const CLAIM_BATCH: usize = 256;
+/// A rate-limit token due within this long is waited for in the worker slot: less than what
+/// requeueing the message costs (a store write and a trip through the queue). A later one is
+/// waited for out of the slots (see [`Resume`]).
+const TOKEN_WAIT_IN_SLOT: Duration = Duration::from_millis(1);
 /// How soon to look again when every half-open probe slot is taken.
 const PROBE_RECHECK: Duration = Duration::from_millis(50);
 /// How soon a message whose opt-out could not be checked (the store failing) is tried again.
@@ -85,6 +89,61 @@ struct Job {
     last_error: Option<(Arc<str>, SendError)>,
     /// Attempts made before it was last retried: not counted against `max_attempts`.
     retried_after: u32,
+    /// The round it is in the middle of, while it waits for a provider's rate-limit token.
+    resume: Option<Resume>,
+}
+
+/// A round cut short to wait for a provider's rate-limit token outside the worker slots, and
+/// where to carry on: with the same plan (the providers a strategy chose are not drawn again),
+/// at the provider the token is for. Kept in memory only: after a restart the message starts its
+/// round again, at the due time stored with it.
+struct Resume {
+    /// The snapshot the round was planned in; after a reload the round is planned again.
+    snapshot: Arc<Snapshot>,
+    plan: Vec<Arc<ProviderHandle>>,
+    /// Where in `plan` the round stopped: the provider whose token is reserved.
+    next: usize,
+    attempted: bool,
+    next_available: Option<Instant>,
+    token: Reservation,
+}
+
+/// A rate-limit token reserved ahead for one message: used by that message's attempt on its
+/// provider, or given back to the bucket when dropped unused (the message went to another
+/// provider, ended, was taken over by another instance, or the service stopped), so that no
+/// token is lost.
+struct Reservation {
+    handle: Arc<ProviderHandle>,
+    due: Instant,
+    used: bool,
+}
+
+impl Reservation {
+    /// The next token of `handle`'s bucket, due at the returned reservation's `due`.
+    fn take(handle: &Arc<ProviderHandle>, now: Instant) -> Option<Reservation> {
+        let bucket = handle.health().bucket.as_ref()?;
+        let due = now.checked_add(bucket.reserve(now)).unwrap_or(now);
+        Some(Reservation { handle: Arc::clone(handle), due, used: false })
+    }
+
+    /// Whether it is a token of `handle`'s bucket (the same provider, unchanged by any reload).
+    fn serves(&self, handle: &ProviderHandle) -> bool {
+        Snapshot::shares_runtime(&self.handle, handle)
+    }
+
+    fn spend(mut self) {
+        self.used = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.used {
+            if let Some(bucket) = &self.handle.health().bucket {
+                bucket.refund();
+            }
+        }
+    }
 }
 
 impl Job {
@@ -242,6 +301,7 @@ impl Dispatcher {
                 round: 0,
                 last_error: None,
                 retried_after: 0,
+                resume: None,
             });
             Ok(Submitted::Accepted)
         });
@@ -413,22 +473,41 @@ enum Round {
     Done,
     /// Try again after this long.
     Retry(Duration),
+    /// The round waits for a rate-limit token out of the worker slots, to carry on from here.
+    Wait(Resume),
 }
 
 async fn dispatch(shared: &Arc<Shared>, mut job: Job) {
-    match round(shared, &mut job).await {
-        Round::Done => shared.held.release(&job.message.id),
+    let (delay, what) = match round(shared, &mut job).await {
+        Round::Done => {
+            shared.held.release(&job.message.id);
+            return;
+        }
         Round::Retry(delay) => {
             job.round += 1;
-            let not_before = SystemTime::now().checked_add(delay).unwrap_or_else(SystemTime::now);
-            let (id, attempts, round) = (&job.message.id, job.attempts, job.round);
-            let stored =
-                persist(shared, id, "retry time", || shared.store.schedule(id, not_before, attempts, round));
-            match stored.await {
-                Ok(()) => schedule_local(shared, job, delay),
-                Err(Lost) => shared.held.release(&job.message.id),
-            }
+            (delay, "retry time")
         }
+        // Requeued like a retry, stored like one (a restart resumes it then; on a shared queue
+        // the lease goes meanwhile), but the same round carries on when the token is due.
+        Round::Wait(resume) => {
+            let delay = resume.token.due.saturating_duration_since(Instant::now());
+            job.resume = Some(resume);
+            (delay, "rate-limit wait")
+        }
+    };
+    let not_before = SystemTime::now().checked_add(delay).unwrap_or_else(SystemTime::now);
+    let (id, attempts, round) = (&job.message.id, job.attempts, job.round);
+    let stored = persist(shared, id, what, || shared.store.schedule(id, not_before, attempts, round));
+    match stored.await {
+        Ok(()) => {
+            // Counted from now: the write took some of the wait.
+            let delay = match &job.resume {
+                Some(resume) => resume.token.due.saturating_duration_since(Instant::now()),
+                None => delay,
+            };
+            schedule_local(shared, job, delay)
+        }
+        Err(Lost) => shared.held.release(&job.message.id),
     }
 }
 
@@ -493,6 +572,7 @@ fn job_of(shared: &Shared, item: Pending) -> Job {
         round: item.round,
         last_error: None,
         retried_after: item.retried_after,
+        resume: None,
     }
 }
 
@@ -625,11 +705,23 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
         return Round::Done;
     };
     let max_attempts = route.config.max_attempts;
-    let mut next_available: Option<Instant> = None;
-    let mut attempted = false;
-    let plan = route.plan(&job.message, job.round, Instant::now());
+    // Carries on a round cut short for a rate-limit token; after a reload meanwhile, plans the
+    // round again (its token still serves its provider if that one is unchanged).
+    let (plan, start, mut attempted, mut next_available, mut token) = match job.resume.take() {
+        Some(resume) if Arc::ptr_eq(&resume.snapshot, &snapshot) => {
+            (resume.plan, resume.next, resume.attempted, resume.next_available, Some(resume.token))
+        }
+        resume => {
+            let plan = route.plan(&job.message, job.round, Instant::now());
+            match resume {
+                Some(resume) => (plan, 0, resume.attempted, resume.next_available, Some(resume.token)),
+                None => (plan, 0, false, None, None),
+            }
+        }
+    };
     let senders = route.senders(&job.message);
-    for handle in &plan {
+    for index in start..plan.len() {
+        let handle = &plan[index];
         if job.counted() >= max_attempts {
             break;
         }
@@ -643,8 +735,29 @@ async fn round(shared: &Shared, job: &mut Job) -> Round {
             next_available = earliest(next_available, until);
             continue;
         };
-        if let Some(bucket) = &handle.health().bucket {
-            let wait = bucket.reserve(now);
+        // The provider's rate-limit token: the one this message reserved before, else the next.
+        // One not due yet is waited for out of the worker slots: the message is requeued for
+        // when it is due, with the rest of its round, and the slot serves other messages.
+        let reserved = match token.take_if(|t| t.serves(handle)) {
+            Some(reserved) => Some(reserved),
+            None => Reservation::take(handle, now),
+        };
+        if let Some(reserved) = reserved {
+            let wait = reserved.due.saturating_duration_since(now);
+            if wait > TOKEN_WAIT_IN_SLOT {
+                let _ = handle.health().breaker.record(permit, Verdict::Neutral, now);
+                tracing::debug!(message_id = %job.message.id, provider = &*handle.label, wait_ms = wait.as_millis(), "waiting for a rate-limit token out of the worker slots");
+                let snapshot = Arc::clone(&snapshot);
+                return Round::Wait(Resume {
+                    snapshot,
+                    plan,
+                    next: index,
+                    attempted,
+                    next_available,
+                    token: reserved,
+                });
+            }
+            reserved.spend();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }

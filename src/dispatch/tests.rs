@@ -296,3 +296,169 @@ async fn an_opt_out_recorded_during_a_rate_limit_wait_stops_the_attempt() {
     assert!(view.attempts.is_empty(), "no attempt after the opt-out: {:?}", view.attempts);
     assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
 }
+
+/// Provider `a` (sms) allows 10 sends a second, one at a time; `b` (email, another route) has
+/// no limit.
+const LIMITED_AND_FREE: &str = "[providers.a]\nkind = \"mock\"\nrate_limit.per_second = 10\nrate_limit.burst = 1\n\
+     [providers.b]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"a\"]\n[routes.email]\nproviders = [\"b\"]\n";
+
+/// A message to `channel` with a recipient that suits it.
+fn message_to(channel: Channel) -> OutboundMessage {
+    let mut m = message(channel.clone());
+    if channel == Channel::EMAIL {
+        (m.from, m.to, m.subject) = ("app@example.com".into(), "user@example.org".into(), Some("Hi".into()));
+    }
+    m
+}
+
+async fn submit_all(dispatcher: &Dispatcher, channel: Channel, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let m = message_to(channel.clone());
+        ids.push(m.id.clone());
+        assert_eq!(dispatcher.submit(m, Meta::default(), None).await.ok(), Some(Submitted::Accepted));
+    }
+    ids
+}
+
+/// The messages among `ids` in each status: (sent, failed, still queued or sending).
+async fn tally(store: &dyn MessageStore, ids: &[String]) -> (usize, usize, usize) {
+    let mut counts = (0, 0, 0);
+    for id in ids {
+        match store.get(id).await.ok().flatten().map(|view| (view.status, view.attempts.len())) {
+            Some((Status::Sent, 1)) => counts.0 += 1,
+            Some((Status::Failed, _)) => counts.1 += 1,
+            Some((Status::Queued | Status::Sending, 0)) => counts.2 += 1,
+            other => panic!("message {id}: {other:?}"),
+        }
+    }
+    counts
+}
+
+/// With 500 messages queued for a provider limited to 10/s, messages for another route do not
+/// wait behind them: the rate-limited ones wait for their tokens out of the worker slots. All
+/// of `b`'s are sent while nearly all of `a`'s still wait (sending them takes 50 s); none of
+/// `a`'s is lost or sent twice: at shutdown each is sent once or still in the store's queue.
+/// (When a token wait held a worker, the 4 workers sat on `a`'s tokens and `b`'s messages
+/// waited behind all 500.)
+#[tokio::test]
+async fn a_rate_limited_backlog_holds_no_worker_from_other_routes() {
+    let store = Arc::new(MemoryStore::new(10_000));
+    let current = Arc::new(ArcSwap::from_pointee(snapshot(LIMITED_AND_FREE)));
+    let config = DispatchConfig { queue_capacity: 1000, workers: 4 };
+    let (dispatcher, workers) = Dispatcher::start(current, store.clone(), Arc::new(Metrics::new()), config);
+
+    let limited = submit_all(&dispatcher, Channel::SMS, 500).await;
+    let free = submit_all(&dispatcher, Channel::EMAIL, 50).await;
+    for id in &free {
+        let view = wait_final(&store, id).await;
+        assert_eq!((view.status, view.attempts.len()), (Status::Sent, 1), "{id}");
+    }
+    let (sent, failed, waiting) = tally(store.as_ref(), &limited).await;
+    assert_eq!(failed, 0);
+    assert!(sent < 250, "{sent} of the rate-limited messages went before the other route's 50");
+    assert_eq!(sent + waiting, 500);
+
+    let left = workers.shutdown(Duration::from_secs(1)).await;
+    let (sent, failed, waiting) = tally(store.as_ref(), &limited).await;
+    assert_eq!((failed, sent + waiting), (0, 500));
+    assert!(sent >= 1, "the limited provider sent nothing");
+    assert_eq!(left, waiting, "every message not sent is still in the store's queue");
+}
+
+/// A message that waits for its provider's token is still sent by that provider: the wait
+/// changes where the message waits, not the provider its route's strategy chose (no failover
+/// to `b` because `a` is rate-limited).
+#[tokio::test]
+async fn a_message_waiting_for_a_token_keeps_its_provider() {
+    let config = "[providers.a]\nkind = \"mock\"\nrate_limit.per_second = 20\nrate_limit.burst = 1\n\
+                  [providers.b]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"a\", \"b\"]\n";
+    let store = Arc::new(MemoryStore::new(100));
+    let (dispatcher, workers) = start(config, store.clone());
+    let ids = submit_all(&dispatcher, Channel::SMS, 6).await;
+    for id in &ids {
+        let view = wait_final(&store, id).await;
+        let providers: Vec<&str> = view.attempts.iter().map(|a| &*a.provider).collect();
+        assert_eq!((view.status, providers), (Status::Sent, vec!["a"]), "{id}");
+    }
+    assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
+}
+
+/// When each attempt of `view` started, in milliseconds since the epoch (`time` is its end).
+fn attempt_starts(view: &MessageView) -> Vec<u128> {
+    view.attempts
+        .iter()
+        .map(|a| {
+            let end = a.time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+            end - u128::from(a.latency_ms)
+        })
+        .collect()
+}
+
+/// Messages waiting for their tokens are in the store's queue with their due time: a shutdown
+/// counts them and a restart sends them, each once, and never faster than the rate (20/s, one
+/// at a time), as their recorded attempts show.
+#[tokio::test]
+async fn messages_waiting_for_tokens_survive_a_restart_and_keep_the_rate() -> Result<(), StoreError> {
+    let config = "[providers.a]\nkind = \"mock\"\nrate_limit.per_second = 20\nrate_limit.burst = 1\n\
+                  [routes.sms]\nproviders = [\"a\"]\n";
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = crate::store::open(&url, 10).await?;
+    let (dispatcher, workers) = start(config, Arc::clone(&store));
+    let ids = submit_all(&dispatcher, Channel::SMS, 30).await;
+    wait_final_in(store.as_ref(), &ids[2]).await;
+    let left = workers.shutdown(Duration::from_secs(1)).await;
+    let (sent, failed, waiting) = tally(store.as_ref(), &ids).await;
+    assert_eq!((failed, sent + waiting, left), (0, 30, waiting));
+    assert!(waiting > 0, "all sent before the shutdown");
+    drop((dispatcher, store));
+
+    let store = crate::store::open(&url, 10).await?;
+    let (dispatcher, workers) = start(config, Arc::clone(&store));
+    dispatcher.resume(store.pending().await?);
+    let mut starts = Vec::new();
+    for id in &ids {
+        let view = wait_final_in(store.as_ref(), id).await;
+        assert_eq!((view.status, view.attempts.len()), (Status::Sent, 1), "sent once: {id}");
+        starts.extend(attempt_starts(&view));
+    }
+    assert_eq!(workers.shutdown(Duration::from_secs(1)).await, 0);
+    // Within each run, k tokens later an attempt is at least (k - 1) × 50 ms later: one token
+    // of slack for a message that came back late to use its token, 1 ms for rounding.
+    starts.sort_unstable();
+    let (first_run, second_run) = starts.split_at(sent);
+    for run in [first_run, second_run] {
+        for (i, earlier) in run.iter().enumerate() {
+            for (k, later) in run[i + 1..].iter().enumerate() {
+                let least = 50 * k as u128;
+                assert!(later - earlier + 1 >= least, "{} tokens in {} ms: {run:?}", k + 1, later - earlier);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A token reserved ahead and dropped unused goes back to the bucket: the next message's wait
+/// is as if it had never been taken. A spent one stays spent.
+#[test]
+fn a_reserved_token_is_used_or_given_back() {
+    let snapshot = snapshot(LIMITED_AND_FREE);
+    let Some(a) = snapshot.provider("a") else { panic!("no provider a") };
+    let now = std::time::Instant::now();
+    let due = |r: &Option<super::Reservation>| r.as_ref().map(|r| r.due.duration_since(now).as_millis());
+    let first = super::Reservation::take(a, now);
+    assert_eq!(due(&first), Some(0));
+    let second = super::Reservation::take(a, now);
+    assert_eq!(due(&second), Some(100));
+    drop(second);
+    let third = super::Reservation::take(a, now);
+    assert_eq!(due(&third), Some(100), "the dropped token was given back");
+    if let Some(third) = third {
+        third.spend();
+    }
+    assert_eq!(due(&super::Reservation::take(a, now)), Some(200), "the spent token stays spent");
+    let Some(b) = snapshot.provider("b") else { panic!("no provider b") };
+    assert!(super::Reservation::take(b, now).is_none(), "no bucket, no token");
+    drop(first);
+}

@@ -34,6 +34,13 @@ impl TokenBucket {
             Duration::from_secs_f64(-left / self.limit.per_second)
         }
     }
+
+    /// Gives back a token [`TokenBucket::reserve`] took that will not be used (its message went
+    /// elsewhere or ended): the next reservation comes that much sooner, and no token is lost.
+    pub fn refund(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.0 = (state.0 + 1.0).min(f64::from(self.limit.burst));
+    }
 }
 
 impl TokenBucket {
@@ -110,6 +117,41 @@ mod tests {
         // Refills over time, never above the burst.
         check(10.0, 2, &[0, 0, 1000, 1000, 1000], &[0, 0, 0, 0, 100]);
         check(1000.0, 1, &[0, 1, 2], &[0, 0, 0]);
+    }
+
+    /// `reserve` at each time in ms (`r`), or `refund` (`g`): the waits of the reservations.
+    fn check_refunds(per_second: f64, burst: u32, steps: &[(char, u64)], expected_wait_ms: &[u64]) {
+        let bucket = TokenBucket::new(RateLimit { per_second, burst });
+        let start = Instant::now();
+        let mut waits = Vec::new();
+        for (step, ms) in steps {
+            match step {
+                'r' => waits.push(bucket.reserve(start + Duration::from_millis(*ms)).as_millis() as u64),
+                _ => bucket.refund(),
+            }
+        }
+        assert_eq!(waits, expected_wait_ms, "{steps:?}");
+    }
+
+    #[test]
+    fn refunded_tokens_serve_the_next_reservation() {
+        // Reserved ahead to 300 ms, one given back: the next is due at 300 ms, not 400.
+        check_refunds(
+            10.0,
+            1,
+            &[('r', 0), ('r', 0), ('r', 0), ('r', 0), ('g', 0), ('r', 0)],
+            &[0, 100, 200, 300, 300],
+        );
+        // Every reservation given back: the bucket is as if none was taken.
+        check_refunds(
+            10.0,
+            2,
+            &[('r', 0), ('r', 0), ('r', 0), ('g', 0), ('g', 0), ('g', 0), ('r', 0), ('r', 0)],
+            &[0, 0, 100, 0, 0],
+        );
+        // Never above the burst: a refund to a full bucket is lost, not saved up.
+        check_refunds(10.0, 1, &[('g', 0), ('r', 0), ('r', 0)], &[0, 100]);
+        check_refunds(10.0, 1, &[('r', 0), ('g', 0), ('r', 1000), ('r', 1000)], &[0, 0, 100]);
     }
 
     #[test]
