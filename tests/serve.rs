@@ -370,7 +370,9 @@ fn logs_mask_recipients_and_never_show_bodies() {
 fn a_full_queue_refuses_with_queue_full_and_stores_nothing() {
     let server = Server::start(
         &config(
-            "[providers.slow]\nkind = \"mock\"\nlatency_ms = 400\n",
+            // Slow enough that the worker's first message is still out when the sixth is posted,
+            // however loaded the machine (the test never waits for it).
+            "[providers.slow]\nkind = \"mock\"\nlatency_ms = 5000\n",
             "[routes.sms]\nproviders = [\"slow\"]\n",
         ),
         &["--queue-capacity", "1", "--workers", "1"],

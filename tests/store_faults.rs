@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{client, message_view, Server};
 use serde_json::{json, Value};
 
-const SLOW: &str = "[providers.slow]\nkind = \"mock\"\nlatency_ms = 300\n\
+const SLOW: &str = "[providers.slow]\nkind = \"mock\"\nlatency_ms = 2000\n\
                     [routes.sms]\nproviders = [\"slow\"]\n";
 const FAST: &str =
     "[providers.fast]\nkind = \"mock\"\n[routes.sms]\nproviders = [\"fast\"]\n[routes.mms]\nproviders = [\"fast\"]\n";
@@ -156,7 +156,8 @@ fn progress_refused_by_a_full_disk_is_written_once_there_is_room() {
     let disk = Tmpfs::mount("8m");
     let store = format!("sqlite://{}", disk.path().join("s.db").display());
     let server = Server::start(SLOW, &["--store", &store], &[]);
-    // Accepted while there is room; their attempts end (300 ms later) on a full disk.
+    // Accepted while there is room; their attempts end (2 s later: room to fill the disk first,
+    // however loaded the machine) on a full disk.
     let ids: Vec<String> = (0..40)
         .map(|n| {
             let (status, answer) = post(&server, &sms(n));
