@@ -354,10 +354,12 @@ function showMessage(m) {
   ];
   if (m.error) facts.push(fact("Error", `${m.error.code}: ${m.error.message}`));
   $("message-facts").replaceChildren(...facts);
+  // Oldest first: an attempt by when it started (its time is when it ended), after an event of
+  // the same moment (the sort is stable).
   const entries = [
-    ...m.attempts.map((a) => ({ time: a.time, attempt: a })),
-    ...m.events.map((e) => ({ time: e.time, event: e })),
-  ].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
+    ...m.events.map((e) => ({ at: Date.parse(e.time), event: e })),
+    ...m.attempts.map((a) => ({ at: Date.parse(a.time) - a.latency_ms, attempt: a })),
+  ].sort((a, b) => a.at - b.at);
   $("timeline").replaceChildren(...entries.map((entry) => {
     if (entry.attempt) {
       const a = entry.attempt;
