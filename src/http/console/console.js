@@ -299,7 +299,11 @@ async function search(event) {
         showMessage(answer.body);
       } else {
         listResults([]);
-        status.textContent = answer.status === 404 ? `No message ${id}.` : errorText(answer);
+        // GET /v1/messages/{id} shows a message to the key that sent it only (specs/security.md);
+        // the search shows an admin every key's messages.
+        status.textContent = answer.status === 404
+          ? `No message ${id} sent with this key. Another key's message is found by its recipient or status.`
+          : errorText(answer);
       }
       return;
     }
