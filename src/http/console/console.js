@@ -358,12 +358,13 @@ function showMessage(m) {
   ];
   if (m.error) facts.push(fact("Error", `${m.error.code}: ${m.error.message}`));
   $("message-facts").replaceChildren(...facts);
-  // Oldest first: an attempt by when it started (its time is when it ended), after an event of
-  // the same moment (the sort is stable).
+  // Oldest first: an attempt by when it started (its time is when it ended); at the same moment
+  // the start of the message's life, then attempts, then what followed from them.
+  const opening = ["queued", "received", "sending"];
   const entries = [
-    ...m.events.map((e) => ({ at: Date.parse(e.time), event: e })),
-    ...m.attempts.map((a) => ({ at: Date.parse(a.time) - a.latency_ms, attempt: a })),
-  ].sort((a, b) => a.at - b.at);
+    ...m.events.map((e) => ({ at: Date.parse(e.time), rank: opening.includes(e.type) ? 0 : 2, event: e })),
+    ...m.attempts.map((a) => ({ at: Date.parse(a.time) - a.latency_ms, rank: 1, attempt: a })),
+  ].sort((a, b) => a.at - b.at || a.rank - b.rank);
   $("timeline").replaceChildren(...entries.map((entry) => {
     if (entry.attempt) {
       const a = entry.attempt;

@@ -173,7 +173,9 @@ try {
   check(attempts.length === 2, "two attempts: " + attempts);
   check(attempts[0].includes("bad") && attempts[0].includes("error"), "first attempt: bad, error: " + attempts[0]);
   check(attempts[1].includes("good") && attempts[1].includes("success"), "second attempt: good, success: " + attempts[1]);
-  check((await page.locator("#timeline li.event").count()) >= 2, "the timeline has the message's events");
+  const timeline = await page.locator("#timeline li").evaluateAll((items) => items.map((li) => li.className));
+  check(JSON.stringify(timeline) === JSON.stringify(["event", "event", "attempt", "attempt", "event"]),
+    "the timeline: queued, sending, the two attempts, sent: " + timeline);
   check(await page.locator("#retry").isHidden(), "a sent message has no Retry button");
   await shot(page, "message");
 
