@@ -83,6 +83,8 @@ pub(super) async fn style() -> Response {
 const DEFAULT_LIMIT: usize = 50;
 /// The most providers a page may have.
 const MAX_LIMIT: usize = 500;
+/// The largest `offset` (what the document says).
+const MAX_OFFSET: usize = i32::MAX as usize;
 
 /// `GET /admin/console`'s query.
 #[derive(utoipa::IntoParams)]
@@ -95,9 +97,9 @@ struct ConsoleQuery {
     /// Only providers in this state: a breaker state, or `paused` (by a 429); empty: all.
     #[param(schema_with = state_filter)]
     state: Option<String>,
-    /// Matching providers to skip (default 0).
-    #[param(minimum = 0)]
-    offset: Option<usize>,
+    /// Matching providers to skip: 0 to 2147483647 (default 0).
+    #[param(minimum = 0, maximum = 2147483647)]
+    offset: Option<u32>,
     /// Providers in the page: 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
@@ -208,7 +210,7 @@ fn selection(query: &std::collections::HashMap<String, String>) -> Result<Select
     Ok(Selection {
         filter: query.get("filter").map(|f| f.to_ascii_lowercase()).unwrap_or_default(),
         state,
-        offset: number("offset", 0, 0..=usize::MAX)?,
+        offset: number("offset", 0, 0..=MAX_OFFSET)?,
         limit: number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?,
     })
 }
@@ -327,6 +329,8 @@ mod tests {
         check(&[("limit", "0")], Err("limit"));
         check(&[("limit", "501")], Err("limit"));
         check(&[("offset", "-1")], Err("offset"));
+        check(&[("offset", "2147483647")], Ok(("", None, 2_147_483_647, 50)));
+        check(&[("offset", "2147483648")], Err("offset"));
         check(&[("provider", "x")], Err("provider"));
     }
 }
