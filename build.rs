@@ -26,4 +26,12 @@ fn main() {
     if std::env::var_os("SWITCHBOARD_TEST_PROMTOOL").is_none_or(|promtool| promtool.is_empty()) {
         println!("cargo::rustc-cfg=no_promtool");
     }
+    // The console's browser test (tests/console.rs): `cfg(no_browser)` unless
+    // SWITCHBOARD_TEST_BROWSER names the directory whose node_modules holds playwright-core
+    // (`.ci/run` installs it with `npm ci` in tests/support/console, and Debian's chromium).
+    println!("cargo::rustc-check-cfg=cfg(no_browser)");
+    println!("cargo::rerun-if-env-changed=SWITCHBOARD_TEST_BROWSER");
+    if std::env::var_os("SWITCHBOARD_TEST_BROWSER").is_none_or(|dir| dir.is_empty()) {
+        println!("cargo::rustc-cfg=no_browser");
+    }
 }

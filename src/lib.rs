@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod reload;
 pub mod routing;
 pub mod serve;
+pub mod stats;
 pub mod store;
 
 // Keep the built-in provider kinds' registrations linked into everything that uses this crate.

@@ -1,12 +1,15 @@
 //! The service's Prometheus metrics (names are a contract: see specs/http-api.md).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::health::BreakerState;
@@ -94,11 +97,79 @@ impl ReloadResult {
     }
 }
 
-type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
+/// The upper bounds of the attempt-duration buckets, in seconds: 1 ms … ~16 s (an implicit
+/// `+Inf` bucket follows).
+static DURATION_BOUNDS: LazyLock<[f64; DURATION_BUCKETS - 1]> = LazyLock::new(|| {
+    let mut bounds = [0.0; DURATION_BUCKETS - 1];
+    for (bound, value) in bounds.iter_mut().zip(exponential_buckets(0.001, 2.0, DURATION_BOUNDS_COUNT)) {
+        *bound = value;
+    }
+    bounds
+});
 
-fn duration_histogram() -> Histogram {
-    // 1 ms … ~16 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+/// The finite bounds of `switchboard_dispatch_duration_seconds`.
+const DURATION_BOUNDS_COUNT: u16 = 15;
+/// Its buckets, `+Inf` included.
+pub const DURATION_BUCKETS: usize = DURATION_BOUNDS_COUNT as usize + 1;
+
+/// A provider's attempt durations: a classic Prometheus histogram (encoded as
+/// prometheus-client's own) whose bucket counts can also be read back, for the console's
+/// p50/p99 (`crate::stats`). Lock-free: an observation is two atomic additions.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Observations per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS],
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        // The first bucket whose bound is at least the value, as prometheus-client counts.
+        let bucket = DURATION_BOUNDS.partition_point(|bound| *bound < seconds);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations per bucket so far (not cumulative), the last one `+Inf`.
+    pub fn counts(&self) -> [u64; DURATION_BUCKETS] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    /// The upper bound of bucket `i` in seconds (`+Inf` for the last).
+    pub fn bound(i: usize) -> f64 {
+        DURATION_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY)
+    }
+}
+
+impl TypedMetric for DurationHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.counts();
+        let buckets: Vec<(f64, u64)> =
+            counts.iter().enumerate().map(|(i, count)| (Self::bound(i), *count)).collect();
+        // The count is the buckets' sum, so that it always equals the `+Inf` bucket.
+        let count = counts.iter().sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A provider's attempts so far, summed over its channels (`crate::stats` samples them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptTotals {
+    /// By outcome, in the order of `Outcome::ALL`.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Per bucket of `switchboard_dispatch_duration_seconds` (not cumulative).
+    pub durations: [u64; DURATION_BUCKETS],
 }
 
 pub struct Metrics {
@@ -106,7 +177,7 @@ pub struct Metrics {
     accepted: Family<ChannelLabels, Counter>,
     completed: Family<CompletedLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
-    duration: HistogramFamily,
+    duration: Family<ProviderLabels, DurationHistogram>,
     breaker_state: Family<ProviderLabels, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     routing_errors: Family<RoutingErrorLabels, Counter>,
@@ -144,7 +215,7 @@ impl Metrics {
         let accepted = Family::default();
         let completed = Family::default();
         let attempts = Family::default();
-        let duration = HistogramFamily::new_with_constructor(duration_histogram);
+        let duration = Family::default();
         let breaker_state = Family::default();
         let breaker_transitions = Family::default();
         let routing_errors = Family::default();
@@ -317,9 +388,31 @@ impl Metrics {
                 outcome: outcome.as_str().to_owned(),
             })
             .inc();
-        self.duration
-            .get_or_create(&ProviderLabels { provider: provider.to_owned() })
-            .observe(latency.as_secs_f64());
+        self.duration.get_or_create(&ProviderLabels { provider: provider.to_owned() }).observe(latency);
+    }
+
+    /// `provider`'s attempts so far on `channels` (the counters and histogram above, read).
+    pub fn attempt_totals<'c>(
+        &self,
+        provider: &str,
+        channels: impl IntoIterator<Item = &'c str>,
+    ) -> AttemptTotals {
+        let mut totals = AttemptTotals::default();
+        let mut labels =
+            AttemptLabels { provider: provider.to_owned(), channel: String::new(), outcome: String::new() };
+        for channel in channels {
+            channel.clone_into(&mut labels.channel);
+            for (total, outcome) in totals.outcomes.iter_mut().zip(Outcome::ALL) {
+                outcome.as_str().clone_into(&mut labels.outcome);
+                if let Some(counter) = self.attempts.get(&labels) {
+                    *total += counter.get();
+                }
+            }
+        }
+        if let Some(histogram) = self.duration.get(&ProviderLabels { provider: labels.provider }) {
+            totals.durations = histogram.counts();
+        }
+        totals
     }
 
     pub fn breaker_state(&self, provider: &str, state: BreakerState) {
@@ -468,5 +561,49 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    /// The durations histogram is encoded as prometheus-client's own histogram with the same
+    /// buckets would be (what dashboards and alerts read), and its counts read back.
+    #[test]
+    fn durations_encode_as_a_classic_histogram() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let check = |observed_ms: &[u64], counts: &[(usize, u64)]| {
+            let ours = DurationHistogram::default();
+            let theirs = Histogram::new(exponential_buckets(0.001, 2.0, DURATION_BOUNDS_COUNT));
+            for ms in observed_ms {
+                ours.observe(Duration::from_millis(*ms));
+                theirs.observe(Duration::from_millis(*ms).as_secs_f64());
+            }
+            fn render(metric: impl prometheus_client::registry::Metric) -> (Option<f64>, Vec<String>) {
+                let mut registry = Registry::default();
+                registry.register("d", "d", metric);
+                let mut out = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                // The sum is added up differently (nanoseconds, not floats): compared apart.
+                let sum =
+                    out.lines().find_map(|l| l.strip_prefix("d_sum ")).and_then(|v| v.parse::<f64>().ok());
+                let rest = out.lines().filter(|l| !l.starts_with("d_sum ")).map(str::to_owned).collect();
+                (sum, rest)
+            }
+            let ((our_sum, ours_text), (their_sum, theirs_text)) = (render(ours), render(theirs));
+            assert_eq!(ours_text, theirs_text, "{observed_ms:?}");
+            assert!(
+                our_sum.zip(their_sum).is_some_and(|(a, b)| (a - b).abs() < 1e-9),
+                "{our_sum:?} {their_sum:?}"
+            );
+            let read = DurationHistogram::default();
+            for ms in observed_ms {
+                read.observe(Duration::from_millis(*ms));
+            }
+            let nonzero: Vec<(usize, u64)> =
+                read.counts().iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i, *c)).collect();
+            assert_eq!(nonzero, counts, "{observed_ms:?}");
+        };
+        check(&[], &[]);
+        // 1 ms is the first bucket's bound (le is inclusive); 3 ms falls in le=0.004.
+        check(&[0, 1, 3], &[(0, 2), (2, 1)]);
+        check(&[2, 2, 1000, 16_384], &[(1, 2), (10, 1), (14, 1)]);
+        check(&[16_385, 60_000], &[(15, 2)]);
     }
 }

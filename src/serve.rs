@@ -131,6 +131,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     dispatcher.resume(pending);
     let purger =
         tokio::spawn(purge_finished(Arc::clone(&store), options.retention, stop_watching.subscribe()));
+    let stats = Arc::new(crate::stats::Stats::new());
+    let sampler = {
+        let queued = dispatcher.clone();
+        tokio::spawn(crate::stats::run(
+            Arc::clone(&stats),
+            Arc::clone(&snapshot),
+            Arc::clone(&metrics),
+            move || queued.queue_depth(),
+            stop_watching.subscribe(),
+        ))
+    };
     let callbacks = match options.callback_secret.clone() {
         Some(secret) => {
             let client = crate::callbacks::Callbacks::new(secret, options.allow_loopback_callbacks)
@@ -159,6 +170,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         dispatcher: dispatcher.clone(),
         store: Arc::clone(&store),
         metrics,
+        stats,
         reloader,
         ready: AtomicBool::new(true),
         body_limit: options.body_limit,
@@ -203,6 +215,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             let _ = task.await;
         }
         let _ = purger.await;
+        let _ = sampler.await;
         if let Some(worker) = callbacks {
             let _ = worker.await;
         }

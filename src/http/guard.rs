@@ -105,6 +105,8 @@ pub(super) enum Access {
 pub(super) fn access(path: &str, metrics_public: bool) -> Access {
     match path {
         "/healthz" | "/readyz" | "/openapi.json" => Access::Public,
+        // The console's page, script and style: no data (the page asks for an admin key).
+        "/console" | "/console/console.js" | "/console/console.css" => Access::Public,
         "/metrics" if metrics_public => Access::Public,
         _ if path == "/admin" || path.starts_with("/admin/") => Access::Admin,
         _ if path == "/v1/opt-outs" || path.starts_with("/v1/opt-outs/") => Access::Admin,
@@ -260,6 +262,12 @@ mod tests {
         check("/admin/routes", Some("Bearer k-app"), Err("forbidden"));
         check("/admin/reload", Some("Bearer k-ops"), Ok((Some("ops"), true)));
         check("/admin/routes", None, Err("unauthorized"));
+        // The console's page is public; what it shows is admin-only.
+        check("/console", None, Ok((None, false)));
+        check("/console/console.js", None, Ok((None, false)));
+        check("/console/other.js", None, Err("unauthorized"));
+        check("/admin/console", Some("Bearer k-app"), Err("forbidden"));
+        check("/admin/console", None, Err("unauthorized"));
         check("/nowhere", None, Err("unauthorized"));
         check("/api/webhooks/sms", None, Err("unauthorized"));
         check("/api/webhooks/email", Some("Bearer k-app"), Ok((Some("app"), false)));

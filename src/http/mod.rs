@@ -2,6 +2,7 @@
 //! and conversations, opt-outs, health, metrics and the admin view of the active routing
 //! snapshot.
 
+mod console;
 mod conversations;
 mod error;
 pub mod guard;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
+    /// The console's recent per-provider series, sampled from `metrics`.
+    pub stats: Arc<crate::stats::Stats>,
     pub reloader: Arc<Reloader>,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
@@ -95,6 +98,10 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin_routes))
         .routes(routes!(admin_reload))
         .routes(routes!(admin_explain))
+        .routes(routes!(console::console))
+        .routes(routes!(console::admin_console))
+        .routes(routes!(console::script))
+        .routes(routes!(console::style))
 }
 
 /// The OpenAPI 3.1 document of [`router`]'s routes (`GET /openapi.json`, `switchboard openapi`).
@@ -517,6 +524,22 @@ struct AdminRoute<'a> {
     sources: &'a std::collections::BTreeMap<&'static str, crate::config::resolved::SettingSource>,
 }
 
+impl<'a> AdminRoute<'a> {
+    fn of(route: &'a crate::routing::Route) -> Self {
+        AdminRoute {
+            channel: &route.config.channel,
+            strategy: route.config.strategy,
+            max_attempts: route.config.max_attempts,
+            allowed_country_codes: &route.config.allowed_country_codes,
+            max_per_recipient_per_hour: route.config.max_per_recipient_per_hour,
+            providers: &route.config.providers,
+            weights: &route.config.weights,
+            rules: &route.config.rules,
+            sources: &route.config.sources,
+        }
+    }
+}
+
 /// A provider of the active config.
 #[derive(Serialize, ToSchema)]
 struct AdminProvider<'a> {
@@ -546,21 +569,7 @@ struct AdminProvider<'a> {
 async fn admin_routes(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot.load();
     let now = Instant::now();
-    let routes = snapshot
-        .routes()
-        .iter()
-        .map(|route| AdminRoute {
-            channel: &route.config.channel,
-            strategy: route.config.strategy,
-            max_attempts: route.config.max_attempts,
-            allowed_country_codes: &route.config.allowed_country_codes,
-            max_per_recipient_per_hour: route.config.max_per_recipient_per_hour,
-            providers: &route.config.providers,
-            weights: &route.config.weights,
-            rules: &route.config.rules,
-            sources: &route.config.sources,
-        })
-        .collect();
+    let routes = snapshot.routes().into_iter().map(AdminRoute::of).collect();
     let providers = snapshot
         .providers()
         .iter()

@@ -92,6 +92,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::RateLimited,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Rejected,
+        Outcome::Misconfigured,
+    ];
+
     /// The outcome of an attempt that failed with `error`, or succeeded (`None`).
     pub fn of(error: Option<&SendError>) -> Outcome {
         match error {
