@@ -2,7 +2,8 @@
 //! (doubling on each consecutive trip, capped at 8×) → half-open, letting `half_open_probes`
 //! probes through: a probe success closes it, a probe failure opens it again.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::resolved::BreakerPolicy;
@@ -65,16 +66,49 @@ enum Inner {
 pub struct Breaker {
     policy: BreakerPolicy,
     inner: Mutex<Inner>,
+    /// Whether `inner` is other than closed, written under its lock: a closed breaker (the
+    /// usual case) answers [`Breaker::open_until`] without taking the lock.
+    not_closed: AtomicBool,
+}
+
+/// The breaker's state, locked; `not_closed` follows it when the lock is let go.
+struct Locked<'a> {
+    inner: MutexGuard<'a, Inner>,
+    not_closed: &'a AtomicBool,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.not_closed.store(!matches!(*self.inner, Inner::Closed { .. }), Ordering::Release);
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
 }
 
 impl Breaker {
     pub fn new(policy: BreakerPolicy) -> Self {
-        Breaker { policy, inner: Mutex::new(Inner::Closed { failures: 0 }) }
+        Breaker {
+            policy,
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            not_closed: AtomicBool::new(false),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock leaves a consistent state: take it anyway.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Locked { inner, not_closed: &self.not_closed }
     }
 
     /// The state now, moving open → half-open when the open period is over.
@@ -90,6 +124,9 @@ impl Breaker {
 
     /// When an open breaker will let a probe through; `None` if it is not open.
     pub fn open_until(&self, now: Instant) -> Option<Instant> {
+        if !self.not_closed.load(Ordering::Acquire) {
+            return None;
+        }
         let mut inner = self.lock();
         Self::expire(&mut inner, now);
         match *inner {
@@ -193,7 +230,11 @@ mod tests {
                 (Some(permit), None) => drop(permit),
                 (None, _) => {}
             }
-            states.push(b.state(now));
+            // open_until's lock-free answer for a closed breaker agrees with the state.
+            let open = b.open_until(now).is_some();
+            let state = b.state(now);
+            assert_eq!(open, state == BreakerState::Open, "at {ms} ms: {state:?}");
+            states.push(state);
         }
         assert_eq!(states, expected);
     }

@@ -1,6 +1,7 @@
 //! Rate limiting toward a provider: a token bucket (`rate_limit`) and the pause a 429's
 //! Retry-After asks for.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,25 +62,34 @@ impl TokenBucket {
     }
 }
 
-/// A provider paused until a given instant (by a 429).
-#[derive(Debug, Default)]
+/// A provider paused until a given instant (by a 429). Lock-free: every plan asks.
+#[derive(Debug)]
 pub struct Pause {
-    until: Mutex<Option<Instant>>,
+    /// What `until` counts from.
+    base: Instant,
+    /// The pause's end in nanoseconds after `base` (0: never paused).
+    until: AtomicU64,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause { base: Instant::now(), until: AtomicU64::new(0) }
+    }
 }
 
 impl Pause {
     /// Pauses until `until`, unless already paused for longer.
     pub fn pause_until(&self, until: Instant) {
-        let mut current = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current.is_none_or(|c| c < until) {
-            *current = Some(until);
-        }
+        let nanos = until.saturating_duration_since(self.base).as_nanos();
+        self.until.fetch_max(u64::try_from(nanos).unwrap_or(u64::MAX).max(1), Ordering::AcqRel);
     }
 
     /// When the pause ends, if it has not yet.
     pub fn paused_until(&self, now: Instant) -> Option<Instant> {
-        let current = *self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        current.filter(|until| *until > now)
+        match self.until.load(Ordering::Acquire) {
+            0 => None,
+            nanos => self.base.checked_add(Duration::from_nanos(nanos)).filter(|until| *until > now),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ const PREFIX_DIGITS: usize = 15;
 pub struct RuleIndex {
     /// `to_prefix` values as numbers ([`prefix_key`]): a number's prefixes are looked up
     /// without hashing a string each.
-    by_prefix: HashMap<u64, Vec<usize>, BuildHasherDefault<KeyHasher>>,
+    by_prefix: FastMap<u64, Vec<usize>>,
     /// Bit `n` set: some indexed prefix has `n` digits (only those lengths are looked up).
     prefix_lengths: u16,
     by_domain: HashMap<String, Vec<usize>>,
@@ -87,7 +87,7 @@ impl RuleIndex {
                 }
             }
         }
-        if let Some((_, domain)) = to.rsplit_once('@') {
+        if let Some((_, domain)) = to.rsplit_once('@').filter(|_| !self.by_domain.is_empty()) {
             let domain = domain.to_ascii_lowercase();
             if let Some(found) = self.by_domain.get(&domain) {
                 consider(found);
@@ -101,7 +101,7 @@ impl RuleIndex {
                 rest = parent;
             }
         }
-        for tag in tags {
+        for tag in tags.iter().filter(|_| !self.by_tag.is_empty()) {
             if let Some(found) = self.by_tag.get(tag) {
                 consider(found);
             }
@@ -125,19 +125,21 @@ fn prefix_key(len: usize, digits: u64) -> u64 {
     ((len as u64) << 56) | digits
 }
 
-/// Hashes the one `u64` a prefix key is (no SipHash: keys come from our own config).
+/// A hasher for keys from our own config (prefix keys, channel names): no SipHash, as no
+/// outsider chooses them. Bytes are mixed eight at a time.
 #[derive(Debug, Default)]
-struct KeyHasher(u64);
+pub struct FastHasher(u64);
 
-impl Hasher for KeyHasher {
+/// Hash maps keyed by config values ([`FastHasher`]).
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = splitmix64(self.0 ^ u64::from(byte));
-        }
+        self.0 = mix(self.0, bytes);
     }
 
     fn write_u64(&mut self, value: u64) {
@@ -147,13 +149,12 @@ impl Hasher for KeyHasher {
 
 /// Whether a message to `to` with `tags` matches every matcher given.
 pub fn matches(m: &Matchers, to: &str, tags: &[String]) -> bool {
-    let domain = to.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
     let prefix_ok = m.to_prefix.is_empty() || m.to_prefix.iter().any(|p| to.starts_with(p.as_str()));
     let domain_ok = m.to_domain.is_empty()
-        || domain.as_deref().is_some_and(|d| {
+        || to.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).is_some_and(|d| {
             m.to_domain.iter().any(|pattern| match pattern.strip_prefix('*') {
                 Some(suffix) => d.ends_with(suffix) && d.len() > suffix.len(),
-                None => d == pattern,
+                None => d == *pattern,
             })
         });
     let tags_ok = m.tags.is_empty() || m.tags.iter().any(|t| tags.contains(t));
@@ -173,20 +174,54 @@ pub fn order(
     turn: u64,
     draw: u64,
 ) -> Vec<usize> {
+    let mut order = Vec::with_capacity(weights.len());
+    order_into(strategy, weights, &heaviest_first(weights), usable, turn, draw, |i| order.push(i));
+    order
+}
+
+/// Indexes of `weights`, heaviest first (ties in list order): `weighted`'s order after its draw,
+/// computed once per route.
+pub fn heaviest_first(weights: &[u32]) -> Vec<usize> {
+    let mut by_weight: Vec<usize> = (0..weights.len()).collect();
+    by_weight.sort_by(|a, b| weights[*b].cmp(&weights[*a]));
+    by_weight
+}
+
+/// [`order`], each index given to `emit` in turn; `heaviest` is [`heaviest_first`] of `weights`.
+/// `usable` is asked once per provider.
+pub fn order_into(
+    strategy: Strategy,
+    weights: &[u32],
+    heaviest: &[usize],
+    usable: impl Fn(usize) -> bool,
+    turn: u64,
+    draw: u64,
+    mut emit: impl FnMut(usize),
+) {
     let n = weights.len();
     match strategy {
-        Strategy::Failover => (0..n).collect(),
+        Strategy::Failover => (0..n).for_each(emit),
         Strategy::RoundRobin => {
             let start = if n == 0 { 0 } else { (turn % n as u64) as usize };
-            (0..n).map(|i| (start + i) % n.max(1)).collect()
+            (0..n).map(|i| (start + i) % n.max(1)).for_each(emit);
         }
         Strategy::Weighted => {
-            let mut by_weight: Vec<usize> = (0..n).collect();
-            by_weight.sort_by(|a, b| weights[*b].cmp(&weights[*a]));
-            let total: u64 = (0..n).filter(|&i| usable(i)).map(|i| u64::from(weights[i])).sum();
+            // Who is usable, asked once each (a bit per provider; past 64, asked again).
+            let mut mask = 0u64;
+            let mut total = 0u64;
+            for i in 0..n {
+                if usable(i) {
+                    total += u64::from(weights[i]);
+                    if i < 64 {
+                        mask |= 1 << i;
+                    }
+                }
+            }
+            let usable_now = |i: usize| if i < 64 { mask & (1 << i) != 0 } else { usable(i) };
+            let mut picked = None;
             if total > 0 {
                 let mut ticket = draw % total;
-                let picked = (0..n).filter(|&i| usable(i)).find(|&i| {
+                picked = (0..n).filter(|&i| usable_now(i)).find(|&i| {
                     let weight = u64::from(weights[i]);
                     if ticket < weight {
                         true
@@ -195,12 +230,11 @@ pub fn order(
                         false
                     }
                 });
-                if let Some(picked) = picked {
-                    by_weight.retain(|&i| i != picked);
-                    by_weight.insert(0, picked);
-                }
             }
-            by_weight
+            if let Some(first) = picked {
+                emit(first);
+            }
+            heaviest.iter().copied().filter(|&i| Some(i) != picked).for_each(emit);
         }
     }
 }
@@ -209,8 +243,12 @@ pub fn order(
 /// message's draw can be reproduced.
 /// The id is mixed eight bytes at a time (ids are ours: UUIDs; no SipHash needed).
 pub fn draw(id: &str, round: u32) -> u64 {
-    let bytes = id.as_bytes();
-    let mut mixed = splitmix64(u64::from(round) ^ ((bytes.len() as u64) << 32));
+    mix(splitmix64(u64::from(round)), id.as_bytes())
+}
+
+/// `seed` and `bytes` mixed eight bytes at a time (their length included).
+fn mix(seed: u64, bytes: &[u8]) -> u64 {
+    let mut mixed = splitmix64(seed ^ ((bytes.len() as u64) << 32));
     for chunk in bytes.chunks(8) {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
@@ -328,6 +366,27 @@ mod tests {
         // Nothing usable: weight order.
         assert_eq!(order(Strategy::Weighted, &[10, 30, 60], |_| false, 0, 45), [2, 1, 0]);
         assert_eq!(order(Strategy::Weighted, &[0, 5], all, 0, 0), [1, 0]);
+    }
+
+    /// Each provider's health is asked once per plan (each ask takes its locks), also past 64.
+    #[test]
+    fn weighted_asks_each_provider_once() {
+        for n in [1usize, 3, 64, 70] {
+            let weights = vec![1u32; n];
+            let asked = std::cell::Cell::new(0);
+            let usable = |i: usize| {
+                asked.set(asked.get() + 1);
+                i % 2 == 0
+            };
+            let mut order = Vec::new();
+            order_into(Strategy::Weighted, &weights, &heaviest_first(&weights), usable, 0, 7, |i| {
+                order.push(i)
+            });
+            assert_eq!(order.len(), n);
+            assert_eq!(order[0] % 2, 0, "an unusable provider drawn first");
+            let past_64 = n.saturating_sub(64);
+            assert!(asked.get() <= n + past_64 * 2, "{n} providers asked {} times", asked.get());
+        }
     }
 
     /// Over 10,000 seeded draws each provider is picked first within ±2 % of its weight, and

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use switchboard_providers::{BuildContext, Channel, OutboundMessage, Provider, SettingsError};
 
-use super::rules::{self as routing, RuleIndex};
+use super::rules::{self as routing, FastMap, RuleIndex};
 use crate::config::resolved::Strategy;
 
 use crate::config::resolved::{ResolvedConfig, ResolvedProvider, ResolvedRoute};
@@ -76,6 +76,8 @@ pub struct Route {
     index: RuleIndex,
     /// Round-robin turns: one per rule, then the route's own.
     turns: Vec<AtomicU64>,
+    /// Providers heaviest first ([`routing::heaviest_first`]): one per rule, then the route's own.
+    heaviest: Vec<Vec<usize>>,
 }
 
 impl Route {
@@ -107,28 +109,26 @@ impl Route {
     /// or with an open breaker stay in the list (the caller skips them) but are never drawn
     /// first by `weighted`.
     pub fn plan(&self, message: &OutboundMessage, round: u32, now: Instant) -> Vec<Arc<ProviderHandle>> {
-        let rule = self.rule_for(message);
-        let (strategy, weights, members, turn) = match rule {
+        let (at, strategy, weights, members) = match self.rule_for(message) {
             Some(i) => {
                 let config = &self.config.rules[i];
-                (config.strategy, &config.weights, &self.rule_providers[i], &self.turns[i])
+                (i, config.strategy, &config.weights, &self.rule_providers[i])
             }
-            None => (
-                self.config.strategy,
-                &self.config.weights,
-                &self.providers,
-                &self.turns[self.turns.len() - 1],
-            ),
+            None => (self.config.rules.len(), self.config.strategy, &self.config.weights, &self.providers),
         };
-        let turn = if strategy == Strategy::RoundRobin { turn.fetch_add(1, Ordering::Relaxed) } else { 0 };
+        let turn =
+            if strategy == Strategy::RoundRobin { self.turns[at].fetch_add(1, Ordering::Relaxed) } else { 0 };
         let usable = |i: usize| {
             let health = members[i].health();
             health.pause.paused_until(now).is_none() && health.breaker.open_until(now).is_none()
         };
         // Only `weighted` draws (hashing the id costs more than the rest of the plan).
         let draw = if strategy == Strategy::Weighted { routing::draw(&message.id, round) } else { 0 };
-        let order = routing::order(strategy, weights, usable, turn, draw);
-        order.into_iter().map(|i| Arc::clone(&members[i])).collect()
+        let mut plan = Vec::with_capacity(members.len());
+        routing::order_into(strategy, weights, &self.heaviest[at], usable, turn, draw, |i| {
+            plan.push(Arc::clone(&members[i]));
+        });
+        plan
     }
 }
 
@@ -136,7 +136,7 @@ impl Route {
 pub struct Snapshot {
     pub version: String,
     providers: Vec<Arc<ProviderHandle>>,
-    routes: HashMap<Channel, Route>,
+    routes: FastMap<Channel, Route>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +176,7 @@ impl Snapshot {
             by_name.insert(handle.config.name.clone(), Arc::clone(&handle));
             providers.push(handle);
         }
-        let mut routes = HashMap::with_capacity(config.routes.len());
+        let mut routes = FastMap::default();
         for route in config.routes {
             let handles = |names: &[String]| {
                 names
@@ -194,9 +194,15 @@ impl Snapshot {
                 route.rules.iter().map(|rule| handles(&rule.providers)).collect::<Result<Vec<_>, _>>()?;
             let index = RuleIndex::new(&route.rules);
             let turns = (0..=route.rules.len()).map(|_| AtomicU64::new(0)).collect();
+            let heaviest = route
+                .rules
+                .iter()
+                .map(|rule| routing::heaviest_first(&rule.weights))
+                .chain([routing::heaviest_first(&route.weights)])
+                .collect();
             routes.insert(
                 route.channel.clone(),
-                Route { config: route, providers, rule_providers, index, turns },
+                Route { config: route, providers, rule_providers, index, turns, heaviest },
             );
         }
         Ok(Snapshot { version, providers, routes })
