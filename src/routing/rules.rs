@@ -209,9 +209,9 @@ pub fn order_into(
             // Who is usable, asked once each (a bit per provider; past 64, asked again).
             let mut mask = 0u64;
             let mut total = 0u64;
-            for i in 0..n {
+            for (i, weight) in weights.iter().enumerate() {
                 if usable(i) {
-                    total += u64::from(weights[i]);
+                    total += u64::from(*weight);
                     if i < 64 {
                         mask |= 1 << i;
                     }
