@@ -150,6 +150,11 @@ fn search_and_retry(backend: &Backend) {
         [theirs.as_str(), sent.as_str(), failed.as_str()],
         "an admin key sees all"
     );
+    // By id: a key reads its own, an admin key any (as it searches them), another key none.
+    let (status, mine) = get(&server, &format!("/v1/messages/{theirs}"), OTHER);
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(get(&server, &format!("/v1/messages/{theirs}"), OPS), (200, mine));
+    assert_eq!(get(&server, &format!("/v1/messages/{theirs}"), APP).0, 404);
     let (_, page) = get(&server, "/v1/messages?status=failed", APP);
     let (_, one) = get(&server, &format!("/v1/messages/{failed}"), APP);
     assert_eq!(page, json!({"messages": [one], "next_cursor": null}));

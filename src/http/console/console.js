@@ -299,11 +299,8 @@ async function search(event) {
         showMessage(answer.body);
       } else {
         listResults([]);
-        // GET /v1/messages/{id} shows a message to the key that sent it only (specs/security.md);
-        // the search shows an admin every key's messages.
-        status.textContent = answer.status === 404
-          ? `No message ${id} sent with this key. Another key's message is found by its recipient or status.`
-          : errorText(answer);
+        // An admin key reads every key's messages by id (specs/security.md).
+        status.textContent = answer.status === 404 ? `No message ${id}.` : errorText(answer);
       }
       return;
     }
