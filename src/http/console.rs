@@ -16,9 +16,8 @@ use utoipa::ToSchema;
 
 use super::openapi::errors;
 use super::paging::Params;
-use super::{AdminRoute, ApiError, AppState};
+use super::{ActiveConfig, AdminRoute, ApiError, AppState};
 use crate::health::BreakerState;
-use crate::reload::{Rejection, Trigger};
 use crate::stats::{ProviderSeries, SAMPLE_EVERY, WINDOW};
 
 const PAGE: &str = include_str!("console/console.html");
@@ -121,15 +120,8 @@ const PARAMETERS: [&str; 4] = ["filter", "state", "offset", "limit"];
 #[derive(Serialize, ToSchema)]
 #[schema(as = Console)]
 struct ConsoleBody<'a> {
-    /// The active config's content hash.
-    version: &'a str,
-    /// The file it came from.
-    path: &'a str,
-    #[schema(schema_with = crate::api_schema::date_time)]
-    loaded_at: String,
-    loaded_by: Trigger,
-    /// The last reload refused, with every diagnostic; `null` if none was.
-    last_rejected: Option<&'a Rejection>,
+    #[serde(flatten)]
+    active: ActiveConfig<'a>,
     routes: Vec<AdminRoute<'a>>,
     /// Messages waiting for dispatch now (queued or scheduled for a retry).
     queue_depth: usize,
@@ -283,13 +275,8 @@ pub(super) async fn admin_console(State(state): State<Arc<AppState>>, Params(que
     for (provider, recent) in page.iter_mut().zip(series) {
         provider.recent = recent;
     }
-    let status = state.reloader.status();
     Json(ConsoleBody {
-        version: &snapshot.version,
-        path: &status.active.path,
-        loaded_at: humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
-        loaded_by: status.active.trigger,
-        last_rejected: status.last_rejected.as_ref(),
+        active: ActiveConfig::of(&snapshot, state.reloader.status()),
         routes: snapshot.routes().into_iter().map(AdminRoute::of).collect(),
         queue_depth: state.dispatcher.queue_depth(),
         queue_depth_recent: state.stats.queue_depth(),

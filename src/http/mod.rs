@@ -492,18 +492,38 @@ async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
 
-/// `GET /admin/routes`: the active snapshot.
+/// The active config and the last reload refused: the head of `/admin/routes` and
+/// `/admin/console`.
 #[derive(Serialize, ToSchema)]
-struct AdminRoutes<'a> {
+struct ActiveConfig<'a> {
     /// The active config's content hash.
     version: &'a str,
     /// The file it came from.
-    path: &'a str,
+    path: String,
     #[schema(schema_with = crate::api_schema::date_time)]
     loaded_at: String,
     loaded_by: Trigger,
-    /// The last reload refused, or `null`.
-    last_rejected: Option<&'a crate::reload::Rejection>,
+    /// The last reload refused, with every diagnostic; `null` if none was.
+    last_rejected: Option<crate::reload::Rejection>,
+}
+
+impl<'a> ActiveConfig<'a> {
+    fn of(snapshot: &'a Snapshot, status: crate::reload::Status) -> ActiveConfig<'a> {
+        ActiveConfig {
+            version: &snapshot.version,
+            path: status.active.path,
+            loaded_at: humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
+            loaded_by: status.active.trigger,
+            last_rejected: status.last_rejected,
+        }
+    }
+}
+
+/// `GET /admin/routes`: the active snapshot.
+#[derive(Serialize, ToSchema)]
+struct AdminRoutes<'a> {
+    #[serde(flatten)]
+    active: ActiveConfig<'a>,
     routes: Vec<AdminRoute<'a>>,
     providers: Vec<AdminProvider<'a>>,
 }
@@ -587,17 +607,8 @@ async fn admin_routes(State(state): State<Arc<AppState>>) -> Response {
             paused: p.health().pause.paused_until(now).is_some(),
         })
         .collect();
-    let status = state.reloader.status();
-    Json(AdminRoutes {
-        version: &snapshot.version,
-        path: &status.active.path,
-        loaded_at: humantime::format_rfc3339_millis(status.active.loaded_at).to_string(),
-        loaded_by: status.active.trigger,
-        last_rejected: status.last_rejected.as_ref(),
-        routes,
-        providers,
-    })
-    .into_response()
+    Json(AdminRoutes { active: ActiveConfig::of(&snapshot, state.reloader.status()), routes, providers })
+        .into_response()
 }
 
 openapi::errors!(
