@@ -1,5 +1,6 @@
-//! SQLite writes of a batch in one statement: plain inserts, inbound messages, attempt starts and
-//! finishes of all the batch's messages, and callbacks leaving the outbox go, as JSON arrays, into one `INSERT` on a temporary view
+//! SQLite writes of a batch in one statement: plain inserts, inbound messages, receipts' events
+//! and delivery statuses, attempt starts and finishes of all the batch's messages, and callbacks
+//! leaving the outbox go, as JSON arrays, into one `INSERT` on a temporary view
 //! whose `INSTEAD OF` trigger applies them to the tables (rows drawn with `jsonb_each`).
 //!
 //! Why a trigger: sqlx runs each statement on its connection thread and hands every statement's
@@ -21,6 +22,7 @@
 //! statements would not see each other. [`Group::write`] then reads back, for each inbound
 //! message, the id stored under its (family, provider message id) and its conversation.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -29,7 +31,8 @@ use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{class_name, json_list, ms};
 use crate::store::conversation::{family, ConversationKey, InboundMessage, OptChange};
-use crate::store::{Attempt, Final, Meta};
+use crate::store::delivery::ReceiptRecord;
+use crate::store::{Attempt, DeliveryStatus, Final, Meta};
 
 /// The conversation upsert for rows whose fields `F, L, H` (positions) are the family and the
 /// two participants and whose field 0 is the message id; `$filter` limits the rows. Rows are
@@ -96,8 +99,20 @@ macro_rules! queue_callbacks {
 /// no-ops. `WHERE true` keeps `ON CONFLICT` from being read as a join constraint.
 const SETUP: &str = concat!(
     "CREATE TEMP VIEW IF NOT EXISTS batch_writes (new_messages, inbound, attempt_starts, attempt_ends, endings, \
-     callbacks_done, now) AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL; \
+     callbacks_done, events, delivery_moves, delivery_statuses, now) \
+     AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL; \
      CREATE TEMP TRIGGER IF NOT EXISTS batch_writes_apply INSTEAD OF INSERT ON batch_writes BEGIN ",
+    // Receipts (worked out by `receipts::plan`; first, as they were read before the batch's
+    // other writes): their events, each message's last delivery status, and a callback per
+    // move telling of the status it moved to, in order.
+    "INSERT INTO events (message_id, time, source, type, provider, detail) \
+     SELECT value->>0, value->>1, 'provider', value->>2, value->>3, value->>4 FROM jsonb_each(NEW.events); \
+     UPDATE messages SET delivery_status = v.value->>1, updated_at = NEW.now \
+     FROM jsonb_each(NEW.delivery_statuses) AS v WHERE messages.id = v.value->>0; \
+     INSERT INTO callbacks (webhook_id, message_id, url, status, delivery_status, created_at, next_at) \
+     SELECT 'msg_' || lower(hex(randomblob(16))), m.id, m.status_callback, m.status, r.value->>1, NEW.now, NEW.now \
+     FROM jsonb_each(NEW.delivery_moves) AS r JOIN messages m ON m.id = r.value->>0 \
+     WHERE m.status_callback IS NOT NULL ORDER BY r.key; ",
     // Outbound messages: their conversations, rows and queue entries.
     upsert_conversations!("new_messages", "9", "10", "11", "true"),
     "INSERT INTO messages (id, channel, sender, recipient, subject, body, attachments, tags, status, \
@@ -247,6 +262,14 @@ struct AttemptEnd<'a>(
 #[derive(Serialize)]
 struct Ending<'a>(&'a str, &'static str, Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
+/// `message_id, time, type, provider, detail` (the detail as its JSON text).
+#[derive(Serialize)]
+struct Event<'a>(String, i64, &'a str, &'a str, String);
+
+/// `message_id, delivery_status`.
+#[derive(Serialize)]
+struct Delivery(String, &'static str);
+
 /// The grouped writes of one batch.
 #[derive(Default)]
 pub(super) struct Group<'a> {
@@ -256,6 +279,12 @@ pub(super) struct Group<'a> {
     attempt_ends: Vec<AttemptEnd<'a>>,
     endings: Vec<Ending<'a>>,
     callbacks_done: Vec<i64>,
+    events: Vec<Event<'a>>,
+    /// Every move of a delivery status, in order (a callback each).
+    delivery_moves: Vec<Delivery>,
+    /// Each moved message's last delivery status, once; where each message's is.
+    delivery_statuses: Vec<Delivery>,
+    delivery_index: HashMap<String, usize>,
 }
 
 impl<'a> Group<'a> {
@@ -353,6 +382,28 @@ impl<'a> Group<'a> {
         ));
     }
 
+    /// A receipt recorded as an event of message `id`.
+    pub(super) fn event(&mut self, id: &str, receipt: &'a ReceiptRecord) {
+        let detail = serde_json::Value::Object(receipt.detail.clone()).to_string();
+        self.events.push(Event(id.to_owned(), ms(receipt.time), &receipt.event, &receipt.provider, detail));
+    }
+
+    /// Message `id`'s delivery status moving to `status` (after its moves already in the group).
+    pub(super) fn delivery_move(&mut self, id: &str, status: DeliveryStatus) {
+        self.delivery_moves.push(Delivery(id.to_owned(), status.as_str()));
+        match self.delivery_index.get(id) {
+            Some(&at) => {
+                if let Some(last) = self.delivery_statuses.get_mut(at) {
+                    last.1 = status.as_str();
+                }
+            }
+            None => {
+                self.delivery_index.insert(id.to_owned(), self.delivery_statuses.len());
+                self.delivery_statuses.push(Delivery(id.to_owned(), status.as_str()));
+            }
+        }
+    }
+
     /// A callback that left the outbox (delivered, dropped or expired).
     pub(super) fn callback_done(&mut self, id: i64) {
         self.callbacks_done.push(id);
@@ -366,7 +417,8 @@ impl<'a> Group<'a> {
         let json =
             |rows: Result<String, serde_json::Error>| rows.map_err(|e| sqlx::Error::Encode(Box::new(e)));
         sqlx::query(
-            "INSERT INTO batch_writes VALUES (jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), ?)",
+            "INSERT INTO batch_writes VALUES \
+             (jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), jsonb(?), ?)",
         )
         .bind(json(serde_json::to_string(&self.inserts))?)
         .bind(json(serde_json::to_string(&self.inbound))?)
@@ -374,6 +426,9 @@ impl<'a> Group<'a> {
         .bind(json(serde_json::to_string(&self.attempt_ends))?)
         .bind(json(serde_json::to_string(&self.endings))?)
         .bind(json(serde_json::to_string(&self.callbacks_done))?)
+        .bind(json(serde_json::to_string(&self.events))?)
+        .bind(json(serde_json::to_string(&self.delivery_moves))?)
+        .bind(json(serde_json::to_string(&self.delivery_statuses))?)
         .bind(ms(SystemTime::now()))
         .execute(&mut *conn)
         .await?;

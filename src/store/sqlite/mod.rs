@@ -587,6 +587,9 @@ async fn apply_together(
     let mut opt_keys = HashSet::new();
     // The batch's inbound messages, by position, in the group's order.
     let mut inbound = Vec::new();
+    // The batch's receipts, in order, and the writes holding them (position, how many).
+    let mut all_receipts: Vec<&ReceiptRecord> = Vec::new();
+    let mut receipt_writes = Vec::new();
     for (position, write) in batch.iter().enumerate() {
         let mut shares_a_row = false;
         let (id, result) = match &write.op {
@@ -621,6 +624,11 @@ async fn apply_together(
                 shares_a_row = !opt_keys.insert(key.clone());
                 (None, None)
             }
+            Op::Receipts { receipts } => {
+                receipt_writes.push((position, receipts.len()));
+                all_receipts.extend(receipts);
+                (None, None)
+            }
             op => (op.message_id(), None),
         };
         if shares_a_row || id.is_some_and(|id| !ids.insert(id.as_str())) {
@@ -644,9 +652,16 @@ async fn apply_together(
     } else {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         for (write, result) in batch.iter().zip(&mut results) {
-            if result.is_none() && !matches!(write.op, Op::Inbound { .. }) {
+            if result.is_none() && !matches!(write.op, Op::Inbound { .. } | Op::Receipts { .. }) {
                 *result = Some(apply(conn, &write.op, opt_outs).await?);
             }
+        }
+        // Every receipt of the batch: one read, then a share of the group's statement.
+        let mut planned = receipts::plan(conn, &all_receipts, &mut group).await?.into_iter();
+        let mut added = receipts::suppress(conn, planned.as_slice()).await?;
+        for (position, count) in receipt_writes {
+            let share = planned.by_ref().take(count).collect();
+            results[position] = Some(receipts::applied(share, &mut added));
         }
         let stored = group.write(conn).await?;
         for (position, stored) in inbound.into_iter().zip(stored) {
@@ -686,7 +701,13 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, opt_outs: &OptOuts) -> Resu
             let meta = Meta { owner: owner.as_deref(), status_callback: status_callback.as_deref() };
             return Ok(Applied::Inserted(insert(conn, message, meta, key.as_ref()).await?));
         }
-        Op::Receipts { receipts } => return receipts::record(conn, receipts).await.map_err(unavailable),
+        Op::Receipts { receipts } => {
+            let receipts: Vec<&ReceiptRecord> = receipts.iter().collect();
+            let planned = receipts::plan(conn, &receipts, &mut group).await.map_err(unavailable)?;
+            let mut added = receipts::suppress(conn, &planned).await.map_err(unavailable)?;
+            group.write(conn).await.map_err(unavailable)?;
+            return Ok(receipts::applied(planned, &mut added));
+        }
         Op::DueCallbacks { limit } => {
             return receipts::due_callbacks(conn, *limit).await.map(Applied::Callbacks).map_err(unavailable)
         }
@@ -1472,6 +1493,7 @@ mod tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+    use crate::store::DeliveryStatus;
     use std::sync::Arc;
 
     fn sms(id: String, to: String) -> OutboundMessage {
@@ -1536,6 +1558,113 @@ mod batch_tests {
             assert_eq!(view.attempts.len(), 1, "{i}");
         }
         assert!(store.pending().await?.is_empty(), "finished messages leave the queue");
+        Ok(())
+    }
+
+    /// A receipt from provider `tw` about the message it knows as `provider_id`.
+    fn receipt(
+        provider_id: &str,
+        status: Option<DeliveryStatus>,
+        suppress: Option<&OptOutKey>,
+    ) -> ReceiptRecord {
+        ReceiptRecord {
+            provider: "tw".to_owned(),
+            message_id: None,
+            provider_message_id: Some(provider_id.to_owned()),
+            event: status.map_or("queued", DeliveryStatus::as_str).to_owned(),
+            status,
+            time: SystemTime::now(),
+            suppress: suppress.cloned(),
+            detail: serde_json::Map::new(),
+        }
+    }
+
+    /// Several writes of receipts in one batch (one read, one statement) end as one at a time
+    /// would: each receipt sees the ones before it — in its write and in earlier writes — for
+    /// the delivery status, the events cap and the suppressions; a callback per move, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_of_receipts_applies_them_in_order() -> Result<(), StoreError> {
+        use crate::store::delivery::MAX_EVENTS;
+        let dir = tempfile::tempdir().map_err(unavailable)?;
+        let path = dir.path().join("t.db").to_string_lossy().into_owned();
+        let store = SqliteStore::open(&path).await?;
+        let mut ids = Vec::new();
+        for (i, provider_id) in ["SM-a", "SM-b"].into_iter().enumerate() {
+            let message = sms(uuid::Uuid::now_v7().to_string(), format!("+1555000000{i}"));
+            let meta = Meta { owner: None, status_callback: Some("https://example.com/cb") };
+            store.insert_for(&message, meta, None).await?;
+            store.attempt_started(&message.id, 1, "tw").await?;
+            let sent =
+                Final::Sent { provider: Arc::from("tw"), provider_message_id: Some(provider_id.into()) };
+            store.finish(&message.id, sent, None).await?;
+            ids.push(message.id);
+        }
+        // `SM-b` two events short of the cap.
+        let filler: Vec<ReceiptRecord> = (0..MAX_EVENTS - 2).map(|_| receipt("SM-b", None, None)).collect();
+        store.record_receipts(&filler).await?;
+        let bounced = OptOutKey::suppression("sms", "+15550000009");
+        // The batch, as the writer would cut it, on a connection of its own (the store's writer
+        // is idle).
+        let mut conn = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(unavailable)?
+            .connect()
+            .await
+            .map_err(unavailable)?;
+        batches::prepare(&mut conn).await.map_err(unavailable)?;
+        use DeliveryStatus::{Delivered, Read, Sent};
+        let writes = [
+            vec![receipt("SM-a", Some(Delivered), None), receipt("SM-b", Some(Sent), Some(&bounced))],
+            vec![receipt("SM-unknown", Some(Delivered), Some(&bounced)), receipt("SM-a", Some(Read), None)],
+            vec![
+                receipt("SM-a", Some(Delivered), None),
+                receipt("SM-b", Some(Delivered), Some(&bounced)),
+                receipt("SM-b", Some(Read), None),
+            ],
+        ];
+        let batch: Vec<Write> = writes
+            .into_iter()
+            .map(|receipts| Write { op: Op::Receipts { receipts }, reply: oneshot::channel().0 })
+            .collect();
+        let opt_outs = OptOuts(RwLock::new(HashSet::new()));
+        let results = apply_together(&mut conn, &batch, &opt_outs).await.map_err(|failed| failed.error)?;
+        let recorded = |i: usize, moved| ReceiptApplied::Recorded { message_id: ids[i].clone(), moved };
+        let answers: Vec<_> = results
+            .into_iter()
+            .map(|applied| match applied {
+                Applied::Receipts { applied, suppressed } => (applied, suppressed),
+                _ => (Vec::new(), Vec::new()),
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (vec![recorded(0, true), recorded(1, true)], vec![bounced.clone()]),
+                (vec![ReceiptApplied::Unknown, recorded(0, true)], vec![]),
+                (vec![recorded(0, false), recorded(1, true), recorded(1, true)], vec![]),
+            ],
+            "each receipt sees the ones before it; a suppression is new once, and only for a known message"
+        );
+        drop(conn);
+        let a = store.get(&ids[0]).await?.ok_or_else(|| unavailable("a"))?;
+        let b = store.get(&ids[1]).await?.ok_or_else(|| unavailable("b"))?;
+        assert_eq!((a.delivery_status, b.delivery_status), (Some(Read), Some(Read)));
+        let provider_events = |view: &MessageView| {
+            view.events.iter().filter(|e| e.source == crate::store::delivery::Source::Provider).count()
+        };
+        assert_eq!(provider_events(&a), 3, "every receipt an event");
+        assert_eq!(provider_events(&b), MAX_EVENTS, "up to the cap, counting the batch's own");
+        let callbacks: Vec<(String, String)> = sqlx::query_as(
+            "SELECT message_id, delivery_status FROM callbacks WHERE delivery_status IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&store.reader)
+        .await
+        .map_err(unavailable)?;
+        let expected: Vec<(String, String)> =
+            [(0, "delivered"), (1, "sent"), (0, "read"), (1, "delivered"), (1, "read")]
+                .into_iter()
+                .map(|(i, status)| (ids[i].clone(), status.to_owned()))
+                .collect();
+        assert_eq!(callbacks, expected, "a callback per move, in the receipts' order");
         Ok(())
     }
 }
