@@ -843,12 +843,12 @@ mod tests {
                 Ok::<Vec<String>, StoreError>(listed.items.into_iter().map(|v| v.id).collect())
             }
         };
-        assert_eq!(found(Status::Queued).await?, [message.id.clone()]);
+        assert_eq!(found(Status::Queued).await?, [message.id.as_str()]);
         store.attempt_started(&message.id, 1, "p").await?;
         assert_eq!(db.number(version).await?, before, "the message's row was rewritten");
         let view = store.get(&message.id).await?.ok_or_else(|| unavailable("the message is gone"))?;
         assert_eq!(view.status, Status::Sending);
-        assert_eq!(found(Status::Sending).await?, [message.id.clone()]);
+        assert_eq!(found(Status::Sending).await?, [message.id.as_str()]);
         assert!(found(Status::Queued).await?.is_empty());
         store
             .finish(&message.id, Final::Sent { provider: Arc::from("p"), provider_message_id: None }, None)
