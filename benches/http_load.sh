@@ -23,16 +23,11 @@
 # how to get it, before anything is built.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-kit=${BENCH_KIT:-$root/../shared/bench}
 runs=${1:-3}; secs=${2:-10}; conns=${3:-64}
+# shellcheck source=benches/support/common.sh
+source "$root/benches/support/common.sh"
 
-missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 (not on PATH): $2"); }
-need wrk "apt-get install -y wrk   (the load driver the kit's load.sh runs)"
-need curl "apt-get install -y curl"
-need taskset "apt-get install -y util-linux   (pins the servers and wrk to cores)"
-need bc "apt-get install -y bc"
-need cargo "install Rust with rustup   (builds switchboard and the kit's ceiling and mock provider)"
+need_common
 case ${STORE:-memory} in
   memory|sqlite) ;;
   postgres) need psql "apt-get install -y postgresql-client   (STORE=postgres creates a database per run on PG_ADMIN_URL)" ;;
@@ -47,27 +42,8 @@ case ${PROVIDER:-mock} in
   mock|twilio) ;;
   *) missing+=("PROVIDER=${PROVIDER}: use PROVIDER=mock or twilio") ;;
 esac
-if [[ ! -d $kit ]]; then
-  missing+=("the bench kit at $kit: it is not in this repository; put the team's shared/ directory beside the clone (shared/bench), or set BENCH_KIT=/path/to/bench")
-else
-  for file in load.sh post.lua sms.json rust/Cargo.toml; do
-    [[ -e $kit/$file ]] || missing+=("$kit/$file: the bench kit is incomplete (it needs load.sh, post.lua, sms.json, rust/)")
-  done
-fi
-if command -v nproc >/dev/null 2>&1 && (( $(nproc) < 2 )); then
-  missing+=("a second CPU core: the servers are pinned to core 0, wrk and the mock provider to core 1")
-fi
-if (( ${#missing[@]} )); then
-  echo "benches/http_load.sh cannot run; missing:" >&2
-  printf '  - %s\n' "${missing[@]}" >&2
-  exit 2
-fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sb-bench-target}
-cargo build --release -q --manifest-path "$kit/rust/Cargo.toml"
-cargo build --release -q --manifest-path "$root/Cargo.toml" --bin switchboard
-bin=$CARGO_TARGET_DIR/release
-# SB_BIN: another switchboard binary to measure (e.g. an older build, for an A/B comparison).
-sb_bin=${SB_BIN:-$bin/switchboard}
+report_missing benches/http_load.sh
+build_all
 body=$kit/sms.json
 ceiling_port=18081; sb_port=18090
 pids=()
@@ -121,11 +97,6 @@ if [[ ${TARGET:-send} == receipts ]]; then
   receipts_lua=$(mktemp --suffix=.lua)
 fi
 
-wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-counter() { curl -s "http://127.0.0.1:$sb_port/metrics" | awk -v name="$1" '$1 ~ "^"name"\\{" {s+=$2} END {print s+0}'; }
-
 declare -a c_rps sb_rps sb_p50 sb_p99 sb_acc sb_del sb_rss c_p50 c_p99
 for run in $(seq "$runs"); do
   PORT=$ceiling_port MODE=$ceiling_mode taskset -c 0 "$bin/ceiling" >/dev/null 2>&1 & pids+=($!); cpid=$!
@@ -138,10 +109,8 @@ for run in $(seq "$runs"); do
   store_url=memory://
   if [[ ${STORE:-memory} == sqlite ]]; then db_dir=$(mktemp -d); store_url="sqlite://$db_dir/bench.db"; fi
   if [[ ${STORE:-memory} == postgres ]]; then
-    admin=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
     pg_db="sb_bench_$$_$run"
-    psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
-    store_url="${admin%/*}/$pg_db"
+    fresh_pg_db "$pg_db"
   fi
   (cd "$root" && exec env "${sb_env[@]}" taskset -c 0 "$sb_bin" serve --config "$sb_config" --listen "127.0.0.1:$sb_port" --store "$store_url" >/tmp/sb-bench.log 2>&1) & pids+=($!); spid=$!
   wait_port $sb_port
@@ -156,7 +125,7 @@ for run in $(seq "$runs"); do
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
   kill -TERM $spid; wait $spid 2>/dev/null || true
   [[ -n ${db_dir:-} ]] && rm -rf "$db_dir"
-  [[ -n ${pg_db:-} ]] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)"
+  [[ -n ${pg_db:-} ]] && drop_pg_db "$pg_db"
   elapsed=$(echo "$t1 - $t0" | bc -l)
   acc=$(echo "($a1 - $a0) / $elapsed" | bc -l); del=$(echo "($d1 - $d0) / $elapsed" | bc -l)
   sb_rps+=("$(field rps "$line")"); sb_p50+=("$(field p50_ms "$line")"); sb_p99+=("$(field p99_ms "$line")")

@@ -15,6 +15,32 @@ use super::{
     QueuePosition, Status, StoreError, IDEMPOTENCY_WINDOW,
 };
 
+/// Whether message `m` has started an attempt since it was queued (or last retried): its
+/// stored status stays `queued` while it is `sending` (no rewrite of its row per attempt, in
+/// either SQL store).
+macro_rules! started {
+    () => {
+        "EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.number > m.retried_after)"
+    };
+}
+
+/// Message `m`'s status as shown.
+macro_rules! shown_status {
+    () => {
+        concat!("CASE WHEN m.status = 'queued' AND ", started!(), " THEN 'sending' ELSE m.status END")
+    };
+}
+
+/// The condition a status filter puts on message `m` (the stored `queued` stands for `queued`
+/// and `sending`).
+pub(super) fn status_condition(status: Status) -> Option<&'static str> {
+    match status {
+        Status::Queued => Some(concat!("m.status = 'queued' AND NOT ", started!())),
+        Status::Sending => Some(concat!("m.status = 'queued' AND ", started!())),
+        Status::Sent | Status::Failed | Status::Received => None,
+    }
+}
+
 pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }

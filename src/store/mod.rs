@@ -2,6 +2,7 @@
 //! [`MessageStore`] trait, the in-memory store (`memory://`) and the SQLite store
 //! (`sqlite://PATH`, the default).
 
+#[macro_use]
 mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;

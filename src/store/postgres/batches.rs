@@ -160,10 +160,10 @@ pub(super) struct Start {
     pub provider: String,
 }
 
-/// For each attempt whose message this instance still holds: renews the lease, records the
-/// attempt's row and the message `sending` — with a callback when that is a change (the
-/// message was `queued` and had no attempt since it was queued or retried: a restarted first
-/// attempt is none) and the message
+/// For each attempt whose message this instance still holds: renews the lease and records the
+/// attempt's row, which makes the message `sending` (read, not written: its row is not
+/// rewritten, see `shown_status!`) — with a callback when that is a change (the message had no
+/// attempt since it was queued or retried: a restarted first attempt is none) and the message
 /// has a `status_callback`. Every part of the statement reads the rows as they were before it.
 impl Statement for Start {
     async fn apply(pool: &PgPool, lease: &Lease, rows: &[Self]) -> Result<Vec<bool>, sqlx::Error> {
@@ -179,9 +179,6 @@ impl Statement for Start {
                SELECT input.id, input.number, input.provider, $6 FROM input JOIN held ON held.message_id = input.id \
                ON CONFLICT (message_id, number) DO UPDATE SET provider = excluded.provider, \
                started_at = excluded.started_at, finished_at = NULL, outcome = NULL RETURNING 1), \
-             status AS ( \
-               UPDATE messages SET status = 'sending', updated_at = $6 \
-               WHERE id IN (SELECT message_id FROM held) AND status = 'queued' RETURNING 1), \
              callback AS ( \
                INSERT INTO callbacks (message_id, url, status, delivery_status, created_at, next_at) \
                SELECT m.id, m.status_callback, 'sending', m.delivery_status, $6, $6 \

@@ -326,10 +326,12 @@ pub(super) async fn conversation_messages(
         return Ok(None);
     }
     // `''` sorts before every id: without a cursor, the page starts at the first message.
-    let rows = sqlx::query(
-        "SELECT id, direction, channel, sender, recipient, body, attachments, status, provider, occurred_at, \
-         created_at FROM messages WHERE conversation_id = $1 AND id > COALESCE($2, '') ORDER BY id LIMIT $3",
-    )
+    let rows = sqlx::query(concat!(
+        "SELECT m.id, m.direction, m.channel, m.sender, m.recipient, m.body, m.attachments, ",
+        shown_status!(),
+        " AS status, m.provider, m.occurred_at, m.created_at FROM messages m \
+         WHERE m.conversation_id = $1 AND m.id > COALESCE($2, '') ORDER BY m.id LIMIT $3",
+    ))
     .bind(id)
     .bind(page.after.as_deref())
     .bind(i64::try_from(page.fetch()).unwrap_or(i64::MAX))

@@ -14,7 +14,7 @@ use switchboard_providers::OutboundMessage;
 
 use crate::store::codec::{
     callbacks_expired_before, channel_of, class_name, from_ms, idempotency_window_start, ms, parse_list,
-    positions_of, recorded_answer, status_of, unavailable, views_of,
+    positions_of, recorded_answer, status_condition, status_of, unavailable, views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
 use crate::store::search::{search_clauses, Param};
@@ -217,7 +217,6 @@ macro_rules! leased_messages {
     };
 }
 
-/// The columns of message `m` [`view_of`] reads.
 /// A read-only transaction that sees one snapshot: messages and their attempts and events as of
 /// one moment.
 async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
@@ -255,9 +254,14 @@ async fn with_history(
     views_of(rows, attempts, events).map_err(unavailable)
 }
 
-const VIEW_COLUMNS: &str = "m.id, m.channel, m.sender, m.recipient, m.attachments, m.status, m.provider, \
-     m.provider_message_id, m.error_code, m.error_message, m.tags, m.owner, m.created_at, m.updated_at, m.direction, \
-     m.conversation_id, m.delivery_status, m.status_callback";
+/// Its status as shown, and `updated_at` moved by its latest attempt start.
+const VIEW_COLUMNS: &str = concat!(
+    "m.id, m.channel, m.sender, m.recipient, m.attachments, ",
+    shown_status!(),
+    " AS status, m.provider, m.provider_message_id, m.error_code, m.error_message, m.tags, m.owner, m.created_at, \
+     GREATEST(m.updated_at, (SELECT MAX(started_at) FROM attempts a WHERE a.message_id = m.id)) AS updated_at, \
+     m.direction, m.conversation_id, m.delivery_status, m.status_callback"
+);
 /// Finished attempts as [`view_of`] reads them, with their `message_id`.
 const ATTEMPT_COLUMNS: &str =
     "message_id, provider, outcome, error_class, error_code, error_message, latency_ms, started_at, finished_at";
@@ -277,9 +281,11 @@ fn holds_nul(text: &str) -> bool {
 async fn retry(pool: &PgPool, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, sqlx::Error> {
     let now = ms(SystemTime::now());
     let mut tx = pool.begin().await?;
-    let Some(row) = sqlx::query(
-        "SELECT status, channel, error_code, error_message FROM messages WHERE id = $1 FOR UPDATE",
-    )
+    let Some(row) = sqlx::query(concat!(
+        "SELECT ",
+        shown_status!(),
+        " AS status, m.channel, m.error_code, m.error_message FROM messages m WHERE m.id = $1 FOR UPDATE"
+    ))
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?
@@ -572,8 +578,7 @@ impl MessageStore for PostgresStore {
         filter: &MessageFilter,
         page: Page<SearchPosition>,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-        // The stored status is the one shown.
-        let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), |_| None);
+        let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), status_condition);
         if params.iter().any(|param| matches!(param, Param::Text(text) if holds_nul(text))) {
             return Ok(Listed { items: Vec::new(), next: None });
         }
@@ -805,6 +810,78 @@ impl MessageStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use switchboard_providers::Channel;
+
+    /// An attempt's start records the attempt and renews the lease but leaves the message's row
+    /// as it is (one rewrite fewer per message, issue 19): `sending` is read from the attempts,
+    /// by a read and by a search.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+    async fn an_attempt_start_leaves_the_message_row_alone() -> Result<(), StoreError> {
+        let db = conversations::tests::TestDb::create().await?;
+        let store = db.store().await?;
+        let message = OutboundMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            channel: Channel::SMS,
+            from: "+15550001111".into(),
+            to: "+15550002222".into(),
+            subject: None,
+            body: "hi".into(),
+            attachments: vec![],
+            tags: vec![],
+        };
+        store.insert_for(&message, Meta { owner: None, status_callback: None }, None).await?;
+        // The row's version: a rewrite gives it another.
+        let version = "SELECT xmin::TEXT::BIGINT FROM messages";
+        let before = db.number(version).await?;
+        let found = |status| {
+            let store = Arc::clone(&store);
+            async move {
+                let filter = MessageFilter { status: Some(status), ..MessageFilter::default() };
+                let listed = store.search(&filter, Page { limit: 10, after: None }).await?;
+                Ok::<Vec<String>, StoreError>(listed.items.into_iter().map(|v| v.id).collect())
+            }
+        };
+        assert_eq!(found(Status::Queued).await?, [message.id.as_str()]);
+        store.attempt_started(&message.id, 1, "p").await?;
+        assert_eq!(db.number(version).await?, before, "the message's row was rewritten");
+        let view = store.get(&message.id).await?.ok_or_else(|| unavailable("the message is gone"))?;
+        assert_eq!(view.status, Status::Sending);
+        assert_eq!(found(Status::Sending).await?, [message.id.as_str()]);
+        assert!(found(Status::Queued).await?.is_empty());
+        store
+            .finish(&message.id, Final::Sent { provider: Arc::from("p"), provider_message_id: None }, None)
+            .await?;
+        let view = store.get(&message.id).await?.ok_or_else(|| unavailable("the message is gone"))?;
+        assert_eq!(view.status, Status::Sent);
+        assert!(found(Status::Sending).await?.is_empty());
+        Ok(())
+    }
+
+    /// A message an earlier version stored as `sending` (migrations up to 0006) is found by a
+    /// search for `sending` once migration 0007 ran, as the messages started since are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(no_postgres, ignore = "set SWITCHBOARD_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+    async fn messages_stored_sending_by_an_earlier_version_are_still_found() -> Result<(), StoreError> {
+        let db = conversations::tests::TestDb::create().await?;
+        let pool = PgPool::connect(&db.url).await.map_err(unavailable)?;
+        MIGRATOR.run_to(6, &pool).await.map_err(unavailable)?;
+        for statement in [
+            "INSERT INTO messages (id, channel, sender, recipient, body, attachments, tags, status, created_at, \
+             updated_at) VALUES ('m1', 'sms', '+15550001111', '+15550002222', 'hi', '[]', '[]', 'sending', 1, 1)",
+            "INSERT INTO attempts (message_id, number, provider, started_at) VALUES ('m1', 1, 'p', 2)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.map_err(unavailable)?;
+        }
+        pool.close().await;
+        let store = db.store().await?;
+        let filter = MessageFilter { status: Some(Status::Sending), ..MessageFilter::default() };
+        let listed = store.search(&filter, Page { limit: 10, after: None }).await?;
+        assert_eq!(listed.items.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["m1"]);
+        assert_eq!(store.get("m1").await?.map(|v| v.status), Some(Status::Sending));
+        Ok(())
+    }
 
     #[test]
     fn passwords_are_not_shown() {

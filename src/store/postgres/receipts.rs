@@ -208,7 +208,7 @@ async fn write(
     moved.dedup();
     let moved_to: Vec<Option<&str>> =
         moved.iter().map(|id| last.get(*id).copied().flatten().map(DeliveryStatus::as_str)).collect();
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH event AS ( \
            INSERT INTO events (message_id, time, source, type, provider, detail) \
            SELECT message_id, time, 'provider', type, provider, detail \
@@ -220,12 +220,14 @@ async fn write(
            FROM UNNEST($6::TEXT[], $7::TEXT[]) AS d (id, status) WHERE m.id = d.id RETURNING 1), \
          callback AS ( \
            INSERT INTO callbacks (message_id, url, status, delivery_status, created_at, next_at) \
-           SELECT m.id, m.status_callback, m.status, c.delivery_status, $8, $8 \
+           SELECT m.id, m.status_callback, ",
+        shown_status!(),
+        ", c.delivery_status, $8, $8 \
            FROM UNNEST($9::TEXT[], $10::TEXT[]) WITH ORDINALITY AS c (id, delivery_status, n) \
            JOIN messages m ON m.id = c.id WHERE m.status_callback IS NOT NULL \
            ORDER BY c.n RETURNING 1) \
          SELECT (SELECT COUNT(*) FROM event), (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM callback)",
-    )
+    ))
     .bind(&events.message_ids)
     .bind(&events.times)
     .bind(&events.kinds)

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::codec::{
     channel_of, conversation_message_of, conversation_of, from_ms, idempotency_window_start, json_list, ms,
-    opt_out_of, parse_list, positions_of, recorded_answer, status_of, unavailable, views_of,
+    opt_out_of, parse_list, positions_of, recorded_answer, status_condition, status_of, unavailable,
+    views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
 use crate::store::search::{search_clauses, Param};
@@ -318,21 +319,6 @@ macro_rules! pending_select {
     };
 }
 
-/// Whether message `m` has started an attempt since it was queued (or last retried): its
-/// stored status stays `queued` while it is `sending` (no rewrite of its row per attempt).
-macro_rules! started {
-    () => {
-        "EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.number > m.retried_after)"
-    };
-}
-
-/// Message `m`'s status as shown.
-macro_rules! shown_status {
-    () => {
-        concat!("CASE WHEN m.status = 'queued' AND ", started!(), " THEN 'sending' ELSE m.status END")
-    };
-}
-
 /// The columns of message `m` [`view_of`] reads: its status as shown, and `updated_at` moved by
 /// its latest attempt start.
 macro_rules! view_columns {
@@ -383,16 +369,6 @@ async fn with_history(
     .await
     .map_err(unavailable)?;
     views_of(rows, attempts, events).map_err(unavailable)
-}
-
-/// The condition a status filter puts on message `m` (the stored `queued` stands for `queued`
-/// and `sending`).
-fn status_condition(status: Status) -> Option<&'static str> {
-    match status {
-        Status::Queued => Some(concat!("m.status = 'queued' AND NOT ", started!())),
-        Status::Sending => Some(concat!("m.status = 'queued' AND ", started!())),
-        Status::Sent | Status::Failed | Status::Received => None,
-    }
 }
 
 /// A search's statement (its messages' rows) and parameters.
