@@ -110,8 +110,10 @@ pub enum Retried {
 
 /// How many messages of its driving range ([`Driving`]) a search page reads at most (see
 /// [`rows_to_scan`]). A combination of filters is tested on those rows; one matching few of them
-/// ends the page short, with the cursor of the last row read, rather than reading on.
-pub const SEARCH_SCAN_LIMIT: usize = 5_000;
+/// ends the page short, with the cursor of the last row read, rather than reading on. A row of a
+/// sparse range costs about 10 µs on SQLite (its own table page; specs/performance.md): this
+/// keeps such a page near 20 ms, under the 50 ms target (5,000 took 44–57 ms).
+pub const SEARCH_SCAN_LIMIT: usize = 2_000;
 
 /// How many rows of its driving range a page reads: `limit`, but never fewer than the page
 /// fetches, so a page under one filter (every row read matches) is never cut short.
