@@ -23,7 +23,8 @@ use crate::store::{MessageStore, MessageView, Retried};
 
 #[derive(Debug, Subcommand)]
 pub enum MessagesCommand {
-    /// List messages, newest first, one page at a time (`--cursor` for the next).
+    /// List messages, newest first, one page at a time (`--cursor` for the next: a page may be
+    /// short, or empty, with more to follow).
     List(ListArgs),
     /// Show one message as `GET /v1/messages/{id}` does.
     Show(IdArgs),
@@ -195,10 +196,14 @@ fn time(time: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// One line per message, addresses masked; how to get the next page last.
+/// One line per message, addresses masked; how to get the next page last. A page may be short,
+/// or empty, with more to follow (a search stops reading after a bounded number of messages).
 fn table(messages: &[MessageView], next: Option<&str>) -> String {
     if messages.is_empty() {
-        return "no messages\n".to_owned();
+        return match next {
+            Some(next) => format!("no messages on this page; more may follow: --cursor {next}\n"),
+            None => "no messages\n".to_owned(),
+        };
     }
     let rows: Vec<[String; 7]> = messages
         .iter()
@@ -273,4 +278,16 @@ fn details(m: &MessageView) -> String {
         out.push_str(&format!("  {} {}{provider}{detail}\n", time(e.time), e.kind));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty page with a cursor is not the end: it says how to go on.
+    #[test]
+    fn an_empty_page_with_a_cursor_says_more_may_follow() {
+        assert_eq!(table(&[], None), "no messages\n");
+        assert_eq!(table(&[], Some("czE3")), "no messages on this page; more may follow: --cursor czE3\n");
+    }
 }

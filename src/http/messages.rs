@@ -104,9 +104,12 @@ fn until_filter() -> Schema {
 #[derive(Serialize, ToSchema)]
 #[schema(as = MessagesSearchPage)]
 pub struct SearchPage {
-    /// Newest first (by creation time, then id), each as `GET /v1/messages/{id}` shows it.
+    /// Newest first (by creation time, then id), each as `GET /v1/messages/{id}` shows it. May
+    /// hold fewer than `limit`, or none, while `next_cursor` is set: a page reads at most a
+    /// bounded number of messages, and one whose filters match few of them ends where it stopped.
     pub messages: Vec<MessageView>,
-    /// The next page's `cursor`; `null` on the last page.
+    /// The next page's `cursor`; `null` on the last page (only `null` ends a search: follow it
+    /// past short or empty pages).
     pub next_cursor: Option<String>,
 }
 

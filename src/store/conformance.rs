@@ -13,7 +13,7 @@ use switchboard_providers::{Channel, OutboundMessage};
 use super::conversation::{preview, LastMessage};
 use super::delivery::RETRIED_EVENT;
 use super::delivery::{ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
-use super::search::recipient_key;
+use super::search::{recipient_key, SEARCH_SCAN_LIMIT};
 use super::{
     blocked, Blocked, ConversationMessage, ConversationView, DeliveryStatus, Direction, Failure, FailureCode,
     Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore, MessageView,
@@ -39,6 +39,7 @@ pub(crate) async fn run_all(store: Arc<dyn MessageStore>) {
     receipts_before_the_answer(&store).await;
     search_filters(&store).await;
     search_pages_under_concurrent_inserts(&store).await;
+    search_pages_stop_at_the_scan_limit(&store).await;
     retry_gives_a_failed_message_a_fresh_start(&store).await;
     retry_idempotency(&store).await;
     views_read_many_as_get_reads_one(&store).await;
@@ -890,20 +891,32 @@ pub(crate) async fn receipts_before_the_answer(store: &Arc<dyn MessageStore>) {
     assert_eq!((view.status, view.delivery_status), (Status::Sent, Some(DeliveryStatus::Delivered)));
 }
 
-/// Every page of a search, following the cursors (at most 100 pages).
-async fn search_all(store: &Arc<dyn MessageStore>, filter: &MessageFilter, limit: u32) -> Vec<MessageView> {
-    let mut all = Vec::new();
+/// Every page of a search reading at most `scan_limit` rows a page, following the cursors (at
+/// most 1,000 pages): each page's messages.
+async fn search_pages(
+    store: &Arc<dyn MessageStore>,
+    filter: &MessageFilter,
+    limit: u32,
+    scan_limit: usize,
+) -> Vec<Vec<MessageView>> {
+    let mut pages = Vec::new();
     let mut after: Option<SearchPosition> = None;
-    for _ in 0..100 {
-        let listed = ok(store.search(filter, Page { limit, after: after.take() }).await, "search");
+    for _ in 0..1_000 {
+        let page = Page { limit, after: after.take() };
+        let listed = ok(store.search_bounded(filter, page, scan_limit).await, "search");
         assert!(listed.items.len() <= limit as usize, "a page holds at most its limit");
-        all.extend(listed.items);
+        pages.push(listed.items);
         match listed.next {
             Some(next) => after = Some(next),
-            None => return all,
+            None => return pages,
         }
     }
-    panic!("more than 100 pages")
+    panic!("more than 1,000 pages")
+}
+
+/// Every page of a search, following the cursors.
+async fn search_all(store: &Arc<dyn MessageStore>, filter: &MessageFilter, limit: u32) -> Vec<MessageView> {
+    search_pages(store, filter, limit, SEARCH_SCAN_LIMIT).await.into_iter().flatten().collect()
 }
 
 fn ids(views: &[MessageView]) -> Vec<&str> {
@@ -980,6 +993,10 @@ pub(crate) async fn search_filters(store: &Arc<dyn MessageStore>) {
                 std::cmp::Reverse(got.iter().find(|v| &v.id == id).map(SearchPosition::of))
             });
             assert_eq!(ids(&got), want, "{what}: {filter:?}");
+            // Read 5 rows at most a page: the same messages, over more pages.
+            let bounded: Vec<MessageView> =
+                search_pages(&store, &filter, 3, 5).await.into_iter().flatten().collect();
+            assert_eq!(ids(&bounded), want, "{what}, 5 rows read a page: {filter:?}");
         }
     };
     let with = |f: fn(&mut MessageFilter)| {
@@ -1029,6 +1046,78 @@ pub(crate) async fn search_filters(store: &Arc<dyn MessageStore>) {
     let want: Vec<&str> =
         expected.iter().copied().filter(|id| at(id) >= at(&queued.id) && at(id) < at(&sending.id)).collect();
     check(since, want, "since and until (exclusive)").await;
+}
+
+/// A page reads at most its scan limit of rows of its driving range (`search::Driving`), the
+/// other filters tested on them: a combination matching few of them ends pages short or empty,
+/// each with the cursor of the last row read, and following the cursors lists exactly the
+/// matching messages, once each, newest first. One filter alone pages as without a limit.
+pub(crate) async fn search_pages_stop_at_the_scan_limit(store: &Arc<dyn MessageStore>) {
+    let owner = new_owner();
+    let [from, to] = <[String; 2]>::try_from(phones(2)).unwrap_or_else(|_| panic!("two phones"));
+    let mail = emails(1).remove(0);
+    // 30 messages, oldest first: emails 3, 17 and 18, the rest SMS to `to`; 5 and 25 sending.
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let message = match i {
+            3 | 17 | 18 => outbound(Channel::EMAIL, "news@example.com", &mail, &format!("m{i}")),
+            _ => outbound(Channel::SMS, &from, &to, &format!("m{i}")),
+        };
+        insert(store, &message, Some(&owner)).await;
+        if i == 5 || i == 25 {
+            ok(store.attempt_started(&message.id, 1, "tw").await, "attempt_started");
+        }
+        sent.push(message.id);
+    }
+    let id = |i: usize| sent[i].as_str();
+    let page_ids = |pages: &[Vec<MessageView>]| -> Vec<Vec<String>> {
+        pages.iter().map(|page| page.iter().map(|v| v.id.clone()).collect()).collect()
+    };
+    let mine = MessageFilter { owner: Some(owner.clone()), ..MessageFilter::default() };
+    let newest_first: Vec<&str> = (0..30).rev().map(id).collect();
+    assert_eq!(ids(&search_all(store, &mine, 50).await), newest_first, "stored in order");
+
+    // The key's 30 messages drive, 7 read a page: [29..23] none, [22..16] 18 and 17, [15..9]
+    // none, [8..2] 3, [1, 0] none and the end.
+    let mut email = mine.clone();
+    email.channel = Some("email".into());
+    let pages = search_pages(store, &email, 2, 7).await;
+    let want: Vec<Vec<&str>> = vec![vec![], vec![id(18), id(17)], vec![], vec![id(3)], vec![]];
+    assert_eq!(page_ids(&pages), want, "pages stop after 7 rows read");
+    // Read without a bound below the key's 30: full pages.
+    let pages = search_pages(store, &email, 2, SEARCH_SCAN_LIMIT).await;
+    assert_eq!(page_ids(&pages), vec![vec![id(18), id(17)], vec![id(3)]], "not cut short");
+    // A scan limit below the page is taken as the page: still every match once, in order.
+    let pages = search_pages(store, &email, 2, 1).await;
+    assert_eq!(pages.len(), 11, "3 rows read a page");
+    let all: Vec<MessageView> = pages.into_iter().flatten().collect();
+    assert_eq!(ids(&all), [id(18), id(17), id(3)]);
+
+    // The recipient drives (27 SMS), the status (SQLite: read from the attempts) is tested on them.
+    let sending = MessageFilter { to: Some(to.clone()), status: Some(Status::Sending), ..mine.clone() };
+    let pages = search_pages(store, &sending, 2, 7).await;
+    assert_eq!(page_ids(&pages), vec![vec![id(25)], vec![], vec![], vec![id(5)]], "to + sending");
+    // The status drives (every key's messages in it), the key is tested on them.
+    let queued = MessageFilter { status: Some(Status::Queued), ..mine.clone() };
+    let want: Vec<&str> = newest_first.iter().copied().filter(|m| *m != id(25) && *m != id(5)).collect();
+    let all: Vec<MessageView> = search_pages(store, &queued, 4, 7).await.into_iter().flatten().collect();
+    assert_eq!(ids(&all), want, "owner + queued");
+    let sending = MessageFilter { status: Some(Status::Sending), ..mine.clone() };
+    let all: Vec<MessageView> = search_pages(store, &sending, 4, 7).await.into_iter().flatten().collect();
+    assert_eq!(ids(&all), [id(25), id(5)], "owner + sending");
+
+    // One filter alone, or one with the time window: every row read matches, pages as unbounded.
+    let since = ok(store.get(id(4)).await, "get").map(|v| SearchPosition::of(&v).created_at);
+    for filter in [
+        mine.clone(),
+        MessageFilter { to: Some(to.clone()), ..MessageFilter::default() },
+        MessageFilter { since, ..mine.clone() },
+    ] {
+        let bounded = search_pages(store, &filter, 4, 7).await;
+        let unbounded = search_pages(store, &filter, 4, SEARCH_SCAN_LIMIT).await;
+        assert_eq!(page_ids(&bounded), page_ids(&unbounded), "{filter:?}");
+        assert!(bounded.iter().rev().skip(1).all(|page| page.len() == 4), "full pages: {filter:?}");
+    }
 }
 
 /// Paging through more than two pages while messages are inserted: every message stored before

@@ -224,6 +224,23 @@ impl<T, C> Listed<T, C> {
         let next = if more { items.last().map(cursor) } else { None };
         Listed { items, next }
     }
+
+    /// A page from rows fetched with [`Page::fetch`] out of a scan that reads at most a bounded
+    /// number of rows: as [`Listed::from_rows`], but a page the rows do not fill has `stopped` as
+    /// its cursor — where the scan stopped at its bound (`None`: it read to the end), so the next
+    /// page goes on from there.
+    pub fn from_scan(
+        items: Vec<T>,
+        limit: u32,
+        cursor: impl Fn(&T) -> C,
+        stopped: Option<C>,
+    ) -> Listed<T, C> {
+        let mut listed = Listed::from_rows(items, limit, cursor);
+        if listed.next.is_none() {
+            listed.next = stopped;
+        }
+        listed
+    }
 }
 
 /// The longest `body_preview`, in characters.

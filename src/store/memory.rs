@@ -17,7 +17,7 @@ use super::codec::ms as codec_ms;
 use super::conversation::{family, preview, LastMessage};
 use super::delivery::{retried_detail, RETRIED_EVENT};
 use super::delivery::{timeline, CallbackJob, Event, ReceiptApplied, ReceiptRecord, Source, MAX_EVENTS};
-use super::search::stored_recipient_key;
+use super::search::{rows_to_scan, stored_recipient_key, Driving};
 use super::{
     replay_or_reused, Attempt, ConversationKey, ConversationMessage, ConversationView, DeliveryStatus,
     Direction, Failure, Final, IdempotencyKey, InboundMessage, Inserted, Listed, MessageFilter, MessageStore,
@@ -414,6 +414,35 @@ fn view(id: String, r: &Record) -> MessageView {
     view
 }
 
+/// Every filter of a search but the time window.
+const FILTERS: [Driving; 6] = [
+    Driving::Recipient,
+    Driving::Status,
+    Driving::DeliveryStatus,
+    Driving::Provider,
+    Driving::Owner,
+    Driving::Channel,
+];
+
+/// Whether a message matches `filter`'s `field` (any message when it is not given).
+fn holds(filter: &MessageFilter, field: Driving, record: &Record) -> bool {
+    let wanted = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+    match field {
+        Driving::Recipient => filter
+            .to
+            .as_deref()
+            .is_none_or(|to| stored_recipient_key(record.channel.as_str(), &record.to) == to),
+        Driving::Status => filter.status.is_none_or(|status| status == record.status),
+        Driving::DeliveryStatus => {
+            filter.delivery_status.is_none_or(|status| Some(status) == record.delivery_status)
+        }
+        Driving::Provider => wanted(&filter.provider, record.provider.as_deref()),
+        Driving::Owner => wanted(&filter.owner, record.owner.as_deref()),
+        Driving::Channel => wanted(&filter.channel, Some(record.channel.as_str())),
+        Driving::Created => true,
+    }
+}
+
 #[async_trait]
 impl MessageStore for MemoryStore {
     async fn insert_for(
@@ -556,42 +585,50 @@ impl MessageStore for MemoryStore {
     }
 
     /// Every stored message is looked at: this store holds at most its retention count of
-    /// finished messages (20,000 by default) and those still queued.
-    async fn search(
+    /// finished messages (20,000 by default) and those still queued. A page reads its driving
+    /// range as the SQL stores do, so that every store pages alike.
+    async fn search_bounded(
         &self,
         filter: &MessageFilter,
         page: Page<SearchPosition>,
+        scan_limit: usize,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-        let matches = |key: u128, record: &Record| -> Option<SearchPosition> {
-            let position = SearchPosition { created_at: codec_ms(record.created_at), id: id_of(key) };
-            let wanted =
-                |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
-            let keep = wanted(&filter.owner, record.owner.as_deref())
-                && filter.status.is_none_or(|status| status == record.status)
-                && filter.delivery_status.is_none_or(|status| Some(status) == record.delivery_status)
-                && wanted(&filter.channel, Some(record.channel.as_str()))
-                && wanted(&filter.provider, record.provider.as_deref())
-                && filter
-                    .to
-                    .as_deref()
-                    .is_none_or(|to| stored_recipient_key(record.channel.as_str(), &record.to) == to)
-                && filter.since.is_none_or(|since| position.created_at >= since)
+        let driving = Driving::of(filter);
+        let in_window = |position: &SearchPosition| {
+            filter.since.is_none_or(|since| position.created_at >= since)
                 && filter.until.is_none_or(|until| position.created_at < until)
-                && page.after.as_ref().is_none_or(|after| position < *after);
-            keep.then_some(position)
+                && page.after.as_ref().is_none_or(|after| position < after)
         };
-        let mut found: Vec<(SearchPosition, u128)> = Vec::new();
+        // The driving range (position, key, whether every filter matches).
+        let mut range: Vec<(SearchPosition, u128, bool)> = Vec::new();
         for shard in &self.shards {
             let shard = lock(shard);
-            found.extend(shard.iter().filter_map(|(key, record)| Some((matches(*key, record)?, *key))));
+            range.extend(shard.iter().filter_map(|(key, record)| {
+                let position = SearchPosition { created_at: codec_ms(record.created_at), id: id_of(*key) };
+                (in_window(&position) && holds(filter, driving, record)).then(|| {
+                    let matches = FILTERS.iter().all(|field| holds(filter, *field, record));
+                    (position, *key, matches)
+                })
+            }));
         }
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        found.truncate(page.fetch());
-        let views = found
+        let newest_first = |a: &(SearchPosition, u128, bool), b: &(SearchPosition, u128, bool)| b.0.cmp(&a.0);
+        let scan = rows_to_scan(scan_limit, &page);
+        if range.len() > scan {
+            range.select_nth_unstable_by(scan - 1, newest_first);
+            range.truncate(scan);
+        }
+        range.sort_unstable_by(newest_first);
+        let stopped =
+            if range.len() == scan { range.last().map(|(position, _, _)| position.clone()) } else { None };
+        let views = range
             .into_iter()
-            .filter_map(|(position, key)| self.shard(key).get(&key).map(|record| view(position.id, record)))
+            .filter(|(_, _, matches)| *matches)
+            .take(page.fetch())
+            .filter_map(|(position, key, _)| {
+                self.shard(key).get(&key).map(|record| view(position.id, record))
+            })
             .collect();
-        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+        Ok(Listed::from_scan(views, page.limit, SearchPosition::of, stopped))
     }
 
     async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {

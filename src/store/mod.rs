@@ -387,12 +387,23 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(views)
     }
     /// The messages matching `filter`, newest first (by creation time, then id), as
-    /// [`MessageStore::get`] shows them; the cursor is the last one's [`SearchPosition`] (see
-    /// [`search`]).
+    /// [`MessageStore::get`] shows them; the cursor is the last one's [`SearchPosition`], or where
+    /// the page stopped reading (see [`search`]): a page may be short, even empty, with a cursor.
+    /// Reads at most [`search::SEARCH_SCAN_LIMIT`] rows.
     async fn search(
         &self,
         filter: &MessageFilter,
         page: Page<SearchPosition>,
+    ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
+        self.search_bounded(filter, page, search::SEARCH_SCAN_LIMIT).await
+    }
+    /// [`MessageStore::search`], reading at most `scan_limit` rows of the page's driving range
+    /// ([`search::rows_to_scan`]; tests page with a small one).
+    async fn search_bounded(
+        &self,
+        filter: &MessageFilter,
+        page: Page<SearchPosition>,
+        scan_limit: usize,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError>;
     /// Puts a `failed` message back in the queue (see [`Retried::Queued`]), due now and held by
     /// no instance, so whichever dispatcher looks first takes it. With `key`, the key is recorded
@@ -782,12 +793,13 @@ pub(crate) mod test_support {
         async fn get(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
             self.inner.get(id).await
         }
-        async fn search(
+        async fn search_bounded(
             &self,
             filter: &MessageFilter,
             page: Page<SearchPosition>,
+            scan_limit: usize,
         ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-            self.inner.search(filter, page).await
+            self.inner.search_bounded(filter, page, scan_limit).await
         }
         async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
             self.inner.retry(id, key).await

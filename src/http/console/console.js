@@ -304,16 +304,25 @@ async function search(event) {
       }
       return;
     }
-    const query = new URLSearchParams({ limit: "20" });
+    const query = new URLSearchParams();
     if ($("m-to").value.trim()) query.set("to", $("m-to").value.trim());
     if ($("m-status").value) query.set("status", $("m-status").value);
-    const answer = await api("/v1/messages?" + query.toString());
-    if (answer.status !== 200) {
-      listResults([]);
-      status.textContent = errorText(answer);
-      return;
+    // A page may be short, even empty, with a next_cursor (specs/http-api.md): follow it until
+    // 20 are found or it is null, for a few pages at most.
+    const found = [];
+    for (let pages = 0; pages < 10 && found.length < 20; pages++) {
+      query.set("limit", String(20 - found.length));
+      const answer = await api("/v1/messages?" + query.toString());
+      if (answer.status !== 200) {
+        listResults([]);
+        status.textContent = errorText(answer);
+        return;
+      }
+      found.push(...answer.body.messages);
+      if (answer.body.next_cursor === null) break;
+      query.set("cursor", answer.body.next_cursor);
     }
-    listResults(answer.body.messages);
+    listResults(found);
   } catch (error) {
     if (!(error instanceof KeyRefused)) status.textContent = "The service does not answer: " + error.message;
   }

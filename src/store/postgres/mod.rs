@@ -17,7 +17,7 @@ use crate::store::codec::{
     positions_of, recorded_answer, status_condition, status_of, unavailable, views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
-use crate::store::search::{search_clauses, Param};
+use crate::store::search::{self, Dialect, Param, SearchStatements};
 mod batches;
 mod conversations;
 #[cfg(test)]
@@ -573,28 +573,34 @@ impl MessageStore for PostgresStore {
         with_history(tx, &rows).await
     }
 
-    async fn search(
+    async fn search_bounded(
         &self,
         filter: &MessageFilter,
         page: Page<SearchPosition>,
+        scan_limit: usize,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-        let (clauses, params) = search_clauses(filter, &page, |n| format!("${n}"), status_condition);
+        // `queued` and `sending` are told apart by the attempts (`status_condition`); the
+        // planner takes the driving index (the one index serving both its condition and the order).
+        let dialect = Dialect { placeholder: |n| format!("${n}"), status: status_condition, indexed_by: false };
+        let SearchStatements { rows: (sql, params), last_scanned } =
+            search::search_statements(filter, &page, scan_limit, &dialect);
         if params.iter().any(|param| matches!(param, Param::Text(text) if holds_nul(text))) {
             return Ok(Listed { items: Vec::new(), next: None });
         }
         let mut tx = snapshot(&self.pool).await?;
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VIEW_COLUMNS} FROM messages m WHERE {clauses}"
-        )));
-        for param in params {
-            query = match param {
-                Param::Text(text) => query.bind(text),
-                Param::Int(n) => query.bind(n),
-            };
-        }
-        let rows = query.fetch_all(&mut *tx).await.map_err(unavailable)?;
+        let rows = search::bound((format!("SELECT {VIEW_COLUMNS} {sql}"), params))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let stopped = match last_scanned {
+            Some(statement) if rows.len() < page.fetch() => {
+                let row = search::bound(statement).fetch_optional(&mut *tx).await.map_err(unavailable)?;
+                row.as_ref().map(search::scanned_position).transpose().map_err(unavailable)?
+            }
+            _ => None,
+        };
         let views = with_history(tx, &rows).await?;
-        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+        Ok(Listed::from_scan(views, page.limit, SearchPosition::of, stopped))
     }
 
     async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {

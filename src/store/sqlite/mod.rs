@@ -23,7 +23,7 @@ use crate::store::codec::{
     views_of,
 };
 use crate::store::delivery::{retried_detail, RETRIED_EVENT};
-use crate::store::search::{search_clauses, Param};
+use crate::store::search::{self, Dialect, SearchStatements};
 mod batches;
 mod receipts;
 #[cfg(test)]
@@ -371,10 +371,17 @@ async fn with_history(
     views_of(rows, attempts, events).map_err(unavailable)
 }
 
-/// A search's statement (its messages' rows) and parameters.
-fn search_statement(filter: &MessageFilter, page: &Page<SearchPosition>) -> (String, Vec<Param>) {
-    let (clauses, params) = search_clauses(filter, page, |_| "?".to_owned(), status_condition);
-    (format!(concat!("SELECT ", view_columns!(), " FROM messages m WHERE {}"), clauses), params)
+/// A search's statements (see [`SearchStatements`]): its messages' rows as [`view_of`] reads
+/// them, from its driving index, named (`INDEXED BY`).
+fn search_statements(
+    filter: &MessageFilter,
+    page: &Page<SearchPosition>,
+    scan_limit: usize,
+) -> SearchStatements {
+    let dialect = Dialect { placeholder: |_| "?".to_owned(), status: status_condition, indexed_by: true };
+    let mut statements = search::search_statements(filter, page, scan_limit, &dialect);
+    statements.rows.0 = format!(concat!("SELECT ", view_columns!(), " {}"), statements.rows.0);
+    statements
 }
 
 /// Whether the viewer bound as `?2` may see conversation `c`: anyone when `NULL`, else a key
@@ -1075,24 +1082,26 @@ impl MessageStore for SqliteStore {
         with_history(&mut conn, &rows).await
     }
 
-    async fn search(
+    async fn search_bounded(
         &self,
         filter: &MessageFilter,
         page: Page<SearchPosition>,
+        scan_limit: usize,
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
-        let (sql, params) = search_statement(filter, &page);
-        // One read transaction: the messages and their attempts and events as of one moment.
+        let SearchStatements { rows, last_scanned } = search_statements(filter, &page, scan_limit);
+        // One read transaction: the messages, where the page stopped reading, and the messages'
+        // attempts and events as of one moment.
         let mut conn = self.reader.begin().await.map_err(unavailable)?;
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for param in params {
-            query = match param {
-                Param::Text(text) => query.bind(text),
-                Param::Int(n) => query.bind(n),
-            };
-        }
-        let rows = query.fetch_all(&mut *conn).await.map_err(unavailable)?;
+        let rows = search::bound(rows).fetch_all(&mut *conn).await.map_err(unavailable)?;
+        let stopped = match last_scanned {
+            Some(statement) if rows.len() < page.fetch() => {
+                let row = search::bound(statement).fetch_optional(&mut *conn).await.map_err(unavailable)?;
+                row.as_ref().map(search::scanned_position).transpose().map_err(unavailable)?
+            }
+            _ => None,
+        };
         let views = with_history(&mut conn, &rows).await?;
-        Ok(Listed::from_rows(views, page.limit, SearchPosition::of))
+        Ok(Listed::from_scan(views, page.limit, SearchPosition::of, stopped))
     }
 
     async fn retry(&self, id: &str, key: Option<&IdempotencyKey>) -> Result<Retried, StoreError> {
