@@ -581,7 +581,8 @@ impl MessageStore for PostgresStore {
     ) -> Result<Listed<MessageView, SearchPosition>, StoreError> {
         // `queued` and `sending` are told apart by the attempts (`status_condition`); the
         // planner takes the driving index (the one index serving both its condition and the order).
-        let dialect = Dialect { placeholder: |n| format!("${n}"), status: status_condition, indexed_by: false };
+        let dialect =
+            Dialect { placeholder: |n| format!("${n}"), status: status_condition, indexed_by: false };
         let SearchStatements { rows: (sql, params), last_scanned } =
             search::search_statements(filter, &page, scan_limit, &dialect);
         if params.iter().any(|param| matches!(param, Param::Text(text) if holds_nul(text))) {
