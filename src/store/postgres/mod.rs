@@ -818,7 +818,6 @@ impl MessageStore for PostgresStore {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use switchboard_providers::Channel;
 
     /// An attempt's start records the attempt and renews the lease but leaves the message's row
     /// as it is (one rewrite fewer per message, issue 19): `sending` is read from the attempts,
@@ -828,16 +827,7 @@ mod tests {
     async fn an_attempt_start_leaves_the_message_row_alone() -> Result<(), StoreError> {
         let db = conversations::tests::TestDb::create().await?;
         let store = db.store().await?;
-        let message = OutboundMessage {
-            id: uuid::Uuid::now_v7().to_string(),
-            channel: Channel::SMS,
-            from: "+15550001111".into(),
-            to: "+15550002222".into(),
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            tags: vec![],
-        };
+        let message = crate::store::test_support::sms(&uuid::Uuid::now_v7().to_string());
         store.insert_for(&message, Meta { owner: None, status_callback: None }, None).await?;
         // The row's version: a rewrite gives it another.
         let version = "SELECT xmin::TEXT::BIGINT FROM messages";
