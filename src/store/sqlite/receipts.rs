@@ -9,7 +9,7 @@
 //! thread, and every statement is a thread switch both ways: four statements per receipt were
 //! most of a receipt's cost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use sqlx::{Row, SqliteConnection};
@@ -95,7 +95,7 @@ pub(super) async fn plan<'r>(
 }
 
 /// Adds the suppressions `planned` asks for (with the time of the receipt that asked); the
-/// ones not on the list before, each once, in order.
+/// ones not on the list before, each once (the order is the database's: [`applied`] hands them out).
 pub(super) async fn suppress(
     conn: &mut SqliteConnection,
     planned: &[Planned<'_>],
@@ -117,18 +117,13 @@ pub(super) async fn suppress(
     .bind(json)
     .fetch_all(&mut *conn)
     .await?;
-    let added: HashSet<(String, String, String)> = added
+    // Each key the insert added, once (a key asked twice conflicts with its first row).
+    added
         .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-    let mut seen = HashSet::new();
-    Ok(planned
-        .iter()
-        .filter_map(|p| p.suppress.map(|(key, _)| key))
-        .filter(|key| added.contains(&(key.family.clone(), key.sender.clone(), key.recipient.clone())))
-        .filter(|key| seen.insert(*key))
-        .cloned()
-        .collect())
+        .map(|row| {
+            Ok(OptOutKey { family: row.try_get(0)?, sender: row.try_get(1)?, recipient: row.try_get(2)? })
+        })
+        .collect()
 }
 
 /// The answer to one write of receipts, from its share of the plan: the suppressions in
